@@ -1,0 +1,164 @@
+//! Wire protocol v1: message types and the frame codec (normative text: protocol/README.md).
+//!
+//! Every WebSocket binary message carries one frame: a MessagePack array `[type, body]` where
+//! `type` is a positive integer from [`MessageType`] and `body` is the message's fields as a
+//! MessagePack array in declaration order. Bodies are strict: missing or extra fields, wrong
+//! types and trailing bytes are errors. New fields arrive only with a new version or a new
+//! capability, never silently. Pure: no I/O.
+
+mod error;
+mod handshake;
+mod pack;
+mod presence;
+mod sync;
+
+use bytes::Bytes;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+pub use error::{CloseCode, DecodeError, EncodeError, ErrorCode, ErrorMessage};
+pub use handshake::{
+    Capabilities, Hello, PROTOCOL_VERSION, Plan, RelayLimits, SyncHints, Watermark, Welcome,
+};
+pub use pack::{Ack, Broadcast, Outcome, Pack, Resolved};
+pub use presence::{Presence, PresenceUpdate};
+pub use sync::{Batch, CatchUpDone, Credit, Ids, Need};
+
+macro_rules! messages {
+    ($($variant:ident = $code:literal, $dir:ident;)*) => {
+        /// The type number in a frame's envelope.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        #[repr(u8)]
+        pub enum MessageType {
+            $(
+                #[doc = concat!("`", stringify!($variant), "` (", stringify!($dir), ").")]
+                $variant = $code,
+            )*
+        }
+
+        /// One decoded frame.
+        #[derive(Clone, Debug, PartialEq, Eq)]
+        pub enum Message {
+            $(
+                #[doc = concat!("See [`", stringify!($variant), "`].")]
+                $variant($variant),
+            )*
+        }
+
+        impl MessageType {
+            /// Every type, in code order.
+            pub const ALL: &'static [MessageType] = &[$(MessageType::$variant),*];
+
+            /// Who may send this message.
+            pub fn direction(self) -> Direction {
+                match self {
+                    $(MessageType::$variant => Direction::$dir,)*
+                }
+            }
+        }
+
+        impl Message {
+            /// This message's type.
+            pub fn message_type(&self) -> MessageType {
+                match self {
+                    $(Message::$variant(_) => MessageType::$variant,)*
+                }
+            }
+
+            /// Encodes the frame: `[type, body]`.
+            pub fn encode(&self) -> Result<Bytes, EncodeError> {
+                match self {
+                    $(Message::$variant(body) => encode_frame(MessageType::$variant, body),)*
+                }
+            }
+
+            fn decode_body(ty: MessageType, body: &mut &[u8]) -> Result<Self, rmp_serde::decode::Error> {
+                match ty {
+                    $(MessageType::$variant => decode_body(body).map(Message::$variant),)*
+                }
+            }
+        }
+    };
+}
+
+messages! {
+    Hello = 1, ClientToRelay;
+    Welcome = 2, RelayToClient;
+    Ids = 3, ClientToRelay;
+    Need = 4, RelayToClient;
+    Batch = 5, RelayToClient;
+    CatchUpDone = 6, RelayToClient;
+    Credit = 7, ClientToRelay;
+    Pack = 8, ClientToRelay;
+    Ack = 9, RelayToClient;
+    Resolved = 10, RelayToClient;
+    Broadcast = 11, RelayToClient;
+    Presence = 12, ClientToRelay;
+    PresenceUpdate = 13, RelayToClient;
+    ErrorMessage = 14, Both;
+}
+
+/// Which side may send a message type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    /// Only clients send it.
+    ClientToRelay,
+    /// Only the relay sends it.
+    RelayToClient,
+    /// Either side.
+    Both,
+}
+
+impl MessageType {
+    /// The type number.
+    pub fn code(self) -> u8 {
+        self as u8
+    }
+
+    /// The type for a number, if this version knows it.
+    pub fn from_code(code: u64) -> Option<Self> {
+        Self::ALL.iter().copied().find(|t| u64::from(t.code()) == code)
+    }
+}
+
+fn encode_frame<T: Serialize>(ty: MessageType, body: &T) -> Result<Bytes, EncodeError> {
+    let mut buf = Vec::with_capacity(64);
+    // Writing into a Vec cannot fail; the envelope header is two bytes.
+    buf.extend_from_slice(&[0x92, ty.code()]);
+    rmp_serde::encode::write(&mut buf, body)?;
+    Ok(Bytes::from(buf))
+}
+
+fn decode_body<T: DeserializeOwned>(body: &mut &[u8]) -> Result<T, rmp_serde::decode::Error> {
+    let mut de = rmp_serde::Deserializer::new(body);
+    T::deserialize(&mut de)
+}
+
+/// Decodes one frame, rejecting unknown types, bad bodies and trailing bytes.
+pub fn decode(frame: &[u8]) -> Result<Message, DecodeError> {
+    let mut rest = frame;
+    let len = rmp::decode::read_array_len(&mut rest).map_err(|_| DecodeError::BadEnvelope)?;
+    if len != 2 {
+        return Err(DecodeError::BadEnvelope);
+    }
+    let code: u64 = rmp::decode::read_int(&mut rest).map_err(|_| DecodeError::BadEnvelope)?;
+    let ty = MessageType::from_code(code).ok_or(DecodeError::UnknownType(code))?;
+    let message =
+        Message::decode_body(ty, &mut rest).map_err(|source| DecodeError::BadBody { ty, source })?;
+    if !rest.is_empty() {
+        return Err(DecodeError::TrailingBytes { ty, count: rest.len() });
+    }
+    Ok(message)
+}
+
+/// The type number of a frame that failed to decode, when the envelope itself was readable.
+/// Used to name the offending message in an `error` frame.
+pub fn peek_type(frame: &[u8]) -> Option<MessageType> {
+    let mut rest = frame;
+    let len = rmp::decode::read_array_len(&mut rest).ok()?;
+    if len != 2 {
+        return None;
+    }
+    let code: u64 = rmp::decode::read_int(&mut rest).ok()?;
+    MessageType::from_code(code)
+}

@@ -1,0 +1,75 @@
+//! An order-independent, incrementally maintained digest of a set of node ids.
+
+use serde::{Deserialize, Serialize};
+
+use crate::node::{DigestSum, NodeId};
+
+/// `(count, sum)` where `sum` is the sum of all ids read as 256-bit little-endian integers,
+/// modulo 2^256 (protocol/README.md §5.2).
+///
+/// Insertion is O(1) and order-independent, so the relay keeps one per room and a session's
+/// "in sync" check costs nothing. Two different sets with equal digests need equal counts and
+/// equal sums; ids are blake3 outputs, so for an honest client whose extra nodes the attacker
+/// cannot predict this is a second-preimage problem on a 256-bit sum. A false "in sync" cannot
+/// be produced by a third party. A client can only fool itself.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct SetDigest {
+    /// Number of ids in the set.
+    pub count: u64,
+    /// Sum of the ids modulo 2^256, little-endian.
+    pub sum: DigestSum,
+}
+
+impl SetDigest {
+    /// Adds one id. The caller guarantees the id is not already in the set.
+    pub fn insert(&mut self, id: &NodeId) {
+        self.count = self.count.wrapping_add(1);
+        let mut carry = 0u16;
+        for (acc, add) in self.sum.0.iter_mut().zip(id.0.iter()) {
+            let total = u16::from(*acc) + u16::from(*add) + carry;
+            *acc = total.to_le_bytes()[0];
+            carry = total >> 8;
+        }
+    }
+
+    /// The digest of a set given by its ids.
+    pub fn of<'a>(ids: impl IntoIterator<Item = &'a NodeId>) -> Self {
+        let mut digest = Self::default();
+        for id in ids {
+            digest.insert(id);
+        }
+        digest
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn order_does_not_matter() {
+        let ids: Vec<NodeId> = (0u8..50).map(|i| NodeId([i.wrapping_mul(77); 32])).collect();
+        let forward = SetDigest::of(&ids);
+        let backward = SetDigest::of(ids.iter().rev());
+        assert_eq!(forward, backward);
+        assert_eq!(forward.count, 50);
+    }
+
+    #[test]
+    fn carries_propagate_and_wrap() {
+        let mut d = SetDigest::default();
+        d.insert(&NodeId([0xff; 32]));
+        let mut one = [0u8; 32];
+        one[0] = 1;
+        d.insert(&NodeId(one));
+        assert_eq!(d.sum, DigestSum([0; 32]), "2^256 - 1 + 1 wraps to zero");
+        assert_eq!(d.count, 2);
+    }
+
+    #[test]
+    fn different_sets_differ() {
+        let a = SetDigest::of(&[NodeId([1; 32]), NodeId([2; 32])]);
+        let b = SetDigest::of(&[NodeId([1; 32]), NodeId([3; 32])]);
+        assert_ne!(a, b);
+    }
+}

@@ -337,7 +337,12 @@ impl Node {
         if self.parents.len() > usize::from(limits.max_parents) {
             return Err(Rejection::TooManyParents);
         }
-        if !self.parents.iter().zip(self.parents.iter().skip(1)).all(|(a, b)| a < b) {
+        if !self
+            .parents
+            .iter()
+            .zip(self.parents.iter().skip(1))
+            .all(|(a, b)| a < b)
+        {
             return Err(Rejection::ParentsNotSorted);
         }
         if self.blobs.len() > usize::from(limits.max_blobs) {
@@ -357,6 +362,18 @@ impl Node {
             None => Some(0),
             Some(max) => max.checked_add(1),
         }
+    }
+
+    /// An upper bound on this node's MessagePack size, used to keep frames under the limit.
+    pub fn wire_size_bound(&self) -> usize {
+        // array header, id, parents header, depth, author, path header, blobs header,
+        // payload header; then the variable parts.
+        let fixed = 1 + 34 + 5 + 9 + 34 + 5 + 5 + 5;
+        fixed
+            + self.parents.len() * 34
+            + self.path.len()
+            + self.blobs.len() * 45
+            + self.payload.len()
     }
 
     /// Bytes this node occupies in memory beyond its struct, for budgets.
@@ -419,7 +436,15 @@ mod tests {
         let variants = [
             Node::new(&room(), vec![base.id], 1, None, "a", vec![], b"x".to_vec()),
             Node::new(&room(), vec![], 1, None, "a", vec![], b"x".to_vec()),
-            Node::new(&room(), vec![], 0, Some(AuthorKey([7; 32])), "a", vec![], b"x".to_vec()),
+            Node::new(
+                &room(),
+                vec![],
+                0,
+                Some(AuthorKey([7; 32])),
+                "a",
+                vec![],
+                b"x".to_vec(),
+            ),
             root("b", b"x"),
             Node::new(
                 &room(),
@@ -427,7 +452,10 @@ mod tests {
                 0,
                 None,
                 "a",
-                vec![BlobRef { hash: BlobHash([1; 32]), size: 3 }],
+                vec![BlobRef {
+                    hash: BlobHash([1; 32]),
+                    size: 3,
+                }],
                 b"x".to_vec(),
             ),
             root("a", b"y"),
@@ -447,7 +475,10 @@ mod tests {
     fn tampered_payload_is_a_hash_mismatch() {
         let mut node = root("a", b"x");
         node.payload = Bytes::from_static(b"y");
-        assert_eq!(node.check(&room(), &NodeLimits::default()), Err(Rejection::HashMismatch));
+        assert_eq!(
+            node.check(&room(), &NodeLimits::default()),
+            Err(Rejection::HashMismatch)
+        );
     }
 
     #[test]
@@ -459,17 +490,33 @@ mod tests {
             max_path_segments: 3,
             max_blobs: 0,
         };
-        assert_eq!(root("a", b"12345").check(&room(), &limits), Err(Rejection::PayloadTooLarge));
+        assert_eq!(
+            root("a", b"12345").check(&room(), &limits),
+            Err(Rejection::PayloadTooLarge)
+        );
         let mut two_parents = root("a", b"");
         two_parents.parents = vec![NodeId([1; 32]), NodeId([2; 32])];
-        assert_eq!(two_parents.check(&room(), &limits), Err(Rejection::TooManyParents));
+        assert_eq!(
+            two_parents.check(&room(), &limits),
+            Err(Rejection::TooManyParents)
+        );
         let mut unsorted = root("a", b"");
         unsorted.parents = vec![NodeId([2; 32]), NodeId([1; 32])];
         assert_eq!(
             unsorted.check(&room(), &NodeLimits::default()),
             Err(Rejection::ParentsNotSorted)
         );
-        for bad in ["", "/a", "a/", "a//b", "a/./b", "..", "a\u{7}", "a/b/c/d", "aaaaaaaaaaaaaaaaa"] {
+        for bad in [
+            "",
+            "/a",
+            "a/",
+            "a//b",
+            "a/./b",
+            "..",
+            "a\u{7}",
+            "a/b/c/d",
+            "aaaaaaaaaaaaaaaaa",
+        ] {
             assert_eq!(check_path(bad, &limits), Err(Rejection::BadPath), "{bad:?}");
         }
         for good in ["a", "a/b/c", "x.y/z-1", "ü/ß"] {

@@ -98,7 +98,11 @@ pub struct ErrorMessage {
 
 impl ErrorMessage {
     /// Builds an error frame.
-    pub fn new(code: ErrorCode, message_type: Option<MessageType>, detail: impl Into<String>) -> Self {
+    pub fn new(
+        code: ErrorCode,
+        message_type: Option<MessageType>,
+        detail: impl Into<String>,
+    ) -> Self {
         Self {
             code: code.code(),
             message_type: message_type.map_or(0, MessageType::code),

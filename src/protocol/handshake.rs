@@ -101,7 +101,9 @@ impl<'de> Deserialize<'de> for Plan {
             0 => Ok(Self::InSync),
             1 => Ok(Self::CatchUp),
             2 => Ok(Self::SendIds),
-            other => Err(serde::de::Error::custom(format_args!("unknown plan {other}"))),
+            other => Err(serde::de::Error::custom(format_args!(
+                "unknown plan {other}"
+            ))),
         }
     }
 }

@@ -117,7 +117,10 @@ impl MessageType {
 
     /// The type for a number, if this version knows it.
     pub fn from_code(code: u64) -> Option<Self> {
-        Self::ALL.iter().copied().find(|t| u64::from(t.code()) == code)
+        Self::ALL
+            .iter()
+            .copied()
+            .find(|t| u64::from(t.code()) == code)
     }
 }
 
@@ -143,10 +146,13 @@ pub fn decode(frame: &[u8]) -> Result<Message, DecodeError> {
     }
     let code: u64 = rmp::decode::read_int(&mut rest).map_err(|_| DecodeError::BadEnvelope)?;
     let ty = MessageType::from_code(code).ok_or(DecodeError::UnknownType(code))?;
-    let message =
-        Message::decode_body(ty, &mut rest).map_err(|source| DecodeError::BadBody { ty, source })?;
+    let message = Message::decode_body(ty, &mut rest)
+        .map_err(|source| DecodeError::BadBody { ty, source })?;
     if !rest.is_empty() {
-        return Err(DecodeError::TrailingBytes { ty, count: rest.len() });
+        return Err(DecodeError::TrailingBytes {
+            ty,
+            count: rest.len(),
+        });
     }
     Ok(message)
 }

@@ -57,7 +57,9 @@ impl<'de> Deserialize<'de> for Outcome {
                 .and_then(Rejection::from_code)
                 .map(Self::Rejected)
                 .ok_or_else(|| D::Error::custom(format_args!("unknown rejection {value}"))),
-            _ => Err(D::Error::custom(format_args!("unknown outcome [{code}, {value}]"))),
+            _ => Err(D::Error::custom(format_args!(
+                "unknown outcome [{code}, {value}]"
+            ))),
         }
     }
 }

@@ -48,7 +48,9 @@ mod tests {
 
     #[test]
     fn order_does_not_matter() {
-        let ids: Vec<NodeId> = (0u8..50).map(|i| NodeId([i.wrapping_mul(77); 32])).collect();
+        let ids: Vec<NodeId> = (0u8..50)
+            .map(|i| NodeId([i.wrapping_mul(77); 32]))
+            .collect();
         let forward = SetDigest::of(&ids);
         let backward = SetDigest::of(ids.iter().rev());
         assert_eq!(forward, backward);

@@ -74,18 +74,29 @@ mod tests {
     use super::*;
 
     fn relay(digest: SetDigest) -> RelaySide {
-        RelaySide { digest, epoch: 7, seq: 100 }
+        RelaySide {
+            digest,
+            epoch: 7,
+            seq: 100,
+        }
     }
 
     fn hints(digest: SetDigest, watermark: Option<Watermark>, heads: Vec<NodeId>) -> SyncHints {
-        SyncHints { digest, watermark, heads }
+        SyncHints {
+            digest,
+            watermark,
+            heads,
+        }
     }
 
     #[test]
     fn equal_digests_are_in_sync() {
         let mut d = SetDigest::default();
         d.insert(&NodeId([1; 32]));
-        assert_eq!(choose_path(&hints(d, None, vec![]), relay(d), |_| false), ReconPath::InSync);
+        assert_eq!(
+            choose_path(&hints(d, None, vec![]), relay(d), |_| false),
+            ReconPath::InSync
+        );
     }
 
     #[test]
@@ -94,10 +105,20 @@ mod tests {
         relay_digest.insert(&NodeId([1; 32]));
         let wm = Some(Watermark { epoch: 7, seq: 40 });
         let h = hints(SetDigest::default(), wm, vec![NodeId([1; 32])]);
-        assert_eq!(choose_path(&h, relay(relay_digest), |_| true), ReconPath::CatchUp { after: 40 });
+        assert_eq!(
+            choose_path(&h, relay(relay_digest), |_| true),
+            ReconPath::CatchUp { after: 40 }
+        );
         // Another epoch's watermark is ignored, not trusted.
-        let h = hints(SetDigest::default(), Some(Watermark { epoch: 8, seq: 40 }), vec![NodeId([1; 32])]);
-        assert_eq!(choose_path(&h, relay(relay_digest), |_| true), ReconPath::CatchUp { after: 0 });
+        let h = hints(
+            SetDigest::default(),
+            Some(Watermark { epoch: 8, seq: 40 }),
+            vec![NodeId([1; 32])],
+        );
+        assert_eq!(
+            choose_path(&h, relay(relay_digest), |_| true),
+            ReconPath::CatchUp { after: 0 }
+        );
     }
 
     #[test]
@@ -105,7 +126,10 @@ mod tests {
         let mut relay_digest = SetDigest::default();
         relay_digest.insert(&NodeId([1; 32]));
         let h = hints(SetDigest::default(), None, vec![]);
-        assert_eq!(choose_path(&h, relay(relay_digest), |_| false), ReconPath::CatchUp { after: 0 });
+        assert_eq!(
+            choose_path(&h, relay(relay_digest), |_| false),
+            ReconPath::CatchUp { after: 0 }
+        );
     }
 
     #[test]
@@ -113,9 +137,19 @@ mod tests {
         let h = hints(SetDigest::default(), None, vec![NodeId([9; 32])]);
         let mut relay_digest = SetDigest::default();
         relay_digest.insert(&NodeId([1; 32]));
-        assert_eq!(choose_path(&h, relay(relay_digest), |_| false), ReconPath::IdList);
+        assert_eq!(
+            choose_path(&h, relay(relay_digest), |_| false),
+            ReconPath::IdList
+        );
         // A watermark without heads claims a synced set it does not describe.
-        let h = hints(SetDigest::default(), Some(Watermark { epoch: 7, seq: 3 }), vec![]);
-        assert_eq!(choose_path(&h, relay(relay_digest), |_| true), ReconPath::IdList);
+        let h = hints(
+            SetDigest::default(),
+            Some(Watermark { epoch: 7, seq: 3 }),
+            vec![],
+        );
+        assert_eq!(
+            choose_path(&h, relay(relay_digest), |_| true),
+            ReconPath::IdList
+        );
     }
 }

@@ -1,1 +1,388 @@
-//! placeholder
+//! One room's state and the glue that serves its sessions.
+//!
+//! [`Room`] is the data: the arrival log (every accepted node numbered 1, 2, 3… in the order
+//! it was admitted, which is also a topological order), the id index, heads, the set digest and
+//! the orphan buffer. [`Hub`] owns a room plus the relay sessions connected to it and turns
+//! received frames into outgoing frames for an audience (one peer, or every live peer).
+//!
+//! Both are pure: the server runs one hub per room on its own task and moves bytes; the
+//! property tests drive the very same hub through a simulated network.
+
+mod hub;
+mod orphans;
+
+use std::collections::{HashMap, HashSet};
+use std::time::Instant;
+
+use crate::node::{Node, NodeId, NodeLimits, Rejection, RoomId};
+use crate::protocol::{Batch, Outcome, SyncHints};
+use crate::recon::{self, ReconPath, RelaySide, SetDigest};
+
+pub use hub::{Audience, Hub, HubConfig, Outbox, Outgoing};
+pub use orphans::OrphanLimits;
+
+/// Identifies one connection to a room; also its presence peer number.
+pub type SessionId = u64;
+
+/// An accepted node and the session it came from, as produced by [`Room::submit`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Admitted {
+    /// The node's arrival number.
+    pub seq: u64,
+    /// The session that sent it.
+    pub origin: SessionId,
+}
+
+/// The result of submitting a pack.
+#[derive(Debug, Default)]
+pub struct Submission {
+    /// One outcome per submitted node, in order.
+    pub outcomes: Vec<Outcome>,
+    /// Every node admitted by this submission, including released orphans, in arrival order
+    /// (consecutive numbers).
+    pub admitted: Vec<Admitted>,
+    /// Final outcomes of earlier orphans, for their origin sessions.
+    pub resolved: Vec<(SessionId, NodeId, Outcome)>,
+}
+
+/// One room's history and indexes.
+///
+/// Invariants: `log[i]` has arrival number `i + 1`; every parent of a logged node is logged
+/// earlier; `index` maps exactly the logged ids to their numbers; `digest` and `heads` describe
+/// exactly the logged set.
+pub struct Room {
+    id: RoomId,
+    epoch: u64,
+    limits: NodeLimits,
+    log: Vec<Node>,
+    index: HashMap<NodeId, u64>,
+    heads: HashSet<NodeId>,
+    digest: SetDigest,
+    orphans: orphans::Orphans,
+}
+
+/// Where a session's catch-up stands: an explicit ascending list of arrival numbers to send,
+/// then every number from `tail_next` on.
+#[derive(Debug, Clone)]
+pub struct Cursor {
+    explicit: Vec<u64>,
+    pos: usize,
+    tail_next: u64,
+}
+
+/// One step of catch-up.
+#[derive(Debug)]
+pub enum BatchStep {
+    /// Nodes to send.
+    Batch(Batch),
+    /// Nothing left: the cursor reached the end of the log.
+    Done,
+}
+
+/// Frame overhead of a `batch` besides its nodes: envelope, array header, `through`, nodes
+/// array header.
+const BATCH_OVERHEAD: usize = 2 + 1 + 9 + 5;
+
+impl Room {
+    /// An empty room.
+    pub fn new(id: RoomId, epoch: u64, limits: NodeLimits, orphan_limits: OrphanLimits) -> Self {
+        Self {
+            id,
+            epoch,
+            limits,
+            log: Vec::new(),
+            index: HashMap::new(),
+            heads: HashSet::new(),
+            digest: SetDigest::default(),
+            orphans: orphans::Orphans::new(orphan_limits),
+        }
+    }
+
+    /// The room's id.
+    pub fn id(&self) -> &RoomId {
+        &self.id
+    }
+
+    /// The epoch arrival numbers belong to.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// The latest arrival number (0 for an empty room).
+    pub fn seq(&self) -> u64 {
+        self.log.len() as u64
+    }
+
+    /// Digest of every accepted node.
+    pub fn digest(&self) -> SetDigest {
+        self.digest
+    }
+
+    /// Accepted nodes nobody has built on yet.
+    pub fn heads(&self) -> impl Iterator<Item = &NodeId> {
+        self.heads.iter()
+    }
+
+    /// Number of nodes waiting for parents.
+    pub fn orphan_count(&self) -> usize {
+        self.orphans.len()
+    }
+
+    /// The arrival number of an accepted node.
+    pub fn seq_of(&self, id: &NodeId) -> Option<u64> {
+        self.index.get(id).copied()
+    }
+
+    /// The node with an arrival number.
+    pub fn node_at(&self, seq: u64) -> Option<&Node> {
+        let index = usize::try_from(seq.checked_sub(1)?).ok()?;
+        self.log.get(index)
+    }
+
+    /// An accepted node by id.
+    pub fn get(&self, id: &NodeId) -> Option<&Node> {
+        self.node_at(self.seq_of(id)?)
+    }
+
+    /// Every accepted node in arrival order.
+    pub fn nodes(&self) -> impl Iterator<Item = &Node> {
+        self.log.iter()
+    }
+
+    /// Earliest time an orphan expires, for the driver's timer.
+    pub fn next_expiry(&self) -> Option<Instant> {
+        self.orphans.next_expiry()
+    }
+
+    /// Picks the reconciliation path for a client's hints.
+    pub fn plan(&self, hints: &SyncHints) -> ReconPath {
+        let side = RelaySide {
+            digest: self.digest,
+            epoch: self.epoch,
+            seq: self.seq(),
+        };
+        recon::choose_path(hints, side, |id| self.index.contains_key(id))
+    }
+
+    /// Validates and admits nodes in order (protocol/README.md §7.1). Nodes whose parents are
+    /// missing wait in the orphan buffer; any node admitted here releases the orphans it
+    /// completes. Nothing already accepted is touched by a bad node.
+    pub fn submit(&mut self, origin: SessionId, nodes: Vec<Node>, now: Instant) -> Submission {
+        let mut out = Submission {
+            outcomes: Vec::with_capacity(nodes.len()),
+            ..Default::default()
+        };
+        for node in nodes {
+            let outcome = self.submit_one(origin, node, now, &mut out);
+            out.outcomes.push(outcome);
+        }
+        out
+    }
+
+    fn submit_one(
+        &mut self,
+        origin: SessionId,
+        node: Node,
+        now: Instant,
+        out: &mut Submission,
+    ) -> Outcome {
+        if let Err(reason) = node.check(&self.id, &self.limits) {
+            return Outcome::Rejected(reason);
+        }
+        if let Some(seq) = self.seq_of(&node.id) {
+            return Outcome::Duplicate(seq);
+        }
+        if self.orphans.contains(&node.id) {
+            return Outcome::Pending;
+        }
+        let missing: Vec<NodeId> = node
+            .parents
+            .iter()
+            .filter(|p| !self.index.contains_key(*p))
+            .copied()
+            .collect();
+        if !missing.is_empty() {
+            return match self.orphans.insert(node, origin, missing, now) {
+                Ok(()) => Outcome::Pending,
+                Err(reason) => Outcome::Rejected(reason),
+            };
+        }
+        let outcome = self.admit_checked(node, origin, out);
+        if let Outcome::Accepted(seq) = outcome {
+            self.release_orphans(seq, out);
+        }
+        outcome
+    }
+
+    /// Admits a node whose parents are all present, if its depth is right.
+    fn admit_checked(&mut self, node: Node, origin: SessionId, out: &mut Submission) -> Outcome {
+        let parent_depths = node
+            .parents
+            .iter()
+            .filter_map(|p| self.get(p))
+            .map(|p| p.depth);
+        if Node::expected_depth(parent_depths) != Some(node.depth) {
+            return Outcome::Rejected(Rejection::DepthMismatch);
+        }
+        let seq = self.append(node);
+        out.admitted.push(Admitted { seq, origin });
+        Outcome::Accepted(seq)
+    }
+
+    /// Admits the orphans that the node at `seq` completes, and theirs in turn.
+    fn release_orphans(&mut self, seq: u64, out: &mut Submission) {
+        let mut arrived = vec![seq];
+        while let Some(seq) = arrived.pop() {
+            let Some(id) = self.node_at(seq).map(|n| n.id) else {
+                continue;
+            };
+            for (orphan, origin) in self.orphans.parent_arrived(&id) {
+                let orphan_id = orphan.id;
+                let outcome = self.admit_checked(orphan, origin, out);
+                if let Outcome::Accepted(seq) = outcome {
+                    arrived.push(seq);
+                }
+                out.resolved.push((origin, orphan_id, outcome));
+            }
+        }
+    }
+
+    /// Appends a node whose parents are present and whose depth was checked.
+    fn append(&mut self, node: Node) -> u64 {
+        for parent in &node.parents {
+            self.heads.remove(parent);
+        }
+        self.heads.insert(node.id);
+        self.digest.insert(&node.id);
+        self.index.insert(node.id, self.seq().saturating_add(1));
+        self.log.push(node);
+        self.seq()
+    }
+
+    /// Loads an already-accepted node (from storage): checks it fully, then appends it.
+    pub fn restore(&mut self, node: Node) -> Result<u64, Rejection> {
+        node.check(&self.id, &self.limits)?;
+        if let Some(seq) = self.seq_of(&node.id) {
+            return Ok(seq);
+        }
+        let parent_depths: Option<Vec<u64>> = node
+            .parents
+            .iter()
+            .map(|p| self.get(p).map(|p| p.depth))
+            .collect();
+        let Some(parent_depths) = parent_depths else {
+            return Err(Rejection::DepthMismatch);
+        };
+        if Node::expected_depth(parent_depths) != Some(node.depth) {
+            return Err(Rejection::DepthMismatch);
+        }
+        Ok(self.append(node))
+    }
+
+    /// Expires orphans whose time is up; returns `(origin, id)` of each.
+    pub fn expire_orphans(&mut self, now: Instant) -> Vec<(SessionId, NodeId)> {
+        self.orphans.expire(now)
+    }
+
+    /// Catch-up for a client whose synced set is the ancestry of `heads` and which holds every
+    /// node numbered up to `after` (protocol/README.md §5.3). Costs O(seq − after).
+    pub fn catch_up_cursor(&self, after: u64, heads: &[NodeId]) -> Cursor {
+        let end = self.seq();
+        if heads.is_empty() {
+            return Cursor {
+                explicit: Vec::new(),
+                pos: 0,
+                tail_next: after.saturating_add(1),
+            };
+        }
+        // Walk down the log: marked numbers are ancestors of the client's heads, the rest is
+        // what it lacks. Parents always have lower numbers, so one pass suffices.
+        let mut marked: HashSet<u64> = heads
+            .iter()
+            .filter_map(|h| self.seq_of(h))
+            .filter(|&s| s > after)
+            .collect();
+        let mut missing = Vec::new();
+        let mut seq = end;
+        while seq > after {
+            if marked.remove(&seq) {
+                if let Some(node) = self.node_at(seq) {
+                    let parents = node.parents.iter().filter_map(|p| self.seq_of(p));
+                    marked.extend(parents.filter(|&s| s > after));
+                }
+            } else {
+                missing.push(seq);
+            }
+            seq -= 1;
+        }
+        missing.reverse();
+        Cursor {
+            explicit: missing,
+            pos: 0,
+            tail_next: end.saturating_add(1),
+        }
+    }
+
+    /// Catch-up from a client's full id list: returns the ids the room lacks (deduplicated) and
+    /// a cursor over the nodes the client lacks. Costs O(seq + ids).
+    pub fn id_list_cursor(&self, client_ids: Vec<NodeId>) -> (Vec<NodeId>, Cursor) {
+        let client: HashSet<NodeId> = client_ids.into_iter().collect();
+        let need: Vec<NodeId> = client
+            .iter()
+            .filter(|id| !self.index.contains_key(*id))
+            .copied()
+            .collect();
+        let missing: Vec<u64> = self
+            .log
+            .iter()
+            .zip(1u64..)
+            .filter(|(node, _)| !client.contains(&node.id))
+            .map(|(_, seq)| seq)
+            .collect();
+        let cursor = Cursor {
+            explicit: missing,
+            pos: 0,
+            tail_next: self.seq().saturating_add(1),
+        };
+        (need, cursor)
+    }
+
+    /// The next batch of at most about `budget` bytes (always at least one node when any is
+    /// left, so a large node never stalls catch-up).
+    pub fn next_batch(&self, cursor: &mut Cursor, budget: usize) -> BatchStep {
+        let mut nodes = Vec::new();
+        let mut size = BATCH_OVERHEAD;
+        while let Some(seq) = self.cursor_next(cursor) {
+            let Some(node) = self.node_at(seq) else { break };
+            let node_size = node.wire_size_bound();
+            if !nodes.is_empty() && size.saturating_add(node_size) > budget {
+                break;
+            }
+            size = size.saturating_add(node_size);
+            nodes.push(node.clone());
+            if cursor.pos < cursor.explicit.len() {
+                cursor.pos += 1;
+            } else {
+                cursor.tail_next = cursor.tail_next.saturating_add(1);
+            }
+        }
+        if nodes.is_empty() {
+            return BatchStep::Done;
+        }
+        let through = match cursor.explicit.get(cursor.pos) {
+            Some(next) => next.saturating_sub(1),
+            None => cursor.tail_next.saturating_sub(1),
+        };
+        BatchStep::Batch(Batch { through, nodes })
+    }
+
+    fn cursor_next(&self, cursor: &Cursor) -> Option<u64> {
+        match cursor.explicit.get(cursor.pos) {
+            Some(seq) => Some(*seq),
+            None => (cursor.tail_next <= self.seq()).then_some(cursor.tail_next),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,401 @@
+//! A client's local copy of one room, and the glue that syncs it over one connection.
+//!
+//! [`Replica`] holds nodes in an order where parents come first, marks which ones the relay is
+//! known to hold (*synced*: acked by the relay or received from it), and keeps the hints a
+//! `hello` needs: the digest of everything, the heads of the synced subset and the watermark.
+//! The synced subset is always closed under ancestry, so its heads describe it exactly.
+//!
+//! [`Link`] drives a [`ClientSession`](crate::session::ClientSession) against a replica for the
+//! lifetime of one connection. Both are pure; the tokio client and the network simulator in
+//! the tests run the same code. [`replay`] turns a replica into application state.
+
+mod link;
+pub mod replay;
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::node::{Node, NodeId, NodeLimits, Rejection, RoomId};
+use crate::protocol::{SyncHints, Watermark};
+use crate::recon::SetDigest;
+
+pub use link::{Link, LinkError, LinkOutput, SyncEvent};
+
+/// Most heads a `hello` carries; a replica with more synced heads than this asks for the id list.
+pub const MAX_HELLO_HEADS: usize = 256;
+
+struct Entry {
+    node: Node,
+    synced: bool,
+}
+
+/// A local replica of one room.
+///
+/// Invariants: `order` lists every node once, parents before children; every parent of a stored
+/// node is stored; synced nodes' parents are synced; `digest`, `heads`, `synced_digest` and
+/// `synced_heads` describe the stored and synced sets exactly.
+pub struct Replica {
+    room: RoomId,
+    entries: HashMap<NodeId, Entry>,
+    order: Vec<NodeId>,
+    heads: BTreeSet<NodeId>,
+    digest: SetDigest,
+    synced_heads: BTreeSet<NodeId>,
+    synced_digest: SetDigest,
+    watermark: Option<Watermark>,
+    /// Arrival numbers above the watermark already received, waiting for the gap below them.
+    ahead: BTreeSet<u64>,
+}
+
+/// Why a node could not be added to a replica.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InsertError {
+    /// The node failed its own checks.
+    #[error("invalid node: {0}")]
+    Invalid(#[from] Rejection),
+    /// A parent is not in the replica.
+    #[error("parent {0} is not in the replica")]
+    MissingParent(NodeId),
+}
+
+impl Replica {
+    /// An empty replica of `room`.
+    pub fn new(room: RoomId) -> Self {
+        Self {
+            room,
+            entries: HashMap::new(),
+            order: Vec::new(),
+            heads: BTreeSet::new(),
+            digest: SetDigest::default(),
+            synced_heads: BTreeSet::new(),
+            synced_digest: SetDigest::default(),
+            watermark: None,
+            ahead: BTreeSet::new(),
+        }
+    }
+
+    /// The room this replica copies.
+    pub fn room(&self) -> &RoomId {
+        &self.room
+    }
+
+    /// Number of nodes held.
+    pub fn len(&self) -> usize {
+        self.order.len()
+    }
+
+    /// Whether the replica holds no node.
+    pub fn is_empty(&self) -> bool {
+        self.order.is_empty()
+    }
+
+    /// Whether a node is held.
+    pub fn contains(&self, id: &NodeId) -> bool {
+        self.entries.contains_key(id)
+    }
+
+    /// A node by id.
+    pub fn get(&self, id: &NodeId) -> Option<&Node> {
+        self.entries.get(id).map(|e| &e.node)
+    }
+
+    /// Whether the relay is known to hold the node.
+    pub fn is_synced(&self, id: &NodeId) -> bool {
+        self.entries.get(id).is_some_and(|e| e.synced)
+    }
+
+    /// Every node, parents before children.
+    pub fn nodes(&self) -> impl Iterator<Item = &Node> {
+        self.order.iter().filter_map(|id| self.get(id))
+    }
+
+    /// Ids of every node.
+    pub fn ids(&self) -> impl Iterator<Item = &NodeId> {
+        self.order.iter()
+    }
+
+    /// Nodes the relay is not known to hold, parents before children.
+    pub fn unsynced(&self) -> impl Iterator<Item = &Node> {
+        self.order
+            .iter()
+            .filter_map(|id| self.entries.get(id))
+            .filter(|e| !e.synced)
+            .map(|e| &e.node)
+    }
+
+    /// Heads of the whole replica: the parents of the next local node.
+    pub fn heads(&self) -> impl Iterator<Item = &NodeId> {
+        self.heads.iter()
+    }
+
+    /// Digest of every node held.
+    pub fn digest(&self) -> SetDigest {
+        self.digest
+    }
+
+    /// Digest of the synced subset.
+    pub fn synced_digest(&self) -> SetDigest {
+        self.synced_digest
+    }
+
+    /// The relay arrival number this replica is complete up to, with its epoch.
+    pub fn watermark(&self) -> Option<Watermark> {
+        self.watermark
+    }
+
+    /// What `hello` tells the relay.
+    pub fn hints(&self) -> SyncHints {
+        let heads: Vec<NodeId> = if self.synced_heads.len() > MAX_HELLO_HEADS {
+            // Not describable in one hello: claim nothing so the relay asks for the id list.
+            vec![NodeId([0; 32])]
+        } else {
+            self.synced_heads.iter().copied().collect()
+        };
+        SyncHints {
+            digest: self.digest,
+            watermark: self.watermark,
+            heads,
+        }
+    }
+
+    /// Creates a local node on top of the current heads and stores it unsynced.
+    pub fn create(&mut self, path: &str, payload: impl Into<Bytes>) -> Result<NodeId, InsertError> {
+        let parents: Vec<NodeId> = self.heads.iter().copied().collect();
+        let parent_depths = parents.iter().filter_map(|p| self.get(p)).map(|n| n.depth);
+        // A parent at u64::MAX depth cannot be stored; fall back to the only valid answer.
+        let depth = Node::expected_depth(parent_depths).ok_or(Rejection::DepthMismatch)?;
+        let node = Node::new(&self.room, parents, depth, None, path, Vec::new(), payload);
+        let id = node.id;
+        self.insert(node, false)?;
+        Ok(id)
+    }
+
+    /// Stores a node (checked) whose parents are all held. Returns whether it was new.
+    /// `synced` also marks it (and so its ancestors) as held by the relay.
+    pub fn insert(&mut self, node: Node, synced: bool) -> Result<bool, InsertError> {
+        if self.entries.contains_key(&node.id) {
+            if synced {
+                self.mark_synced(&node.id);
+            }
+            return Ok(false);
+        }
+        // The relay enforces its own payload limit; the replica only checks integrity.
+        let limits = NodeLimits {
+            max_payload: u32::MAX,
+            ..NodeLimits::default()
+        };
+        node.check(&self.room, &limits)?;
+        if let Some(missing) = node.parents.iter().find(|p| !self.entries.contains_key(*p)) {
+            return Err(InsertError::MissingParent(*missing));
+        }
+        self.store(node, synced);
+        Ok(true)
+    }
+
+    /// Appends a new node whose parents are held, without checks.
+    fn store(&mut self, node: Node, synced: bool) {
+        let id = node.id;
+        for parent in &node.parents {
+            self.heads.remove(parent);
+        }
+        self.heads.insert(id);
+        self.digest.insert(&id);
+        self.order.push(id);
+        self.entries.insert(
+            id,
+            Entry {
+                node,
+                synced: false,
+            },
+        );
+        if synced {
+            self.mark_synced(&id);
+        }
+    }
+
+    /// Marks a node and every unsynced ancestor as held by the relay.
+    pub fn mark_synced(&mut self, id: &NodeId) {
+        if self.is_synced(id) || !self.contains(id) {
+            return;
+        }
+        self.synced_heads.insert(*id);
+        let mut stack = vec![*id];
+        while let Some(next) = stack.pop() {
+            let Some(entry) = self.entries.get_mut(&next) else {
+                continue;
+            };
+            if entry.synced {
+                continue;
+            }
+            entry.synced = true;
+            self.synced_digest.insert(&next);
+            for parent in &entry.node.parents {
+                self.synced_heads.remove(parent);
+                stack.push(*parent);
+            }
+        }
+    }
+
+    /// Re-derives every sync flag from `synced(id)`, which must describe an ancestor-closed set.
+    /// Used when a whole-set answer arrives (in sync, or the relay's `need` list). O(n).
+    pub fn reset_sync(&mut self, synced: impl Fn(&NodeId) -> bool) {
+        self.synced_digest = SetDigest::default();
+        self.synced_heads.clear();
+        let ids = self.order.clone();
+        for id in &ids {
+            if let Some(entry) = self.entries.get_mut(id) {
+                entry.synced = false;
+            }
+        }
+        for id in ids.iter().rev() {
+            if synced(id) {
+                self.mark_synced(id);
+            }
+        }
+    }
+
+    /// Forgets everything learned about the relay (after a verification mismatch).
+    pub fn forget_sync(&mut self) {
+        self.reset_sync(|_| false);
+        self.watermark = None;
+        self.ahead.clear();
+    }
+
+    /// Drops a node the relay rejected, with every descendant (they can never be accepted).
+    /// O(n); rejections are rare.
+    pub fn discard(&mut self, id: &NodeId) {
+        let mut gone: HashSet<NodeId> = HashSet::new();
+        gone.insert(*id);
+        for candidate in &self.order {
+            let parent_gone = self
+                .entries
+                .get(candidate)
+                .is_some_and(|e| e.node.parents.iter().any(|p| gone.contains(p)));
+            if parent_gone {
+                gone.insert(*candidate);
+            }
+        }
+        let kept: Vec<(Node, bool)> = self
+            .order
+            .iter()
+            .filter(|id| !gone.contains(*id))
+            .filter_map(|id| self.entries.remove(id))
+            .map(|e| (e.node, e.synced))
+            .collect();
+        let (watermark, ahead) = (self.watermark, std::mem::take(&mut self.ahead));
+        *self = Self::new(self.room.clone());
+        // Kept nodes were checked on the way in and keep their order, so parents come first.
+        for (node, synced) in kept {
+            self.store(node, synced);
+        }
+        self.watermark = watermark;
+        self.ahead = ahead;
+    }
+
+    /// Starts a session in `epoch`: a watermark from another epoch is dropped.
+    pub fn enter_epoch(&mut self, epoch: u64) {
+        if self.watermark.is_some_and(|w| w.epoch != epoch) {
+            self.watermark = None;
+            self.ahead.clear();
+        }
+    }
+
+    /// The replica holds every node numbered up to `seq` in `epoch`.
+    pub fn complete_through(&mut self, epoch: u64, seq: u64) {
+        let current = self
+            .watermark
+            .filter(|w| w.epoch == epoch)
+            .map_or(0, |w| w.seq);
+        if seq >= current {
+            self.watermark = Some(Watermark { epoch, seq });
+            self.ahead = self.ahead.split_off(&seq.saturating_add(1));
+            self.absorb_ahead();
+        }
+    }
+
+    /// One node numbered `seq` arrived (broadcast or ack); advances the watermark over gaps
+    /// that are now filled.
+    pub fn received_seq(&mut self, epoch: u64, seq: u64) {
+        let Some(current) = self.watermark.filter(|w| w.epoch == epoch) else {
+            return;
+        };
+        if seq > current.seq {
+            self.ahead.insert(seq);
+            self.absorb_ahead();
+        }
+    }
+
+    fn absorb_ahead(&mut self) {
+        while let Some(mut w) = self.watermark {
+            let next = w.seq.saturating_add(1);
+            if !self.ahead.remove(&next) {
+                break;
+            }
+            w.seq = next;
+            self.watermark = Some(w);
+        }
+    }
+
+    /// Serializes the replica for a file: room, watermark, and nodes in order with sync flags.
+    pub fn to_bytes(&self) -> Result<Vec<u8>, rmp_serde::encode::Error> {
+        let file = ReplicaFile {
+            format: REPLICA_FORMAT,
+            room: self.room.as_str().to_owned(),
+            watermark: self.watermark,
+            nodes: self
+                .order
+                .iter()
+                .filter_map(|id| self.entries.get(id))
+                .map(|e| (e.node.clone(), e.synced))
+                .collect(),
+        };
+        rmp_serde::to_vec(&file)
+    }
+
+    /// Reads a replica written by [`to_bytes`](Self::to_bytes), checking every node.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, ReplicaFileError> {
+        let file: ReplicaFile = rmp_serde::from_slice(bytes)?;
+        if file.format != REPLICA_FORMAT {
+            return Err(ReplicaFileError::Format(file.format));
+        }
+        let room = RoomId::new(&file.room).map_err(|_| ReplicaFileError::Room)?;
+        let mut replica = Self::new(room);
+        for (node, synced) in file.nodes {
+            replica.insert(node, synced)?;
+        }
+        replica.watermark = file.watermark;
+        Ok(replica)
+    }
+}
+
+const REPLICA_FORMAT: u32 = 1;
+
+#[derive(Serialize, Deserialize)]
+struct ReplicaFile {
+    format: u32,
+    room: String,
+    watermark: Option<Watermark>,
+    nodes: Vec<(Node, bool)>,
+}
+
+/// A replica file could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplicaFileError {
+    /// Not a replica file.
+    #[error("not a replica file: {0}")]
+    Decode(#[from] rmp_serde::decode::Error),
+    /// A format version this build does not read.
+    #[error("replica file format {0} is not supported")]
+    Format(u32),
+    /// The stored room id is invalid.
+    #[error("replica file names an invalid room")]
+    Room,
+    /// A stored node is invalid or out of order.
+    #[error("replica file holds a bad node: {0}")]
+    Node(#[from] InsertError),
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,460 @@
+//! A room plus the relay sessions connected to it.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use super::{Admitted, BatchStep, Cursor, Room, SessionId, Submission};
+use crate::node::NodeId;
+use crate::node::Rejection;
+use crate::protocol::{
+    Ack, Broadcast, Capabilities, CatchUpDone, CloseCode, Message, Need, Outcome, PROTOCOL_VERSION,
+    Pack, Plan, PresenceUpdate, Resolved, SyncHints, Welcome,
+};
+use crate::recon::ReconPath;
+use crate::session::{Reaction, RelaySession, RelaySessionConfig, Request};
+
+/// Policy for every session of a hub.
+#[derive(Clone, Copy, Debug)]
+pub struct HubConfig {
+    /// Per-session limits and credit.
+    pub session: RelaySessionConfig,
+    /// How long a connection may take to send `hello`.
+    pub handshake_timeout: Duration,
+}
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        Self {
+            session: RelaySessionConfig::default(),
+            handshake_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Who receives an outgoing frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Audience {
+    /// One session.
+    One(SessionId),
+    /// Every session in steady state, except one (the sender of what is broadcast).
+    Live {
+        /// Session left out, if any.
+        except: Option<SessionId>,
+    },
+    /// Every joined session that negotiated presence, except the one whose state changed.
+    PresencePeers {
+        /// The peer the update is about.
+        except: SessionId,
+    },
+}
+
+/// One frame for an audience. Frames are encoded once, whatever the audience's size.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    /// Receivers.
+    pub to: Audience,
+    /// The encoded frame.
+    pub frame: Bytes,
+}
+
+/// Everything a hub call wants sent or closed, in order.
+#[derive(Debug, Default)]
+#[must_use]
+pub struct Outbox {
+    /// Frames to queue, in order.
+    pub frames: Vec<Outgoing>,
+    /// Sessions to close after their frames are queued. The hub has already forgotten them.
+    pub closes: Vec<(SessionId, CloseCode)>,
+}
+
+struct Member {
+    session: RelaySession,
+    cursor: Option<Cursor>,
+    presence: Bytes,
+    /// Set until `hello` arrives.
+    handshake_deadline: Option<Instant>,
+}
+
+/// A room and its sessions. Every input is a method; every output is an [`Outbox`].
+///
+/// Method kinds: [`connect`](Self::connect) / [`disconnect`](Self::disconnect) for connection
+/// lifecycle, [`handle_frame`](Self::handle_frame) for received bytes,
+/// [`handle_timeout`](Self::handle_timeout) when [`poll_timeout`](Self::poll_timeout) is due, and
+/// [`recipients`](Self::recipients) to resolve an [`Audience`]. The driver queues the outbox's
+/// frames in order, then closes the listed sessions.
+pub struct Hub {
+    room: Room,
+    config: HubConfig,
+    members: BTreeMap<SessionId, Member>,
+}
+
+impl Hub {
+    /// Serves `room`.
+    pub fn new(room: Room, config: HubConfig) -> Self {
+        Self {
+            room,
+            config,
+            members: BTreeMap::new(),
+        }
+    }
+
+    /// The room.
+    pub fn room(&self) -> &Room {
+        &self.room
+    }
+
+    /// Number of connected sessions.
+    pub fn session_count(&self) -> usize {
+        self.members.len()
+    }
+
+    /// A new connection; it must send `hello` within the handshake timeout.
+    pub fn connect(&mut self, id: SessionId, now: Instant) {
+        let deadline = now.checked_add(self.config.handshake_timeout);
+        self.members.insert(
+            id,
+            Member {
+                session: RelaySession::new(self.config.session),
+                cursor: None,
+                presence: Bytes::new(),
+                handshake_deadline: deadline,
+            },
+        );
+    }
+
+    /// A connection ended (or the driver is closing it, e.g. on queue overflow).
+    pub fn disconnect(&mut self, id: SessionId) -> Outbox {
+        let mut out = Outbox::default();
+        self.forget(id, &mut out);
+        out
+    }
+
+    /// Sessions an audience currently resolves to.
+    pub fn recipients(&self, audience: Audience) -> impl Iterator<Item = SessionId> + '_ {
+        let single = match audience {
+            Audience::One(id) => Some(id),
+            _ => None,
+        };
+        let many = (single.is_none()).then(|| {
+            self.members.iter().filter_map(move |(id, m)| {
+                let wanted = match audience {
+                    Audience::One(_) => false,
+                    Audience::Live { except } => m.session.is_steady() && Some(*id) != except,
+                    Audience::PresencePeers { except } => {
+                        *id != except
+                            && m.session.has_joined()
+                            && m.session.capabilities().contains(Capabilities::PRESENCE)
+                    }
+                };
+                wanted.then_some(*id)
+            })
+        });
+        single.into_iter().chain(many.into_iter().flatten())
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) should next run.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let handshakes = self.members.values().filter_map(|m| m.handshake_deadline);
+        handshakes.chain(self.room.next_expiry()).min()
+    }
+
+    /// Closes sessions that never said `hello` and expires orphans.
+    pub fn handle_timeout(&mut self, now: Instant) -> Outbox {
+        let mut out = Outbox::default();
+        let late: Vec<SessionId> = self
+            .members
+            .iter()
+            .filter(|(_, m)| m.handshake_deadline.is_some_and(|d| d <= now))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in late {
+            self.close(id, CloseCode::HandshakeTimeout, &mut out);
+        }
+        let expired = self.room.expire_orphans(now);
+        let outcomes = expired
+            .into_iter()
+            .map(|(origin, id)| (origin, id, Outcome::Rejected(Rejection::OrphanExpired)));
+        self.send_resolved(outcomes, &mut out);
+        out
+    }
+
+    /// Handles one frame received from a session.
+    pub fn handle_frame(&mut self, id: SessionId, frame: &[u8], now: Instant) -> Outbox {
+        let mut out = Outbox::default();
+        let Some(member) = self.members.get_mut(&id) else {
+            return out;
+        };
+        match member.session.handle_frame(frame) {
+            Reaction::None => {}
+            Reaction::Error(error) => {
+                self.send(Audience::One(id), Message::ErrorMessage(error), &mut out)
+            }
+            Reaction::Close(code, error) => {
+                if let Some(error) = error {
+                    self.send(Audience::One(id), Message::ErrorMessage(error), &mut out);
+                }
+                self.close(id, code, &mut out);
+            }
+            Reaction::Request(request) => self.serve(id, request, now, &mut out),
+        }
+        out
+    }
+
+    fn serve(&mut self, id: SessionId, request: Request, now: Instant, out: &mut Outbox) {
+        match request {
+            Request::Join {
+                hints,
+                capabilities,
+            } => self.join(id, &hints, capabilities, out),
+            Request::Ids(ids) => {
+                let (need, cursor) = self.room.id_list_cursor(ids);
+                self.send_need(id, need, out);
+                if let Some(member) = self.members.get_mut(&id) {
+                    member.cursor = Some(cursor);
+                    member.session.need_sent();
+                }
+                self.pump(id, out);
+            }
+            Request::Pump => self.pump(id, out),
+            Request::Pack(pack) => self.submit(id, pack, now, out),
+            Request::Presence(state) => {
+                if let Some(member) = self.members.get_mut(&id) {
+                    member.presence = state.clone();
+                }
+                let update = Message::PresenceUpdate(PresenceUpdate { peer: id, state });
+                self.send(Audience::PresencePeers { except: id }, update, out);
+            }
+        }
+    }
+
+    fn join(
+        &mut self,
+        id: SessionId,
+        hints: &SyncHints,
+        capabilities: Capabilities,
+        out: &mut Outbox,
+    ) {
+        let path = self.room.plan(hints);
+        let (plan, cursor) = match path {
+            ReconPath::InSync => (Plan::InSync, None),
+            ReconPath::CatchUp { after } => (
+                Plan::CatchUp,
+                Some(self.room.catch_up_cursor(after, &hints.heads)),
+            ),
+            ReconPath::IdList => (Plan::SendIds, None),
+        };
+        let welcome = Welcome {
+            version: PROTOCOL_VERSION,
+            capabilities,
+            peer: id,
+            epoch: self.room.epoch(),
+            seq: self.room.seq(),
+            plan,
+            limits: self.config.session.limits,
+        };
+        let Some(member) = self.members.get_mut(&id) else {
+            return;
+        };
+        member.session.welcome(plan);
+        member.cursor = cursor;
+        member.handshake_deadline = None;
+        self.send(Audience::One(id), Message::Welcome(welcome), out);
+        if capabilities.contains(Capabilities::PRESENCE) {
+            let present: Vec<(SessionId, Bytes)> = self
+                .members
+                .iter()
+                .filter(|(peer, m)| **peer != id && !m.presence.is_empty())
+                .map(|(peer, m)| (*peer, m.presence.clone()))
+                .collect();
+            for (peer, state) in present {
+                self.send(
+                    Audience::One(id),
+                    Message::PresenceUpdate(PresenceUpdate { peer, state }),
+                    out,
+                );
+            }
+        }
+        self.pump(id, out);
+    }
+
+    fn send_need(&mut self, id: SessionId, need: Vec<NodeId>, out: &mut Outbox) {
+        let chunk = (self.config.session.limits.max_ids as usize).max(1);
+        let mut chunks = need.chunks(chunk).peekable();
+        if chunks.peek().is_none() {
+            self.send(
+                Audience::One(id),
+                Message::Need(Need {
+                    ids: Vec::new(),
+                    last: true,
+                }),
+                out,
+            );
+        }
+        while let Some(ids) = chunks.next() {
+            let last = chunks.peek().is_none();
+            self.send(
+                Audience::One(id),
+                Message::Need(Need {
+                    ids: ids.to_vec(),
+                    last,
+                }),
+                out,
+            );
+        }
+    }
+
+    /// Streams catch-up while the session has credit; finishes it when the log is exhausted.
+    fn pump(&mut self, id: SessionId, out: &mut Outbox) {
+        let max_frame = self.config.session.limits.max_frame as usize;
+        loop {
+            let Some(member) = self.members.get_mut(&id) else {
+                return;
+            };
+            if !member.session.is_catching_up() || member.session.credit() == 0 {
+                return;
+            }
+            let Some(cursor) = member.cursor.as_mut() else {
+                return;
+            };
+            match self.room.next_batch(cursor, max_frame) {
+                BatchStep::Batch(batch) => match Message::Batch(batch).encode() {
+                    Ok(frame) => {
+                        member.session.spend_credit(frame.len() as u64);
+                        out.frames.push(Outgoing {
+                            to: Audience::One(id),
+                            frame,
+                        });
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot encode a catch-up batch");
+                        self.close(id, CloseCode::Internal, out);
+                        return;
+                    }
+                },
+                BatchStep::Done => {
+                    member.cursor = None;
+                    member.session.caught_up();
+                    let done = CatchUpDone {
+                        seq: self.room.seq(),
+                        digest: self.room.digest(),
+                    };
+                    self.send(Audience::One(id), Message::CatchUpDone(done), out);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn submit(&mut self, id: SessionId, pack: Pack, now: Instant, out: &mut Outbox) {
+        let Submission {
+            outcomes,
+            admitted,
+            resolved,
+        } = self.room.submit(id, pack.nodes, now);
+        self.send(
+            Audience::One(id),
+            Message::Ack(Ack {
+                number: pack.number,
+                outcomes,
+            }),
+            out,
+        );
+        if !admitted.is_empty() {
+            self.broadcast(&admitted, Audience::Live { except: Some(id) }, out);
+            // Released orphans of other peers still reach the sender, which never gets its own
+            // nodes echoed back.
+            if self.members.get(&id).is_some_and(|m| m.session.is_steady()) {
+                let others: Vec<Admitted> = admitted
+                    .iter()
+                    .filter(|a| a.origin != id)
+                    .copied()
+                    .collect();
+                for run in others.chunk_by(|a, b| a.seq.checked_add(1) == Some(b.seq)) {
+                    self.broadcast(run, Audience::One(id), out);
+                }
+            }
+        }
+        self.send_resolved(resolved, out);
+    }
+
+    /// Broadcasts consecutive admitted nodes.
+    fn broadcast(&mut self, admitted: &[Admitted], to: Audience, out: &mut Outbox) {
+        let Some(first) = admitted.first() else {
+            return;
+        };
+        let nodes = admitted
+            .iter()
+            .filter_map(|a| self.room.node_at(a.seq))
+            .cloned()
+            .collect();
+        self.send(
+            to,
+            Message::Broadcast(Broadcast {
+                first_seq: first.seq,
+                nodes,
+            }),
+            out,
+        );
+    }
+
+    fn send_resolved(
+        &mut self,
+        resolved: impl IntoIterator<Item = (SessionId, NodeId, Outcome)>,
+        out: &mut Outbox,
+    ) {
+        let mut by_origin: BTreeMap<SessionId, Vec<(NodeId, Outcome)>> = BTreeMap::new();
+        for (origin, id, outcome) in resolved {
+            by_origin.entry(origin).or_default().push((id, outcome));
+        }
+        for (origin, outcomes) in by_origin {
+            if self
+                .members
+                .get(&origin)
+                .is_some_and(|m| m.session.is_steady())
+            {
+                self.send(
+                    Audience::One(origin),
+                    Message::Resolved(Resolved { outcomes }),
+                    out,
+                );
+            }
+        }
+    }
+
+    fn send(&mut self, to: Audience, message: Message, out: &mut Outbox) {
+        match message.encode() {
+            Ok(frame) => out.frames.push(Outgoing { to, frame }),
+            Err(e) => {
+                // Never drop silently: whoever should have received it resyncs.
+                tracing::error!(error = %e, ty = ?message.message_type(), "cannot encode a frame");
+                let victims: Vec<SessionId> = self.recipients(to).collect();
+                for victim in victims {
+                    self.close(victim, CloseCode::Internal, out);
+                }
+            }
+        }
+    }
+
+    fn close(&mut self, id: SessionId, code: CloseCode, out: &mut Outbox) {
+        if self.forget(id, out) {
+            out.closes.push((id, code));
+        }
+    }
+
+    /// Removes a session; tells presence peers it left. Returns whether it was known.
+    fn forget(&mut self, id: SessionId, out: &mut Outbox) -> bool {
+        let Some(member) = self.members.remove(&id) else {
+            return false;
+        };
+        if !member.presence.is_empty() {
+            let left = Message::PresenceUpdate(PresenceUpdate {
+                peer: id,
+                state: Bytes::new(),
+            });
+            self.send(Audience::PresencePeers { except: id }, left, out);
+        }
+        true
+    }
+}

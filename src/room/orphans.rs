@@ -1,0 +1,162 @@
+//! The bounded buffer where nodes wait for missing parents.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use crate::node::{Node, NodeId, Rejection};
+
+use super::SessionId;
+
+/// Bounds of one room's orphan buffer.
+#[derive(Clone, Copy, Debug)]
+pub struct OrphanLimits {
+    /// Most nodes waiting at once.
+    pub max_nodes: usize,
+    /// Most payload and header bytes waiting at once.
+    pub max_bytes: usize,
+    /// How long a node may wait before it is rejected with `OrphanExpired`.
+    pub ttl: Duration,
+}
+
+impl Default for OrphanLimits {
+    fn default() -> Self {
+        Self {
+            max_nodes: 4096,
+            max_bytes: 16 * 1024 * 1024,
+            ttl: Duration::from_secs(30),
+        }
+    }
+}
+
+struct Orphan {
+    node: Node,
+    origin: SessionId,
+    /// Parents not yet in the room.
+    missing: usize,
+    expires: Instant,
+}
+
+/// Nodes whose parents are not (yet) in the room, indexed by the parents they wait for.
+///
+/// Invariant: every id in `waiting` lists and `expiry` is either in `by_id` or stale; stale
+/// entries are skipped when read and removed with their orphan.
+pub(super) struct Orphans {
+    limits: OrphanLimits,
+    by_id: HashMap<NodeId, Orphan>,
+    /// Missing parent -> orphans waiting for it.
+    waiting: HashMap<NodeId, Vec<NodeId>>,
+    /// Insertion order, which is expiry order because the TTL is fixed.
+    expiry: VecDeque<(Instant, NodeId)>,
+    bytes: usize,
+}
+
+impl Orphans {
+    pub(super) fn new(limits: OrphanLimits) -> Self {
+        Self {
+            limits,
+            by_id: HashMap::new(),
+            waiting: HashMap::new(),
+            expiry: VecDeque::new(),
+            bytes: 0,
+        }
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    pub(super) fn contains(&self, id: &NodeId) -> bool {
+        self.by_id.contains_key(id)
+    }
+
+    /// Earliest time an orphan expires.
+    pub(super) fn next_expiry(&self) -> Option<Instant> {
+        self.expiry.front().map(|(at, _)| *at)
+    }
+
+    /// Parks `node` until `missing` parents arrive.
+    pub(super) fn insert(
+        &mut self,
+        node: Node,
+        origin: SessionId,
+        missing: Vec<NodeId>,
+        now: Instant,
+    ) -> Result<(), Rejection> {
+        let size = node.heap_size();
+        if self.by_id.len() >= self.limits.max_nodes
+            || self.bytes.saturating_add(size) > self.limits.max_bytes
+        {
+            return Err(Rejection::OrphanBufferFull);
+        }
+        let id = node.id;
+        for parent in &missing {
+            self.waiting.entry(*parent).or_default().push(id);
+        }
+        let expires = now.checked_add(self.limits.ttl).unwrap_or(now);
+        self.expiry.push_back((expires, id));
+        self.bytes = self.bytes.saturating_add(size);
+        self.by_id.insert(
+            id,
+            Orphan {
+                node,
+                origin,
+                missing: missing.len(),
+                expires,
+            },
+        );
+        Ok(())
+    }
+
+    /// `parent` arrived: returns the orphans that now have every parent, removed from the buffer.
+    pub(super) fn parent_arrived(&mut self, parent: &NodeId) -> Vec<(Node, SessionId)> {
+        let Some(waiters) = self.waiting.remove(parent) else {
+            return Vec::new();
+        };
+        let mut ready = Vec::new();
+        for id in waiters {
+            let Some(orphan) = self.by_id.get_mut(&id) else {
+                continue;
+            };
+            orphan.missing = orphan.missing.saturating_sub(1);
+            if orphan.missing == 0 {
+                if let Some(orphan) = self.remove(&id) {
+                    ready.push((orphan.node, orphan.origin));
+                }
+            }
+        }
+        ready
+    }
+
+    /// Removes every orphan whose time is up; returns `(origin, id)` of each.
+    pub(super) fn expire(&mut self, now: Instant) -> Vec<(SessionId, NodeId)> {
+        let mut expired = Vec::new();
+        while let Some(&(at, id)) = self.expiry.front() {
+            if at > now {
+                break;
+            }
+            self.expiry.pop_front();
+            // Skip stale entries: admitted orphans leave their expiry entry behind.
+            let current = self.by_id.get(&id).is_some_and(|o| o.expires == at);
+            if current {
+                if let Some(orphan) = self.remove(&id) {
+                    expired.push((orphan.origin, id));
+                }
+            }
+        }
+        expired
+    }
+
+    fn remove(&mut self, id: &NodeId) -> Option<Orphan> {
+        let orphan = self.by_id.remove(id)?;
+        self.bytes = self.bytes.saturating_sub(orphan.node.heap_size());
+        for parent in &orphan.node.parents {
+            if let Some(list) = self.waiting.get_mut(parent) {
+                list.retain(|waiter| waiter != id);
+                if list.is_empty() {
+                    self.waiting.remove(parent);
+                }
+            }
+        }
+        Some(orphan)
+    }
+}

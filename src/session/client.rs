@@ -1,0 +1,156 @@
+//! The client's side of one session.
+
+use crate::protocol::{
+    self, Ack, Batch, Broadcast, Capabilities, CatchUpDone, Credit, DecodeError, EncodeError,
+    ErrorMessage, Hello, Message, MessageType, Need, PROTOCOL_VERSION, Plan, PresenceUpdate,
+    Resolved, SyncHints, Welcome,
+};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    AwaitWelcome,
+    /// Plan `SendIds`: sending our ids, then waiting for the last `need`.
+    AwaitNeed,
+    CatchingUp,
+    Steady,
+}
+
+/// A frame from the relay, checked against the phase.
+#[derive(Debug)]
+pub enum ClientEvent {
+    /// The relay accepted `hello` and chose a plan.
+    Welcome(Welcome),
+    /// Ids the relay lacks (plan `SendIds`).
+    Need(Need),
+    /// Catch-up nodes.
+    Batch(Batch),
+    /// Catch-up finished; the session is live.
+    CaughtUp(CatchUpDone),
+    /// Outcomes of one of our packs.
+    Ack(Ack),
+    /// Final outcomes of nodes that were pending.
+    Resolved(Resolved),
+    /// Live nodes from other peers.
+    Broadcast(Broadcast),
+    /// A peer's presence changed.
+    Presence(PresenceUpdate),
+    /// The relay complained about one of our frames.
+    RelayError(ErrorMessage),
+}
+
+/// The relay sent something this client cannot accept; the connection should be dropped and
+/// re-established.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The frame did not decode.
+    #[error("relay sent an undecodable frame: {0}")]
+    Decode(#[from] DecodeError),
+    /// A valid message arrived in a phase where it makes no sense.
+    #[error("relay sent {0:?} out of order")]
+    Unexpected(MessageType),
+    /// The relay chose a protocol version we did not offer.
+    #[error("relay chose protocol version {0}, which this client does not speak")]
+    Version(u16),
+}
+
+/// Sans-IO client session: builds `hello`, checks the relay's frames against the phase and keeps
+/// catch-up credit topped up. The replica layer acts on the [`ClientEvent`]s.
+#[derive(Debug)]
+pub struct ClientSession {
+    phase: Phase,
+    capabilities: Capabilities,
+    /// Catch-up credit window granted in `hello` and kept topped up.
+    window: u64,
+    /// Catch-up bytes received since the last `credit` frame.
+    consumed: u64,
+}
+
+impl ClientSession {
+    /// Starts a session; returns it with the encoded `hello` to send first.
+    pub fn start(
+        hints: SyncHints,
+        capabilities: Capabilities,
+        window: u64,
+    ) -> Result<(Self, bytes::Bytes), EncodeError> {
+        let hello = Message::Hello(Hello {
+            min_version: PROTOCOL_VERSION,
+            max_version: PROTOCOL_VERSION,
+            capabilities,
+            hints,
+            credit: window,
+        })
+        .encode()?;
+        let session = Self {
+            phase: Phase::AwaitWelcome,
+            capabilities,
+            window,
+            consumed: 0,
+        };
+        Ok((session, hello))
+    }
+
+    /// Capabilities in effect (what we offered until `welcome`, then the intersection).
+    pub fn capabilities(&self) -> Capabilities {
+        self.capabilities
+    }
+
+    /// Whether catch-up is over and packs may be sent.
+    pub fn is_steady(&self) -> bool {
+        self.phase == Phase::Steady
+    }
+
+    /// Handles one received frame.
+    pub fn handle_frame(&mut self, frame: &[u8]) -> Result<ClientEvent, ClientError> {
+        let message = protocol::decode(frame)?;
+        let ty = message.message_type();
+        let event = match (self.phase, message) {
+            (Phase::AwaitWelcome, Message::Welcome(welcome)) => {
+                if welcome.version != PROTOCOL_VERSION {
+                    return Err(ClientError::Version(welcome.version));
+                }
+                self.capabilities = self.capabilities.intersect(welcome.capabilities);
+                self.phase = match welcome.plan {
+                    Plan::InSync => Phase::Steady,
+                    Plan::CatchUp => Phase::CatchingUp,
+                    // The caller answers with its `ids` frames; `need` follows them.
+                    Plan::SendIds => Phase::AwaitNeed,
+                };
+                ClientEvent::Welcome(welcome)
+            }
+            (Phase::AwaitNeed, Message::Need(need)) => {
+                if need.last {
+                    self.phase = Phase::CatchingUp;
+                }
+                ClientEvent::Need(need)
+            }
+            (Phase::CatchingUp, Message::Batch(batch)) => {
+                // usize -> u64 cannot truncate on supported targets.
+                self.consumed = self.consumed.saturating_add(frame.len() as u64);
+                ClientEvent::Batch(batch)
+            }
+            (Phase::CatchingUp, Message::CatchUpDone(done)) => {
+                self.phase = Phase::Steady;
+                ClientEvent::CaughtUp(done)
+            }
+            (Phase::Steady, Message::Ack(ack)) => ClientEvent::Ack(ack),
+            (Phase::Steady, Message::Resolved(resolved)) => ClientEvent::Resolved(resolved),
+            (Phase::Steady, Message::Broadcast(broadcast)) => ClientEvent::Broadcast(broadcast),
+            (phase, Message::PresenceUpdate(update)) if phase != Phase::AwaitWelcome => {
+                ClientEvent::Presence(update)
+            }
+            (_, Message::ErrorMessage(error)) => ClientEvent::RelayError(error),
+            _ => return Err(ClientError::Unexpected(ty)),
+        };
+        Ok(event)
+    }
+
+    /// A `credit` frame to send once half the window has been consumed, so catch-up keeps
+    /// streaming without a credit frame per batch.
+    pub fn poll_credit(&mut self) -> Result<Option<bytes::Bytes>, EncodeError> {
+        if self.phase != Phase::CatchingUp || self.consumed < self.window / 2 {
+            return Ok(None);
+        }
+        let bytes = std::mem::take(&mut self.consumed);
+        Message::Credit(Credit { bytes }).encode().map(Some)
+    }
+}

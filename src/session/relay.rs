@@ -1,0 +1,286 @@
+//! The relay's side of one session.
+
+use bytes::Bytes;
+
+use crate::node::NodeId;
+use crate::protocol::{
+    self, Capabilities, CloseCode, ErrorCode, ErrorMessage, Hello, Message, MessageType,
+    PROTOCOL_VERSION, Pack, RelayLimits, SyncHints,
+};
+
+/// Errors tolerated before a session is closed with [`CloseCode::ProtocolViolation`].
+pub const MAX_ERRORS: u32 = 8;
+
+/// Where a relay session is (protocol/README.md §2).
+#[derive(Debug)]
+enum Phase {
+    AwaitHello,
+    /// Plan `SendIds`: collecting the client's ids until `last`.
+    CollectingIds(Vec<NodeId>),
+    /// Waiting for the room to answer the collected ids.
+    AwaitNeed,
+    CatchingUp,
+    Steady,
+    Closed,
+}
+
+/// What the room must do for a session after a frame.
+#[derive(Debug)]
+#[must_use]
+pub enum Request {
+    /// A valid `hello`: plan the path, then call [`RelaySession::welcome`].
+    Join {
+        /// The client's replica summary.
+        hints: SyncHints,
+        /// Negotiated capabilities.
+        capabilities: Capabilities,
+    },
+    /// The client's complete id list (plan `SendIds`).
+    Ids(Vec<NodeId>),
+    /// Credit grew; send more catch-up if any is due.
+    Pump,
+    /// New nodes to validate, store and broadcast.
+    Pack(Pack),
+    /// New presence state for this peer.
+    Presence(Bytes),
+}
+
+/// The session's reaction to one received frame.
+#[derive(Debug)]
+#[must_use]
+pub enum Reaction {
+    /// Nothing to do (a frame that only updated session state).
+    None,
+    /// Hand this to the room.
+    Request(Request),
+    /// Send this `error` frame; the session stays open.
+    Error(ErrorMessage),
+    /// Send the `error` frame if any, then close with the code.
+    Close(CloseCode, Option<ErrorMessage>),
+}
+
+/// Sans-IO relay session: checks every frame against the phase and the negotiated limits, and
+/// tracks catch-up credit. It never touches room data; the room layer acts on its
+/// [`Request`]s and moves it between phases with [`welcome`](Self::welcome),
+/// [`need_sent`](Self::need_sent) and [`caught_up`](Self::caught_up).
+#[derive(Debug)]
+pub struct RelaySession {
+    phase: Phase,
+    config: RelaySessionConfig,
+    capabilities: Capabilities,
+    /// Catch-up bytes the client still allows; never above `config.max_credit`.
+    credit: u64,
+    errors: u32,
+}
+
+/// Per-session policy of the relay.
+#[derive(Clone, Copy, Debug)]
+pub struct RelaySessionConfig {
+    /// Limits announced in `welcome` and enforced here.
+    pub limits: RelayLimits,
+    /// Most catch-up credit a client may hold, bounding queued catch-up bytes.
+    pub max_credit: u64,
+    /// Most ids one id list may hold in total (32 bytes of relay memory each).
+    pub max_total_ids: usize,
+}
+
+impl Default for RelaySessionConfig {
+    fn default() -> Self {
+        Self {
+            limits: RelayLimits::default(),
+            max_credit: 4 * 1024 * 1024,
+            max_total_ids: 4_000_000,
+        }
+    }
+}
+
+impl RelaySession {
+    /// A session that has just connected and waits for `hello`.
+    pub fn new(config: RelaySessionConfig) -> Self {
+        Self {
+            phase: Phase::AwaitHello,
+            config,
+            capabilities: Capabilities::NONE,
+            credit: 0,
+            errors: 0,
+        }
+    }
+
+    /// Capabilities negotiated in `hello` (none before it).
+    pub fn capabilities(&self) -> Capabilities {
+        self.capabilities
+    }
+
+    /// Whether the session receives live broadcasts.
+    pub fn is_steady(&self) -> bool {
+        matches!(self.phase, Phase::Steady)
+    }
+
+    /// Whether the session is streaming catch-up.
+    pub fn is_catching_up(&self) -> bool {
+        matches!(self.phase, Phase::CatchingUp)
+    }
+
+    /// Whether a `hello` has been accepted.
+    pub fn has_joined(&self) -> bool {
+        !matches!(self.phase, Phase::AwaitHello | Phase::Closed)
+    }
+
+    /// Catch-up bytes the relay may still send.
+    pub fn credit(&self) -> u64 {
+        self.credit
+    }
+
+    /// Records that `bytes` of catch-up were queued.
+    pub fn spend_credit(&mut self, bytes: u64) {
+        self.credit = self.credit.saturating_sub(bytes);
+    }
+
+    /// Moves to the phase that follows `welcome` with `plan`.
+    pub fn welcome(&mut self, plan: protocol::Plan) {
+        self.phase = match plan {
+            protocol::Plan::InSync => Phase::Steady,
+            protocol::Plan::CatchUp => Phase::CatchingUp,
+            protocol::Plan::SendIds => Phase::CollectingIds(Vec::new()),
+        };
+    }
+
+    /// The `need` frames are queued; catch-up streaming starts.
+    pub fn need_sent(&mut self) {
+        self.phase = Phase::CatchingUp;
+    }
+
+    /// `catch_up_done` is queued; the session is live.
+    pub fn caught_up(&mut self) {
+        self.phase = Phase::Steady;
+    }
+
+    /// The connection is gone or being closed; every later frame is ignored.
+    pub fn close(&mut self) {
+        self.phase = Phase::Closed;
+    }
+
+    /// Handles one received binary frame.
+    pub fn handle_frame(&mut self, frame: &[u8]) -> Reaction {
+        if matches!(self.phase, Phase::Closed) {
+            return Reaction::None;
+        }
+        let message = match protocol::decode(frame) {
+            Ok(message) => message,
+            Err(e) => {
+                // A garbled hello leaves nothing to talk about.
+                if matches!(self.phase, Phase::AwaitHello) {
+                    return self.fatal(CloseCode::ProtocolViolation, e.to_message());
+                }
+                return self.complain(e.to_message());
+            }
+        };
+        let ty = message.message_type();
+        match (&mut self.phase, message) {
+            (Phase::AwaitHello, Message::Hello(hello)) => self.accept_hello(hello),
+            (Phase::AwaitHello, _) => self.fatal(
+                CloseCode::ProtocolViolation,
+                ErrorMessage::new(
+                    ErrorCode::Unexpected,
+                    Some(ty),
+                    "the first frame must be hello",
+                ),
+            ),
+            (Phase::CollectingIds(collected), Message::Ids(chunk)) => {
+                let max = self.config.limits.max_ids as usize;
+                if chunk.ids.len() > max {
+                    return self.complain(limit(ty, format!("more than {max} ids in one frame")));
+                }
+                let total = self.config.max_total_ids;
+                if collected.len().saturating_add(chunk.ids.len()) > total {
+                    return self.fatal(
+                        CloseCode::ProtocolViolation,
+                        limit(ty, format!("id list longer than {total}")),
+                    );
+                }
+                collected.extend(chunk.ids);
+                if chunk.last {
+                    let ids = std::mem::take(collected);
+                    self.phase = Phase::AwaitNeed;
+                    Reaction::Request(Request::Ids(ids))
+                } else {
+                    Reaction::None
+                }
+            }
+            (
+                Phase::CollectingIds(_) | Phase::AwaitNeed | Phase::CatchingUp | Phase::Steady,
+                Message::Credit(c),
+            ) => {
+                self.credit = self
+                    .credit
+                    .saturating_add(c.bytes)
+                    .min(self.config.max_credit);
+                Reaction::Request(Request::Pump)
+            }
+            (Phase::Steady, Message::Pack(pack)) => {
+                let max = self.config.limits.max_pack_nodes as usize;
+                if pack.nodes.len() > max {
+                    return self.complain(limit(ty, format!("more than {max} nodes in one pack")));
+                }
+                Reaction::Request(Request::Pack(pack))
+            }
+            (_, Message::Presence(p)) if self.capabilities.contains(Capabilities::PRESENCE) => {
+                let max = self.config.limits.max_presence as usize;
+                if p.state.len() > max {
+                    return self.complain(limit(ty, format!("presence state over {max} bytes")));
+                }
+                Reaction::Request(Request::Presence(p.state))
+            }
+            // A client reporting an error about our frames: nothing to fix on this side.
+            (_, Message::ErrorMessage(e)) => {
+                tracing::debug!(code = e.code, detail = %e.detail, "client reported an error");
+                Reaction::None
+            }
+            (_, _) => self.complain(ErrorMessage::new(
+                ErrorCode::Unexpected,
+                Some(ty),
+                format!("{ty:?} is not allowed now"),
+            )),
+        }
+    }
+
+    fn accept_hello(&mut self, hello: Hello) -> Reaction {
+        if hello.min_version > PROTOCOL_VERSION || hello.max_version < PROTOCOL_VERSION {
+            let detail = format!(
+                "relay speaks version {PROTOCOL_VERSION}, client {}..={}",
+                hello.min_version, hello.max_version
+            );
+            return self.fatal(
+                CloseCode::UnsupportedVersion,
+                ErrorMessage::new(
+                    ErrorCode::UnsupportedVersion,
+                    Some(MessageType::Hello),
+                    detail,
+                ),
+            );
+        }
+        self.capabilities = hello.capabilities.intersect(Capabilities::SUPPORTED);
+        self.credit = hello.credit.min(self.config.max_credit);
+        Reaction::Request(Request::Join {
+            hints: hello.hints,
+            capabilities: self.capabilities,
+        })
+    }
+
+    fn complain(&mut self, error: ErrorMessage) -> Reaction {
+        self.errors = self.errors.saturating_add(1);
+        if self.errors >= MAX_ERRORS {
+            return self.fatal(CloseCode::ProtocolViolation, error);
+        }
+        Reaction::Error(error)
+    }
+
+    fn fatal(&mut self, code: CloseCode, error: ErrorMessage) -> Reaction {
+        self.phase = Phase::Closed;
+        Reaction::Close(code, Some(error))
+    }
+}
+
+fn limit(ty: MessageType, detail: String) -> ErrorMessage {
+    ErrorMessage::new(ErrorCode::LimitExceeded, Some(ty), detail)
+}

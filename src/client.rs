@@ -1,1 +1,483 @@
-//! placeholder
+//! The Rust client: a local [`Replica`] kept in sync with a room through the relay.
+//!
+//! [`Client::start`] spawns a driver task that connects, reconciles, pushes local nodes and
+//! applies arriving ones, and reconnects with jittered exponential backoff when the connection
+//! drops. Everything protocol-related happens in the pure [`Link`]; this module only moves
+//! bytes, keeps time and wakes waiters.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use weft::client::{Client, ClientConfig};
+//! let config = ClientConfig::new("ws://127.0.0.1:7788", "notes".parse()?);
+//! let (client, mut events) = Client::start(config)?;
+//! client.wait_synced().await?;
+//! let id = client.push("todo/1", "buy milk").await?;
+//! println!("acked {id}");
+//! while let Some(event) = events.recv().await {
+//!     println!("{event:?}");
+//! }
+//! # Ok(()) }
+//! ```
+
+#![allow(clippy::disallowed_methods)] // The driver owns the clock and the jitter RNG.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use rand::Rng;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+use crate::node::{Node, NodeId, Rejection, RoomId};
+use crate::protocol::{Capabilities, ErrorMessage, Message, Outcome, Presence};
+use crate::replica::{InsertError, Link, Replica, ReplicaFileError, SyncEvent};
+
+/// How a client connects.
+#[derive(Clone, Debug)]
+pub struct ClientConfig {
+    /// Relay base URL, e.g. `ws://127.0.0.1:7788`.
+    pub server: String,
+    /// The room.
+    pub room: RoomId,
+    /// Capabilities to offer.
+    pub capabilities: Capabilities,
+    /// Catch-up credit window in bytes.
+    pub window: u64,
+    /// First reconnect delay; doubles per failed attempt up to `backoff_max`.
+    pub backoff_min: Duration,
+    /// Longest reconnect delay.
+    pub backoff_max: Duration,
+    /// Replica file: loaded at start if it exists, written by [`Client::save`] and on close.
+    pub replica_file: Option<PathBuf>,
+}
+
+impl ClientConfig {
+    /// Defaults for `server` and `room`.
+    pub fn new(server: impl Into<String>, room: RoomId) -> Self {
+        Self {
+            server: server.into(),
+            room,
+            capabilities: Capabilities::SUPPORTED,
+            window: 2 * 1024 * 1024,
+            backoff_min: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(10),
+            replica_file: None,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!(
+            "{}/v1/rooms/{}",
+            self.server.trim_end_matches('/'),
+            self.room
+        )
+    }
+}
+
+/// What happens on the client, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A connection to the relay is open.
+    Connected,
+    /// The replica holds everything the relay held at arrival number `seq`.
+    Synced {
+        /// Relay arrival number.
+        seq: u64,
+    },
+    /// A node from another peer (or from catch-up) is now in the replica.
+    Node(Node),
+    /// A peer's presence changed; empty state means cleared or left.
+    Presence {
+        /// The peer.
+        peer: u64,
+        /// Its state.
+        state: Bytes,
+    },
+    /// The relay complained about one of our frames.
+    RelayError(ErrorMessage),
+    /// The connection dropped; the client reconnects by itself.
+    Disconnected {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// The client could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The replica file could not be read.
+    #[error("cannot read replica file: {0}")]
+    Io(#[from] std::io::Error),
+    /// The replica file is not valid.
+    #[error(transparent)]
+    File(#[from] ReplicaFileError),
+    /// The replica file belongs to another room.
+    #[error("replica file is for room {found}, not {wanted}")]
+    WrongRoom {
+        /// Room in the file.
+        found: RoomId,
+        /// Room configured.
+        wanted: RoomId,
+    },
+}
+
+/// A push did not end in an ack.
+#[derive(Debug, thiserror::Error)]
+pub enum PushError {
+    /// The node could not be created locally.
+    #[error("cannot create node: {0}")]
+    Local(#[from] InsertError),
+    /// The relay refused the node; it was removed from the replica.
+    #[error("relay rejected the node: {0}")]
+    Rejected(Rejection),
+    /// The client shut down before the relay answered.
+    #[error("client closed before the node was acked")]
+    Closed,
+}
+
+/// The client is closed.
+#[derive(Debug, thiserror::Error)]
+#[error("client is closed")]
+pub struct Closed;
+
+enum Command {
+    Push,
+    Presence,
+    Close,
+}
+
+struct Shared {
+    /// Held only for synchronous replica work, never across an await.
+    replica: Mutex<Replica>,
+    waiters: Mutex<HashMap<NodeId, oneshot::Sender<Outcome>>>,
+    /// Number of completed reconciliations.
+    syncs: watch::Sender<u64>,
+    presence: Mutex<Bytes>,
+}
+
+impl Shared {
+    fn replica(&self) -> MutexGuard<'_, Replica> {
+        // A panic while holding the lock cannot leave a half-applied frame behind (frames are
+        // applied by pure code that does not panic), so a poisoned lock is still usable.
+        self.replica
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// A handle to a running client. Cheap to share behind an `Arc`.
+pub struct Client {
+    shared: Arc<Shared>,
+    commands: mpsc::UnboundedSender<Command>,
+    task: JoinHandle<()>,
+    replica_file: Option<PathBuf>,
+}
+
+impl Client {
+    /// Loads the replica (from the file, if configured and present) and starts connecting.
+    /// Returns the client and its event stream; events wait for the receiver, so read them or
+    /// drop the receiver.
+    pub fn start(config: ClientConfig) -> Result<(Self, mpsc::Receiver<Event>), StartError> {
+        let replica = match &config.replica_file {
+            Some(path) if path.exists() => {
+                let replica = Replica::from_bytes(&std::fs::read(path)?)?;
+                if replica.room() != &config.room {
+                    return Err(StartError::WrongRoom {
+                        found: replica.room().clone(),
+                        wanted: config.room,
+                    });
+                }
+                replica
+            }
+            _ => Replica::new(config.room.clone()),
+        };
+        let shared = Arc::new(Shared {
+            replica: Mutex::new(replica),
+            waiters: Mutex::new(HashMap::new()),
+            syncs: watch::Sender::new(0),
+            presence: Mutex::new(Bytes::new()),
+        });
+        let (commands_tx, commands_rx) = mpsc::unbounded_channel();
+        let (events_tx, events_rx) = mpsc::channel(1024);
+        let replica_file = config.replica_file.clone();
+        let driver = Driver {
+            config,
+            shared: shared.clone(),
+            commands: commands_rx,
+            events: events_tx,
+        };
+        let task = tokio::spawn(driver.run());
+        Ok((
+            Self {
+                shared,
+                commands: commands_tx,
+                task,
+                replica_file,
+            },
+            events_rx,
+        ))
+    }
+
+    /// Waits until the replica has reconciled with the relay at least once.
+    pub async fn wait_synced(&self) -> Result<(), Closed> {
+        let mut syncs = self.shared.syncs.subscribe();
+        syncs
+            .wait_for(|n| *n > 0)
+            .await
+            .map(|_| ())
+            .map_err(|_| Closed)
+    }
+
+    /// Creates a node at `path` on top of the replica's heads and waits for the relay's ack.
+    pub async fn push(&self, path: &str, payload: impl Into<Bytes>) -> Result<NodeId, PushError> {
+        let (tx, rx) = oneshot::channel();
+        let id = self.shared.replica().create(path, payload)?;
+        self.waiters().insert(id, tx);
+        self.commands
+            .send(Command::Push)
+            .map_err(|_| PushError::Closed)?;
+        match rx.await {
+            Ok(Outcome::Accepted(_) | Outcome::Duplicate(_)) => Ok(id),
+            Ok(Outcome::Rejected(reason)) => Err(PushError::Rejected(reason)),
+            Ok(Outcome::Pending) | Err(_) => Err(PushError::Closed),
+        }
+    }
+
+    /// Sets this peer's presence state (sent now and after every reconnect).
+    pub fn set_presence(&self, state: impl Into<Bytes>) -> Result<(), Closed> {
+        *self
+            .shared
+            .presence
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = state.into();
+        self.commands.send(Command::Presence).map_err(|_| Closed)
+    }
+
+    /// Runs `f` on the replica.
+    pub fn with_replica<R>(&self, f: impl FnOnce(&Replica) -> R) -> R {
+        f(&self.shared.replica())
+    }
+
+    /// Writes the replica file (atomically: temp file, then rename).
+    pub fn save(&self) -> std::io::Result<()> {
+        let Some(path) = &self.replica_file else {
+            return Ok(());
+        };
+        let bytes = self
+            .shared
+            .replica()
+            .to_bytes()
+            .map_err(std::io::Error::other)?;
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, bytes)?;
+        std::fs::rename(tmp, path)
+    }
+
+    /// Closes the connection, stops the driver and saves the replica file.
+    pub async fn close(mut self) -> std::io::Result<()> {
+        // If the driver already ended there is nothing to stop.
+        let _already_stopped = self.commands.send(Command::Close);
+        if let Err(e) = (&mut self.task).await {
+            tracing::warn!(error = %e, "client driver ended abnormally");
+        }
+        self.save()
+    }
+
+    fn waiters(&self) -> MutexGuard<'_, HashMap<NodeId, oneshot::Sender<Outcome>>> {
+        self.shared
+            .waiters
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+struct Driver {
+    config: ClientConfig,
+    shared: Arc<Shared>,
+    commands: mpsc::UnboundedReceiver<Command>,
+    events: mpsc::Sender<Event>,
+}
+
+/// Why a connection ended.
+enum Ended {
+    /// The application closed the client.
+    Stop,
+    /// Lost; reconnect.
+    Lost(String),
+}
+
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+impl Driver {
+    async fn run(mut self) {
+        let url = self.config.url();
+        let mut failures: u32 = 0;
+        loop {
+            // Relay frames are at most 1 MiB by default; leave room for relays configured higher.
+            let ws_config = WebSocketConfig::default()
+                .max_message_size(Some(64 << 20))
+                .max_frame_size(Some(64 << 20));
+            let reason =
+                match tokio_tungstenite::connect_async_with_config(&url, Some(ws_config), true)
+                    .await
+                {
+                    Ok((socket, _)) => {
+                        failures = 0;
+                        self.emit(Event::Connected).await;
+                        match self.connection(socket).await {
+                            Ended::Stop => return,
+                            Ended::Lost(reason) => reason,
+                        }
+                    }
+                    Err(e) => e.to_string(),
+                };
+            self.emit(Event::Disconnected { reason }).await;
+            failures = failures.saturating_add(1);
+            let delay = backoff(self.config.backoff_min, self.config.backoff_max, failures);
+            let sleep = tokio::time::sleep(delay);
+            tokio::pin!(sleep);
+            // While offline, pushes simply wait in the replica; only a close ends the wait early.
+            loop {
+                tokio::select! {
+                    () = &mut sleep => break,
+                    command = self.commands.recv() => match command {
+                        None | Some(Command::Close) => return,
+                        Some(Command::Push | Command::Presence) => {}
+                    },
+                }
+            }
+        }
+    }
+
+    async fn connection(&mut self, mut socket: Socket) -> Ended {
+        let start = Link::start(
+            &self.shared.replica(),
+            self.config.capabilities,
+            self.config.window,
+        );
+        let (mut link, hello) = match start {
+            Ok(started) => started,
+            Err(e) => return Ended::Lost(e.to_string()),
+        };
+        if let Err(e) = socket.send(WsMessage::Binary(hello)).await {
+            return Ended::Lost(e.to_string());
+        }
+        let mut welcomed = false;
+        loop {
+            let mut outgoing: Vec<Bytes> = Vec::new();
+            tokio::select! {
+                received = socket.next() => {
+                    let frame = match received {
+                        Some(Ok(WsMessage::Binary(frame))) => frame,
+                        Some(Ok(WsMessage::Close(close))) => {
+                            let reason = close.map_or("closed".to_owned(), |c| format!("closed {}: {}", u16::from(c.code), c.reason));
+                            return Ended::Lost(reason);
+                        }
+                        Some(Ok(_)) => continue,
+                        Some(Err(e)) => return Ended::Lost(e.to_string()),
+                        None => return Ended::Lost("connection ended".into()),
+                    };
+                    let output = link.handle_frame(&mut self.shared.replica(), &frame);
+                    let output = match output {
+                        Ok(output) => output,
+                        Err(e) => return Ended::Lost(e.to_string()),
+                    };
+                    if !welcomed {
+                        welcomed = true;
+                        outgoing.extend(self.presence_frame(&link));
+                    }
+                    outgoing.extend(output.send);
+                    for event in output.events {
+                        self.apply(event).await;
+                    }
+                }
+                command = self.commands.recv() => match command {
+                    None | Some(Command::Close) => {
+                        // Best effort: the relay may already be gone.
+                        let _closing = socket.close(None).await;
+                        return Ended::Stop;
+                    }
+                    Some(Command::Push) => match link.push(&self.shared.replica()) {
+                        Ok(frames) => outgoing.extend(frames),
+                        Err(e) => return Ended::Lost(e.to_string()),
+                    },
+                    Some(Command::Presence) if welcomed => outgoing.extend(self.presence_frame(&link)),
+                    Some(Command::Presence) => {}
+                },
+            }
+            for frame in outgoing {
+                if let Err(e) = socket.send(WsMessage::Binary(frame)).await {
+                    return Ended::Lost(e.to_string());
+                }
+            }
+        }
+    }
+
+    /// The current presence state as a frame, if presence was negotiated and a state is set.
+    fn presence_frame(&self, link: &Link) -> Option<Bytes> {
+        if !link.capabilities().contains(Capabilities::PRESENCE) {
+            return None;
+        }
+        let state = self
+            .shared
+            .presence
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        if state.is_empty() {
+            return None;
+        }
+        Message::Presence(Presence { state }).encode().ok()
+    }
+
+    async fn apply(&mut self, event: SyncEvent) {
+        match event {
+            SyncEvent::Synced { seq } => {
+                self.shared.syncs.send_modify(|n| *n = n.saturating_add(1));
+                self.emit(Event::Synced { seq }).await;
+            }
+            SyncEvent::Arrived(id) => {
+                let node = self.shared.replica().get(&id).cloned();
+                if let Some(node) = node {
+                    self.emit(Event::Node(node)).await;
+                }
+            }
+            SyncEvent::Settled { id, outcome } => {
+                let waiter = self
+                    .shared
+                    .waiters
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .remove(&id);
+                if let Some(waiter) = waiter {
+                    // The pusher may have stopped waiting; the outcome is in the replica anyway.
+                    let _gone = waiter.send(outcome);
+                }
+            }
+            SyncEvent::Presence { peer, state } => self.emit(Event::Presence { peer, state }).await,
+            SyncEvent::RelayError(error) => self.emit(Event::RelayError(error)).await,
+        }
+    }
+
+    async fn emit(&self, event: Event) {
+        // A dropped receiver means the application does not want events.
+        let _unwanted = self.events.send(event).await;
+    }
+}
+
+/// Exponential backoff with jitter: a random delay in `[d/2, d]`, `d = min · 2^failures` capped.
+fn backoff(min: Duration, max: Duration, failures: u32) -> Duration {
+    let factor = 1u32.checked_shl(failures.min(16)).unwrap_or(u32::MAX);
+    let full = min.saturating_mul(factor).min(max);
+    let half = full / 2;
+    half + full
+        .saturating_sub(half)
+        .mul_f64(rand::rng().random::<f64>())
+}

@@ -154,6 +154,14 @@ impl RoomId {
     }
 }
 
+impl FromStr for RoomId {
+    type Err = BadRoomId;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::new(s)
+    }
+}
+
 impl fmt::Display for RoomId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)

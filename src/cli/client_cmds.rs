@@ -1,0 +1,194 @@
+//! `weft push`, `weft tail`, `weft pull`: scriptable clients.
+
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, anyhow, bail};
+use base64::Engine as _;
+use clap::Args;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use weft::client::{Client, ClientConfig, Event};
+use weft::node::Node;
+
+use super::Target;
+
+/// Flags of `weft push`.
+#[derive(Debug, Args)]
+pub struct PushArgs {
+    #[command(flatten)]
+    target: Target,
+    /// The node's path, e.g. `docs/readme`.
+    #[arg(long)]
+    path: String,
+    /// Payload given inline.
+    #[arg(long, conflicts_with = "file", required_unless_present = "file")]
+    data: Option<String>,
+    /// Payload read from a file (`-` for stdin).
+    #[arg(long)]
+    file: Option<PathBuf>,
+}
+
+/// Flags of `weft tail`.
+#[derive(Debug, Args)]
+pub struct TailArgs {
+    #[command(flatten)]
+    target: Target,
+    /// One JSON object per line: id, parents, depth, path, payload or payload_b64.
+    #[arg(long)]
+    json: bool,
+    /// Exit after catch-up instead of following live nodes.
+    #[arg(long)]
+    once: bool,
+}
+
+/// Flags of `weft pull`.
+#[derive(Debug, Args)]
+pub struct PullArgs {
+    #[command(flatten)]
+    target: Target,
+    /// Replica file to write (an existing one is updated incrementally).
+    #[arg(long)]
+    out: PathBuf,
+}
+
+fn start(
+    target: &Target,
+    replica: Option<PathBuf>,
+) -> anyhow::Result<(Client, mpsc::Receiver<Event>)> {
+    let mut config = ClientConfig::new(target.server.clone(), target.room.clone());
+    config.replica_file = replica;
+    Client::start(config).context("cannot start the client")
+}
+
+/// Reads events until the first reconciliation completes, or fails at `deadline` with the last
+/// connection error seen. Nodes that arrive meanwhile go to `on_node`.
+async fn until_synced(
+    events: &mut mpsc::Receiver<Event>,
+    deadline: Instant,
+    mut on_node: impl FnMut(&Node) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let mut last_error = String::from("no answer");
+    loop {
+        let event = tokio::time::timeout_at(deadline, events.recv())
+            .await
+            .map_err(|_| {
+                anyhow!("relay not reachable or not syncing in time (last: {last_error})")
+            })?;
+        match event {
+            Some(Event::Synced { .. }) => return Ok(()),
+            Some(Event::Node(node)) => on_node(&node)?,
+            Some(Event::Disconnected { reason }) => last_error = reason,
+            Some(Event::RelayError(e)) => {
+                tracing::warn!(code = e.code, detail = %e.detail, "relay error")
+            }
+            Some(Event::Connected | Event::Presence { .. }) => {}
+            None => bail!("client stopped"),
+        }
+    }
+}
+
+/// `weft push`.
+pub async fn push(args: PushArgs) -> anyhow::Result<()> {
+    let payload = match (&args.data, &args.file) {
+        (Some(data), _) => data.clone().into_bytes(),
+        (None, Some(path)) if path.as_os_str() == "-" => {
+            let mut buf = Vec::new();
+            std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf)
+                .context("cannot read stdin")?;
+            buf
+        }
+        (None, Some(path)) => {
+            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?
+        }
+        (None, None) => bail!("give --data or --file"),
+    };
+    let deadline = Instant::now() + Duration::from_secs(args.target.timeout);
+    let (client, mut events) = start(&args.target, args.target.replica.clone())?;
+    until_synced(&mut events, deadline, |_| Ok(())).await?;
+    // The driver keeps emitting events; nobody reads them from here on.
+    drop(events);
+    let id = tokio::time::timeout_at(deadline, client.push(&args.path, payload))
+        .await
+        .map_err(|_| anyhow!("no ack from the relay in time"))??;
+    println!("{id}");
+    client.close().await.context("cannot save the replica")?;
+    Ok(())
+}
+
+/// `weft tail`.
+pub async fn tail(args: TailArgs) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(args.target.timeout);
+    let (client, mut events) = start(&args.target, args.target.replica.clone())?;
+    let print = |node: &Node| print_node(node, args.json);
+    until_synced(&mut events, deadline, print).await?;
+    if !args.once {
+        while let Some(event) = events.recv().await {
+            match event {
+                Event::Node(node) => print(&node)?,
+                Event::Disconnected { reason } => {
+                    tracing::warn!(%reason, "disconnected; reconnecting")
+                }
+                _ => {}
+            }
+        }
+    }
+    client.close().await.context("cannot save the replica")?;
+    Ok(())
+}
+
+/// `weft pull`.
+pub async fn pull(args: PullArgs) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(args.target.timeout);
+    let (client, mut events) = start(&args.target, Some(args.out.clone()))?;
+    until_synced(&mut events, deadline, |_| Ok(())).await?;
+    drop(events);
+    let count = client.with_replica(|r| r.len());
+    client
+        .close()
+        .await
+        .with_context(|| format!("cannot write {}", args.out.display()))?;
+    eprintln!("pulled {count} nodes into {}", args.out.display());
+    Ok(())
+}
+
+fn print_node(node: &Node, json: bool) -> anyhow::Result<()> {
+    let text = std::str::from_utf8(&node.payload).ok();
+    if json {
+        let mut line = serde_json::json!({
+            "id": node.id.to_hex(),
+            "parents": node.parents.iter().map(|p| p.to_hex()).collect::<Vec<_>>(),
+            "depth": node.depth,
+            "path": node.path,
+        });
+        match text {
+            Some(text) => line["payload"] = text.into(),
+            None => {
+                line["payload_b64"] = base64::engine::general_purpose::STANDARD
+                    .encode(&node.payload)
+                    .into()
+            }
+        }
+        if let Some(author) = &node.author {
+            line["author"] = author.to_hex().into();
+        }
+        writeln!(std::io::stdout().lock(), "{line}")?;
+    } else {
+        let payload = match text {
+            Some(text) => text.to_owned(),
+            None => format!(
+                "base64:{}",
+                base64::engine::general_purpose::STANDARD.encode(&node.payload)
+            ),
+        };
+        writeln!(
+            std::io::stdout().lock(),
+            "{} {} {}",
+            node.id,
+            node.path,
+            payload
+        )?;
+    }
+    Ok(())
+}

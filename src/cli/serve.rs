@@ -1,0 +1,129 @@
+//! `weft serve`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use weft::server::{self, ServerConfig, ServerStats};
+use weft::store::MemoryStore;
+
+/// Flags of `weft serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on. Loopback by default; use 0.0.0.0:7788 to accept remote clients.
+    #[arg(long, env = "WEFT_LISTEN", default_value = "127.0.0.1:7788")]
+    listen: SocketAddr,
+    /// Where rooms are stored. This version keeps rooms in memory only (`memory://`).
+    #[arg(long, env = "WEFT_STORE", default_value = "memory://")]
+    store: String,
+    /// Largest WebSocket frame accepted, in bytes; larger ones close with 1009.
+    #[arg(long, env = "WEFT_MAX_FRAME", default_value_t = 1024 * 1024)]
+    max_frame: u32,
+    /// Largest node payload, in bytes.
+    #[arg(long, env = "WEFT_MAX_PAYLOAD", default_value_t = 256 * 1024)]
+    max_payload: u32,
+    /// Most nodes in one pack.
+    #[arg(long, env = "WEFT_MAX_PACK_NODES", default_value_t = 1024)]
+    max_pack_nodes: u32,
+    /// Most simultaneous connections.
+    #[arg(long, env = "WEFT_MAX_CONNECTIONS", default_value_t = 16 * 1024)]
+    max_connections: usize,
+    /// Bytes queued for one connection before it is closed with 4000 "resync required".
+    #[arg(long, env = "WEFT_QUEUE_LIMIT", default_value_t = 8 * 1024 * 1024)]
+    queue_limit: usize,
+    /// Seconds a new connection has to send `hello`.
+    #[arg(long, env = "WEFT_HANDSHAKE_TIMEOUT", default_value_t = 10)]
+    handshake_timeout: u64,
+    /// Seconds between keepalive pings.
+    #[arg(long, env = "WEFT_PING_INTERVAL", default_value_t = 15)]
+    ping_interval: u64,
+    /// Seconds of silence after which a connection is closed with 4004.
+    #[arg(long, env = "WEFT_IDLE_TIMEOUT", default_value_t = 45)]
+    idle_timeout: u64,
+    /// Nodes allowed to wait for missing parents, per room.
+    #[arg(long, env = "WEFT_ORPHAN_LIMIT", default_value_t = 4096)]
+    orphan_limit: usize,
+    /// Seconds a node may wait for missing parents.
+    #[arg(long, env = "WEFT_ORPHAN_TTL", default_value_t = 30)]
+    orphan_ttl: u64,
+}
+
+impl ServeArgs {
+    fn config(&self) -> anyhow::Result<ServerConfig> {
+        if self.max_payload >= self.max_frame {
+            bail!("--max-payload must be smaller than --max-frame");
+        }
+        let mut config = ServerConfig {
+            max_connections: self.max_connections,
+            ..ServerConfig::default()
+        };
+        let limits = &mut config.rooms.hub.session.limits;
+        limits.max_frame = self.max_frame;
+        limits.max_pack_nodes = self.max_pack_nodes;
+        limits.node.max_payload = self.max_payload;
+        config.rooms.hub.handshake_timeout = Duration::from_secs(self.handshake_timeout);
+        config.rooms.orphans.max_nodes = self.orphan_limit;
+        config.rooms.orphans.ttl = Duration::from_secs(self.orphan_ttl);
+        config.connection.queue_limit = self.queue_limit;
+        config.connection.ping_interval = Duration::from_secs(self.ping_interval.max(1));
+        config.connection.idle_timeout = Duration::from_secs(self.idle_timeout.max(1));
+        Ok(config)
+    }
+}
+
+/// Binds, serves until SIGINT or SIGTERM, then drains.
+pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    if args.store != "memory://" {
+        bail!(
+            "store {:?} is not supported yet: this version keeps rooms in memory (memory://)",
+            args.store
+        );
+    }
+    let config = args.config()?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, store = %args.store, "weft relay listening on ws://{addr}/v1/rooms/{{room}}");
+    let stats = Arc::new(ServerStats::default());
+    server::run(
+        listener,
+        config,
+        Arc::new(MemoryStore::new()),
+        stats,
+        shutdown_signal(),
+    )
+    .await?;
+    tracing::info!("relay stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let interrupt = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::warn!(error = %e, "cannot watch SIGINT");
+            std::future::pending::<()>().await;
+        }
+    };
+    let terminate = async {
+        #[cfg(unix)]
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                term.recv().await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+        #[cfg(not(unix))]
+        std::future::pending::<()>().await;
+    };
+    tokio::select! {
+        () = interrupt => {}
+        () = terminate => {}
+    }
+    tracing::info!("shutdown requested; draining connections");
+}

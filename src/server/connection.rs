@@ -1,0 +1,187 @@
+//! One WebSocket connection: moves frames between the socket and its room task.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket};
+use futures::{SinkExt, StreamExt};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::outbound::{self, QueueStats};
+use super::rooms::RoomCommand;
+use crate::protocol::CloseCode;
+use crate::room::SessionId;
+
+/// Per-connection transport settings.
+#[derive(Clone, Copy, Debug)]
+pub struct ConnectionSettings {
+    /// Byte limit of the outbound queue; overflow closes with "resync required".
+    pub queue_limit: usize,
+    /// Interval between keepalive pings.
+    pub ping_interval: Duration,
+    /// Silence (no frame, no pong) after which the connection is closed.
+    pub idle_timeout: Duration,
+    /// How long to wait for a close frame to drain before dropping the socket.
+    pub close_timeout: Duration,
+}
+
+impl Default for ConnectionSettings {
+    fn default() -> Self {
+        Self {
+            queue_limit: 8 * 1024 * 1024,
+            ping_interval: Duration::from_secs(15),
+            idle_timeout: Duration::from_secs(45),
+            close_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Counters for one connection, logged when it closes.
+#[derive(Default)]
+struct Tally {
+    frames_in: u64,
+    frames_out: u64,
+    bytes_in: u64,
+    bytes_out: u64,
+}
+
+/// Runs one connection until either side ends it.
+pub async fn run(
+    socket: WebSocket,
+    session: SessionId,
+    room: mpsc::Sender<RoomCommand>,
+    settings: ConnectionSettings,
+    stats: Arc<QueueStats>,
+    open: &AtomicU64,
+    shutdown: CancellationToken,
+) {
+    let started = Instant::now();
+    open.fetch_add(1, Ordering::Relaxed);
+    let (queue, mut inbound) = outbound::queue(settings.queue_limit, stats);
+    let mut tally = Tally::default();
+    let code = if room
+        .send(RoomCommand::Connect { session, queue })
+        .await
+        .is_err()
+    {
+        CloseCode::GoingAway
+    } else {
+        pump(
+            socket,
+            session,
+            &room,
+            &mut inbound,
+            settings,
+            &shutdown,
+            &mut tally,
+        )
+        .await
+    };
+    // The room may already be gone during shutdown; nothing to tell it then.
+    let _room_gone = room.send(RoomCommand::Disconnect { session }).await;
+    open.fetch_sub(1, Ordering::Relaxed);
+    tracing::info!(
+        session,
+        close = code.code(),
+        reason = code.meaning(),
+        secs = started.elapsed().as_secs_f64(),
+        frames_in = tally.frames_in,
+        frames_out = tally.frames_out,
+        bytes_in = tally.bytes_in,
+        bytes_out = tally.bytes_out,
+        "connection closed"
+    );
+}
+
+async fn pump(
+    socket: WebSocket,
+    session: SessionId,
+    room: &mpsc::Sender<RoomCommand>,
+    inbound: &mut outbound::Inbound,
+    settings: ConnectionSettings,
+    shutdown: &CancellationToken,
+    tally: &mut Tally,
+) -> CloseCode {
+    let (mut sink, mut stream) = socket.split();
+    let mut ping = tokio::time::interval(settings.ping_interval);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_heard = Instant::now();
+    let code = loop {
+        tokio::select! {
+            biased;
+            code = &mut inbound.close => break code.unwrap_or(CloseCode::GoingAway),
+            () = shutdown.cancelled() => break CloseCode::GoingAway,
+            frame = inbound.frames.recv() => {
+                let Some(frame) = frame else { break CloseCode::GoingAway };
+                inbound.release(&frame);
+                tally.frames_out += 1;
+                tally.bytes_out += frame.len() as u64;
+                // Writing may block on a slow reader; a close request must still get through.
+                tokio::select! {
+                    sent = sink.send(WsMessage::Binary(frame)) => {
+                        if sent.is_err() { return CloseCode::Normal; }
+                    }
+                    code = &mut inbound.close => break code.unwrap_or(CloseCode::GoingAway),
+                    () = shutdown.cancelled() => break CloseCode::GoingAway,
+                }
+            }
+            received = stream.next() => {
+                last_heard = Instant::now();
+                match received {
+                    Some(Ok(WsMessage::Binary(bytes))) => {
+                        tally.frames_in += 1;
+                        tally.bytes_in += bytes.len() as u64;
+                        if room.send(RoomCommand::Frame { session, bytes }).await.is_err() {
+                            break CloseCode::GoingAway;
+                        }
+                    }
+                    // Text frames are not part of the protocol; the session answers them as
+                    // malformed, like any other bad frame.
+                    Some(Ok(WsMessage::Text(text))) => {
+                        tally.frames_in += 1;
+                        let bytes = bytes::Bytes::copy_from_slice(text.as_str().as_bytes());
+                        if room.send(RoomCommand::Frame { session, bytes }).await.is_err() {
+                            break CloseCode::GoingAway;
+                        }
+                    }
+                    Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => {}
+                    Some(Ok(WsMessage::Close(_))) | None => return CloseCode::Normal,
+                    Some(Err(e)) => {
+                        tracing::debug!(error = %e, "websocket read failed");
+                        break if is_too_big(&e) { CloseCode::TooBig } else { return CloseCode::Normal };
+                    }
+                }
+            }
+            _ = ping.tick() => {
+                if last_heard.elapsed() > settings.idle_timeout {
+                    break CloseCode::IdleTimeout;
+                }
+                if sink.send(WsMessage::Ping(bytes::Bytes::new())).await.is_err() {
+                    return CloseCode::Normal;
+                }
+            }
+        }
+    };
+    let close = WsMessage::Close(Some(CloseFrame {
+        code: code.code(),
+        reason: code.meaning().into(),
+    }));
+    // Best effort: a stalled peer may never read it.
+    let _timed_out = tokio::time::timeout(settings.close_timeout, sink.send(close)).await;
+    code
+}
+
+fn is_too_big(error: &axum::Error) -> bool {
+    use std::error::Error as _;
+    let mut source = error.source();
+    while let Some(e) = source {
+        if let Some(ws) = e.downcast_ref::<tokio_tungstenite::tungstenite::Error>() {
+            return matches!(ws, tokio_tungstenite::tungstenite::Error::Capacity(_));
+        }
+        source = e.source();
+    }
+    false
+}

@@ -1,0 +1,153 @@
+//! The relay server: axum routes, one task per connection, one task per room.
+//!
+//! [`run`] takes an already-bound listener (tests bind port 0) and a shutdown future. On
+//! shutdown it stops accepting, closes every connection with 1001 "going away", and waits for
+//! every connection and room task to finish.
+//!
+//! Routes: `GET /v1/rooms/{room}` (WebSocket upgrade), `GET /livez`, `GET /readyz`.
+
+mod connection;
+mod outbound;
+mod rooms;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use axum::Router;
+use axum::extract::{Path, State, WebSocketUpgrade};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use connection::ConnectionSettings;
+pub use outbound::QueueStats;
+pub use rooms::RoomSettings;
+
+use crate::node::RoomId;
+use crate::store::Store;
+
+/// Everything the relay can be told.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// Room and session policy.
+    pub rooms: RoomSettings,
+    /// Transport policy per connection.
+    pub connection: ConnectionSettings,
+    /// Most simultaneous WebSocket connections; more get HTTP 503.
+    pub max_connections: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            rooms: RoomSettings::default(),
+            connection: ConnectionSettings::default(),
+            max_connections: 16 * 1024,
+        }
+    }
+}
+
+/// Live counters of a running server.
+#[derive(Debug, Default)]
+pub struct ServerStats {
+    /// Open WebSocket connections.
+    pub connections: AtomicU64,
+    /// Outbound queue totals.
+    pub queues: Arc<QueueStats>,
+}
+
+struct AppState {
+    rooms: rooms::Rooms,
+    config: ServerConfig,
+    stats: Arc<ServerStats>,
+    permits: Arc<Semaphore>,
+    next_session: AtomicU64,
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+}
+
+/// Serves until `shutdown` completes, then drains. `stats` is updated while it runs.
+pub async fn run(
+    listener: TcpListener,
+    config: ServerConfig,
+    store: Arc<dyn Store>,
+    stats: Arc<ServerStats>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let tracker = TaskTracker::new();
+    let cancel = CancellationToken::new();
+    let state = Arc::new(AppState {
+        rooms: rooms::Rooms::new(store, config.rooms, tracker.clone(), cancel.clone()),
+        permits: Arc::new(Semaphore::new(config.max_connections)),
+        config,
+        stats,
+        next_session: AtomicU64::new(1),
+        tracker: tracker.clone(),
+        shutdown: cancel.clone(),
+    });
+    let app = Router::new()
+        .route("/v1/rooms/{room}", get(upgrade))
+        .route("/livez", get(|| async { "ok" }))
+        .route("/readyz", get(|| async { "ready" }))
+        .with_state(state);
+    let stop = cancel.clone();
+    let result = axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            stop.cancel();
+        })
+        .await;
+    // Upgraded connections and room tasks are not axum's; wait for them here.
+    cancel.cancel();
+    tracker.close();
+    tracker.wait().await;
+    result
+}
+
+async fn upgrade(
+    Path(room): Path<String>,
+    State(state): State<Arc<AppState>>,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let Ok(room) = RoomId::new(&room) else {
+        return (StatusCode::BAD_REQUEST, "invalid room id").into_response();
+    };
+    let Ok(permit) = state.permits.clone().try_acquire_owned() else {
+        return (StatusCode::SERVICE_UNAVAILABLE, "too many connections").into_response();
+    };
+    if state.shutdown.is_cancelled() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response();
+    }
+    let max_frame = state.config.rooms.hub.session.limits.max_frame as usize;
+    let session = state.next_session.fetch_add(1, Ordering::Relaxed);
+    let room_tx = state.rooms.get(&room);
+    let task_state = state.clone();
+    ws.max_message_size(max_frame)
+        .max_frame_size(max_frame)
+        .on_upgrade(move |socket| {
+            let span = tracing::info_span!("conn", room = %room, session);
+            let state = task_state;
+            let tracker = state.tracker.clone();
+            tracker.track_future(tracing::Instrument::instrument(
+                async move {
+                    connection::run(
+                        socket,
+                        session,
+                        room_tx,
+                        state.config.connection,
+                        state.stats.queues.clone(),
+                        &state.stats.connections,
+                        state.shutdown.clone(),
+                    )
+                    .await;
+                    drop(permit);
+                },
+                span,
+            ))
+        })
+}

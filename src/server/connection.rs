@@ -106,7 +106,11 @@ async fn pump(
     tally: &mut Tally,
 ) -> CloseCode {
     let (mut sink, mut stream) = socket.split();
-    let mut ping = tokio::time::interval(settings.ping_interval);
+    // The first ping is due one interval after connecting, not immediately.
+    let mut ping = tokio::time::interval_at(
+        Instant::now() + settings.ping_interval,
+        settings.ping_interval,
+    );
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_heard = Instant::now();
     let code = loop {
@@ -165,12 +169,25 @@ async fn pump(
             }
         }
     };
-    let close = WsMessage::Close(Some(CloseFrame {
-        code: code.code(),
-        reason: code.meaning().into(),
-    }));
-    // Best effort: a stalled peer may never read it.
-    let _timed_out = tokio::time::timeout(settings.close_timeout, sink.send(close)).await;
+    let farewell = async {
+        // Frames queued before the close (an `error` explaining it, say) still go out, except
+        // after an overflow: that client must resync anyway and is not reading.
+        if code != CloseCode::ResyncRequired {
+            while let Ok(frame) = inbound.frames.try_recv() {
+                inbound.release(&frame);
+                sink.send(WsMessage::Binary(frame)).await?;
+            }
+        }
+        let close = CloseFrame {
+            code: code.code(),
+            reason: code.meaning().into(),
+        };
+        sink.send(WsMessage::Close(Some(close))).await
+    };
+    // Best effort, bounded: a stalled peer may never read any of it.
+    if let Ok(Err(e)) = tokio::time::timeout(settings.close_timeout, farewell).await {
+        tracing::debug!(error = %e, "close handshake failed");
+    }
     code
 }
 

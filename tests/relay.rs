@@ -1,0 +1,670 @@
+//! Loopback integration tests: real clients over real WebSocket against a real relay.
+
+mod net;
+
+use std::collections::BTreeSet;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use net::*;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use weft::client::{Client, ClientConfig, Event};
+use weft::node::{NodeId, Rejection};
+use weft::protocol::{
+    Ack, Batch, Broadcast, CatchUpDone, CloseCode, Credit, ErrorCode, Ids, Message, MessageType,
+    Need, Outcome, Pack, Presence, PresenceUpdate, Resolved, Welcome,
+};
+use weft::replica::replay;
+use weft::server::ServerConfig;
+
+fn ids_of(client: &Client) -> BTreeSet<NodeId> {
+    client.with_replica(|r| r.ids().copied().collect())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_concurrent_writers_converge() {
+    let relay = Relay::start().await;
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        clients.push(synced_client(&relay, "trio").await.0);
+    }
+    let clients = std::sync::Arc::new(clients);
+    let mut writers = Vec::new();
+    for w in 0..3 {
+        let clients = clients.clone();
+        writers.push(tokio::spawn(async move {
+            for i in 0..40 {
+                // Shared paths make concurrent writes conflict on purpose.
+                let path = format!("doc/{}", i % 5);
+                clients[w]
+                    .push(&path, format!("writer {w} edit {i}"))
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    // 3 writers x 40 acked nodes; every replica must end with all 120.
+    eventually("all replicas hold 120 nodes", || {
+        clients.iter().all(|c| ids_of(c).len() == 120)
+    })
+    .await;
+    let sets: Vec<_> = clients.iter().map(ids_of).collect();
+    assert!(
+        sets.windows(2).all(|w| w[0] == w[1]),
+        "replicas hold different node sets"
+    );
+    let maps: Vec<_> = clients
+        .iter()
+        .map(|c| c.with_replica(|r| replay::materialize(r.nodes())))
+        .collect();
+    assert_eq!(maps[0].len(), 5);
+    assert!(
+        maps.windows(2).all(|w| w[0] == w[1]),
+        "replicas materialize different maps"
+    );
+    // A fresh reader that only catches up sees the same history.
+    let (late, _) = synced_client(&relay, "trio").await;
+    assert_eq!(ids_of(&late), sets[0]);
+    relay.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_client_reconnects_and_both_sides_converge() {
+    let dir = std::env::temp_dir().join(format!("weft-offline-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("replica");
+    let relay = Relay::start().await;
+    let (online, _) = synced_client(&relay, "offline").await;
+    online.push("a", "online 1").await.unwrap();
+
+    // The offline client syncs once, saves, and goes away.
+    let mut config = ClientConfig::new(relay.url(), room("offline"));
+    config.replica_file = Some(file.clone());
+    let (client, _) = Client::start(config.clone()).unwrap();
+    client.wait_synced().await.unwrap();
+    client.close().await.unwrap();
+
+    // Meanwhile both sides write: the online peer through the relay, the offline one locally.
+    online.push("b", "online 2").await.unwrap();
+    let mut replica = weft::replica::Replica::from_bytes(&std::fs::read(&file).unwrap()).unwrap();
+    let offline_ids: Vec<NodeId> = (0..5)
+        .map(|i| {
+            replica
+                .create(&format!("local/{i}"), format!("offline {i}"))
+                .unwrap()
+        })
+        .collect();
+    std::fs::write(&file, replica.to_bytes().unwrap()).unwrap();
+
+    let (back, _) = Client::start(config).unwrap();
+    back.wait_synced().await.unwrap();
+    eventually("both sides hold 7 nodes", || {
+        ids_of(&back).len() == 7 && ids_of(&online).len() == 7
+    })
+    .await;
+    assert_eq!(ids_of(&back), ids_of(&online));
+    for id in &offline_ids {
+        assert!(
+            online.with_replica(|r| r.contains(id)),
+            "offline node reached the online peer"
+        );
+        assert!(back.with_replica(|r| r.is_synced(id)), "offline node acked");
+    }
+    back.close().await.unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    relay.shutdown().await;
+}
+
+#[tokio::test]
+async fn duplicates_are_idempotent() {
+    let relay = Relay::start().await;
+    let mut raw = Raw::connect(&relay, "dup").await;
+    raw.join_and_catch_up().await;
+    let a = node("dup", &[], "a", "x");
+    raw.send(Message::Pack(Pack {
+        number: 1,
+        nodes: vec![a.clone(), a.clone()],
+    }))
+    .await;
+    let Message::Ack(ack) = raw.recv().await else {
+        panic!("expected ack")
+    };
+    assert_eq!(
+        ack.outcomes,
+        vec![Outcome::Accepted(1), Outcome::Duplicate(1)]
+    );
+    raw.send(Message::Pack(Pack {
+        number: 2,
+        nodes: vec![a.clone()],
+    }))
+    .await;
+    let Message::Ack(ack) = raw.recv().await else {
+        panic!("expected ack")
+    };
+    assert_eq!(
+        ack,
+        Ack {
+            number: 2,
+            outcomes: vec![Outcome::Duplicate(1)]
+        }
+    );
+    let mut reader = Raw::connect(&relay, "dup").await;
+    assert_eq!(reader.join_and_catch_up().await, vec![a]);
+    relay.shutdown().await;
+}
+
+#[tokio::test]
+async fn orphan_is_admitted_when_its_parent_arrives() {
+    let relay = Relay::start().await;
+    let mut writer = Raw::connect(&relay, "orphans").await;
+    writer.join_and_catch_up().await;
+    let mut watcher = Raw::connect(&relay, "orphans").await;
+    watcher.join_and_catch_up().await;
+    let parent = node("orphans", &[], "p", "parent");
+    let child = node("orphans", &[&parent], "c", "child");
+    writer
+        .send(Message::Pack(Pack {
+            number: 1,
+            nodes: vec![child.clone()],
+        }))
+        .await;
+    let Message::Ack(ack) = writer.recv().await else {
+        panic!("expected ack")
+    };
+    assert_eq!(ack.outcomes, vec![Outcome::Pending]);
+    writer
+        .send(Message::Pack(Pack {
+            number: 2,
+            nodes: vec![parent.clone()],
+        }))
+        .await;
+    let Message::Ack(ack) = writer.recv().await else {
+        panic!("expected ack")
+    };
+    assert_eq!(ack.outcomes, vec![Outcome::Accepted(1)]);
+    let Message::Resolved(resolved) = writer.recv().await else {
+        panic!("expected resolved")
+    };
+    assert_eq!(
+        resolved,
+        Resolved {
+            outcomes: vec![(child.id, Outcome::Accepted(2))]
+        }
+    );
+    // The watcher sees parent then child, numbered consecutively.
+    let Message::Broadcast(b) = watcher.recv().await else {
+        panic!("expected broadcast")
+    };
+    assert_eq!(
+        b,
+        Broadcast {
+            first_seq: 1,
+            nodes: vec![parent, child]
+        }
+    );
+    relay.shutdown().await;
+}
+
+#[tokio::test]
+async fn bad_nodes_get_typed_rejections_and_change_nothing() {
+    let relay = Relay::start().await;
+    let mut raw = Raw::connect(&relay, "bad").await;
+    raw.join_and_catch_up().await;
+    let good = node("bad", &[], "ok", "fine");
+    let mut tampered = node("bad", &[], "t", "x");
+    tampered.payload = Bytes::from_static(b"y");
+    let other_room = node("elsewhere", &[], "o", "x");
+    let mut wrong_depth = node("bad", &[&good], "d", "x");
+    wrong_depth.depth = 5;
+    wrong_depth.id = wrong_depth.content_id(&room("bad"));
+    let bad_path =
+        weft::node::Node::new(&room("bad"), vec![], 0, None, "a//b", vec![], b"x".to_vec());
+    raw.send(Message::Pack(Pack {
+        number: 1,
+        nodes: vec![good.clone(), tampered, other_room, wrong_depth, bad_path],
+    }))
+    .await;
+    let Message::Ack(ack) = raw.recv().await else {
+        panic!("expected ack")
+    };
+    assert_eq!(
+        ack.outcomes,
+        vec![
+            Outcome::Accepted(1),
+            Outcome::Rejected(Rejection::HashMismatch),
+            Outcome::Rejected(Rejection::HashMismatch),
+            Outcome::Rejected(Rejection::DepthMismatch),
+            Outcome::Rejected(Rejection::BadPath),
+        ]
+    );
+    let mut reader = Raw::connect(&relay, "bad").await;
+    assert_eq!(reader.join_and_catch_up().await, vec![good]);
+    relay.shutdown().await;
+}
+
+/// One malformed frame per message type: a valid envelope naming the type with a body that is
+/// not that message.
+fn malformed_frames() -> Vec<(MessageType, Bytes)> {
+    MessageType::ALL
+        .iter()
+        .map(|ty| {
+            // [type, "garbage"]
+            let mut frame = vec![0x92, ty.code(), 0xa7];
+            frame.extend_from_slice(b"garbage");
+            (*ty, Bytes::from(frame))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn malformed_frames_get_typed_errors_and_state_survives() {
+    let mut config = ServerConfig::default();
+    config.rooms.hub.session.limits.max_pack_nodes = 4;
+    let relay = Relay::start_with(config).await;
+    let mut raw = Raw::connect(&relay, "fuzzy").await;
+    raw.join_and_catch_up().await;
+    let a = node("fuzzy", &[], "a", "kept");
+    raw.send(Message::Pack(Pack {
+        number: 1,
+        nodes: vec![a.clone()],
+    }))
+    .await;
+    assert!(matches!(raw.recv().await, Message::Ack(_)));
+
+    // Fewer than the error budget (8), so the session must survive all of them.
+    let frames = malformed_frames();
+    for chunk in frames.chunks(7) {
+        for (ty, frame) in chunk {
+            raw.send_bytes(frame.clone()).await;
+            let Message::ErrorMessage(error) = raw.recv().await else {
+                panic!("expected an error frame for {ty:?}")
+            };
+            assert_eq!(
+                ErrorCode::from_code(error.code),
+                Some(ErrorCode::Malformed),
+                "{ty:?}: {error:?}"
+            );
+            assert_eq!(
+                error.message_type,
+                ty.code(),
+                "error names the offending type"
+            );
+        }
+        // Still alive and still accepting after each batch of errors; a fresh connection
+        // resets the error budget.
+        let b = node("fuzzy", &[&a], "b", "after");
+        raw.send(Message::Pack(Pack {
+            number: 2,
+            nodes: vec![b.clone()],
+        }))
+        .await;
+        let Message::Ack(ack) = raw.recv().await else {
+            panic!("expected ack")
+        };
+        assert!(matches!(
+            ack.outcomes[..],
+            [Outcome::Accepted(_) | Outcome::Duplicate(_)]
+        ));
+        raw = Raw::connect(&relay, "fuzzy").await;
+        raw.join_and_catch_up().await;
+    }
+    // Limit errors and phase errors are typed too.
+    let many: Vec<_> = (0..5)
+        .map(|i| node("fuzzy", &[], &format!("m{i}"), "x"))
+        .collect();
+    raw.send(Message::Pack(Pack {
+        number: 3,
+        nodes: many,
+    }))
+    .await;
+    let Message::ErrorMessage(error) = raw.recv().await else {
+        panic!("expected error")
+    };
+    assert_eq!(
+        ErrorCode::from_code(error.code),
+        Some(ErrorCode::LimitExceeded)
+    );
+    raw.send(Message::Ids(Ids {
+        ids: vec![],
+        last: true,
+    }))
+    .await;
+    let Message::ErrorMessage(error) = raw.recv().await else {
+        panic!("expected error")
+    };
+    assert_eq!(
+        ErrorCode::from_code(error.code),
+        Some(ErrorCode::Unexpected)
+    );
+    assert_eq!(error.message_type, MessageType::Ids.code());
+    // Relay-only messages sent by a client are unexpected, not crashes.
+    let welcome_like = Message::Need(Need {
+        ids: vec![],
+        last: true,
+    });
+    raw.send(welcome_like).await;
+    let Message::ErrorMessage(error) = raw.recv().await else {
+        panic!("expected error")
+    };
+    assert_eq!(
+        ErrorCode::from_code(error.code),
+        Some(ErrorCode::Unexpected)
+    );
+
+    // Accepted state intact: exactly a and b.
+    let mut reader = Raw::connect(&relay, "fuzzy").await;
+    let nodes = reader.join_and_catch_up().await;
+    assert_eq!(nodes.len(), 2);
+    assert_eq!(nodes[0], a);
+    relay.shutdown().await;
+}
+
+#[tokio::test]
+async fn too_many_errors_close_with_protocol_violation() {
+    let relay = Relay::start().await;
+    let mut raw = Raw::connect(&relay, "noisy").await;
+    raw.join_and_catch_up().await;
+    for _ in 0..8 {
+        raw.send_bytes(Bytes::from_static(&[0xc1])).await;
+    }
+    assert_eq!(
+        raw.closed().await,
+        Some(CloseCode::ProtocolViolation.code())
+    );
+    relay.shutdown().await;
+}
+
+#[tokio::test]
+async fn hello_must_come_first_and_versions_must_overlap() {
+    let relay = Relay::start().await;
+    let mut raw = Raw::connect(&relay, "hs").await;
+    raw.send(Message::Credit(Credit { bytes: 1 })).await;
+    let Message::ErrorMessage(error) = raw.recv().await else {
+        panic!("expected error")
+    };
+    assert_eq!(
+        ErrorCode::from_code(error.code),
+        Some(ErrorCode::Unexpected)
+    );
+    assert_eq!(
+        raw.closed().await,
+        Some(CloseCode::ProtocolViolation.code())
+    );
+
+    let mut raw = Raw::connect(&relay, "hs").await;
+    let mut future = hello(Default::default());
+    future.min_version = 7;
+    future.max_version = 9;
+    raw.send(Message::Hello(future)).await;
+    let Message::ErrorMessage(error) = raw.recv().await else {
+        panic!("expected error")
+    };
+    assert_eq!(
+        ErrorCode::from_code(error.code),
+        Some(ErrorCode::UnsupportedVersion)
+    );
+    assert_eq!(
+        raw.closed().await,
+        Some(CloseCode::UnsupportedVersion.code())
+    );
+    relay.shutdown().await;
+}
+
+#[tokio::test]
+async fn silent_connection_hits_the_handshake_timeout() {
+    let mut config = ServerConfig::default();
+    config.rooms.hub.handshake_timeout = Duration::from_millis(200);
+    let relay = Relay::start_with(config).await;
+    let mut raw = Raw::connect(&relay, "slow").await;
+    assert_eq!(raw.closed().await, Some(CloseCode::HandshakeTimeout.code()));
+    relay.shutdown().await;
+}
+
+#[tokio::test]
+async fn oversized_frame_closes_with_1009() {
+    let mut config = ServerConfig::default();
+    config.rooms.hub.session.limits.max_frame = 64 * 1024;
+    config.rooms.hub.session.limits.node.max_payload = 32 * 1024;
+    let relay = Relay::start_with(config).await;
+    let mut raw = Raw::connect(&relay, "big").await;
+    raw.join_and_catch_up().await;
+    raw.send_bytes(Bytes::from(vec![0u8; 128 * 1024])).await;
+    assert_eq!(raw.closed().await, Some(CloseCode::TooBig.code()));
+    relay.shutdown().await;
+}
+
+#[tokio::test]
+async fn invalid_room_id_is_refused_before_upgrade() {
+    let relay = Relay::start().await;
+    let result = tokio_tungstenite::connect_async(relay.room_url("bad%20room")).await;
+    assert!(result.is_err(), "upgrade must fail for an invalid room id");
+    relay.shutdown().await;
+}
+
+#[tokio::test]
+async fn catch_up_respects_credit_and_frame_size() {
+    let mut config = ServerConfig::default();
+    config.rooms.hub.session.limits.max_frame = 16 * 1024;
+    let relay = Relay::start_with(config).await;
+    let mut writer = Raw::connect(&relay, "credit").await;
+    writer.join_and_catch_up().await;
+    let mut nodes = Vec::new();
+    let mut parent: Option<weft::node::Node> = None;
+    for i in 0..200 {
+        let n = node(
+            "credit",
+            &parent.iter().collect::<Vec<_>>(),
+            &format!("n/{i}"),
+            &"x".repeat(500),
+        );
+        nodes.push(n.clone());
+        parent = Some(n);
+    }
+    for chunk in nodes.chunks(20) {
+        writer
+            .send(Message::Pack(Pack {
+                number: 1,
+                nodes: chunk.to_vec(),
+            }))
+            .await;
+        assert!(matches!(writer.recv().await, Message::Ack(_)));
+    }
+    // Credit for a single small frame at a time: the relay must wait for grants.
+    let mut reader = Raw::connect(&relay, "credit").await;
+    let mut h = hello(Default::default());
+    h.credit = 1;
+    reader.send(Message::Hello(h)).await;
+    assert!(matches!(
+        reader.recv().await,
+        Message::Welcome(Welcome { .. })
+    ));
+    let mut received = Vec::new();
+    let mut last_through = 0;
+    loop {
+        match reader.recv().await {
+            Message::Batch(Batch { through, nodes }) => {
+                assert!(through > last_through, "resume point advances");
+                last_through = through;
+                received.extend(nodes);
+                // Nothing more may arrive until we grant credit again.
+                let quiet = tokio::time::timeout(Duration::from_millis(50), async {
+                    loop {
+                        match reader.socket.next().await {
+                            Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => continue,
+                            other => return other,
+                        }
+                    }
+                })
+                .await;
+                assert!(quiet.is_err(), "relay sent beyond its credit: {quiet:?}");
+                reader.send(Message::Credit(Credit { bytes: 1 })).await;
+            }
+            Message::CatchUpDone(CatchUpDone { seq, .. }) => {
+                assert_eq!(seq, 200);
+                break;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(
+        received, nodes,
+        "all nodes, in arrival order, parents first"
+    );
+    relay.shutdown().await;
+}
+
+#[tokio::test]
+async fn presence_reaches_peers_and_late_joiners_and_leave_clears_it() {
+    let relay = Relay::start().await;
+    let mut alice = Raw::connect(&relay, "here").await;
+    let alice_peer = alice.join_empty().await.peer;
+    alice
+        .send(Message::Presence(Presence {
+            state: Bytes::from_static(b"cursor 1"),
+        }))
+        .await;
+    // Bob joins late and still learns alice's state.
+    let mut bob = Raw::connect(&relay, "here").await;
+    bob.join_empty().await;
+    let Message::PresenceUpdate(update) = bob.recv().await else {
+        panic!("expected presence")
+    };
+    assert_eq!(
+        update,
+        PresenceUpdate {
+            peer: alice_peer,
+            state: Bytes::from_static(b"cursor 1")
+        }
+    );
+    alice.socket.close(None).await.unwrap();
+    let Message::PresenceUpdate(update) = bob.recv().await else {
+        panic!("expected leave")
+    };
+    assert_eq!(
+        update,
+        PresenceUpdate {
+            peer: alice_peer,
+            state: Bytes::new()
+        }
+    );
+    relay.shutdown().await;
+}
+
+#[tokio::test]
+async fn client_library_presence_round_trip() {
+    let relay = Relay::start().await;
+    let (alice, _) = synced_client(&relay, "pres").await;
+    let (_bob, mut bob_events) = synced_client(&relay, "pres").await;
+    alice.set_presence("typing").unwrap();
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let event = tokio::time::timeout_at(deadline, bob_events.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        if let Event::Presence { state, .. } = event {
+            assert_eq!(state, Bytes::from_static(b"typing"));
+            break;
+        }
+    }
+    relay.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_reader_is_closed_with_resync_and_memory_stays_bounded() {
+    const LIMIT: usize = 256 * 1024;
+    let mut config = ServerConfig::default();
+    config.connection.queue_limit = LIMIT;
+    let relay = Relay::start_with(config).await;
+    let mut stalled = Raw::connect(&relay, "flood").await;
+    stalled.join_and_catch_up().await;
+    let mut writer = Raw::connect(&relay, "flood").await;
+    writer.join_and_catch_up().await;
+
+    // Flood until the relay gives up on the stalled reader. Kernel socket buffers absorb the
+    // first few megabytes, so keep writing (bounded) until the overflow is observed.
+    let payload = "z".repeat(16 * 1024);
+    let mut max_queued = 0usize;
+    let mut number = 0u64;
+    while relay.stats.queues.overflows.load(Ordering::Relaxed) == 0 {
+        number += 1;
+        assert!(number < 20_000, "relay never closed the stalled reader");
+        let nodes = (0..32)
+            .map(|i| node("flood", &[], &format!("f/{number}/{i}"), &payload))
+            .collect();
+        writer.send(Message::Pack(Pack { number, nodes })).await;
+        assert!(matches!(writer.recv().await, Message::Ack(_)));
+        max_queued = max_queued.max(relay.stats.queues.queued_bytes.load(Ordering::Relaxed));
+    }
+    // Two connections, each bounded by the queue limit (plus one frame in the writer's hands).
+    assert!(
+        max_queued <= 2 * LIMIT + 1024 * 1024,
+        "queued {max_queued} bytes"
+    );
+    // The stalled reader finally reads: whatever was queued, then the typed close.
+    assert_eq!(
+        stalled.closed().await,
+        Some(CloseCode::ResyncRequired.code())
+    );
+    // The writer was never affected.
+    writer
+        .send(Message::Pack(Pack {
+            number: number + 1,
+            nodes: vec![node("flood", &[], "last", "x")],
+        }))
+        .await;
+    assert!(matches!(writer.recv().await, Message::Ack(_)));
+    relay.shutdown().await;
+}
+
+#[tokio::test]
+async fn shutdown_closes_sessions_with_going_away() {
+    let relay = Relay::start().await;
+    let mut raw = Raw::connect(&relay, "bye").await;
+    raw.join_and_catch_up().await;
+    let stats = relay.stats.clone();
+    let shutdown = tokio::spawn(relay.shutdown());
+    assert_eq!(raw.closed().await, Some(CloseCode::GoingAway.code()));
+    shutdown.await.unwrap();
+    assert_eq!(stats.connections.load(Ordering::Relaxed), 0);
+}
+
+#[tokio::test]
+async fn concurrent_first_connects_share_one_room() {
+    let relay = Relay::start().await;
+    let mut joins = Vec::new();
+    for i in 0..16 {
+        let url = relay.room_url("cold");
+        joins.push(tokio::spawn(async move {
+            let mut raw = Raw::connect_url(&url).await;
+            raw.join_and_catch_up().await;
+            let n = node("cold", &[], &format!("p/{i}"), "x");
+            raw.send(Message::Pack(Pack {
+                number: 1,
+                nodes: vec![n],
+            }))
+            .await;
+            loop {
+                if let Message::Ack(ack) = raw.recv().await {
+                    return ack.outcomes;
+                }
+            }
+        }));
+    }
+    let mut seqs = BTreeSet::new();
+    for join in joins {
+        let outcomes = join.await.unwrap();
+        let [Outcome::Accepted(seq)] = outcomes[..] else {
+            panic!("expected accepted, got {outcomes:?}")
+        };
+        seqs.insert(seq);
+    }
+    // One room, one numbering: 16 distinct consecutive arrival numbers.
+    assert_eq!(seqs, (1..=16).collect());
+    relay.shutdown().await;
+}

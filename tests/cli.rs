@@ -1,0 +1,192 @@
+//! The `weft` binary end to end: serve, push, tail, pull, and shutdown on SIGTERM.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const WEFT: &str = env!("CARGO_BIN_EXE_weft");
+
+/// A `weft serve` process on an ephemeral port.
+struct Serve {
+    child: Child,
+    url: String,
+}
+
+impl Serve {
+    fn start() -> Self {
+        let mut child = Command::new(WEFT)
+            .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "text"])
+            .env("WEFT_LOG", "info")
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let mut lines = BufReader::new(stderr).lines();
+        // The first log line names the bound address: "... listening on ws://127.0.0.1:PORT/v1/...".
+        let url = loop {
+            let line = lines.next().expect("serve printed its address").unwrap();
+            if let Some(start) = line.find("ws://") {
+                let rest = &line[start..];
+                break rest[..rest.find("/v1").unwrap()].to_owned();
+            }
+        };
+        // Keep draining stderr so the relay never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Self { child, url }
+    }
+
+    fn weft(&self, args: &[&str]) -> std::process::Output {
+        Command::new(WEFT)
+            .args(args)
+            .args(["--server", &self.url, "--timeout", "20"])
+            .output()
+            .unwrap()
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn stdout(output: &std::process::Output) -> String {
+    assert!(
+        output.status.success(),
+        "failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout.clone()).unwrap()
+}
+
+#[test]
+fn push_tail_pull_round_trip() {
+    let serve = Serve::start();
+    let first = stdout(&serve.weft(&[
+        "push", "--room", "cli", "--path", "notes/a", "--data", "hello",
+    ]));
+    let first = first.trim();
+    assert_eq!(first.len(), 64, "push prints a 64-hex id: {first:?}");
+    assert!(first.chars().all(|c| c.is_ascii_hexdigit()));
+
+    let bin = std::env::temp_dir().join(format!("weft-cli-bin-{}", std::process::id()));
+    std::fs::write(&bin, [0xff, 0x00, 0xfe]).unwrap();
+    let second = stdout(&serve.weft(&[
+        "push",
+        "--room",
+        "cli",
+        "--path",
+        "blobs/b",
+        "--file",
+        bin.to_str().unwrap(),
+    ]));
+    let second = second.trim();
+
+    let tail = stdout(&serve.weft(&["tail", "--room", "cli", "--json", "--once"]));
+    let lines: Vec<serde_json::Value> = tail
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[0]["id"], first);
+    assert_eq!(lines[0]["path"], "notes/a");
+    assert_eq!(lines[0]["payload"], "hello");
+    assert_eq!(lines[0]["parents"], serde_json::json!([]));
+    assert_eq!(lines[1]["id"], second);
+    // The second push was built on the room's head at the time: the first node.
+    assert_eq!(lines[1]["parents"], serde_json::json!([first]));
+    assert_eq!(lines[1]["payload_b64"], "/wD+");
+    assert!(lines[1].get("payload").is_none());
+
+    let out = std::env::temp_dir().join(format!("weft-cli-pull-{}", std::process::id()));
+    let _ = std::fs::remove_file(&out);
+    let pulled = serve.weft(&["pull", "--room", "cli", "--out", out.to_str().unwrap()]);
+    assert!(
+        pulled.status.success(),
+        "{}",
+        String::from_utf8_lossy(&pulled.stderr)
+    );
+    let replica = weft::replica::Replica::from_bytes(&std::fs::read(&out).unwrap()).unwrap();
+    let ids: Vec<String> = replica.ids().map(|id| id.to_hex()).collect();
+    assert_eq!(ids, vec![first.to_owned(), second.to_owned()]);
+    std::fs::remove_file(out).unwrap();
+    std::fs::remove_file(bin).unwrap();
+}
+
+#[test]
+fn push_to_an_unreachable_relay_fails_readably() {
+    let output = Command::new(WEFT)
+        .args([
+            "push",
+            "--server",
+            "ws://127.0.0.1:9",
+            "--room",
+            "r",
+            "--path",
+            "p",
+            "--data",
+            "x",
+            "--timeout",
+            "1",
+        ])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("relay not reachable"), "{stderr}");
+    assert!(output.stdout.is_empty());
+}
+
+#[test]
+fn bad_arguments_are_refused() {
+    let output = Command::new(WEFT)
+        .args(["push", "--room", "no/slash", "--path", "p", "--data", "x"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let output = Command::new(WEFT)
+        .args(["serve", "--store", "s3://bucket"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("not supported"));
+    for command in ["serve", "push", "tail", "pull"] {
+        let help = Command::new(WEFT)
+            .args([command, "--help"])
+            .output()
+            .unwrap();
+        assert!(help.status.success());
+        assert!(
+            String::from_utf8_lossy(&help.stdout).contains("WEFT_"),
+            "{command} --help shows env vars"
+        );
+    }
+}
+
+#[cfg(unix)]
+#[test]
+fn sigterm_drains_and_exits_cleanly() {
+    let mut serve = Serve::start();
+    let pid = serve.child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(status) = serve.child.try_wait().unwrap() {
+            assert!(status.success(), "serve exited with {status}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "serve did not stop after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -55,6 +55,9 @@ pub struct ClientConfig {
     pub backoff_max: Duration,
     /// Replica file: loaded at start if it exists, written by [`Client::save`] and on close.
     pub replica_file: Option<PathBuf>,
+    /// Silence from the relay after which the connection is presumed dead and re-established.
+    /// The relay pings every 15 s by default, so a live connection is never this quiet.
+    pub idle_timeout: Duration,
 }
 
 impl ClientConfig {
@@ -68,6 +71,7 @@ impl ClientConfig {
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_secs(10),
             replica_file: None,
+            idle_timeout: Duration::from_secs(60),
         }
     }
 
@@ -373,7 +377,10 @@ impl Driver {
         loop {
             let mut outgoing: Vec<Bytes> = Vec::new();
             tokio::select! {
-                received = socket.next() => {
+                received = tokio::time::timeout(self.config.idle_timeout, socket.next()) => {
+                    let Ok(received) = received else {
+                        return Ended::Lost("relay silent for too long".into());
+                    };
                     let frame = match received {
                         Some(Ok(WsMessage::Binary(frame))) => frame,
                         Some(Ok(WsMessage::Close(close))) => {

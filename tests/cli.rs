@@ -1,5 +1,7 @@
 //! The `weft` binary end to end: serve, push, tail, pull, and shutdown on SIGTERM.
 
+#![allow(clippy::disallowed_methods)] // Tests keep real time.
+
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};

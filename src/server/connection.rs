@@ -39,6 +39,9 @@ impl Default for ConnectionSettings {
     }
 }
 
+/// Most queued frames written per flush.
+const MAX_BURST: usize = 64;
+
 /// Counters for one connection, logged when it closes.
 #[derive(Default)]
 struct Tally {
@@ -120,12 +123,29 @@ async fn pump(
             () = shutdown.cancelled() => break CloseCode::GoingAway,
             frame = inbound.frames.recv() => {
                 let Some(frame) = frame else { break CloseCode::GoingAway };
-                inbound.release(&frame);
-                tally.frames_out += 1;
-                tally.bytes_out += frame.len() as u64;
+                // Write whatever else is already queued in the same flush: one syscall for a
+                // burst of broadcasts instead of one per frame.
+                let mut burst = vec![frame];
+                while burst.len() < MAX_BURST {
+                    match inbound.frames.try_recv() {
+                        Ok(frame) => burst.push(frame),
+                        Err(_) => break,
+                    }
+                }
+                for frame in &burst {
+                    inbound.release(frame);
+                    tally.frames_out += 1;
+                    tally.bytes_out += frame.len() as u64;
+                }
+                let write = async {
+                    for frame in burst {
+                        sink.feed(WsMessage::Binary(frame)).await?;
+                    }
+                    sink.flush().await
+                };
                 // Writing may block on a slow reader; a close request must still get through.
                 tokio::select! {
-                    sent = sink.send(WsMessage::Binary(frame)) => {
+                    sent = write => {
                         if sent.is_err() { return CloseCode::Normal; }
                     }
                     code = &mut inbound.close => break code.unwrap_or(CloseCode::GoingAway),

@@ -9,6 +9,7 @@ use crate::node::NodeId;
 use crate::protocol::{
     Capabilities, EncodeError, ErrorMessage, Ids, Message, Outcome, Pack, Plan, RelayLimits,
 };
+use crate::recon::SetDigest;
 use crate::session::{ClientError, ClientEvent, ClientSession};
 
 /// Something the application may want to know after a frame.
@@ -86,6 +87,12 @@ pub struct Link {
     /// Sent in this connection and not yet settled.
     outstanding: HashSet<NodeId>,
     need: HashSet<NodeId>,
+    /// The replica's size and digest when `hello` was built: an `InSync` answer is about
+    /// exactly those nodes, not about any written since.
+    hello_len: usize,
+    hello_digest: SetDigest,
+    /// The ids sent in `ids` frames: the relay's `need` answer is about exactly those.
+    ids_sent: HashSet<NodeId>,
 }
 
 impl Link {
@@ -104,6 +111,9 @@ impl Link {
             inflight: HashMap::new(),
             outstanding: HashSet::new(),
             need: HashSet::new(),
+            hello_len: replica.len(),
+            hello_digest: replica.digest(),
+            ids_sent: HashSet::new(),
         };
         Ok((link, hello))
     }
@@ -137,8 +147,18 @@ impl Link {
                 replica.enter_epoch(welcome.epoch);
                 match welcome.plan {
                     Plan::InSync => {
-                        replica.reset_sync(|_| true);
-                        replica.complete_through(self.epoch, welcome.seq);
+                        // The relay holds what the replica held at `hello`. Nodes written
+                        // since are not covered and must still be pushed. The replica only
+                        // grows between `hello` and `welcome`, so those nodes are the first
+                        // `hello_len` in its order; the digest confirms it.
+                        let at_hello: HashSet<NodeId> =
+                            replica.ids().take(self.hello_len).copied().collect();
+                        if SetDigest::of(&at_hello) == self.hello_digest {
+                            replica.reset_sync(|id| at_hello.contains(id));
+                            replica.complete_through(self.epoch, welcome.seq);
+                        }
+                        // Otherwise the replica lost nodes meanwhile: claim nothing; pushing
+                        // the unsynced nodes gets them acked (as duplicates) instead.
                         out.events.push(SyncEvent::Synced { seq: welcome.seq });
                     }
                     Plan::CatchUp => {}
@@ -148,8 +168,11 @@ impl Link {
             ClientEvent::Need(need) => {
                 self.need.extend(need.ids);
                 if need.last {
+                    // The relay holds every id we sent that it does not need; nodes written
+                    // after the `ids` frames were built are not covered.
                     let need = std::mem::take(&mut self.need);
-                    replica.reset_sync(|id| !need.contains(id));
+                    let sent = std::mem::take(&mut self.ids_sent);
+                    replica.reset_sync(|id| sent.contains(id) && !need.contains(id));
                 }
             }
             ClientEvent::Batch(batch) => {
@@ -282,6 +305,7 @@ impl Link {
     fn send_ids(&mut self, replica: &Replica, out: &mut LinkOutput) -> Result<(), LinkError> {
         let chunk = (self.limits.max_ids as usize).max(1);
         let ids: Vec<NodeId> = replica.ids().copied().collect();
+        self.ids_sent = ids.iter().copied().collect();
         let mut chunks = ids.chunks(chunk).peekable();
         if chunks.peek().is_none() {
             out.send.push(

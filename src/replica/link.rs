@@ -60,7 +60,8 @@ pub enum LinkError {
     /// A frame could not be encoded.
     #[error(transparent)]
     Encode(#[from] EncodeError),
-    /// The relay sent a node the replica cannot store.
+    /// The relay sent a node the replica cannot store. If a parent was missing, the replica
+    /// forgot what it knew about the relay, as for [`Diverged`](Self::Diverged).
     #[error("relay sent node {id} that cannot be stored: {error}")]
     BadNode {
         /// The node.
@@ -180,7 +181,7 @@ impl Link {
                     let id = node.id;
                     if replica
                         .insert(node, true)
-                        .map_err(|error| LinkError::BadNode { id, error })?
+                        .map_err(|error| bad_node(replica, id, error))?
                     {
                         out.events.push(SyncEvent::Arrived(id));
                     }
@@ -220,7 +221,7 @@ impl Link {
                     let id = node.id;
                     if replica
                         .insert(node, true)
-                        .map_err(|error| LinkError::BadNode { id, error })?
+                        .map_err(|error| bad_node(replica, id, error))?
                     {
                         out.events.push(SyncEvent::Arrived(id));
                     }
@@ -328,4 +329,15 @@ impl Link {
         }
         Ok(())
     }
+}
+
+/// The relay sent a node the replica cannot store. A missing parent means the relay skipped it
+/// because of what the replica claimed to hold (its watermark or synced heads), so those claims
+/// are wrong: forget them, or every reconnection would send the same hints and fail the same
+/// way.
+fn bad_node(replica: &mut Replica, id: NodeId, error: InsertError) -> LinkError {
+    if matches!(error, InsertError::MissingParent(_)) {
+        replica.forget_sync();
+    }
+    LinkError::BadNode { id, error }
 }

@@ -47,6 +47,10 @@ pub struct Replica {
     watermark: Option<Watermark>,
     /// Arrival numbers above the watermark already received, waiting for the gap below them.
     ahead: BTreeSet<u64>,
+    /// What the replica knew about the relay was found wrong and forgotten; until a whole-set
+    /// answer (in sync, or `need`) arrives, `hello` asks for the id list rather than for the
+    /// whole room.
+    resync: bool,
 }
 
 /// Why a node could not be added to a replica.
@@ -73,6 +77,7 @@ impl Replica {
             synced_digest: SetDigest::default(),
             watermark: None,
             ahead: BTreeSet::new(),
+            resync: false,
         }
     }
 
@@ -147,8 +152,11 @@ impl Replica {
 
     /// What `hello` tells the relay.
     pub fn hints(&self) -> SyncHints {
-        let heads: Vec<NodeId> = if self.synced_heads.len() > MAX_HELLO_HEADS {
-            // Not describable in one hello: claim nothing so the relay asks for the id list.
+        let unknown_head = self.synced_heads.len() > MAX_HELLO_HEADS || self.resync;
+        let heads: Vec<NodeId> = if unknown_head {
+            // Not describable in one hello, or forgotten: name a head the relay cannot know so
+            // that it asks for the id list. (With no heads at all it would stream the whole
+            // room, most of which this replica holds.)
             vec![NodeId([0; 32])]
         } else {
             self.synced_heads.iter().copied().collect()
@@ -241,6 +249,7 @@ impl Replica {
     /// Re-derives every sync flag from `synced(id)`, which must describe an ancestor-closed set.
     /// Used when a whole-set answer arrives (in sync, or the relay's `need` list). O(n).
     pub fn reset_sync(&mut self, synced: impl Fn(&NodeId) -> bool) {
+        self.resync = false;
         self.synced_digest = SetDigest::default();
         self.synced_heads.clear();
         let ids = self.order.clone();
@@ -256,11 +265,13 @@ impl Replica {
         }
     }
 
-    /// Forgets everything learned about the relay (after a verification mismatch).
+    /// Forgets everything learned about the relay (after a verification mismatch). The next
+    /// `hello` asks for the id list.
     pub fn forget_sync(&mut self) {
         self.reset_sync(|_| false);
         self.watermark = None;
         self.ahead.clear();
+        self.resync = !self.is_empty();
     }
 
     /// Drops a node the relay rejected, with every descendant (they can never be accepted).
@@ -285,6 +296,7 @@ impl Replica {
             .map(|e| (e.node, e.synced))
             .collect();
         let (watermark, ahead) = (self.watermark, std::mem::take(&mut self.ahead));
+        let resync = self.resync;
         *self = Self::new(self.room.clone());
         // Kept nodes were checked on the way in and keep their order, so parents come first.
         for (node, synced) in kept {
@@ -292,6 +304,7 @@ impl Replica {
         }
         self.watermark = watermark;
         self.ahead = ahead;
+        self.resync = resync && !self.is_empty();
     }
 
     /// Starts a session in `epoch`: a watermark from another epoch is dropped.

@@ -229,13 +229,26 @@ fn forget_sync_drops_marks_and_watermark() {
     r.forget_sync();
     assert_eq!(r.watermark(), None);
     assert_eq!(r.synced_digest(), SetDigest::default());
-    assert!(r.hints().heads.is_empty());
     assert_eq!(r.hints().watermark, None);
+    // The next hello names a head no relay knows, so the relay asks for the id list instead of
+    // streaming the whole room.
+    let heads = r.hints().heads;
+    assert_eq!(heads.len(), 1);
+    assert!(!r.contains(&heads[0]));
+    // It survives a discard, and a whole-set answer ends it.
+    r.discard(&NodeId([7; 32]));
+    assert_eq!(r.hints().heads, heads);
+    r.reset_sync(|_| false);
+    assert!(r.hints().heads.is_empty());
     // The gap bookkeeping is gone too: a fresh watermark does not absorb the old 5.
     r.complete_through(1, 4);
     assert_eq!(r.watermark(), Some(Watermark { epoch: 1, seq: 4 }));
     assert_eq!(r.len(), 4);
     assert_consistent(&r);
+    // An empty replica has nothing to list: it just catches up.
+    let mut empty = Replica::new(room());
+    empty.forget_sync();
+    assert!(empty.hints().heads.is_empty());
 }
 
 #[test]

@@ -1,0 +1,561 @@
+//! A room hub driven by up to three sessions with a virtual clock (protocol/README.md §2, §5–§8).
+//!
+//! The input is a sequence of operations: connect and disconnect, raw frames, and structured
+//! frames (hello with various hints, packs of nodes drawn from a pool that mixes valid, orphaned
+//! and corrupted nodes, credit, ids, presence), plus clock advances. After every step:
+//!
+//! - the room's digest equals `SetDigest::of` its node ids, its arrival numbers are 1..=seq,
+//!   every node's parents are present with lower numbers, depths follow the rule and every node
+//!   passes its own checks; the heads are exactly the nodes nobody names as parent;
+//! - every frame the hub emits decodes and is one the relay may send;
+//! - a broadcast carries consecutive numbers matching the room, and never carries a node back to
+//!   the session whose pack just admitted it;
+//! - an ack has one outcome per node, and accepted / duplicate numbers point at that node;
+//! - a session that joined with an empty replica receives, by `catch_up_done`, exactly the room.
+
+#![no_main]
+
+use std::collections::{HashMap, HashSet};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use libfuzzer_sys::arbitrary::{self, Arbitrary};
+use libfuzzer_sys::fuzz_target;
+use weft::node::{AuthorKey, BlobHash, BlobRef, Node, NodeId, NodeLimits, RoomId};
+use weft::protocol::{
+    self, Capabilities, Credit, Direction, Hello, Ids, Message, Outcome, Pack, Presence, SyncHints,
+    Watermark,
+};
+use weft::recon::SetDigest;
+use weft::room::{Audience, Hub, HubConfig, OrphanLimits, Outbox, Room, SessionId};
+use weft::session::RelaySessionConfig;
+
+const SLOTS: usize = 3;
+
+#[derive(Arbitrary, Debug)]
+enum Op {
+    Connect(u8),
+    Disconnect(u8),
+    Hello {
+        slot: u8,
+        capabilities: u8,
+        credit: u16,
+        hints: HintsChoice,
+        min_version: u8,
+    },
+    Raw {
+        slot: u8,
+        frame: Vec<u8>,
+    },
+    Pack {
+        slot: u8,
+        number: u8,
+        nodes: Vec<NodeSpec>,
+    },
+    Credit {
+        slot: u8,
+        bytes: u16,
+    },
+    Ids {
+        slot: u8,
+        picks: Vec<u8>,
+        unknown: bool,
+        last: bool,
+    },
+    Presence {
+        slot: u8,
+        state: Vec<u8>,
+    },
+    /// A valid frame with one byte changed.
+    Corrupt {
+        slot: u8,
+        at: u16,
+        byte: u8,
+    },
+    Advance {
+        millis: u16,
+    },
+}
+
+#[derive(Arbitrary, Debug)]
+enum HintsChoice {
+    Empty,
+    InSync,
+    Claim {
+        heads: Vec<u8>,
+        watermark: Option<(bool, u8)>,
+        digest_of: Vec<u8>,
+    },
+}
+
+/// A node to create: parents are indexes into the pool of every node created so far.
+#[derive(Arbitrary, Debug)]
+struct NodeSpec {
+    parents: Vec<u8>,
+    depth_error: i8,
+    path: u8,
+    payload: Vec<u8>,
+    author: bool,
+    blob: Option<u16>,
+    corruption: Corruption,
+    /// Reuse a pool node instead of creating one (duplicates, orphans that already exist).
+    reuse: Option<u8>,
+}
+
+#[derive(Arbitrary, Debug, Clone, Copy)]
+enum Corruption {
+    None,
+    ClaimedId,
+    Payload,
+    UnsortedParents,
+    BadPath,
+}
+
+const PATHS: &[&str] = &[
+    "a",
+    "a/b",
+    "notes/today",
+    "x.y/z-1",
+    "ü/ß",
+    "",
+    "/a",
+    "a//b",
+    "..",
+];
+
+fn room_id() -> RoomId {
+    RoomId::new("fuzz").expect("valid room id")
+}
+
+#[allow(clippy::disallowed_methods)] // one real instant as the virtual clock's origin
+fn origin() -> Instant {
+    static ORIGIN: OnceLock<Instant> = OnceLock::new();
+    *ORIGIN.get_or_init(Instant::now)
+}
+
+#[derive(Default)]
+struct Peer {
+    id: Option<SessionId>,
+    /// Whether a hello was sent on this connection.
+    hello_sent: bool,
+    /// Joined with an empty replica: what it received must end up equal to the room.
+    fresh: bool,
+    received: HashSet<NodeId>,
+    through: u64,
+}
+
+struct World {
+    hub: Hub,
+    now: Instant,
+    next_id: SessionId,
+    peers: [Peer; SLOTS],
+    pool: Vec<Node>,
+    limits: NodeLimits,
+}
+
+impl World {
+    fn new() -> Self {
+        let limits = NodeLimits {
+            max_payload: 64,
+            max_parents: 4,
+            max_path_len: 16,
+            max_path_segments: 3,
+            max_blobs: 1,
+        };
+        let room = Room::new(
+            room_id(),
+            9,
+            limits,
+            OrphanLimits {
+                max_nodes: 8,
+                max_bytes: 512,
+                ttl: Duration::from_secs(5),
+            },
+        );
+        let mut session = RelaySessionConfig::default();
+        session.limits.node = limits;
+        session.limits.max_frame = 600;
+        session.limits.max_pack_nodes = 6;
+        session.limits.max_ids = 5;
+        session.limits.max_presence = 16;
+        session.max_credit = 2_000;
+        session.max_total_ids = 12;
+        let config = HubConfig {
+            session,
+            handshake_timeout: Duration::from_secs(3),
+        };
+        Self {
+            hub: Hub::new(room, config),
+            now: origin(),
+            next_id: 1,
+            peers: Default::default(),
+            pool: Vec::new(),
+            limits,
+        }
+    }
+
+    fn slot(&self, slot: u8) -> usize {
+        usize::from(slot) % SLOTS
+    }
+
+    fn connect(&mut self, slot: usize) {
+        if let Some(old) = self.peers[slot].id.take() {
+            let out = self.hub.disconnect(old);
+            self.deliver(out, None, &[]);
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        self.hub.connect(id, self.now);
+        self.peers[slot] = Peer {
+            id: Some(id),
+            ..Peer::default()
+        };
+    }
+
+    fn pick<'a>(&'a self, picks: &[u8]) -> Vec<&'a Node> {
+        if self.pool.is_empty() {
+            return Vec::new();
+        }
+        picks
+            .iter()
+            .map(|p| &self.pool[usize::from(*p) % self.pool.len()])
+            .collect()
+    }
+
+    fn make_node(&mut self, spec: &NodeSpec) -> Node {
+        if let (Some(i), false) = (spec.reuse, self.pool.is_empty()) {
+            return self.pool[usize::from(i) % self.pool.len()].clone();
+        }
+        let parents: Vec<&Node> = self.pick(&spec.parents[..spec.parents.len().min(5)]);
+        let depth = Node::expected_depth(parents.iter().map(|p| p.depth)).unwrap_or(0);
+        let depth = depth.saturating_add_signed(i64::from(spec.depth_error % 2));
+        let parent_ids: Vec<NodeId> = parents.iter().map(|p| p.id).collect();
+        let path = PATHS[usize::from(spec.path) % PATHS.len()];
+        let blobs = spec
+            .blob
+            .map(|size| {
+                vec![BlobRef {
+                    hash: BlobHash([7; 32]),
+                    size: u64::from(size),
+                }]
+            })
+            .unwrap_or_default();
+        let author = spec.author.then_some(AuthorKey([3; 32]));
+        let payload = spec.payload[..spec.payload.len().min(80)].to_vec();
+        let mut node = Node::new(&room_id(), parent_ids, depth, author, path, blobs, payload);
+        match spec.corruption {
+            Corruption::None => {}
+            Corruption::ClaimedId => node.id.0[0] ^= 1,
+            Corruption::Payload => node.payload = bytes::Bytes::from_static(b"tampered"),
+            Corruption::UnsortedParents => node.parents.reverse(),
+            Corruption::BadPath => node.path = "a//b".into(),
+        }
+        if matches!(spec.corruption, Corruption::None) {
+            self.pool.push(node.clone());
+        }
+        node
+    }
+
+    fn hints(&self, choice: &HintsChoice) -> SyncHints {
+        match choice {
+            HintsChoice::Empty => SyncHints::default(),
+            HintsChoice::InSync => SyncHints {
+                digest: self.hub.room().digest(),
+                watermark: None,
+                heads: vec![],
+            },
+            HintsChoice::Claim {
+                heads,
+                watermark,
+                digest_of,
+            } => SyncHints {
+                digest: SetDigest::of(self.pick(digest_of).iter().map(|n| &n.id)),
+                watermark: watermark.map(|(same_epoch, seq)| Watermark {
+                    epoch: if same_epoch {
+                        self.hub.room().epoch()
+                    } else {
+                        1
+                    },
+                    seq: u64::from(seq),
+                }),
+                heads: self
+                    .pick(&heads[..heads.len().min(4)])
+                    .iter()
+                    .map(|n| n.id)
+                    .collect(),
+            },
+        }
+    }
+
+    fn send(&mut self, slot: usize, message: &Message) {
+        let frame = message.encode().expect("valid messages encode");
+        self.send_raw(slot, &frame);
+    }
+
+    fn send_raw(&mut self, slot: usize, frame: &[u8]) {
+        let Some(id) = self.peers[slot].id else {
+            return;
+        };
+        let peer = &mut self.peers[slot];
+        let pack: Vec<NodeId> = match protocol::decode(frame) {
+            Ok(Message::Pack(p)) => p.nodes.iter().map(|n| n.id).collect(),
+            Ok(Message::Hello(hello)) if !peer.hello_sent => {
+                peer.hello_sent = true;
+                peer.fresh = hello.hints == SyncHints::default();
+                Vec::new()
+            }
+            _ => Vec::new(),
+        };
+        let out = self.hub.handle_frame(id, frame, self.now);
+        self.deliver(out, Some(id), &pack);
+    }
+
+    /// Checks every emitted frame and updates what each peer received.
+    fn deliver(&mut self, out: Outbox, sender: Option<SessionId>, pack: &[NodeId]) {
+        let room = self.hub.room();
+        let mut admitted_for_sender: HashSet<NodeId> = HashSet::new();
+        for outgoing in &out.frames {
+            let message = protocol::decode(&outgoing.frame).expect("relay frames decode");
+            let ty = message.message_type();
+            assert_ne!(
+                ty.direction(),
+                Direction::ClientToRelay,
+                "relay sent {ty:?}"
+            );
+            let to: Vec<SessionId> = self.hub.recipients(outgoing.to).collect();
+            match &message {
+                Message::Ack(ack) => {
+                    assert_eq!(
+                        outgoing.to,
+                        Audience::One(sender.expect("acks answer packs"))
+                    );
+                    assert_eq!(ack.outcomes.len(), pack.len(), "one outcome per node");
+                    for (id, outcome) in pack.iter().zip(&ack.outcomes) {
+                        match outcome {
+                            Outcome::Accepted(seq) => {
+                                assert_eq!(room.node_at(*seq).map(|n| n.id), Some(*id));
+                                admitted_for_sender.insert(*id);
+                            }
+                            Outcome::Duplicate(seq) => {
+                                assert_eq!(room.node_at(*seq).map(|n| n.id), Some(*id));
+                            }
+                            Outcome::Pending | Outcome::Rejected(_) => {}
+                        }
+                    }
+                }
+                Message::Broadcast(b) => {
+                    assert!(!b.nodes.is_empty());
+                    for (k, node) in b.nodes.iter().enumerate() {
+                        let seq = b.first_seq + k as u64;
+                        assert_eq!(room.node_at(seq).map(|n| n.id), Some(node.id));
+                        if let Some(s) = sender {
+                            assert!(
+                                !(to.contains(&s) && admitted_for_sender.contains(&node.id)),
+                                "a node was echoed to its sender"
+                            );
+                        }
+                    }
+                }
+                Message::Resolved(r) => {
+                    for (id, outcome) in &r.outcomes {
+                        match outcome {
+                            Outcome::Accepted(seq) => {
+                                assert_eq!(room.node_at(*seq).map(|n| n.id), Some(*id));
+                            }
+                            Outcome::Rejected(_) => {}
+                            other => panic!("resolved carries {other:?}"),
+                        }
+                    }
+                }
+                _ => {}
+            }
+            for peer in self.peers.iter_mut() {
+                let Some(id) = peer.id else { continue };
+                if !to.contains(&id) {
+                    continue;
+                }
+                match &message {
+                    Message::Welcome(_) => {}
+                    Message::Batch(batch) => {
+                        assert!(batch.through >= peer.through, "resume point went back");
+                        assert!(batch.through <= room.seq());
+                        peer.through = batch.through;
+                        for node in &batch.nodes {
+                            if peer.fresh {
+                                assert!(
+                                    node.parents.iter().all(|p| peer.received.contains(p)),
+                                    "a batch sent a child before its parent"
+                                );
+                            }
+                            peer.received.insert(node.id);
+                        }
+                    }
+                    Message::CatchUpDone(done) => {
+                        assert_eq!(done.seq, room.seq());
+                        assert_eq!(done.digest, room.digest());
+                        if peer.fresh {
+                            assert_eq!(
+                                SetDigest::of(&peer.received),
+                                done.digest,
+                                "catch-up from empty did not deliver the room"
+                            );
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        for (closed, _) in &out.closes {
+            for peer in self.peers.iter_mut() {
+                if peer.id == Some(*closed) {
+                    *peer = Peer::default();
+                }
+            }
+        }
+    }
+
+    fn step(&mut self, op: &Op) {
+        match op {
+            Op::Connect(slot) => {
+                let slot = self.slot(*slot);
+                self.connect(slot);
+            }
+            Op::Disconnect(slot) => {
+                let slot = self.slot(*slot);
+                if let Some(id) = self.peers[slot].id.take() {
+                    let out = self.hub.disconnect(id);
+                    self.deliver(out, None, &[]);
+                }
+            }
+            Op::Hello {
+                slot,
+                capabilities,
+                credit,
+                hints,
+                min_version,
+            } => {
+                let slot = self.slot(*slot);
+                let hints = self.hints(hints);
+                let message = Message::Hello(Hello {
+                    min_version: u16::from(*min_version % 3),
+                    max_version: 1,
+                    capabilities: Capabilities(u64::from(*capabilities)),
+                    hints,
+                    credit: u64::from(*credit),
+                });
+                self.send(slot, &message);
+            }
+            Op::Raw { slot, frame } => {
+                let slot = self.slot(*slot);
+                self.send_raw(slot, frame);
+            }
+            Op::Pack {
+                slot,
+                number,
+                nodes,
+            } => {
+                let slot = self.slot(*slot);
+                let nodes: Vec<Node> = nodes.iter().take(8).map(|s| self.make_node(s)).collect();
+                let message = Message::Pack(Pack {
+                    number: u64::from(*number),
+                    nodes,
+                });
+                self.send(slot, &message);
+            }
+            Op::Credit { slot, bytes } => {
+                let slot = self.slot(*slot);
+                let message = Message::Credit(Credit {
+                    bytes: u64::from(*bytes),
+                });
+                self.send(slot, &message);
+            }
+            Op::Ids {
+                slot,
+                picks,
+                unknown,
+                last,
+            } => {
+                let slot = self.slot(*slot);
+                let mut ids: Vec<NodeId> = self
+                    .pick(&picks[..picks.len().min(8)])
+                    .iter()
+                    .map(|n| n.id)
+                    .collect();
+                if *unknown {
+                    ids.push(NodeId([0x5a; 32]));
+                }
+                self.send(slot, &Message::Ids(Ids { ids, last: *last }));
+            }
+            Op::Presence { slot, state } => {
+                let slot = self.slot(*slot);
+                let message = Message::Presence(Presence {
+                    state: bytes::Bytes::from(state[..state.len().min(24)].to_vec()),
+                });
+                self.send(slot, &message);
+            }
+            Op::Corrupt { slot, at, byte } => {
+                let slot = self.slot(*slot);
+                let pool_node = self.pool.first().cloned();
+                let message = match pool_node {
+                    Some(node) => Message::Pack(Pack {
+                        number: 1,
+                        nodes: vec![node],
+                    }),
+                    None => Message::Credit(Credit { bytes: 100 }),
+                };
+                let mut frame = message.encode().expect("encodes").to_vec();
+                let at = usize::from(*at) % frame.len();
+                frame[at] = *byte;
+                self.send_raw(slot, &frame);
+            }
+            Op::Advance { millis } => {
+                self.now += Duration::from_millis(u64::from(*millis) * 10);
+                if self.hub.poll_timeout().is_some_and(|t| t <= self.now) {
+                    let out = self.hub.handle_timeout(self.now);
+                    self.deliver(out, None, &[]);
+                }
+            }
+        }
+        self.check_room();
+    }
+
+    fn check_room(&self) {
+        let room = self.hub.room();
+        let nodes: Vec<&Node> = room.nodes().collect();
+        assert_eq!(room.seq(), nodes.len() as u64);
+        assert_eq!(room.digest(), SetDigest::of(nodes.iter().map(|n| &n.id)));
+        let mut named_as_parent = HashSet::new();
+        let mut depth_of: HashMap<NodeId, u64> = HashMap::new();
+        for (i, node) in nodes.iter().enumerate() {
+            let seq = i as u64 + 1;
+            assert_eq!(room.seq_of(&node.id), Some(seq));
+            assert_eq!(node.check(room.id(), &self.limits), Ok(()));
+            for parent in &node.parents {
+                let parent_seq = room.seq_of(parent).expect("parents are present");
+                assert!(parent_seq < seq, "a parent arrived after its child");
+                named_as_parent.insert(*parent);
+            }
+            let expected = Node::expected_depth(node.parents.iter().map(|p| depth_of[p]));
+            assert_eq!(expected, Some(node.depth), "depth rule");
+            depth_of.insert(node.id, node.depth);
+        }
+        let heads: HashSet<NodeId> = room.heads().copied().collect();
+        let expected: HashSet<NodeId> = nodes
+            .iter()
+            .map(|n| n.id)
+            .filter(|id| !named_as_parent.contains(id))
+            .collect();
+        assert_eq!(heads, expected, "heads");
+        assert!(room.orphan_count() <= 8);
+    }
+}
+
+fuzz_target!(|ops: Vec<Op>| {
+    let mut world = World::new();
+    for slot in 0..SLOTS {
+        world.connect(slot);
+    }
+    for op in ops.iter().take(64) {
+        world.step(op);
+    }
+});

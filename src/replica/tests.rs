@@ -470,3 +470,126 @@ fn corrupted_files_give_typed_errors() {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Link against a real hub: what a handshake answer may confirm
+
+mod link {
+    use std::time::Instant;
+
+    use bytes::Bytes;
+
+    use super::{node, room};
+    use crate::node::NodeLimits;
+    use crate::protocol::{self, Capabilities, Message, Outcome, Plan};
+    use crate::replica::{Link, Replica, SyncEvent};
+    use crate::room::{Hub, HubConfig, OrphanLimits, Room};
+
+    #[allow(clippy::disallowed_methods)]
+    fn now() -> Instant {
+        Instant::now()
+    }
+
+    fn hub_with(nodes: &[&crate::node::Node]) -> Hub {
+        let mut r = Room::new(room(), 3, NodeLimits::default(), OrphanLimits::default());
+        for n in nodes {
+            r.restore((*n).clone()).unwrap();
+        }
+        Hub::new(r, HubConfig::default())
+    }
+
+    /// Delivers `frames` from the client to the hub and returns what the hub sent back to it.
+    fn to_hub(hub: &mut Hub, frames: Vec<Bytes>, t: Instant) -> Vec<Bytes> {
+        let mut back = Vec::new();
+        for frame in frames {
+            let out = hub.handle_frame(1, &frame, t);
+            for o in out.frames {
+                if hub.recipients(o.to).any(|s| s == 1) {
+                    back.push(o.frame);
+                }
+            }
+        }
+        back
+    }
+
+    fn plan(frame: &Bytes) -> Plan {
+        match protocol::decode(frame).unwrap() {
+            Message::Welcome(w) => w.plan,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn in_sync_confirms_only_what_hello_described() {
+        let t = now();
+        let a = node(&[], "doc", "a");
+        let mut hub = hub_with(&[&a]);
+        let mut replica = Replica::new(room());
+        replica.insert(a.clone(), true).unwrap();
+        let (mut link, hello) = Link::start(&replica, Capabilities::NONE, 1 << 16).unwrap();
+        hub.connect(1, t);
+        let welcome = to_hub(&mut hub, vec![hello], t);
+        assert_eq!(plan(&welcome[0]), Plan::InSync);
+        // The application writes before the welcome arrives.
+        let late = replica
+            .create("doc", "written during the handshake")
+            .unwrap();
+        let out = link.handle_frame(&mut replica, &welcome[0]).unwrap();
+        assert!(out.events.contains(&SyncEvent::Synced { seq: 1 }));
+        assert!(replica.is_synced(&a.id));
+        assert!(!replica.is_synced(&late), "the relay never saw it");
+        // It is pushed right away and accepted.
+        assert_eq!(out.send.len(), 1);
+        let back = to_hub(&mut hub, out.send, t);
+        let out = link.handle_frame(&mut replica, &back[0]).unwrap();
+        assert_eq!(
+            out.events,
+            vec![SyncEvent::Settled {
+                id: late,
+                outcome: Outcome::Accepted(2)
+            }]
+        );
+        assert_eq!(hub.room().seq_of(&late), Some(2));
+        assert_eq!(replica.watermark().map(|w| w.seq), Some(2));
+    }
+
+    #[test]
+    fn need_confirms_only_the_ids_that_were_sent() {
+        let t = now();
+        let a = node(&[], "doc", "a");
+        let b = node(&[&a], "doc", "b");
+        let mut hub = hub_with(&[&a]);
+        // The replica believes the relay holds b (a relay that lost it): heads unknown, so the
+        // relay asks for the id list.
+        let mut replica = Replica::new(room());
+        replica.insert(a.clone(), true).unwrap();
+        replica.insert(b.clone(), true).unwrap();
+        let (mut link, hello) = Link::start(&replica, Capabilities::NONE, 1 << 16).unwrap();
+        hub.connect(1, t);
+        let welcome = to_hub(&mut hub, vec![hello], t);
+        assert_eq!(plan(&welcome[0]), Plan::SendIds);
+        let ids = link.handle_frame(&mut replica, &welcome[0]).unwrap().send;
+        // Written after the ids went out: the relay's `need` cannot mention it.
+        let late = replica.create("doc", "written after ids").unwrap();
+        let mut pending = to_hub(&mut hub, ids, t);
+        let mut settled = Vec::new();
+        while let Some(frame) = pending.first().cloned() {
+            pending.remove(0);
+            let out = link
+                .handle_frame(&mut replica, &frame)
+                .unwrap_or_else(|e| panic!("{e}"));
+            for e in out.events {
+                if let SyncEvent::Settled { id, outcome } = e {
+                    settled.push((id, outcome));
+                }
+            }
+            pending.extend(to_hub(&mut hub, out.send, t));
+        }
+        assert!(link.is_steady());
+        assert_eq!(
+            settled,
+            vec![(b.id, Outcome::Accepted(2)), (late, Outcome::Accepted(3))]
+        );
+        assert_eq!(replica.synced_digest(), hub.room().digest());
+    }
+}

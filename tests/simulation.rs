@@ -1351,12 +1351,10 @@ fn a_missing_parent_in_catch_up_is_not_retried_forever() {
     assert_eq!(replica.synced_digest(), hub.room().digest());
 }
 
-/// Known protocol gap, kept as a reproducer: the relay caps a session's credit at
-/// `max_credit` without telling the client, and the client returns credit only after half of
-/// its window is consumed. With a window above twice the cap the relay stops first and both
-/// sides wait forever. Fixing it needs the cap in `welcome` (or credit returned per batch).
+/// The relay caps a session's credit at `max_credit` without telling the client. A client
+/// that returned credit only after half of a larger window stalled both sides; credit is now
+/// returned after every batch.
 #[test]
-#[ignore = "protocol gap: the relay's credit cap is not announced; see the doc comment"]
 fn catch_up_does_not_stall_when_the_window_exceeds_the_relay_credit_cap() {
     let mut room = plain_room(1);
     let mut prev: Option<Node> = None;

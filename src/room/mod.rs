@@ -193,6 +193,7 @@ impl Room {
             return Outcome::Duplicate(seq);
         }
         if self.orphans.contains(&node.id) {
+            self.orphans.add_origin(&node.id, origin);
             return Outcome::Pending;
         }
         let missing: Vec<NodeId> = node
@@ -236,13 +237,19 @@ impl Room {
             let Some(id) = self.node_at(seq).map(|n| n.id) else {
                 continue;
             };
-            for (orphan, origin) in self.orphans.parent_arrived(&id) {
+            for (orphan, origins) in self.orphans.parent_arrived(&id) {
                 let orphan_id = orphan.id;
-                let outcome = self.admit_checked(orphan, origin, out);
+                // Broadcasts skip the first sender; every sender gets a `resolved` entry.
+                let first = origins.first().copied().unwrap_or_default();
+                let outcome = self.admit_checked(orphan, first, out);
                 if let Outcome::Accepted(seq) = outcome {
                     arrived.push(seq);
                 }
-                out.resolved.push((origin, orphan_id, outcome));
+                out.resolved.extend(
+                    origins
+                        .into_iter()
+                        .map(|origin| (origin, orphan_id, outcome)),
+                );
             }
         }
     }

@@ -30,7 +30,8 @@ impl Default for OrphanLimits {
 
 struct Orphan {
     node: Node,
-    origin: SessionId,
+    /// Sessions that sent it and wait for its final outcome (first sender first).
+    origins: Vec<SessionId>,
     /// Parents not yet in the room.
     missing: usize,
     expires: Instant,
@@ -69,6 +70,15 @@ impl Orphans {
         self.by_id.contains_key(id)
     }
 
+    /// Another session sent a node that is already waiting: it hears the final outcome too.
+    pub(super) fn add_origin(&mut self, id: &NodeId, origin: SessionId) {
+        if let Some(orphan) = self.by_id.get_mut(id) {
+            if !orphan.origins.contains(&origin) {
+                orphan.origins.push(origin);
+            }
+        }
+    }
+
     /// Earliest time an orphan expires.
     pub(super) fn next_expiry(&self) -> Option<Instant> {
         self.expiry.front().map(|(at, _)| *at)
@@ -99,7 +109,7 @@ impl Orphans {
             id,
             Orphan {
                 node,
-                origin,
+                origins: vec![origin],
                 missing: missing.len(),
                 expires,
             },
@@ -108,7 +118,7 @@ impl Orphans {
     }
 
     /// `parent` arrived: returns the orphans that now have every parent, removed from the buffer.
-    pub(super) fn parent_arrived(&mut self, parent: &NodeId) -> Vec<(Node, SessionId)> {
+    pub(super) fn parent_arrived(&mut self, parent: &NodeId) -> Vec<(Node, Vec<SessionId>)> {
         let Some(waiters) = self.waiting.remove(parent) else {
             return Vec::new();
         };
@@ -120,14 +130,14 @@ impl Orphans {
             orphan.missing = orphan.missing.saturating_sub(1);
             if orphan.missing == 0 {
                 if let Some(orphan) = self.remove(&id) {
-                    ready.push((orphan.node, orphan.origin));
+                    ready.push((orphan.node, orphan.origins));
                 }
             }
         }
         ready
     }
 
-    /// Removes every orphan whose time is up; returns `(origin, id)` of each.
+    /// Removes every orphan whose time is up; returns `(origin, id)` for each of its senders.
     pub(super) fn expire(&mut self, now: Instant) -> Vec<(SessionId, NodeId)> {
         let mut expired = Vec::new();
         while let Some(&(at, id)) = self.expiry.front() {
@@ -139,7 +149,7 @@ impl Orphans {
             let current = self.by_id.get(&id).is_some_and(|o| o.expires == at);
             if current {
                 if let Some(orphan) = self.remove(&id) {
-                    expired.push((orphan.origin, id));
+                    expired.extend(orphan.origins.into_iter().map(|origin| (origin, id)));
                 }
             }
         }

@@ -124,7 +124,8 @@ fn orphan_waits_then_is_admitted_when_its_parent_arrives() {
     assert!(sub.admitted.is_empty());
     assert_eq!((room.seq(), room.orphan_count()), (0, 1));
     assert_eq!(room.get(&child.id), None);
-    // Resubmitting a waiting orphan is still pending, and not stored twice.
+    // Resubmitting a waiting orphan (here from another session) is still pending, is not
+    // stored twice, and both senders hear the final outcome.
     let again = room.submit(3, vec![child.clone()], now);
     assert_eq!(again.outcomes, vec![Outcome::Pending]);
     assert_eq!(room.orphan_count(), 1);
@@ -138,7 +139,13 @@ fn orphan_waits_then_is_admitted_when_its_parent_arrives() {
             Admitted { seq: 2, origin: 1 }
         ]
     );
-    assert_eq!(sub.resolved, vec![(1, child.id, Outcome::Accepted(2))]);
+    assert_eq!(
+        sub.resolved,
+        vec![
+            (1, child.id, Outcome::Accepted(2)),
+            (3, child.id, Outcome::Accepted(2))
+        ]
+    );
     assert_eq!(room.orphan_count(), 0);
     assert_eq!(room.seq_of(&child.id), Some(2));
     assert_eq!(room.heads().copied().collect::<Vec<_>>(), vec![child.id]);

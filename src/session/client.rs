@@ -59,8 +59,6 @@ pub enum ClientError {
 pub struct ClientSession {
     phase: Phase,
     capabilities: Capabilities,
-    /// Catch-up credit window granted in `hello` and kept topped up.
-    window: u64,
     /// Catch-up bytes received since the last `credit` frame.
     consumed: u64,
 }
@@ -83,7 +81,6 @@ impl ClientSession {
         let session = Self {
             phase: Phase::AwaitWelcome,
             capabilities,
-            window,
             consumed: 0,
         };
         Ok((session, hello))
@@ -144,10 +141,12 @@ impl ClientSession {
         Ok(event)
     }
 
-    /// A `credit` frame to send once half the window has been consumed, so catch-up keeps
-    /// streaming without a credit frame per batch.
+    /// A `credit` frame returning what the batches received so far consumed, so the relay's
+    /// allowance stays at the window. Granted after every batch rather than after half the
+    /// window: the relay may cap credit below the window (protocol/README.md §6.2), and a
+    /// few bytes per batch of up to a frame are negligible.
     pub fn poll_credit(&mut self) -> Result<Option<bytes::Bytes>, EncodeError> {
-        if self.phase != Phase::CatchingUp || self.consumed < self.window / 2 {
+        if self.phase != Phase::CatchingUp || self.consumed == 0 {
             return Ok(None);
         }
         let bytes = std::mem::take(&mut self.consumed);

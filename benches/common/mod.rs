@@ -463,7 +463,7 @@ where
 }
 
 /// Handshake of an empty client: `hello` → `welcome`, then, on plan `CatchUp`, every batch up
-/// to `catch_up_done` (granting credit as it goes). Returns the welcome and the arrival number
+/// to `catch_up_done` (returning credit after every batch). Returns the welcome and the arrival number
 /// from which live broadcasts continue.
 pub async fn join<S>(ws: &mut WebSocketStream<S>) -> anyhow::Result<(Welcome, u64)>
 where
@@ -476,24 +476,19 @@ where
             let seq = welcome.seq;
             Ok((welcome, seq))
         }
-        Plan::CatchUp => {
-            let mut consumed = 0u64;
-            loop {
-                let frame = next_binary(ws).await?;
-                match protocol::decode(&frame)? {
-                    Message::Batch(_) => {
-                        consumed += frame.len() as u64;
-                        if consumed >= WINDOW / 2 {
-                            let credit = Message::Credit(Credit { bytes: consumed }).encode()?;
-                            ws.send(WsMessage::Binary(credit)).await?;
-                            consumed = 0;
-                        }
-                    }
-                    Message::CatchUpDone(done) => return Ok((welcome, done.seq)),
-                    other => bail!("unexpected {:?} during catch-up", other.message_type()),
+        Plan::CatchUp => loop {
+            let frame = next_binary(ws).await?;
+            match protocol::decode(&frame)? {
+                Message::Batch(_) => {
+                    // Like the reference client: return each batch's bytes as it arrives.
+                    let bytes = frame.len() as u64;
+                    let credit = Message::Credit(Credit { bytes }).encode()?;
+                    ws.send(WsMessage::Binary(credit)).await?;
                 }
+                Message::CatchUpDone(done) => return Ok((welcome, done.seq)),
+                other => bail!("unexpected {:?} during catch-up", other.message_type()),
             }
-        }
+        },
         Plan::SendIds => bail!("an empty client was asked for its ids"),
     }
 }

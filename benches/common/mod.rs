@@ -614,10 +614,10 @@ impl Output {
 
     /// Prints a table with right-aligned columns.
     pub fn table(&self, headers: &[&str], rows: &[Vec<String>]) {
-        let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+        let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
         for row in rows {
             for (w, cell) in widths.iter_mut().zip(row) {
-                *w = (*w).max(cell.len());
+                *w = (*w).max(cell.chars().count());
             }
         }
         let line = |cells: Vec<String>| {

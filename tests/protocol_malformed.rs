@@ -180,7 +180,8 @@ fn classify(e: &DecodeError) -> Expect {
     match e {
         DecodeError::BadEnvelope => Expect::BadEnvelope,
         DecodeError::UnknownType(code) => Expect::UnknownType(*code),
-        DecodeError::BadBody { ty, .. } => Expect::BadBody(*ty),
+        // A map or extension anywhere in the body is a malformed body too, caught earlier.
+        DecodeError::BadBody { ty, .. } | DecodeError::MapOrExt { ty } => Expect::BadBody(*ty),
         DecodeError::TrailingBytes { ty, count } => Expect::Trailing(*ty, *count),
     }
 }
@@ -386,9 +387,11 @@ fn mutations_give_typed_errors_and_peek_names_the_type() {
         // peek_type names the type exactly when the envelope is readable and the type known.
         let expected_peek = match &result {
             Ok(m) => Some(m.message_type()),
-            Err(DecodeError::BadBody { ty, .. } | DecodeError::TrailingBytes { ty, .. }) => {
-                Some(*ty)
-            }
+            Err(
+                DecodeError::BadBody { ty, .. }
+                | DecodeError::MapOrExt { ty }
+                | DecodeError::TrailingBytes { ty, .. },
+            ) => Some(*ty),
             Err(DecodeError::BadEnvelope | DecodeError::UnknownType(_)) => None,
         };
         assert_eq!(peeked, expected_peek, "{}", case.what);

@@ -415,12 +415,17 @@ fn check_error(mut v: Obj, seen: &mut BTreeSet<String>) -> Res<()> {
             Some(*ty),
             ErrorCode::Malformed,
         ),
+        ("map_or_ext", DecodeError::MapOrExt { ty }) => (
+            type_by_name(&e.str("type")?)? == *ty,
+            Some(*ty),
+            ErrorCode::Malformed,
+        ),
         ("trailing_bytes", DecodeError::TrailingBytes { ty, count }) => (
             type_by_name(&e.str("type")?)? == *ty && e.u64("count")? == *count as u64,
             Some(*ty),
             ErrorCode::Malformed,
         ),
-        ("bad_envelope" | "unknown_type" | "bad_body" | "trailing_bytes", _) => {
+        ("bad_envelope" | "unknown_type" | "bad_body" | "map_or_ext" | "trailing_bytes", _) => {
             (false, None, ErrorCode::Malformed)
         }
         (other, _) => return Err(format!("unknown error kind {other:?}")),

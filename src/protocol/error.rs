@@ -130,6 +130,12 @@ pub enum DecodeError {
         #[source]
         source: rmp_serde::decode::Error,
     },
+    /// The body contains a MessagePack map or extension value; v1 bodies use arrays only.
+    #[error("{ty:?} body contains a map or extension value; v1 bodies are arrays only")]
+    MapOrExt {
+        /// The frame's type.
+        ty: MessageType,
+    },
     /// Bytes follow the body.
     #[error("{count} trailing bytes after a {ty:?} body")]
     TrailingBytes {
@@ -146,7 +152,7 @@ impl DecodeError {
         let (code, ty) = match self {
             Self::BadEnvelope => (ErrorCode::Malformed, None),
             Self::UnknownType(_) => (ErrorCode::UnknownType, None),
-            Self::BadBody { ty, .. } | Self::TrailingBytes { ty, .. } => {
+            Self::BadBody { ty, .. } | Self::MapOrExt { ty } | Self::TrailingBytes { ty, .. } => {
                 (ErrorCode::Malformed, Some(*ty))
             }
         };

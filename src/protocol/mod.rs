@@ -146,6 +146,9 @@ pub fn decode(frame: &[u8]) -> Result<Message, DecodeError> {
     }
     let code: u64 = rmp::decode::read_int(&mut rest).map_err(|_| DecodeError::BadEnvelope)?;
     let ty = MessageType::from_code(code).ok_or(DecodeError::UnknownType(code))?;
+    if !only_arrays_and_scalars(rest) {
+        return Err(DecodeError::MapOrExt { ty });
+    }
     let message = Message::decode_body(ty, &mut rest)
         .map_err(|source| DecodeError::BadBody { ty, source })?;
     if !rest.is_empty() {
@@ -155,6 +158,48 @@ pub fn decode(frame: &[u8]) -> Result<Message, DecodeError> {
         });
     }
     Ok(message)
+}
+
+/// Whether `body` holds no MessagePack map or extension value. The serde decoder would read a
+/// struct from a map and ignore unknown keys; v1 bodies are arrays only (protocol/README.md
+/// §10), so maps are refused before decoding. Truncated input passes here and fails in the
+/// decoder. Cost: one pass over the markers, skipping string and binary contents.
+fn only_arrays_and_scalars(body: &[u8]) -> bool {
+    use rmp::Marker;
+    let mut rest = body;
+    while let Ok(marker) = rmp::decode::read_marker(&mut rest) {
+        let skip: usize = match marker {
+            Marker::FixMap(_) | Marker::Map16 | Marker::Map32 => return false,
+            Marker::FixExt1 | Marker::FixExt2 | Marker::FixExt4 | Marker::FixExt8 => return false,
+            Marker::FixExt16 | Marker::Ext8 | Marker::Ext16 | Marker::Ext32 => return false,
+            Marker::U8 | Marker::I8 => 1,
+            Marker::U16 | Marker::I16 => 2,
+            Marker::U32 | Marker::I32 | Marker::F32 => 4,
+            Marker::U64 | Marker::I64 | Marker::F64 => 8,
+            Marker::FixStr(len) => usize::from(len),
+            Marker::Str8 | Marker::Bin8 => read_len(&mut rest, 1),
+            Marker::Str16 | Marker::Bin16 => read_len(&mut rest, 2),
+            Marker::Str32 | Marker::Bin32 => read_len(&mut rest, 4),
+            // Array headers carry their length, but elements are simply the markers that
+            // follow, so the walk needs no stack.
+            Marker::Array16 => 2,
+            Marker::Array32 => 4,
+            _ => 0,
+        };
+        rest = rest.get(skip..).unwrap_or_default();
+    }
+    true
+}
+
+/// Reads a big-endian length of `width` bytes; a truncated length reads as "skip the rest".
+fn read_len(rest: &mut &[u8], width: usize) -> usize {
+    let Some((len, tail)) = rest.split_at_checked(width) else {
+        return usize::MAX;
+    };
+    *rest = tail;
+    len.iter().fold(0usize, |acc, b| {
+        acc.saturating_mul(256).saturating_add(usize::from(*b))
+    })
 }
 
 /// The type number of a frame that failed to decode, when the envelope itself was readable.

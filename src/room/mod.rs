@@ -334,11 +334,13 @@ impl Room {
     /// a cursor over the nodes the client lacks. Costs O(seq + ids).
     pub fn id_list_cursor(&self, client_ids: Vec<NodeId>) -> (Vec<NodeId>, Cursor) {
         let client: HashSet<NodeId> = client_ids.into_iter().collect();
-        let need: Vec<NodeId> = client
+        let mut need: Vec<NodeId> = client
             .iter()
             .filter(|id| !self.index.contains_key(*id))
             .copied()
             .collect();
+        // Deterministic frames: the answer must not depend on hash-set iteration order.
+        need.sort_unstable();
         let missing: Vec<u64> = self
             .log
             .iter()

@@ -75,7 +75,8 @@ impl ClientSession {
             max_version: PROTOCOL_VERSION,
             capabilities,
             hints,
-            credit: window,
+            // With zero credit the relay would never send the batch that triggers a grant.
+            credit: window.max(1),
         })
         .encode()?;
         let session = Self {

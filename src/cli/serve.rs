@@ -82,6 +82,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         );
     }
     let config = args.config()?;
+    let shutdown = shutdown_signal()?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -93,37 +94,37 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         config,
         Arc::new(MemoryStore::new()),
         stats,
-        shutdown_signal(),
+        shutdown,
     )
     .await?;
     tracing::info!("relay stopped");
     Ok(())
 }
 
-async fn shutdown_signal() {
-    let interrupt = async {
+/// Installs the SIGINT and SIGTERM handlers now, so a signal that arrives before the server
+/// polls the returned future is not lost, and resolves when either arrives.
+#[cfg(unix)]
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+    let mut terminate = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
+        tracing::info!("shutdown requested; draining connections");
+    })
+}
+
+/// Resolves on Ctrl-C.
+#[cfg(not(unix))]
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    Ok(async {
         if let Err(e) = tokio::signal::ctrl_c().await {
-            tracing::warn!(error = %e, "cannot watch SIGINT");
+            tracing::warn!(error = %e, "cannot watch Ctrl-C; the relay runs until killed");
             std::future::pending::<()>().await;
         }
-    };
-    let terminate = async {
-        #[cfg(unix)]
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut term) => {
-                term.recv().await;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot watch SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-        #[cfg(not(unix))]
-        std::future::pending::<()>().await;
-    };
-    tokio::select! {
-        () = interrupt => {}
-        () = terminate => {}
-    }
-    tracing::info!("shutdown requested; draining connections");
+        tracing::info!("shutdown requested; draining connections");
+    })
 }

@@ -6,7 +6,10 @@
 //! with empty hints → `welcome`), all on one single-threaded runtime; the writer runs on its
 //! own thread and sends one `pack` of one node (~100-byte payload carrying its send time) per
 //! tick. Each receiver decodes every `broadcast`, checks that arrival numbers are contiguous
-//! and records latency = receive time − send time.
+//! and records latency = receive time − send time. Receivers decode broadcasts with a
+//! borrowing view of the wire layout (no allocation per node) so that the generator, which has
+//! one core like the relay, is not the bottleneck; `--full-decode` uses `weft::protocol::decode`
+//! instead, and `--smoke` runs both on every frame and fails on any disagreement.
 //!
 //! For each receiver count and offered rate (deliveries/s = nodes/s × receivers) it prints the
 //! achieved deliveries/s, p50/p99/max latency, CPU of relay and generator, and every loss or
@@ -27,7 +30,8 @@
 //! Flags: `--receivers N[,N..]`, `--rates R[,R..]` (deliveries/s, `k`/`m` suffixes),
 //! `--duration SECS` per step, `--warmup SECS` (excluded from statistics), `--payload BYTES`,
 //! `--drain SECS` (how long to wait for late deliveries), `--no-overload`,
-//! `--overload-duration SECS`, `--slow-queue-limit BYTES`, `--slow-fraction F`, `--json`,
+//! `--overload-duration SECS`, `--slow-queue-limit BYTES`, `--slow-fraction F`,
+//! `--full-decode`, `--json`,
 //! `--smoke`. `WEFT_BENCH_RELAY=/path/to/weft` runs another relay build.
 
 #![allow(clippy::disallowed_methods)] // A bench owns its clock.
@@ -42,6 +46,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use futures::{SinkExt, StreamExt};
+use serde::de::IgnoredAny;
 use serde_json::json;
 use tokio::sync::Semaphore;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
@@ -53,6 +58,10 @@ use common::{Flags, Output, Relay, ms, now_ns, percentile, si};
 
 const RELAY_CPU: usize = 0;
 const GENERATOR_CPU: usize = 1;
+/// Receivers' tungstenite read buffer. Small on purpose: tungstenite zero-fills the whole
+/// spare buffer on every read attempt (including the one that finds the socket empty), so a
+/// large buffer costs a memset per received frame.
+const RECEIVER_READ_BUFFER: usize = 4096;
 
 /// Everything one step needs.
 #[derive(Clone, Debug)]
@@ -67,6 +76,7 @@ struct StepSpec {
     warmup: Duration,
     payload: usize,
     drain: Duration,
+    decode: Decode,
 }
 
 impl StepSpec {
@@ -264,6 +274,7 @@ fn main() -> ExitCode {
         "overload-duration",
         "slow-queue-limit",
         "slow-fraction",
+        "full-decode",
         "json",
         "smoke",
     ]);
@@ -291,6 +302,13 @@ fn run(flags: &Flags, out: &Output) -> anyhow::Result<bool> {
     let payload: usize = flags.value("payload", 100);
     let drain = Duration::from_secs_f64(flags.value("drain", if smoke { 5.0 } else { 15.0 }));
     let overload = !smoke && !flags.has("no-overload");
+    let decode = if smoke {
+        Decode::Check
+    } else if flags.has("full-decode") {
+        Decode::Full
+    } else {
+        Decode::View
+    };
 
     now_ns();
     let gen_pinned = common::pin_process(GENERATOR_CPU);
@@ -302,10 +320,11 @@ fn run(flags: &Flags, out: &Output) -> anyhow::Result<bool> {
         "relay_pinned_cpu": relay.pinned.then_some(RELAY_CPU),
         "generator_pinned_cpu": gen_pinned.then_some(GENERATOR_CPU),
         "cpus": common::cpu_count(),
+        "broadcast_decode": format!("{decode:?}"),
     });
     out.note(format!(
         "fanout: relay {} (pid {}, {}), generator {}; payload {payload} B, {}s per step \
-         ({}s warm-up excluded), one node per pack; load average {}",
+         ({}s warm-up excluded), one node per pack, receivers decode: {decode:?}; load average {}",
         relay.addr,
         relay.pid(),
         if relay.pinned {
@@ -355,6 +374,7 @@ fn run(flags: &Flags, out: &Output) -> anyhow::Result<bool> {
                 warmup,
                 payload,
                 drain,
+                decode,
             };
             let result = runtime.block_on(run_step(&relay, spec, step_no))?;
             out.record(result.json(&setup));
@@ -442,6 +462,7 @@ fn run(flags: &Flags, out: &Output) -> anyhow::Result<bool> {
             warmup,
             payload,
             drain,
+            decode,
         };
         let result = runtime.block_on(run_step(&relay, spec, step_no))?;
         out.record(result.json(&setup));
@@ -481,6 +502,7 @@ fn run(flags: &Flags, out: &Output) -> anyhow::Result<bool> {
             warmup,
             payload: slow_payload,
             drain,
+            decode,
         };
         let result = runtime.block_on(run_step(&relay, spec, step_no))?;
         out.record(result.json(&setup));
@@ -547,6 +569,7 @@ async fn run_step(relay: &Relay, spec: StepSpec, step_no: u64) -> anyhow::Result
             release: release.clone(),
             target: target.clone(),
             connecting: connecting.clone(),
+            decode: spec.decode,
         };
         tasks.push(tokio::spawn(receiver(ctx)));
     }
@@ -689,6 +712,7 @@ struct ReceiverCtx {
     release: CancellationToken,
     target: Arc<AtomicU64>,
     connecting: Arc<Semaphore>,
+    decode: Decode,
 }
 
 async fn receiver(ctx: ReceiverCtx) -> ReceiverReport {
@@ -722,7 +746,7 @@ async fn receiver(ctx: ReceiverCtx) -> ReceiverReport {
     } else {
         let joined = async {
             let _permit = ctx.connecting.acquire().await?;
-            let mut ws = common::connect(&ctx.url, 16 * 1024).await?;
+            let mut ws = common::connect(&ctx.url, RECEIVER_READ_BUFFER).await?;
             let (_, seq) = common::join(&mut ws).await?;
             anyhow::Ok((ws, seq))
         }
@@ -753,6 +777,7 @@ async fn read_loop<S>(
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     let mut expected = start_seq + 1;
+    let mut stamps = Vec::new();
     report.last_seq = start_seq;
     let stopped = ctx.stop.cancelled();
     tokio::pin!(stopped);
@@ -768,31 +793,27 @@ async fn read_loop<S>(
         match message {
             Some(Ok(WsMessage::Binary(frame))) => {
                 let now = now_ns();
-                match protocol::decode(&frame) {
-                    Ok(Message::Broadcast(b)) => {
-                        if b.first_seq != expected && report.gap.is_none() {
-                            report.gap = Some((expected, b.first_seq));
-                        }
-                        let count = b.nodes.len() as u64;
-                        for node in &b.nodes {
-                            report.received += 1;
-                            match common::node_stamp(node) {
-                                Some((sent, number)) if number >= ctx.warm => {
-                                    report.measured += 1;
-                                    let us = now.saturating_sub(sent) / 1000;
-                                    report.latencies.push(u32::try_from(us).unwrap_or(u32::MAX));
-                                }
-                                _ => {}
-                            }
-                        }
-                        report.last_recv_ns = now;
-                        if report.gap.is_none() {
-                            expected = b.first_seq + count;
-                            report.last_seq = expected - 1;
-                            ctx.progress.last[ctx.index].store(report.last_seq, Ordering::Release);
-                        }
+                stamps.clear();
+                let Some(first_seq) = view_broadcast(&frame, ctx.decode, &mut stamps) else {
+                    report.other_frames += 1;
+                    continue;
+                };
+                if first_seq != expected && report.gap.is_none() {
+                    report.gap = Some((expected, first_seq));
+                }
+                for &(sent, number) in &stamps {
+                    report.received += 1;
+                    if number >= ctx.warm {
+                        report.measured += 1;
+                        let us = now.saturating_sub(sent) / 1000;
+                        report.latencies.push(u32::try_from(us).unwrap_or(u32::MAX));
                     }
-                    Ok(_) | Err(_) => report.other_frames += 1,
+                }
+                report.last_recv_ns = now;
+                if report.gap.is_none() {
+                    expected = first_seq + stamps.len() as u64;
+                    report.last_seq = expected - 1;
+                    ctx.progress.last[ctx.index].store(report.last_seq, Ordering::Release);
                 }
             }
             Some(Ok(WsMessage::Close(close))) => {
@@ -808,6 +829,77 @@ async fn read_loop<S>(
                 report.error = Some("eof".into());
                 return;
             }
+        }
+    }
+}
+
+/// How receivers decode `broadcast` frames.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Decode {
+    /// `weft::protocol::decode`: every node fully materialized (allocations per node).
+    Full,
+    /// A borrowing view of the same MessagePack layout: no allocation per node, so the
+    /// generator is not the bottleneck. Other frame types still go through `Full`.
+    View,
+    /// Both, failing the frame when they disagree (smoke runs).
+    Check,
+}
+
+/// `[type, [first_seq, [node...]]]` where a node is
+/// `[id, parents, depth, author, path, blobs, payload]` (protocol/README.md).
+#[derive(serde::Deserialize)]
+struct BroadcastView<'a>(u8, #[serde(borrow)] (u64, Vec<NodeView<'a>>));
+
+#[derive(serde::Deserialize)]
+struct NodeView<'a>(
+    IgnoredAny,
+    IgnoredAny,
+    IgnoredAny,
+    IgnoredAny,
+    IgnoredAny,
+    IgnoredAny,
+    #[serde(borrow, with = "serde_bytes_borrowed")] &'a [u8],
+);
+
+/// Borrows a MessagePack `bin` without copying it.
+mod serde_bytes_borrowed {
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<&'de [u8], D::Error> {
+        <&[u8] as serde::Deserialize>::deserialize(d)
+    }
+}
+
+/// The first arrival number of a `broadcast` frame, with each node's (send time, number)
+/// pushed to `stamps`; `None` for any other or undecodable frame.
+fn view_broadcast(frame: &[u8], decode: Decode, stamps: &mut Vec<(u64, u64)>) -> Option<u64> {
+    let full = |stamps: &mut Vec<(u64, u64)>| match protocol::decode(frame) {
+        Ok(Message::Broadcast(b)) => {
+            for node in &b.nodes {
+                stamps.push(common::node_stamp(node)?);
+            }
+            Some(b.first_seq)
+        }
+        _ => None,
+    };
+    let view = |stamps: &mut Vec<(u64, u64)>| {
+        let BroadcastView(ty, (first_seq, nodes)) = rmp_serde::from_slice(frame).ok()?;
+        if ty != protocol::MessageType::Broadcast.code() {
+            return None;
+        }
+        for NodeView(.., payload) in nodes {
+            let sent = u64::from_le_bytes(payload.get(0..8)?.try_into().ok()?);
+            let number = u64::from_le_bytes(payload.get(8..16)?.try_into().ok()?);
+            stamps.push((sent, number));
+        }
+        Some(first_seq)
+    };
+    match decode {
+        Decode::Full => full(stamps),
+        Decode::View => view(stamps),
+        Decode::Check => {
+            let mut again = Vec::new();
+            let a = view(stamps);
+            let b = full(&mut again);
+            (a == b && *stamps == again).then_some(a).flatten()
         }
     }
 }

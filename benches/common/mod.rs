@@ -148,9 +148,26 @@ pub fn taskset_available() -> bool {
         .is_ok_and(|s| s.success())
 }
 
-/// CPUs this machine has online.
+/// CPUs this machine has online (not just those this process may run on, which pinning
+/// narrows).
 pub fn cpu_count() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
+    let online = std::fs::read_to_string("/sys/devices/system/cpu/online").ok();
+    let count = online.as_deref().map(|list| {
+        list.trim()
+            .split(',')
+            .map(|range| match range.split_once('-') {
+                Some((a, b)) => match (a.parse::<usize>(), b.parse::<usize>()) {
+                    (Ok(a), Ok(b)) if b >= a => b - a + 1,
+                    _ => 0,
+                },
+                None => usize::from(range.parse::<usize>().is_ok()),
+            })
+            .sum::<usize>()
+    });
+    match count {
+        Some(n) if n > 0 => n,
+        _ => std::thread::available_parallelism().map_or(1, |n| n.get()),
+    }
 }
 
 /// Pins every thread of this process (and threads it creates later) to `cpu`.

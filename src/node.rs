@@ -313,6 +313,19 @@ impl Node {
         node
     }
 
+    /// A node on top of `parents` with the depth the rule demands, no author and no blobs: what
+    /// an application usually writes. `None` if a parent sits at the largest possible depth.
+    pub fn child_of(
+        room: &RoomId,
+        parents: &[&Node],
+        path: impl Into<String>,
+        payload: impl Into<Bytes>,
+    ) -> Option<Self> {
+        let depth = Self::expected_depth(parents.iter().map(|p| p.depth))?;
+        let ids = parents.iter().map(|p| p.id).collect();
+        Some(Self::new(room, ids, depth, None, path, Vec::new(), payload))
+    }
+
     /// The id this node's content hashes to in `room` (ignores the claimed `id`).
     pub fn content_id(&self, room: &RoomId) -> NodeId {
         let mut h = blake3::Hasher::new();

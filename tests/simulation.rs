@@ -1226,16 +1226,7 @@ impl Pair<'_> {
 }
 
 fn node(parents: &[&Node], path: &str, payload: &str) -> Node {
-    let depth = Node::expected_depth(parents.iter().map(|p| p.depth)).unwrap();
-    Node::new(
-        &room_id(),
-        parents.iter().map(|p| p.id).collect(),
-        depth,
-        None,
-        path,
-        vec![],
-        payload.as_bytes().to_vec(),
-    )
+    Node::child_of(&room_id(), parents, path, payload.as_bytes().to_vec()).unwrap()
 }
 
 #[test]

@@ -170,11 +170,10 @@ impl Replica {
 
     /// Creates a local node on top of the current heads and stores it unsynced.
     pub fn create(&mut self, path: &str, payload: impl Into<Bytes>) -> Result<NodeId, InsertError> {
-        let parents: Vec<NodeId> = self.heads.iter().copied().collect();
-        let parent_depths = parents.iter().filter_map(|p| self.get(p)).map(|n| n.depth);
-        // A parent at u64::MAX depth cannot be stored; fall back to the only valid answer.
-        let depth = Node::expected_depth(parent_depths).ok_or(Rejection::DepthMismatch)?;
-        let node = Node::new(&self.room, parents, depth, None, path, Vec::new(), payload);
+        let parents: Vec<&Node> = self.heads.iter().filter_map(|id| self.get(id)).collect();
+        // No node can follow a parent at the largest depth.
+        let node =
+            Node::child_of(&self.room, &parents, path, payload).ok_or(Rejection::DepthMismatch)?;
         let id = node.id;
         self.insert(node, false)?;
         Ok(id)

@@ -98,16 +98,7 @@ mod tests {
     }
 
     fn write(parents: &[&Node], path: &str, value: &str) -> Node {
-        let depth = Node::expected_depth(parents.iter().map(|p| p.depth)).unwrap();
-        Node::new(
-            &room(),
-            parents.iter().map(|p| p.id).collect(),
-            depth,
-            None,
-            path,
-            vec![],
-            value.as_bytes().to_vec(),
-        )
+        Node::child_of(&room(), parents, path, value.as_bytes().to_vec()).unwrap()
     }
 
     #[test]

@@ -11,16 +11,7 @@ fn room() -> RoomId {
 }
 
 fn node(parents: &[&Node], path: &str, payload: &str) -> Node {
-    let depth = Node::expected_depth(parents.iter().map(|p| p.depth)).unwrap();
-    Node::new(
-        &room(),
-        parents.iter().map(|p| p.id).collect(),
-        depth,
-        None,
-        path,
-        vec![],
-        payload.as_bytes().to_vec(),
-    )
+    Node::child_of(&room(), parents, path, payload.as_bytes().to_vec()).unwrap()
 }
 
 fn ids<'a>(it: impl IntoIterator<Item = &'a NodeId>) -> BTreeSet<NodeId> {

@@ -39,16 +39,7 @@ fn empty_room() -> Room {
 
 /// A valid node on top of `parents`.
 fn node(parents: &[&Node], path: &str, payload: &str) -> Node {
-    let depth = Node::expected_depth(parents.iter().map(|p| p.depth)).unwrap();
-    Node::new(
-        &room_id(),
-        parents.iter().map(|p| p.id).collect(),
-        depth,
-        None,
-        path,
-        vec![],
-        payload.as_bytes().to_vec(),
-    )
+    Node::child_of(&room_id(), parents, path, payload.as_bytes().to_vec()).unwrap()
 }
 
 /// Everything observable about a room's accepted state.

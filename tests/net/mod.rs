@@ -185,16 +185,7 @@ pub fn room(name: &str) -> RoomId {
 
 /// A root node or a child of `parents` in `room`.
 pub fn node(room_name: &str, parents: &[&Node], path: &str, payload: &str) -> Node {
-    let depth = Node::expected_depth(parents.iter().map(|p| p.depth)).unwrap();
-    Node::new(
-        &room(room_name),
-        parents.iter().map(|p| p.id).collect(),
-        depth,
-        None,
-        path,
-        vec![],
-        payload.as_bytes().to_vec(),
-    )
+    Node::child_of(&room(room_name), parents, path, payload.as_bytes().to_vec()).unwrap()
 }
 
 /// Starts a client for `room` and waits for its first sync.

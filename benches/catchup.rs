@@ -223,6 +223,9 @@ fn run(flags: &Flags, out: &Output) -> anyhow::Result<()> {
         let mut raw_read = Vec::new();
         let mut raw_decode = Vec::new();
         let raw_url = format!("ws://{}/", raw.addr);
+        let busy0 = common::machine_busy();
+        let own0 = common::cpu_time(std::process::id());
+        let wall0 = Instant::now();
         for iter in 0..iters {
             let (run, captured) =
                 relay_raw_client(&url, window, count, &expected_ids, expected_digest, false)
@@ -241,6 +244,10 @@ fn run(flags: &Flags, out: &Output) -> anyhow::Result<()> {
             raw_read.push(raw_stream(&raw_url, count, false).await?);
             raw_decode.push(raw_stream(&raw_url, count, true).await?);
         }
+        let other = common::machine_busy()
+            .saturating_sub(busy0)
+            .saturating_sub(common::cpu_time(std::process::id()).saturating_sub(own0));
+        let other_pct = 100.0 * other.as_secs_f64() / wall0.elapsed().as_secs_f64();
         let captured = frames.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let frame_count = captured.len();
         let max_frame = captured.iter().map(Bytes::len).max().unwrap_or(0);
@@ -293,7 +300,8 @@ fn run(flags: &Flags, out: &Output) -> anyhow::Result<()> {
             ]);
         }
         out.note(format!(
-            "stream: {frame_count} frames, {} bytes of batches (largest frame {max_frame} B)",
+            "stream: {frame_count} frames, {} bytes of batches (largest frame {max_frame} B); \
+             other processes used {other_pct:.0}% of a CPU meanwhile",
             relay_read.first().map_or(0, |r| r.bytes)
         ));
         out.table(

@@ -91,7 +91,7 @@ impl Layout {
 async fn run(flags: &Flags, out: &Output) -> anyhow::Result<()> {
     let smoke = flags.has("smoke");
     let n: usize = flags.value("connections", if smoke { 50 } else { 1000 });
-    let settle = Duration::from_secs_f64(flags.value("settle", if smoke { 0.3 } else { 1.0 }));
+    let settle = Duration::from_secs_f64(flags.value("settle", if smoke { 0.15 } else { 1.0 }));
     if n < 2 {
         bail!("--connections must be at least 2");
     }

@@ -519,7 +519,12 @@ fn run(flags: &Flags, out: &Output) -> anyhow::Result<bool> {
         };
         let result = runtime.block_on(run_step(&relay, spec, step_no))?;
         out.record(result.json(&setup));
-        let typed = result.stalled_ok == stalled && result.overflow_logs >= stalled;
+        // Each stalled receiver must end after a contiguous prefix, and the relay must have
+        // chosen "resync required": seen as close code 4000 when the close frame got through,
+        // or in the relay's log when the stalled socket could not take it in time.
+        let resync_closes = result.closes.get("4000").copied().unwrap_or(0);
+        let typed = result.stalled_ok == stalled
+            && (resync_closes >= stalled || result.overflow_logs >= stalled);
         // RSS bound: the queues of the stalled receivers plus generous slack for the rest.
         let rss_bound = result.rss_start + stalled as u64 * (queue_limit / 1024) + 64 * 1024;
         let bounded = result.rss_max <= rss_bound;

@@ -622,6 +622,39 @@ async fn stalled_reader_is_closed_with_resync_and_memory_stays_bounded() {
     relay.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lagging_reader_is_closed_with_resync_before_its_queue_fills() {
+    let mut config = ServerConfig::default();
+    config.connection.queue_limit = 256 * 1024 * 1024;
+    config.connection.max_lag = Duration::from_millis(100);
+    let relay = Relay::start_with(config).await;
+    let mut slow = Raw::connect(&relay, "lag").await;
+    slow.join_and_catch_up().await;
+    let mut writer = Raw::connect(&relay, "lag").await;
+    writer.join_and_catch_up().await;
+    // Write until frames wait in the relay's queue for the reader that is not reading
+    // (kernel buffers absorb the first megabytes), then let them age past the limit.
+    let payload = "z".repeat(16 * 1024);
+    let mut number = 0u64;
+    while relay.stats.queues.queued_bytes.load(Ordering::Relaxed) < 1024 * 1024 {
+        number += 1;
+        assert!(number < 20_000, "frames never queued up");
+        let nodes = (0..32)
+            .map(|i| node("lag", &[], &format!("l/{number}/{i}"), &payload))
+            .collect();
+        writer.send(Message::Pack(Pack { number, nodes })).await;
+        assert!(matches!(writer.recv().await, Message::Ack(_)));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(slow.closed().await, Some(CloseCode::ResyncRequired.code()));
+    assert_eq!(
+        relay.stats.queues.overflows.load(Ordering::Relaxed),
+        0,
+        "closed for lag, not bytes"
+    );
+    relay.shutdown().await;
+}
+
 #[tokio::test]
 async fn shutdown_closes_sessions_with_going_away() {
     let relay = Relay::start().await;

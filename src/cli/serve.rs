@@ -33,6 +33,10 @@ pub struct ServeArgs {
     /// Bytes queued for one connection before it is closed with 4000 "resync required".
     #[arg(long, env = "WEFT_QUEUE_LIMIT", default_value_t = 8 * 1024 * 1024)]
     queue_limit: usize,
+    /// Seconds a live frame may wait in a connection's queue before the receiver is deemed unable
+    /// to keep up and closed with 4000 "resync required".
+    #[arg(long, env = "WEFT_MAX_LAG", default_value_t = 5)]
+    max_lag: u64,
     /// Seconds a new connection has to send `hello`.
     #[arg(long, env = "WEFT_HANDSHAKE_TIMEOUT", default_value_t = 10)]
     handshake_timeout: u64,
@@ -67,6 +71,7 @@ impl ServeArgs {
         config.rooms.orphans.max_nodes = self.orphan_limit;
         config.rooms.orphans.ttl = Duration::from_secs(self.orphan_ttl);
         config.connection.queue_limit = self.queue_limit;
+        config.connection.max_lag = Duration::from_secs(self.max_lag.max(1));
         config.connection.ping_interval = Duration::from_secs(self.ping_interval.max(1));
         config.connection.idle_timeout = Duration::from_secs(self.idle_timeout.max(1));
         Ok(config)

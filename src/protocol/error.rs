@@ -70,7 +70,7 @@ code_table! {
         GoingAway = 1001, "going away";
         /// A frame exceeded `max_frame`.
         TooBig = 1009, "message too big";
-        /// The outbound queue overflowed; reconnect and reconcile.
+        /// The receiver fell behind (queue full or live frames too old); reconnect and reconcile.
         ResyncRequired = 4000, "resync required";
         /// No `hello` arrived within the handshake timeout.
         HandshakeTimeout = 4001, "handshake timeout";

@@ -57,6 +57,9 @@ pub struct Outgoing {
     pub to: Audience,
     /// The encoded frame.
     pub frame: Bytes,
+    /// Paced by the receiver's credit (catch-up `batch`): it may wait in a queue as long as the
+    /// receiver's link needs, so it never counts as the receiver lagging behind.
+    pub paced: bool,
 }
 
 /// Everything a hub call wants sent or closed, in order.
@@ -325,6 +328,7 @@ impl Hub {
                         out.frames.push(Outgoing {
                             to: Audience::One(id),
                             frame,
+                            paced: true,
                         });
                     }
                     Err(e) => {
@@ -425,7 +429,11 @@ impl Hub {
 
     fn send(&mut self, to: Audience, message: Message, out: &mut Outbox) {
         match message.encode() {
-            Ok(frame) => out.frames.push(Outgoing { to, frame }),
+            Ok(frame) => out.frames.push(Outgoing {
+                to,
+                frame,
+                paced: false,
+            }),
             Err(e) => {
                 // Never drop silently: whoever should have received it resyncs.
                 tracing::error!(error = %e, ty = ?message.message_type(), "cannot encode a frame");

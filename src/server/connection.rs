@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket};
+use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -26,6 +27,9 @@ pub struct ConnectionSettings {
     pub idle_timeout: Duration,
     /// How long to wait for a close frame to drain before dropping the socket.
     pub close_timeout: Duration,
+    /// Oldest a live frame may be when it leaves the queue; older means the receiver cannot keep
+    /// up, and it is closed with "resync required". Credit-paced catch-up is exempt.
+    pub max_lag: Duration,
 }
 
 impl Default for ConnectionSettings {
@@ -35,6 +39,7 @@ impl Default for ConnectionSettings {
             ping_interval: Duration::from_secs(15),
             idle_timeout: Duration::from_secs(45),
             close_timeout: Duration::from_secs(5),
+            max_lag: Duration::from_secs(5),
         }
     }
 }
@@ -122,32 +127,47 @@ async fn pump(
             code = &mut inbound.close => break code.unwrap_or(CloseCode::GoingAway),
             () = shutdown.cancelled() => break CloseCode::GoingAway,
             frame = inbound.frames.recv() => {
-                let Some(frame) = frame else { break CloseCode::GoingAway };
+                let Some(first) = frame else { break CloseCode::GoingAway };
                 // Write whatever else is already queued in the same flush: one syscall for a
                 // burst of broadcasts instead of one per frame.
-                let mut burst = vec![frame];
+                let mut burst = vec![first];
                 while burst.len() < MAX_BURST {
                     match inbound.frames.try_recv() {
-                        Ok(frame) => burst.push(frame),
+                        Ok(queued) => burst.push(queued),
                         Err(_) => break,
                     }
                 }
-                for frame in &burst {
-                    inbound.release(frame);
+                let live = burst.iter().any(|q| q.queued_at.is_some());
+                let lagging = burst
+                    .iter()
+                    .filter_map(|q| q.queued_at)
+                    .any(|at| at.elapsed() > settings.max_lag);
+                for queued in &burst {
+                    inbound.release(&queued.frame);
                     tally.frames_out += 1;
-                    tally.bytes_out += frame.len() as u64;
+                    tally.bytes_out += queued.frame.len() as u64;
                 }
+                if lagging {
+                    // The receiver cannot keep up with the room: better a typed close now and a
+                    // catch-up later than an ever-growing delay.
+                    break CloseCode::ResyncRequired;
+                }
+                let frames: Vec<Bytes> = burst.into_iter().map(|q| q.frame).collect();
                 let write = async {
-                    for frame in burst {
+                    for frame in frames {
                         sink.feed(WsMessage::Binary(frame)).await?;
                     }
                     sink.flush().await
                 };
+                // A write that takes longer than live frames may lag (or, for credit-paced
+                // catch-up, longer than the idle window) means the reader has stalled.
+                let stall = if live { settings.max_lag } else { settings.idle_timeout };
                 // Writing may block on a slow reader; a close request must still get through.
                 tokio::select! {
                     sent = write => {
                         if sent.is_err() { return CloseCode::Normal; }
                     }
+                    () = tokio::time::sleep(stall) => break CloseCode::ResyncRequired,
                     code = &mut inbound.close => break code.unwrap_or(CloseCode::GoingAway),
                     () = shutdown.cancelled() => break CloseCode::GoingAway,
                 }
@@ -193,9 +213,9 @@ async fn pump(
         // Frames queued before the close (an `error` explaining it, say) still go out, except
         // after an overflow: that client must resync anyway and is not reading.
         if code != CloseCode::ResyncRequired {
-            while let Ok(frame) = inbound.frames.try_recv() {
-                inbound.release(&frame);
-                sink.send(WsMessage::Binary(frame)).await?;
+            while let Ok(queued) = inbound.frames.try_recv() {
+                inbound.release(&queued.frame);
+                sink.send(WsMessage::Binary(queued.frame)).await?;
             }
         }
         let close = CloseFrame {

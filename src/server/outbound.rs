@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 
 use crate::protocol::CloseCode;
 
@@ -17,10 +18,20 @@ pub struct QueueStats {
     pub overflows: AtomicUsize,
 }
 
+/// A queued frame. `queued_at` is set for live frames, whose age tells how far the receiver lags;
+/// credit-paced catch-up frames carry `None`.
+#[derive(Debug)]
+pub struct Queued {
+    /// The encoded frame.
+    pub frame: Bytes,
+    /// When a live frame entered the queue.
+    pub queued_at: Option<Instant>,
+}
+
 /// The room task's end: push frames, or close the connection.
 #[derive(Debug)]
 pub struct Outbound {
-    frames: mpsc::UnboundedSender<Bytes>,
+    frames: mpsc::UnboundedSender<Queued>,
     close: Option<oneshot::Sender<CloseCode>>,
     queued: Arc<AtomicUsize>,
     limit: usize,
@@ -31,7 +42,7 @@ pub struct Outbound {
 #[derive(Debug)]
 pub struct Inbound {
     /// Frames to write, in order.
-    pub frames: mpsc::UnboundedReceiver<Bytes>,
+    pub frames: mpsc::UnboundedReceiver<Queued>,
     /// Fires when the room wants the connection closed (overflow, protocol violation...).
     /// Closed without a value when the room task is gone.
     pub close: oneshot::Receiver<CloseCode>,
@@ -67,7 +78,7 @@ pub fn queue(limit: usize, stats: Arc<QueueStats>) -> (Outbound, Inbound) {
 impl Outbound {
     /// Queues a frame unless that would exceed the byte limit. Never blocks: the room task must
     /// not wait for one slow reader.
-    pub fn push(&self, frame: Bytes) -> Result<(), Overflow> {
+    pub fn push(&self, frame: Bytes, queued_at: Option<Instant>) -> Result<(), Overflow> {
         let len = frame.len();
         let before = self.queued.fetch_add(len, Ordering::AcqRel);
         if before.saturating_add(len) > self.limit {
@@ -75,7 +86,7 @@ impl Outbound {
             self.stats.overflows.fetch_add(1, Ordering::Relaxed);
             return Err(Overflow);
         }
-        if self.frames.send(frame).is_err() {
+        if self.frames.send(Queued { frame, queued_at }).is_err() {
             // The connection is gone; its task already reported the disconnect.
             self.queued.fetch_sub(len, Ordering::AcqRel);
             return Ok(());

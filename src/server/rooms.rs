@@ -218,13 +218,15 @@ impl RoomTask {
         let mut pending = vec![outbox];
         while let Some(outbox) = pending.pop() {
             let mut overflowed = Vec::new();
+            let now = Instant::now();
             for outgoing in &outbox.frames {
+                let queued_at = (!outgoing.paced).then_some(now);
                 for session in hub.recipients(outgoing.to) {
                     let Some(queue) = self.queues.get(&session) else {
                         continue;
                     };
-                    if queue.push(outgoing.frame.clone()).is_err() && !overflowed.contains(&session)
-                    {
+                    let pushed = queue.push(outgoing.frame.clone(), queued_at);
+                    if pushed.is_err() && !overflowed.contains(&session) {
                         overflowed.push(session);
                     }
                 }

@@ -9,6 +9,7 @@
 mod error;
 mod handshake;
 mod pack;
+mod prebuilt;
 mod presence;
 mod sync;
 
@@ -21,6 +22,7 @@ pub use handshake::{
     Capabilities, Hello, PROTOCOL_VERSION, Plan, RelayLimits, SyncHints, Watermark, Welcome,
 };
 pub use pack::{Ack, Broadcast, Outcome, Pack, Resolved};
+pub use prebuilt::{BATCH_OVERHEAD, batch_frame, broadcast_frame, encode_node};
 pub use presence::{Presence, PresenceUpdate};
 pub use sync::{Batch, CatchUpDone, Credit, Ids, Need};
 

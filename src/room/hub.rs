@@ -9,7 +9,7 @@ use super::{Admitted, BatchStep, Cursor, Room, SessionId, Submission};
 use crate::node::NodeId;
 use crate::node::Rejection;
 use crate::protocol::{
-    Ack, Broadcast, Capabilities, CatchUpDone, CloseCode, Message, Need, Outcome, PROTOCOL_VERSION,
+    self, Ack, Capabilities, CatchUpDone, CloseCode, Message, Need, Outcome, PROTOCOL_VERSION,
     Pack, Plan, PresenceUpdate, Resolved, SyncHints, Welcome,
 };
 use crate::recon::ReconPath;
@@ -322,21 +322,14 @@ impl Hub {
                 return;
             };
             match self.room.next_batch(cursor, max_frame) {
-                BatchStep::Batch(batch) => match Message::Batch(batch).encode() {
-                    Ok(frame) => {
-                        member.session.spend_credit(frame.len() as u64);
-                        out.frames.push(Outgoing {
-                            to: Audience::One(id),
-                            frame,
-                            paced: true,
-                        });
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %e, "cannot encode a catch-up batch");
-                        self.close(id, CloseCode::Internal, out);
-                        return;
-                    }
-                },
+                BatchStep::Batch { frame, .. } => {
+                    member.session.spend_credit(frame.len() as u64);
+                    out.frames.push(Outgoing {
+                        to: Audience::One(id),
+                        frame,
+                        paced: true,
+                    });
+                }
                 BatchStep::Done => {
                     member.cursor = None;
                     member.session.caught_up();
@@ -383,24 +376,21 @@ impl Hub {
         self.send_resolved(resolved, out);
     }
 
-    /// Broadcasts consecutive admitted nodes.
+    /// Broadcasts consecutive admitted nodes, from their stored encodings.
     fn broadcast(&mut self, admitted: &[Admitted], to: Audience, out: &mut Outbox) {
         let Some(first) = admitted.first() else {
             return;
         };
-        let nodes = admitted
+        let wires: Vec<&Bytes> = admitted
             .iter()
-            .filter_map(|a| self.room.node_at(a.seq))
-            .cloned()
+            .filter_map(|a| self.room.wire_at(a.seq))
             .collect();
-        self.send(
+        let frame = protocol::broadcast_frame(first.seq, &wires);
+        out.frames.push(Outgoing {
             to,
-            Message::Broadcast(Broadcast {
-                first_seq: first.seq,
-                nodes,
-            }),
-            out,
-        );
+            frame,
+            paced: false,
+        });
     }
 
     fn send_resolved(

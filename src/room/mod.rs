@@ -15,7 +15,9 @@ use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
 use crate::node::{Node, NodeId, NodeLimits, Rejection, RoomId};
-use crate::protocol::{Batch, Outcome, SyncHints};
+use bytes::Bytes;
+
+use crate::protocol::{self, Outcome, SyncHints};
 use crate::recon::{self, ReconPath, RelaySide, SetDigest};
 
 pub use hub::{Audience, Hub, HubConfig, Outbox, Outgoing};
@@ -54,7 +56,7 @@ pub struct Room {
     id: RoomId,
     epoch: u64,
     limits: NodeLimits,
-    log: Vec<Node>,
+    log: Vec<Entry>,
     index: HashMap<NodeId, u64>,
     heads: HashSet<NodeId>,
     digest: SetDigest,
@@ -73,15 +75,36 @@ pub struct Cursor {
 /// One step of catch-up.
 #[derive(Debug)]
 pub enum BatchStep {
-    /// Nodes to send.
-    Batch(Batch),
+    /// A `batch` frame, assembled from the nodes' stored encodings.
+    Batch {
+        /// The frame's resume point.
+        through: u64,
+        /// Nodes in the frame.
+        count: usize,
+        /// The encoded frame.
+        frame: Bytes,
+    },
     /// Nothing left: the cursor reached the end of the log.
     Done,
 }
 
-/// Frame overhead of a `batch` besides its nodes: envelope, array header, `through`, nodes
-/// array header.
-const BATCH_OVERHEAD: usize = 2 + 1 + 9 + 5;
+/// An accepted node and its wire encoding, made once on admission and shared by every
+/// `batch` and `broadcast` that carries it. The node's payload is a slice of `wire`, so the
+/// payload is held once.
+struct Entry {
+    node: Node,
+    wire: Bytes,
+}
+
+impl Entry {
+    fn new(mut node: Node) -> Self {
+        let wire = protocol::encode_node(&node);
+        // The payload is the encoding's last field: share it instead of holding it twice.
+        let payload_start = wire.len().saturating_sub(node.payload.len());
+        node.payload = wire.slice(payload_start..);
+        Self { node, wire }
+    }
+}
 
 impl Room {
     /// An empty room.
@@ -135,6 +158,15 @@ impl Room {
 
     /// The node with an arrival number.
     pub fn node_at(&self, seq: u64) -> Option<&Node> {
+        self.entry_at(seq).map(|e| &e.node)
+    }
+
+    /// The wire encoding of the node with an arrival number.
+    pub fn wire_at(&self, seq: u64) -> Option<&Bytes> {
+        self.entry_at(seq).map(|e| &e.wire)
+    }
+
+    fn entry_at(&self, seq: u64) -> Option<&Entry> {
         let index = usize::try_from(seq.checked_sub(1)?).ok()?;
         self.log.get(index)
     }
@@ -146,7 +178,7 @@ impl Room {
 
     /// Every accepted node in arrival order.
     pub fn nodes(&self) -> impl Iterator<Item = &Node> {
-        self.log.iter()
+        self.log.iter().map(|e| &e.node)
     }
 
     /// Earliest time an orphan expires, for the driver's timer.
@@ -262,7 +294,7 @@ impl Room {
         self.heads.insert(node.id);
         self.digest.insert(&node.id);
         self.index.insert(node.id, self.seq().saturating_add(1));
-        self.log.push(node);
+        self.log.push(Entry::new(node));
         self.seq()
     }
 
@@ -342,8 +374,7 @@ impl Room {
         // Deterministic frames: the answer must not depend on hash-set iteration order.
         need.sort_unstable();
         let missing: Vec<u64> = self
-            .log
-            .iter()
+            .nodes()
             .zip(1u64..)
             .filter(|(node, _)| !client.contains(&node.id))
             .map(|(_, seq)| seq)
@@ -356,33 +387,37 @@ impl Room {
         (need, cursor)
     }
 
-    /// The next batch of at most about `budget` bytes (always at least one node when any is
-    /// left, so a large node never stalls catch-up).
+    /// The next batch of at most `budget` bytes (always at least one node when any is left, so
+    /// a large node never stalls catch-up). Copies the stored encodings; encodes nothing.
     pub fn next_batch(&self, cursor: &mut Cursor, budget: usize) -> BatchStep {
-        let mut nodes = Vec::new();
-        let mut size = BATCH_OVERHEAD;
+        let mut wires: Vec<&Bytes> = Vec::new();
+        let mut size = protocol::BATCH_OVERHEAD;
         while let Some(seq) = self.cursor_next(cursor) {
-            let Some(node) = self.node_at(seq) else { break };
-            let node_size = node.wire_size_bound();
-            if !nodes.is_empty() && size.saturating_add(node_size) > budget {
+            let Some(wire) = self.wire_at(seq) else { break };
+            if !wires.is_empty() && size.saturating_add(wire.len()) > budget {
                 break;
             }
-            size = size.saturating_add(node_size);
-            nodes.push(node.clone());
+            size = size.saturating_add(wire.len());
+            wires.push(wire);
             if cursor.pos < cursor.explicit.len() {
                 cursor.pos += 1;
             } else {
                 cursor.tail_next = cursor.tail_next.saturating_add(1);
             }
         }
-        if nodes.is_empty() {
+        if wires.is_empty() {
             return BatchStep::Done;
         }
         let through = match cursor.explicit.get(cursor.pos) {
             Some(next) => next.saturating_sub(1),
             None => cursor.tail_next.saturating_sub(1),
         };
-        BatchStep::Batch(Batch { through, nodes })
+        let frame = protocol::batch_frame(through, &wires);
+        BatchStep::Batch {
+            through,
+            count: wires.len(),
+            frame,
+        }
     }
 
     fn cursor_next(&self, cursor: &Cursor) -> Option<u64> {

@@ -10,6 +10,7 @@ use rand::{Rng, SeedableRng};
 
 use super::*;
 use crate::node::{BlobHash, BlobRef};
+use crate::protocol::Batch;
 use crate::protocol::{
     self, Capabilities, CatchUpDone, CloseCode, Credit, ErrorCode, Hello, Ids, Message,
     MessageType, PROTOCOL_VERSION, Pack, Plan, Presence, RelayLimits, Watermark, Welcome,
@@ -493,9 +494,26 @@ fn ancestry(room: &Room, heads: &[NodeId]) -> HashSet<NodeId> {
     seen
 }
 
+/// Decodes a prepared batch frame and checks it against its summary.
+fn unpack(step: BatchStep) -> Option<Batch> {
+    let BatchStep::Batch {
+        through,
+        count,
+        frame,
+    } = step
+    else {
+        return None;
+    };
+    let Message::Batch(batch) = protocol::decode(&frame).unwrap() else {
+        panic!("next_batch produced a frame that is not a batch");
+    };
+    assert_eq!((batch.through, batch.nodes.len()), (through, count));
+    Some(batch)
+}
+
 fn drain(room: &Room, cursor: &mut Cursor, budget: usize) -> Vec<Batch> {
     let mut batches = Vec::new();
-    while let BatchStep::Batch(batch) = room.next_batch(cursor, budget) {
+    while let Some(batch) = unpack(room.next_batch(cursor, budget)) {
         assert!(!batch.nodes.is_empty());
         batches.push(batch);
         assert!(batches.len() < 100_000, "cursor does not end");
@@ -602,10 +620,7 @@ fn cursor_follows_nodes_admitted_during_catch_up() {
     let b = node(&[&a], "b", "b");
     accept_all(&mut room, &[&a, &b], now);
     let mut cursor = room.catch_up_cursor(0, &[]);
-    let first = match room.next_batch(&mut cursor, 1) {
-        BatchStep::Batch(batch) => batch,
-        BatchStep::Done => panic!("nothing sent"),
-    };
+    let first = unpack(room.next_batch(&mut cursor, 1)).expect("something sent");
     assert_eq!((first.nodes.len(), first.through), (1, 1));
     let c = node(&[&b], "c", "c");
     accept_all(&mut room, &[&c], now);

@@ -124,26 +124,20 @@ async fn pump(
     let code = loop {
         tokio::select! {
             biased;
-            code = &mut inbound.close => break code.unwrap_or(CloseCode::GoingAway),
             () = shutdown.cancelled() => break CloseCode::GoingAway,
-            frame = inbound.frames.recv() => {
-                let Some(first) = frame else { break CloseCode::GoingAway };
-                // Write whatever else is already queued in the same flush: one syscall for a
-                // burst of broadcasts instead of one per frame.
-                let mut burst = vec![first];
-                while burst.len() < MAX_BURST {
-                    match inbound.frames.try_recv() {
-                        Ok(queued) => burst.push(queued),
-                        Err(_) => break,
-                    }
-                }
+            // Whatever is already queued goes out in the same flush: one syscall for a burst
+            // of broadcasts instead of one per frame.
+            next = inbound.next(MAX_BURST) => {
+                let burst = match next {
+                    outbound::Next::Close(code) => break code,
+                    outbound::Next::Frames(burst) => burst,
+                };
                 let live = burst.iter().any(|q| q.queued_at.is_some());
                 let lagging = burst
                     .iter()
                     .filter_map(|q| q.queued_at)
                     .any(|at| at.elapsed() > settings.max_lag);
                 for queued in &burst {
-                    inbound.release(&queued.frame);
                     tally.frames_out += 1;
                     tally.bytes_out += queued.frame.len() as u64;
                 }
@@ -168,7 +162,7 @@ async fn pump(
                         if sent.is_err() { return CloseCode::Normal; }
                     }
                     () = tokio::time::sleep(stall) => break CloseCode::ResyncRequired,
-                    code = &mut inbound.close => break code.unwrap_or(CloseCode::GoingAway),
+                    code = inbound.closed() => break code,
                     () = shutdown.cancelled() => break CloseCode::GoingAway,
                 }
             }
@@ -213,8 +207,7 @@ async fn pump(
         // Frames queued before the close (an `error` explaining it, say) still go out, except
         // after an overflow: that client must resync anyway and is not reading.
         if code != CloseCode::ResyncRequired {
-            while let Ok(queued) = inbound.frames.try_recv() {
-                inbound.release(&queued.frame);
+            for queued in inbound.drain() {
                 sink.send(WsMessage::Binary(queued.frame)).await?;
             }
         }

@@ -1,10 +1,15 @@
 //! The byte-bounded queue between a room task and one connection's writer.
+//!
+//! A `VecDeque` behind a mutex plus one `Notify`, rather than a channel: an idle connection
+//! then costs no preallocated channel blocks, which matters at thousands of idle connections.
+//! The mutex is held only to push or drain, never across an await.
 
-use std::sync::Arc;
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use bytes::Bytes;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::protocol::CloseCode;
@@ -28,51 +33,72 @@ pub struct Queued {
     pub queued_at: Option<Instant>,
 }
 
+#[derive(Debug, Default)]
+struct State {
+    frames: VecDeque<Queued>,
+    bytes: usize,
+    /// Set once by the room (overflow, protocol violation...); the writer stops at it.
+    close: Option<CloseCode>,
+    /// The room task dropped its end: nothing more will come.
+    room_gone: bool,
+    /// The connection dropped its end: pushes are discarded.
+    connection_gone: bool,
+}
+
+#[derive(Debug)]
+struct Shared {
+    state: Mutex<State>,
+    wake: Notify,
+    limit: usize,
+    stats: Arc<QueueStats>,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Nothing panics while holding the lock; a poisoned queue is still consistent.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
 /// The room task's end: push frames, or close the connection.
 #[derive(Debug)]
 pub struct Outbound {
-    frames: mpsc::UnboundedSender<Queued>,
-    close: Option<oneshot::Sender<CloseCode>>,
-    queued: Arc<AtomicUsize>,
-    limit: usize,
-    stats: Arc<QueueStats>,
+    shared: Arc<Shared>,
 }
 
 /// The connection's end.
 #[derive(Debug)]
 pub struct Inbound {
-    /// Frames to write, in order.
-    pub frames: mpsc::UnboundedReceiver<Queued>,
-    /// Fires when the room wants the connection closed (overflow, protocol violation...).
-    /// Closed without a value when the room task is gone.
-    pub close: oneshot::Receiver<CloseCode>,
-    queued: Arc<AtomicUsize>,
-    stats: Arc<QueueStats>,
+    shared: Arc<Shared>,
 }
 
 /// A push did not fit: the queue would exceed its byte limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Overflow;
 
+/// What the writer should do next.
+#[derive(Debug)]
+pub enum Next {
+    /// Write these frames (at most the requested number), oldest first.
+    Frames(Vec<Queued>),
+    /// Close with this code.
+    Close(CloseCode),
+}
+
 /// Creates a queue holding at most `limit` bytes of frames.
 pub fn queue(limit: usize, stats: Arc<QueueStats>) -> (Outbound, Inbound) {
-    let (frames_tx, frames_rx) = mpsc::unbounded_channel();
-    let (close_tx, close_rx) = oneshot::channel();
-    let queued = Arc::new(AtomicUsize::new(0));
-    let outbound = Outbound {
-        frames: frames_tx,
-        close: Some(close_tx),
-        queued: queued.clone(),
+    let shared = Arc::new(Shared {
+        state: Mutex::new(State::default()),
+        wake: Notify::new(),
         limit,
-        stats: stats.clone(),
-    };
-    let inbound = Inbound {
-        frames: frames_rx,
-        close: close_rx,
-        queued,
         stats,
-    };
-    (outbound, inbound)
+    });
+    (
+        Outbound {
+            shared: shared.clone(),
+        },
+        Inbound { shared },
+    )
 }
 
 impl Outbound {
@@ -80,44 +106,110 @@ impl Outbound {
     /// not wait for one slow reader.
     pub fn push(&self, frame: Bytes, queued_at: Option<Instant>) -> Result<(), Overflow> {
         let len = frame.len();
-        let before = self.queued.fetch_add(len, Ordering::AcqRel);
-        if before.saturating_add(len) > self.limit {
-            self.queued.fetch_sub(len, Ordering::AcqRel);
-            self.stats.overflows.fetch_add(1, Ordering::Relaxed);
-            return Err(Overflow);
-        }
-        if self.frames.send(Queued { frame, queued_at }).is_err() {
-            // The connection is gone; its task already reported the disconnect.
-            self.queued.fetch_sub(len, Ordering::AcqRel);
+        let mut state = self.shared.lock();
+        if state.connection_gone {
             return Ok(());
         }
-        self.stats.queued_bytes.fetch_add(len, Ordering::Relaxed);
+        if state.bytes.saturating_add(len) > self.shared.limit {
+            self.shared.stats.overflows.fetch_add(1, Ordering::Relaxed);
+            return Err(Overflow);
+        }
+        state.bytes = state.bytes.saturating_add(len);
+        state.frames.push_back(Queued { frame, queued_at });
+        drop(state);
+        self.shared
+            .stats
+            .queued_bytes
+            .fetch_add(len, Ordering::Relaxed);
+        self.shared.wake.notify_one();
         Ok(())
     }
 
-    /// Asks the connection to close with `code` once.
+    /// Asks the connection to close with `code`; the first request wins.
     pub fn close(&mut self, code: CloseCode) {
-        if let Some(close) = self.close.take() {
-            // An error means the connection already ended, which is what we want anyway.
-            let _already_gone = close.send(code);
-        }
+        self.shared.lock().close.get_or_insert(code);
+        self.shared.wake.notify_one();
+    }
+}
+
+impl Drop for Outbound {
+    fn drop(&mut self) {
+        self.shared.lock().room_gone = true;
+        self.shared.wake.notify_one();
     }
 }
 
 impl Inbound {
-    /// Marks a received frame as leaving the queue (written or dropped).
-    pub fn release(&self, frame: &Bytes) {
-        self.queued.fetch_sub(frame.len(), Ordering::AcqRel);
-        self.stats
+    /// Waits for frames (up to `max` of them) or a close request. Queued frames come first
+    /// unless a close was requested.
+    pub async fn next(&self, max: usize) -> Next {
+        loop {
+            if let Some(next) = self.poll(max) {
+                return next;
+            }
+            self.shared.wake.notified().await;
+        }
+    }
+
+    /// Waits until a close is requested or the room is gone (while a write is in flight).
+    pub async fn closed(&self) -> CloseCode {
+        loop {
+            if let Some(code) = self.close_code() {
+                return code;
+            }
+            self.shared.wake.notified().await;
+        }
+    }
+
+    /// Takes whatever is queued without waiting (for the farewell flush).
+    pub fn drain(&self) -> Vec<Queued> {
+        let mut state = self.shared.lock();
+        let frames: Vec<Queued> = state.frames.drain(..).collect();
+        self.release(&mut state, &frames);
+        frames
+    }
+
+    fn poll(&self, max: usize) -> Option<Next> {
+        let mut state = self.shared.lock();
+        if let Some(code) = state.close {
+            return Some(Next::Close(code));
+        }
+        if !state.frames.is_empty() {
+            let take = max.min(state.frames.len());
+            let frames: Vec<Queued> = state.frames.drain(..take).collect();
+            self.release(&mut state, &frames);
+            return Some(Next::Frames(frames));
+        }
+        state.room_gone.then_some(Next::Close(CloseCode::GoingAway))
+    }
+
+    fn close_code(&self) -> Option<CloseCode> {
+        let state = self.shared.lock();
+        state
+            .close
+            .or(state.room_gone.then_some(CloseCode::GoingAway))
+    }
+
+    fn release(&self, state: &mut State, frames: &[Queued]) {
+        let bytes: usize = frames.iter().map(|q| q.frame.len()).sum();
+        state.bytes = state.bytes.saturating_sub(bytes);
+        self.shared
+            .stats
             .queued_bytes
-            .fetch_sub(frame.len(), Ordering::Relaxed);
+            .fetch_sub(bytes, Ordering::Relaxed);
     }
 }
 
 impl Drop for Inbound {
     fn drop(&mut self) {
+        let mut state = self.shared.lock();
+        state.connection_gone = true;
         // Frames never written still count in the server total; give them back.
-        let left = self.queued.swap(0, Ordering::AcqRel);
-        self.stats.queued_bytes.fetch_sub(left, Ordering::Relaxed);
+        let left = std::mem::take(&mut state.bytes);
+        state.frames.clear();
+        self.shared
+            .stats
+            .queued_bytes
+            .fetch_sub(left, Ordering::Relaxed);
     }
 }

@@ -12,7 +12,7 @@
 mod link;
 pub mod replay;
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -29,13 +29,16 @@ pub const MAX_HELLO_HEADS: usize = 256;
 struct Entry {
     node: Node,
     synced: bool,
+    /// Index in `Replica::order`.
+    pos: usize,
 }
 
 /// A local replica of one room.
 ///
 /// Invariants: `order` lists every node once, parents before children; every parent of a stored
 /// node is stored; synced nodes' parents are synced; `digest`, `heads`, `synced_digest` and
-/// `synced_heads` describe the stored and synced sets exactly.
+/// `synced_heads` describe the stored and synced sets exactly; `unsynced` holds exactly the
+/// positions of the nodes that are not synced.
 pub struct Replica {
     room: RoomId,
     entries: HashMap<NodeId, Entry>,
@@ -44,6 +47,9 @@ pub struct Replica {
     digest: SetDigest,
     synced_heads: BTreeSet<NodeId>,
     synced_digest: SetDigest,
+    /// Position in `order` → id, for every node the relay is not known to hold. Kept so that
+    /// pushing after every frame costs O(unsynced), not O(replica).
+    unsynced: BTreeMap<usize, NodeId>,
     watermark: Option<Watermark>,
     /// Arrival numbers above the watermark already received, waiting for the gap below them.
     ahead: BTreeSet<u64>,
@@ -75,6 +81,7 @@ impl Replica {
             digest: SetDigest::default(),
             synced_heads: BTreeSet::new(),
             synced_digest: SetDigest::default(),
+            unsynced: BTreeMap::new(),
             watermark: None,
             ahead: BTreeSet::new(),
             resync: false,
@@ -123,11 +130,7 @@ impl Replica {
 
     /// Nodes the relay is not known to hold, parents before children.
     pub fn unsynced(&self) -> impl Iterator<Item = &Node> {
-        self.order
-            .iter()
-            .filter_map(|id| self.entries.get(id))
-            .filter(|e| !e.synced)
-            .map(|e| &e.node)
+        self.unsynced.values().filter_map(|id| self.get(id))
     }
 
     /// Heads of the whole replica: the parents of the next local node.
@@ -209,12 +212,15 @@ impl Replica {
         }
         self.heads.insert(id);
         self.digest.insert(&id);
+        let pos = self.order.len();
         self.order.push(id);
+        self.unsynced.insert(pos, id);
         self.entries.insert(
             id,
             Entry {
                 node,
                 synced: false,
+                pos,
             },
         );
         if synced {
@@ -237,6 +243,7 @@ impl Replica {
                 continue;
             }
             entry.synced = true;
+            self.unsynced.remove(&entry.pos);
             self.synced_digest.insert(&next);
             for parent in &entry.node.parents {
                 self.synced_heads.remove(parent);
@@ -252,10 +259,11 @@ impl Replica {
         self.synced_digest = SetDigest::default();
         self.synced_heads.clear();
         let ids = self.order.clone();
-        for id in &ids {
+        for (pos, id) in ids.iter().enumerate() {
             if let Some(entry) = self.entries.get_mut(id) {
                 entry.synced = false;
             }
+            self.unsynced.insert(pos, *id);
         }
         for id in ids.iter().rev() {
             if synced(id) {

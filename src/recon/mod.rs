@@ -14,6 +14,7 @@
 //! Pure: no I/O, no clock.
 
 mod digest;
+pub mod ibf;
 
 pub use digest::SetDigest;
 

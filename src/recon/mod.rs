@@ -15,6 +15,7 @@
 
 mod digest;
 pub mod ibf;
+pub mod prefix_tree;
 
 pub use digest::SetDigest;
 

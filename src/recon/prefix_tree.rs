@@ -1,0 +1,496 @@
+//! A 16-ary Merkle tree over node ids, keyed by id prefix (one hex digit per level).
+//!
+//! Why this shape: node ids are blake3 outputs, so they are uniformly spread and a prefix tree
+//! is balanced without any rebalancing; a prefix names the same range on both sides, so peers
+//! can compare "the ids starting with `3f`" without agreeing on anything else. The general
+//! Merkle search tree needs the same property from hashed keys, which ids already have.
+//!
+//! Shape rule, canonical so that equal sets give equal hashes: the ids under a prefix form a
+//! *leaf* when there are at most [`LEAF_MAX`] of them, and a *branch* of 16 children otherwise.
+//! A leaf hashes its ids in ascending order; a branch hashes its children's hashes. The shape
+//! under a prefix depends only on the ids under it, so two sets agree on a prefix's hash exactly
+//! when they hold the same ids there (up to blake3 collisions). The root hash is therefore a
+//! collision-resistant digest of the whole set, unlike additive or XOR digests.
+//!
+//! The set only grows (rooms are append-only), so leaves split and never merge. Hashes are
+//! cached per subtree and recomputed lazily along the paths that changed.
+
+use crate::node::NodeId;
+
+/// Most ids a leaf holds before it splits into 16 children.
+pub const LEAF_MAX: usize = 32;
+
+const LEAF_DOMAIN: &[u8] = b"weft/prefix-tree/leaf/v1\0";
+const BRANCH_DOMAIN: &[u8] = b"weft/prefix-tree/branch/v1\0";
+
+/// A prefix of an id, in hex digits (nibbles), at most 64 of them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Prefix {
+    bytes: [u8; 32],
+    nibbles: u8,
+}
+
+impl Prefix {
+    /// The empty prefix: every id.
+    pub const ROOT: Prefix = Prefix {
+        bytes: [0; 32],
+        nibbles: 0,
+    };
+
+    /// Number of hex digits.
+    pub fn len(&self) -> usize {
+        usize::from(self.nibbles)
+    }
+
+    /// Whether this is the root prefix.
+    pub fn is_empty(&self) -> bool {
+        self.nibbles == 0
+    }
+
+    /// This prefix extended by one digit, or `None` at full length or for a digit above 15.
+    pub fn child(&self, digit: u8) -> Option<Prefix> {
+        if self.nibbles >= 64 || digit > 15 {
+            return None;
+        }
+        let mut bytes = self.bytes;
+        let byte = bytes.get_mut(usize::from(self.nibbles / 2))?;
+        *byte |= if self.nibbles % 2 == 0 {
+            digit << 4
+        } else {
+            digit
+        };
+        Some(Prefix {
+            bytes,
+            nibbles: self.nibbles + 1,
+        })
+    }
+
+    /// Whether `id` starts with this prefix.
+    pub fn covers(&self, id: &NodeId) -> bool {
+        (0..self.nibbles).all(|i| nibble(id, i) == self.digit(i))
+    }
+
+    fn digit(&self, index: u8) -> Option<u8> {
+        let byte = *self.bytes.get(usize::from(index / 2))?;
+        Some(if index % 2 == 0 {
+            byte >> 4
+        } else {
+            byte & 0x0f
+        })
+    }
+}
+
+fn nibble(id: &NodeId, index: u8) -> Option<u8> {
+    let byte = *id.as_bytes().get(usize::from(index / 2))?;
+    Some(if index % 2 == 0 {
+        byte >> 4
+    } else {
+        byte & 0x0f
+    })
+}
+
+/// A subtree's hash and id count.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Summary {
+    /// Ids under the prefix.
+    pub count: u64,
+    /// Hash of the ids under the prefix, by the shape rule.
+    pub hash: [u8; 32],
+}
+
+enum Tree {
+    Leaf(Vec<NodeId>),
+    Branch(Box<[Subtree; 16]>),
+}
+
+struct Subtree {
+    tree: Tree,
+    count: u64,
+    /// Cached hash; `None` after a change below.
+    hash: Option<[u8; 32]>,
+}
+
+impl Subtree {
+    fn empty() -> Self {
+        Self {
+            tree: Tree::Leaf(Vec::new()),
+            count: 0,
+            hash: None,
+        }
+    }
+
+    /// Inserts `id` (whose first `depth` digits lead here). Returns whether it was new.
+    fn insert(&mut self, id: NodeId, depth: u8) -> bool {
+        let added = match &mut self.tree {
+            Tree::Leaf(ids) => {
+                if ids.contains(&id) {
+                    return false;
+                }
+                ids.push(id);
+                if ids.len() > LEAF_MAX && depth < 64 {
+                    let ids = std::mem::take(ids);
+                    let mut children: Box<[Subtree; 16]> =
+                        Box::new(std::array::from_fn(|_| Subtree::empty()));
+                    for moved in ids {
+                        if let Some(child) =
+                            nibble(&moved, depth).and_then(|d| children.get_mut(usize::from(d)))
+                        {
+                            child.insert(moved, depth + 1);
+                        }
+                    }
+                    self.tree = Tree::Branch(children);
+                }
+                true
+            }
+            Tree::Branch(children) => {
+                match nibble(&id, depth).and_then(|d| children.get_mut(usize::from(d))) {
+                    Some(child) => child.insert(id, depth + 1),
+                    None => false,
+                }
+            }
+        };
+        if added {
+            self.count += 1;
+            self.hash = None;
+        }
+        added
+    }
+
+    fn hash(&mut self) -> [u8; 32] {
+        if let Some(hash) = self.hash {
+            return hash;
+        }
+        let hash = match &mut self.tree {
+            Tree::Leaf(ids) => {
+                ids.sort_unstable();
+                leaf_hash(ids.iter())
+            }
+            Tree::Branch(children) => {
+                let mut h = blake3::Hasher::new();
+                h.update(BRANCH_DOMAIN);
+                for child in children.iter_mut() {
+                    h.update(&child.hash());
+                }
+                *h.finalize().as_bytes()
+            }
+        };
+        self.hash = Some(hash);
+        hash
+    }
+}
+
+fn leaf_hash<'a>(sorted: impl Iterator<Item = &'a NodeId>) -> [u8; 32] {
+    let mut h = blake3::Hasher::new();
+    h.update(LEAF_DOMAIN);
+    for id in sorted {
+        h.update(id.as_bytes());
+    }
+    *h.finalize().as_bytes()
+}
+
+/// The tree over one set of ids.
+pub struct PrefixTree {
+    root: Subtree,
+}
+
+impl Default for PrefixTree {
+    fn default() -> Self {
+        Self {
+            root: Subtree::empty(),
+        }
+    }
+}
+
+impl PrefixTree {
+    /// An empty tree.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Number of ids.
+    pub fn len(&self) -> u64 {
+        self.root.count
+    }
+
+    /// Whether the tree holds no id.
+    pub fn is_empty(&self) -> bool {
+        self.root.count == 0
+    }
+
+    /// Adds an id; returns whether it was new. O(depth + LEAF_MAX).
+    pub fn insert(&mut self, id: NodeId) -> bool {
+        self.root.insert(id, 0)
+    }
+
+    /// The root summary: a collision-resistant digest of the whole set.
+    pub fn root(&mut self) -> Summary {
+        Summary {
+            count: self.root.count,
+            hash: self.root.hash(),
+        }
+    }
+
+    /// The summary of the ids under `prefix`, by the shape rule, whatever this tree's own
+    /// shape below it.
+    pub fn summary(&mut self, prefix: &Prefix) -> Summary {
+        let mut node = &mut self.root;
+        for depth in 0..prefix.nibbles {
+            match &mut node.tree {
+                Tree::Branch(children) => {
+                    let next = prefix
+                        .digit(depth)
+                        .and_then(|d| children.get_mut(usize::from(d)));
+                    match next {
+                        Some(child) => node = child,
+                        None => {
+                            return Summary {
+                                count: 0,
+                                hash: leaf_hash(std::iter::empty()),
+                            };
+                        }
+                    }
+                }
+                // A leaf above the prefix: the ids under the prefix are a subset of at most
+                // LEAF_MAX ids, so by the shape rule they form a leaf too.
+                Tree::Leaf(ids) => {
+                    let mut under: Vec<&NodeId> =
+                        ids.iter().filter(|id| prefix.covers(id)).collect();
+                    under.sort_unstable();
+                    return Summary {
+                        count: under.len() as u64,
+                        hash: leaf_hash(under.into_iter()),
+                    };
+                }
+            }
+        }
+        Summary {
+            count: node.count,
+            hash: node.hash(),
+        }
+    }
+
+    /// Every id under `prefix`, ascending.
+    pub fn ids_under(&self, prefix: &Prefix) -> Vec<NodeId> {
+        let mut out = Vec::new();
+        collect(&self.root, prefix, 0, &mut out);
+        out.sort_unstable();
+        out
+    }
+}
+
+fn collect(node: &Subtree, prefix: &Prefix, depth: u8, out: &mut Vec<NodeId>) {
+    match &node.tree {
+        Tree::Leaf(ids) => out.extend(ids.iter().filter(|id| prefix.covers(id))),
+        Tree::Branch(children) => {
+            if depth < prefix.nibbles {
+                let child = prefix
+                    .digit(depth)
+                    .and_then(|d| children.get(usize::from(d)));
+                if let Some(child) = child {
+                    collect(child, prefix, depth + 1, out);
+                }
+            } else {
+                for child in children.iter() {
+                    collect(child, prefix, depth + 1, out);
+                }
+            }
+        }
+    }
+}
+
+/// The outcome of comparing two trees level by level, as a peer exchange would.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct TreeDiff {
+    /// Ids only the first tree holds, ascending.
+    pub only_first: Vec<NodeId>,
+    /// Ids only the second tree holds, ascending.
+    pub only_second: Vec<NodeId>,
+    /// Levels compared (each is one request/response exchange).
+    pub rounds: u32,
+    /// Prefix summaries compared.
+    pub summaries: u64,
+}
+
+/// Finds the symmetric difference by descending only into prefixes whose summaries differ.
+/// A prefix where either side holds at most `settle_at` ids is settled by listing the ids.
+pub fn diff(first: &mut PrefixTree, second: &mut PrefixTree, settle_at: u64) -> TreeDiff {
+    let mut out = TreeDiff::default();
+    let mut level = vec![Prefix::ROOT];
+    while !level.is_empty() {
+        out.rounds += 1;
+        let mut next = Vec::new();
+        for prefix in level {
+            out.summaries += 1;
+            let (a, b) = (first.summary(&prefix), second.summary(&prefix));
+            if a == b {
+                continue;
+            }
+            if a.count.min(b.count) <= settle_at || prefix.len() >= 64 {
+                let (mine, theirs) = (first.ids_under(&prefix), second.ids_under(&prefix));
+                out.only_first
+                    .extend(mine.iter().filter(|id| theirs.binary_search(id).is_err()));
+                out.only_second
+                    .extend(theirs.iter().filter(|id| mine.binary_search(id).is_err()));
+                continue;
+            }
+            next.extend((0..16).filter_map(|d| prefix.child(d)));
+        }
+        level = next;
+    }
+    out.only_first.sort_unstable();
+    out.only_second.sort_unstable();
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
+    use super::*;
+
+    fn ids(rng: &mut StdRng, n: usize) -> Vec<NodeId> {
+        (0..n).map(|_| NodeId(rng.random())).collect()
+    }
+
+    fn tree(ids: &[NodeId]) -> PrefixTree {
+        let mut t = PrefixTree::new();
+        for id in ids {
+            t.insert(*id);
+        }
+        t
+    }
+
+    #[test]
+    fn equal_sets_have_equal_roots_whatever_the_insert_order() {
+        let mut rng = StdRng::seed_from_u64(1);
+        let set = ids(&mut rng, 3_000);
+        let mut reversed = set.clone();
+        reversed.reverse();
+        assert_eq!(tree(&set).root(), tree(&reversed).root());
+        let mut other = set.clone();
+        other.pop();
+        assert_ne!(tree(&set).root(), tree(&other).root());
+        assert_eq!(tree(&set).root().count, 3_000);
+    }
+
+    #[test]
+    fn duplicates_are_ignored_and_hashes_track_inserts() {
+        let mut rng = StdRng::seed_from_u64(2);
+        let set = ids(&mut rng, 500);
+        let mut t = tree(&set);
+        let before = t.root();
+        assert!(!t.insert(set[7]));
+        assert_eq!(t.root(), before);
+        assert!(t.insert(NodeId([9; 32])));
+        assert_ne!(t.root(), before);
+    }
+
+    #[test]
+    fn summaries_do_not_depend_on_the_local_shape() {
+        // The small tree is one leaf; the big one has split. A prefix's summary over the shared
+        // ids must agree.
+        let mut rng = StdRng::seed_from_u64(3);
+        let shared = ids(&mut rng, 20);
+        let extra: Vec<NodeId> = ids(&mut rng, 5_000);
+        let mut small = tree(&shared);
+        let mut big = tree(&shared);
+        for id in &extra {
+            big.insert(*id);
+        }
+        for id in &shared {
+            // A full-length prefix under each shared id holds exactly that id in both trees.
+            let mut p = Prefix::ROOT;
+            for i in 0..64u8 {
+                p = p.child(nibble(id, i).unwrap()).unwrap();
+            }
+            assert_eq!(small.summary(&p), big.summary(&p));
+            assert_eq!(small.summary(&p).count, 1);
+        }
+    }
+
+    #[test]
+    fn a_prefix_summary_depends_only_on_the_ids_under_it() {
+        let mut rng = StdRng::seed_from_u64(7);
+        let all = ids(&mut rng, 20_000);
+        let mut big = tree(&all);
+        for _ in 0..40 {
+            let mut prefix = Prefix::ROOT;
+            for _ in 0..rng.random_range(1..=3) {
+                prefix = prefix.child(rng.random_range(0..16)).unwrap();
+            }
+            let under: Vec<NodeId> = all.iter().copied().filter(|id| prefix.covers(id)).collect();
+            let mut only = tree(&under);
+            assert_eq!(big.summary(&prefix), only.summary(&prefix), "{prefix:?}");
+            assert_eq!(big.summary(&prefix).count, under.len() as u64);
+            assert_eq!(big.ids_under(&prefix), {
+                let mut sorted = under.clone();
+                sorted.sort_unstable();
+                sorted
+            });
+        }
+    }
+
+    #[test]
+    fn diff_matches_ground_truth() {
+        let mut rng = StdRng::seed_from_u64(4);
+        for (n, d_first, d_second) in [
+            (0, 0, 5),
+            (10, 3, 0),
+            (5_000, 40, 25),
+            (20_000, 2_000, 3_000),
+        ] {
+            let common = ids(&mut rng, n);
+            let only_a = ids(&mut rng, d_first);
+            let only_b = ids(&mut rng, d_second);
+            let a: Vec<NodeId> = common.iter().chain(&only_a).copied().collect();
+            let b: Vec<NodeId> = common.iter().chain(&only_b).copied().collect();
+            let result = diff(&mut tree(&a), &mut tree(&b), 8);
+            let expect_a: BTreeSet<NodeId> = only_a.iter().copied().collect();
+            let expect_b: BTreeSet<NodeId> = only_b.iter().copied().collect();
+            assert_eq!(
+                result.only_first.iter().copied().collect::<BTreeSet<_>>(),
+                expect_a
+            );
+            assert_eq!(
+                result.only_second.iter().copied().collect::<BTreeSet<_>>(),
+                expect_b
+            );
+            // Uniform ids keep the tree shallow: a handful of levels.
+            assert!(result.rounds <= 6, "{} rounds", result.rounds);
+        }
+    }
+
+    #[test]
+    fn ids_sharing_long_prefixes_still_split_and_compare() {
+        // Adversarial ids: all share 30 bytes, so the tree must go deep.
+        let base = [0xabu8; 32];
+        let set: Vec<NodeId> = (0..=255u8)
+            .flat_map(|x| {
+                (0..2u8).map(move |y| {
+                    let mut b = base;
+                    b[30] = x;
+                    b[31] = y;
+                    NodeId(b)
+                })
+            })
+            .collect();
+        let mut a = tree(&set);
+        let mut b = tree(&set[1..]);
+        let result = diff(&mut a, &mut b, 4);
+        assert_eq!(result.only_first, vec![set[0]]);
+        assert!(result.only_second.is_empty());
+        assert!(result.rounds <= 65);
+    }
+
+    #[test]
+    fn prefixes() {
+        let p = Prefix::ROOT.child(0xa).unwrap().child(0x5).unwrap();
+        assert_eq!(p.len(), 2);
+        assert!(p.covers(&NodeId([0xa5; 32])));
+        assert!(!p.covers(&NodeId([0xa6; 32])));
+        assert_eq!(Prefix::ROOT.child(16), None);
+    }
+}

@@ -16,6 +16,7 @@
 mod digest;
 pub mod ibf;
 pub mod prefix_tree;
+pub mod strata;
 
 pub use digest::SetDigest;
 

@@ -424,6 +424,11 @@ struct Measured {
     note: String,
     /// Nodes that crossed although the receiver already had them.
     redundant_nodes: u64,
+    /// Of the bytes: the framing of node streams (`batch`, `pack`, `credit`), the rest being
+    /// reconciliation messages proper.
+    stream_framing_bytes: u64,
+    /// Wall time of the whole session until idle (reconciliation, streaming, pushes, acks).
+    session: Duration,
     sessions_per_s: Option<f64>,
 }
 
@@ -604,9 +609,14 @@ impl Tally {
                 frame.len()
             }
             Some(MessageType::Batch | MessageType::Pack | MessageType::Broadcast) => {
-                node_frame_overhead(frame)
+                let overhead = node_frame_overhead(frame);
+                self.m.stream_framing_bytes += overhead as u64;
+                overhead
             }
-            Some(MessageType::Credit) => frame.len(),
+            Some(MessageType::Credit) => {
+                self.m.stream_framing_bytes += frame.len() as u64;
+                frame.len()
+            }
             // Acks, presence, errors: not part of reconciliation.
             _ => 0,
         } as u64;
@@ -726,6 +736,7 @@ impl Engine for WeftCurrent {
         let mut up: Vec<Bytes> = vec![hello];
         let mut down: Vec<Bytes> = Vec::new();
         let mut replayed = throughput.is_none();
+        let mut replay_time = Duration::ZERO;
         let mut waves = 0;
         while !(up.is_empty() && down.is_empty()) {
             waves += 1;
@@ -739,6 +750,7 @@ impl Engine for WeftCurrent {
                 replayed = true;
                 let frames = t.recon_up.clone();
                 let mut next_sid = 1_000u64;
+                let replay_start = now();
                 t.m.sessions_per_s = throughput.map(|budget| {
                     repeat_for(budget, || {
                         next_sid += 1;
@@ -749,6 +761,7 @@ impl Engine for WeftCurrent {
                         let _ = hub.disconnect(next_sid);
                     })
                 });
+                replay_time = replay_start.elapsed();
             }
             for frame in std::mem::take(&mut up) {
                 t.frame(Dir::Up, &frame);
@@ -839,6 +852,8 @@ impl Engine for WeftCurrent {
         if !t.done {
             t.m.fail("the client never became steady");
         }
+        // Less the relay-side replay, which ran in the middle.
+        t.m.session = t0.elapsed().saturating_sub(replay_time);
         t.m.rtt = t.turns.div_ceil(2);
         t.m.redundant_nodes += t.nodes_down.saturating_sub(t.arrived);
         t.m.path = match t.plan {
@@ -953,6 +968,9 @@ fn row_json(r: &Row) -> serde_json::Value {
         "client_cpu_ms": w.client_cpu.as_secs_f64() * 1e3,
         "correct": w.correct,
         "redundant_nodes": w.redundant_nodes,
+        "recon_message_bytes": w.bytes() - w.stream_framing_bytes,
+        "stream_framing_bytes": w.stream_framing_bytes,
+        "session_wall_ms": w.session.as_secs_f64() * 1e3,
         "note": w.note,
         "negentropy_rtt": g.rtt,
         "negentropy_bytes_up": g.bytes_up,
@@ -1009,6 +1027,7 @@ fn cells(r: &Row, m: &Measured, versus: Option<&Measured>) -> Vec<String> {
         vs(&|x| x.relay_cpu.as_secs_f64()),
         vs(&|x| x.client_cpu.as_secs_f64()),
         versus.map_or(String::new(), |_| thousands(m.redundant_nodes)),
+        versus.map_or(String::new(), |_| ms(m.session)),
     ]
 }
 
@@ -1017,6 +1036,11 @@ fn print_table(rows: &[Row], n: usize) {
         "reconciliation, n = {} per side; weft = current engine (Hub + Link in memory), \
          negentropy 0.5 same sets, same run; CPU = wall ms on one thread",
         thousands(n as u64)
+    );
+    println!(
+        "bytes exclude node content (weft counts batch/pack/credit framing); relay/client ms = \
+         reconciliation calls only; session ms = weft's whole session to idle (streaming, \
+         pushes, acks); redund. = nodes sent to a side that had them"
     );
     let headers = [
         "scenario",
@@ -1035,6 +1059,7 @@ fn print_table(rows: &[Row], n: usize) {
         "relay ×neg",
         "client ×neg",
         "redund.",
+        "session ms",
     ];
     // Negentropy's result is the same for every weft client state of a scenario: one line,
     // after the scenario's last weft line.

@@ -9,7 +9,6 @@ use crate::node::NodeId;
 use crate::protocol::{
     Capabilities, EncodeError, ErrorMessage, Ids, Message, Outcome, Pack, Plan, RelayLimits,
 };
-use crate::recon::SetDigest;
 use crate::session::{ClientError, ClientEvent, ClientSession};
 
 /// Something the application may want to know after a frame.
@@ -91,7 +90,11 @@ pub struct Link {
     /// The replica's size and digest when `hello` was built: an `InSync` answer is about
     /// exactly those nodes, not about any written since.
     hello_len: usize,
-    hello_digest: SetDigest,
+    hello_generation: u64,
+    /// Unsynced nodes before this position were already sent on this connection (valid while
+    /// the replica's generation is `push_generation`).
+    push_from: usize,
+    push_generation: u64,
     /// The ids sent in `ids` frames: the relay's `need` answer is about exactly those.
     ids_sent: HashSet<NodeId>,
 }
@@ -113,7 +116,9 @@ impl Link {
             outstanding: HashSet::new(),
             need: HashSet::new(),
             hello_len: replica.len(),
-            hello_digest: replica.digest(),
+            hello_generation: replica.generation(),
+            push_from: 0,
+            push_generation: replica.generation(),
             ids_sent: HashSet::new(),
         };
         Ok((link, hello))
@@ -148,14 +153,14 @@ impl Link {
                 replica.enter_epoch(welcome.epoch);
                 match welcome.plan {
                     Plan::InSync => {
-                        // The relay holds what the replica held at `hello`. Nodes written
-                        // since are not covered and must still be pushed. The replica only
-                        // grows between `hello` and `welcome`, so those nodes are the first
-                        // `hello_len` in its order; the digest confirms it.
-                        let at_hello: HashSet<NodeId> =
-                            replica.ids().take(self.hello_len).copied().collect();
-                        if SetDigest::of(&at_hello) == self.hello_digest {
-                            replica.reset_sync(|id| at_hello.contains(id));
+                        // The relay holds what the replica held at `hello`: its first
+                        // `hello_len` nodes, as long as nothing moved since (the generation
+                        // says). Nodes written since are not covered and must still be pushed.
+                        // Only the unsynced ones need marking, so this costs O(unsynced).
+                        if replica.generation() == self.hello_generation {
+                            for id in replica.unsynced_before(self.hello_len) {
+                                replica.mark_synced(&id);
+                            }
                             replica.complete_through(self.epoch, welcome.seq);
                         }
                         // Otherwise the replica lost nodes meanwhile: claim nothing; pushing
@@ -274,7 +279,14 @@ impl Link {
         let mut frames = Vec::new();
         let mut nodes = Vec::new();
         let mut size = 0usize;
-        for node in replica.unsynced() {
+        // Only nodes after the cursor are new to this connection: a push per frame must not
+        // rescan everything already in flight.
+        if replica.generation() != self.push_generation {
+            self.push_generation = replica.generation();
+            self.push_from = 0;
+        }
+        for (pos, node) in replica.unsynced_from(self.push_from) {
+            self.push_from = pos.saturating_add(1);
             if self.outstanding.contains(&node.id) {
                 continue;
             }

@@ -57,6 +57,9 @@ pub struct Replica {
     /// answer (in sync, or `need`) arrives, `hello` asks for the id list rather than for the
     /// whole room.
     resync: bool,
+    /// Bumped whenever nodes may have moved in `order` or become unsynced again, so a reader
+    /// that remembers positions (the link's push cursor) knows to start over.
+    generation: u64,
 }
 
 /// Why a node could not be added to a replica.
@@ -85,6 +88,7 @@ impl Replica {
             watermark: None,
             ahead: BTreeSet::new(),
             resync: false,
+            generation: 0,
         }
     }
 
@@ -131,6 +135,23 @@ impl Replica {
     /// Nodes the relay is not known to hold, parents before children.
     pub fn unsynced(&self) -> impl Iterator<Item = &Node> {
         self.unsynced.values().filter_map(|id| self.get(id))
+    }
+
+    /// Unsynced nodes at or after position `from` of the node order, with their positions.
+    pub fn unsynced_from(&self, from: usize) -> impl Iterator<Item = (usize, &Node)> {
+        self.unsynced
+            .range(from..)
+            .filter_map(|(pos, id)| Some((*pos, self.get(id)?)))
+    }
+
+    /// Ids of the unsynced nodes among the first `len` of the node order.
+    pub fn unsynced_before(&self, len: usize) -> Vec<NodeId> {
+        self.unsynced.range(..len).map(|(_, id)| *id).collect()
+    }
+
+    /// Changes whenever node positions may have moved or nodes became unsynced again.
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     /// Heads of the whole replica: the parents of the next local node.
@@ -256,6 +277,7 @@ impl Replica {
     /// Used when a whole-set answer arrives (in sync, or the relay's `need` list). O(n).
     pub fn reset_sync(&mut self, synced: impl Fn(&NodeId) -> bool) {
         self.resync = false;
+        self.generation = self.generation.wrapping_add(1);
         self.synced_digest = SetDigest::default();
         self.synced_heads.clear();
         let ids = self.order.clone();
@@ -304,7 +326,9 @@ impl Replica {
             .collect();
         let (watermark, ahead) = (self.watermark, std::mem::take(&mut self.ahead));
         let resync = self.resync;
+        let generation = self.generation.wrapping_add(1);
         *self = Self::new(self.room.clone());
+        self.generation = generation;
         // Kept nodes were checked on the way in and keep their order, so parents come first.
         for (node, synced) in kept {
             self.store(node, synced);

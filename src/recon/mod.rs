@@ -9,9 +9,12 @@
 //! 3. **Id list** — anything else: the client lists its ids, the relay answers with what it needs
 //!    and streams what the client lacks.
 //!
-//! [`choose_path`] is the planner seam: sketch-based paths (IBF, MST) join it as new
-//! [`ReconPath`] variants gated on negotiated capabilities, without touching the session phases.
-//! Pure: no I/O, no clock.
+//! [`choose_path`] is the planner seam: sketch-based paths join it as new [`ReconPath`] variants
+//! gated on negotiated capabilities, without touching the session phases. Their building blocks
+//! are here already, not yet negotiated on the wire: [`ibf`] (a foldable invertible Bloom
+//! filter over keyed short ids), [`strata`] (a difference estimator to size it on first
+//! contact) and [`prefix_tree`] (a 16-ary Merkle tree by id prefix, for hard divergence and for
+//! verifying a decoded result against a collision-resistant root). Pure: no I/O, no clock.
 
 mod digest;
 pub mod ibf;

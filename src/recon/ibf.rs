@@ -200,6 +200,15 @@ impl Ibf {
         })
     }
 
+    /// An empty sketch with `2^min(log2, MAX_LOG2_CELLS)` cells per sub-table.
+    pub fn new_clamped(log2: u8) -> Self {
+        let log2 = log2.min(MAX_LOG2_CELLS);
+        Self {
+            log2,
+            cells: vec![Cell::default(); K << log2],
+        }
+    }
+
     /// Rebuilds a sketch from received cells, checking that their number matches the size.
     pub fn from_cells(log2: u8, cells: Vec<Cell>) -> Result<Self, SketchError> {
         if log2 > MAX_LOG2_CELLS || cells.len() != K << log2 {

@@ -18,6 +18,7 @@
 
 mod digest;
 pub mod ibf;
+pub mod index;
 pub mod prefix_tree;
 pub mod strata;
 

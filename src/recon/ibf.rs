@@ -366,6 +366,18 @@ mod tests {
         ids.iter().map(|id| key().short_id(id)).collect()
     }
 
+    /// The decoded difference names exactly these ids on each side.
+    fn assert_decoded(diff: &Difference, ours: &[NodeId], theirs: &[NodeId]) {
+        assert_eq!(
+            diff.ours.iter().copied().collect::<BTreeSet<_>>(),
+            shorts(ours)
+        );
+        assert_eq!(
+            diff.theirs.iter().copied().collect::<BTreeSet<_>>(),
+            shorts(theirs)
+        );
+    }
+
     #[test]
     fn decodes_exactly_the_symmetric_difference() {
         let mut rng = StdRng::seed_from_u64(1);
@@ -380,14 +392,7 @@ mod tests {
             .unwrap()
             .decode()
             .unwrap();
-        assert_eq!(
-            diff.ours.iter().copied().collect::<BTreeSet<_>>(),
-            shorts(&only_a)
-        );
-        assert_eq!(
-            diff.theirs.iter().copied().collect::<BTreeSet<_>>(),
-            shorts(&only_b)
-        );
+        assert_decoded(&diff, &only_a, &only_b);
         assert_eq!(diff.ours.len() + diff.theirs.len(), 500);
     }
 
@@ -420,14 +425,7 @@ mod tests {
                 .decode()
             {
                 Ok(diff) => {
-                    assert_eq!(
-                        diff.ours.iter().copied().collect::<BTreeSet<_>>(),
-                        shorts(&only_a)
-                    );
-                    assert_eq!(
-                        diff.theirs.iter().copied().collect::<BTreeSet<_>>(),
-                        shorts(&only_b)
-                    );
+                    assert_decoded(&diff, &only_a, &only_b);
                     ok += 1;
                 }
                 Err(SketchError::Undecodable { remaining }) => assert!(remaining > 0),

@@ -494,6 +494,17 @@ fn ancestry(room: &Room, heads: &[NodeId]) -> HashSet<NodeId> {
     seen
 }
 
+/// A hub configuration with the given limits and defaults elsewhere.
+fn with_limits(limits: RelayLimits) -> HubConfig {
+    HubConfig {
+        session: RelaySessionConfig {
+            limits,
+            ..RelaySessionConfig::default()
+        },
+        ..HubConfig::default()
+    }
+}
+
 /// Decodes a prepared batch frame and checks it against its summary.
 fn unpack(step: BatchStep) -> Option<Batch> {
     let BatchStep::Batch {
@@ -1002,16 +1013,10 @@ fn errors_after_hello_keep_the_session_until_the_limit() {
 
 #[test]
 fn pack_over_the_node_limit_is_refused_whole() {
-    let config = HubConfig {
-        session: RelaySessionConfig {
-            limits: RelayLimits {
-                max_pack_nodes: 2,
-                ..RelayLimits::default()
-            },
-            ..RelaySessionConfig::default()
-        },
-        ..HubConfig::default()
-    };
+    let config = with_limits(RelayLimits {
+        max_pack_nodes: 2,
+        ..RelayLimits::default()
+    });
     let mut relay = Relay::with_config(empty_room(), config);
     let _ = join_steady(&mut relay, 1, Capabilities::NONE);
     let a = node(&[], "a", "a");
@@ -1102,16 +1107,10 @@ fn no_batch_without_credit_and_catch_up_resumes_on_credit() {
     let mut rng = StdRng::seed_from_u64(5);
     let dag = random_dag(&mut rng, 40, 2);
     // Small frames, so catch-up takes many batches.
-    let config = HubConfig {
-        session: RelaySessionConfig {
-            limits: RelayLimits {
-                max_frame: 400,
-                ..RelayLimits::default()
-            },
-            ..RelaySessionConfig::default()
-        },
-        ..HubConfig::default()
-    };
+    let config = with_limits(RelayLimits {
+        max_frame: 400,
+        ..RelayLimits::default()
+    });
     let mut relay = Relay::with_config(populated(&dag.iter().collect::<Vec<_>>()), config);
     // No credit: welcome only, and nothing on later calls that do not grant credit.
     let sent = relay.join(1, SyncHints::default(), 0, Capabilities::NONE);
@@ -1163,16 +1162,10 @@ fn credit_bounds_each_pump_by_spent_bytes() {
         }
         v
     };
-    let config = HubConfig {
-        session: RelaySessionConfig {
-            limits: RelayLimits {
-                max_frame: 25_000,
-                ..RelayLimits::default()
-            },
-            ..RelaySessionConfig::default()
-        },
-        ..HubConfig::default()
-    };
+    let config = with_limits(RelayLimits {
+        max_frame: 25_000,
+        ..RelayLimits::default()
+    });
     let mut relay = Relay::with_config(populated(&big.iter().collect::<Vec<_>>()), config);
     let sent = relay.join(1, SyncHints::default(), 30_000, Capabilities::NONE);
     let batch_bytes: Vec<usize> = sent
@@ -1277,16 +1270,10 @@ fn id_list_over_the_hub_gives_need_and_nodes() {
 
 #[test]
 fn need_is_chunked_by_max_ids() {
-    let config = HubConfig {
-        session: RelaySessionConfig {
-            limits: RelayLimits {
-                max_ids: 2,
-                ..RelayLimits::default()
-            },
-            ..RelaySessionConfig::default()
-        },
-        ..HubConfig::default()
-    };
+    let config = with_limits(RelayLimits {
+        max_ids: 2,
+        ..RelayLimits::default()
+    });
     let a = node(&[], "a", "a");
     let mut relay = Relay::with_config(populated(&[&a]), config);
     let unknown: Vec<NodeId> = (1..=5u8).map(|i| NodeId([i; 32])).collect();

@@ -12,15 +12,16 @@
 //! [`choose_path`] is the planner seam: sketch-based paths join it as new [`ReconPath`] variants
 //! gated on negotiated capabilities, without touching the session phases. Their building blocks
 //! are here already, not yet negotiated on the wire: [`ibf`] (a foldable invertible Bloom
-//! filter over keyed short ids), [`strata`] (a difference estimator to size it on first
-//! contact) and [`prefix_tree`] (a 16-ary Merkle tree by id prefix, for hard divergence and for
-//! verifying a decoded result against a collision-resistant root). Pure: no I/O, no clock.
+//! filter over keyed short ids), [`estimator`] (a compact difference estimator to size it on
+//! first contact) and [`prefix_tree`] (a 16-ary Merkle tree by id prefix, for hard divergence
+//! and for verifying a decoded result against a collision-resistant root). Pure: no I/O, no
+//! clock.
 
 mod digest;
+pub mod estimator;
 pub mod ibf;
 pub mod index;
 pub mod prefix_tree;
-pub mod strata;
 
 pub use digest::SetDigest;
 

@@ -8,22 +8,43 @@
 //!
 //! Each sub-table has `2^m` cells and an element's cell is `mix(short) mod 2^m`. Because
 //! `(x mod 2^M) mod 2^m = x mod 2^m`, a sketch built at size `2^M` *folds* to any smaller power
-//! of two by adding its halves together: the relay keeps one large sketch per room, updated in
-//! O(K) per insert, and folds it to the size a session needs instead of rebuilding it.
+//! of two by adding its halves together ([`Ibf::fold`]): sizes nest.
+//!
+//! The relay keeps every size from small to large, each updated in O(K) per insert (see
+//! [`super::index`]), so a session's sketch is a copy, and a failed decode is retried by
+//! *extension*: level `L` is the fold of level `L + 1`, so cell `i` of level `L` is cell `i`
+//! plus cell `i + 2^L` of level `L + 1` in each sub-table. Sending only the lower half of every
+//! sub-table at `L + 1` ([`Ibf::lower_halves`]) lets the receiver rebuild the upper halves from
+//! the level-`L` cells it already holds ([`Ibf::extend`]): a retry costs no byte the first
+//! attempt did not need.
 //!
 //! A cell holds the sum of counts, the XOR of short ids and the XOR of checksums. Subtracting two
-//! sketches cancels the common elements; peeling the pure cells (count ±1, checksum matching)
-//! recovers the short ids each side alone holds. Peeling uses a worklist and stops after at most
-//! as many peels as there are cells, whatever the input, so crafted sketches cost bounded work.
-//! A decode that leaves cells non-empty fails; it never returns a partial answer as complete.
+//! sketches cancels the common elements; peeling the pure cells (count ±1, checksum matching,
+//! short id hashing to that very cell) recovers the short ids each side alone holds. Peeling
+//! uses a worklist that never holds a cell twice and stops after at most as many peels as there
+//! are cells, whatever the input, so crafted sketches cost O(cells) work. A decode that leaves
+//! cells non-empty fails; it never returns a partial answer as complete.
+//!
+//! **Cell layout.** In memory a [`Cell`] is `count: i64, short: u64, check: u32`. On the wire
+//! ([`encode_cells`]) it is [`CELL_BYTES`] = 13 bytes: `short` (u64 LE), `check` (u32 LE), then
+//! `count` modulo 256 as one byte, read back sign-extended (`i8` → `i64`). All count arithmetic
+//! here is therefore taken modulo 256: a cell is pure when its count is ±1 modulo 256 and empty
+//! when its count is 0 modulo 256. One byte suffices because the count does not guard purity —
+//! the checksum (and the cell's position) does, exactly as with full counts, since a cell with
+//! several elements can have count ±1 anyway — and the count of a truly pure cell is exactly
+//! ±1, so modulo 256 it still gives the side. Hence a sketch subtracted from a wire-decoded one
+//! peels the same whatever the true counts were.
 
-use crate::node::NodeId;
+use crate::node::{NodeId, RoomId};
 
 /// Sub-tables per sketch: each element lands in one cell of each.
 pub const K: usize = 3;
 
 /// Largest sub-table size, as a power of two (2^24 cells per sub-table).
 pub const MAX_LOG2_CELLS: u8 = 24;
+
+/// Bytes per cell on the wire (see [`encode_cells`]).
+pub const CELL_BYTES: usize = 13;
 
 /// The per-room, per-epoch key that maps ids to short ids.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -68,6 +89,22 @@ impl SketchKey {
         mix(mix(first ^ k0) ^ second ^ k1)
     }
 
+    /// The key of room `room` in epoch `epoch`: blake3 in key-derivation mode over both. A
+    /// room's epoch is drawn at random when the room is created, so nobody can know the key
+    /// before the epoch exists; clients never derive it, they receive it with the sketch.
+    pub fn for_room(room: &RoomId, epoch: u64) -> Self {
+        let mut h = blake3::Hasher::new_derive_key("weft 2025 recon sketch key v1");
+        h.update(&(room.as_str().len() as u64).to_le_bytes());
+        h.update(room.as_str().as_bytes());
+        h.update(&epoch.to_le_bytes());
+        Self(*h.finalize().as_bytes())
+    }
+
+    /// The key's bytes, as they travel.
+    pub fn wire(&self) -> &[u8; 32] {
+        &self.0
+    }
+
     fn words(&self) -> [u64; 4] {
         let mut words = [0u64; 4];
         for (word, chunk) in words.iter_mut().zip(self.0.chunks_exact(8)) {
@@ -103,19 +140,67 @@ impl Cell {
         self.check ^= other.check;
     }
 
-    fn is_empty(&self) -> bool {
-        *self == Cell::default()
+    fn sub(&self, other: &Cell) -> Cell {
+        Cell {
+            count: self.count.wrapping_sub(other.count),
+            short: self.short ^ other.short,
+            check: self.check ^ other.check,
+        }
     }
 
-    /// Holds exactly one element (count ±1 and a matching checksum); returns its sign.
+    /// Empty, counting modulo 256 (see the module doc).
+    fn is_empty(&self) -> bool {
+        self.short == 0 && self.check == 0 && wire_count(self.count) == 0
+    }
+
+    /// Looks like exactly one element (count ±1 modulo 256 and a matching checksum); returns
+    /// its sign. The caller also checks that the element hashes to this cell.
     fn pure(&self) -> Option<i64> {
-        let sign = match self.count {
+        let sign = match wire_count(self.count) as i8 {
             1 => 1,
             -1 => -1,
             _ => return None,
         };
         (checksum(self.short) == self.check).then_some(sign)
     }
+}
+
+/// A count modulo 256, as one wire byte (two's complement truncation).
+fn wire_count(count: i64) -> u8 {
+    count.to_le_bytes().first().copied().unwrap_or_default()
+}
+
+/// Packs cells for the wire, [`CELL_BYTES`] each: short id (u64 LE), checksum (u32 LE), count
+/// modulo 256 (one byte). See the module doc for why one count byte is enough.
+pub fn encode_cells(cells: &[Cell]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(cells.len().saturating_mul(CELL_BYTES));
+    for cell in cells {
+        out.extend_from_slice(&cell.short.to_le_bytes());
+        out.extend_from_slice(&cell.check.to_le_bytes());
+        out.push(wire_count(cell.count));
+    }
+    out
+}
+
+/// Unpacks [`encode_cells`] output; the count byte is read as a signed byte. Fails with
+/// [`SketchError::BadSize`] unless the length is a multiple of [`CELL_BYTES`].
+pub fn decode_cells(bytes: &[u8]) -> Result<Vec<Cell>, SketchError> {
+    if bytes.len() % CELL_BYTES != 0 {
+        return Err(SketchError::BadSize);
+    }
+    Ok(bytes
+        .chunks_exact(CELL_BYTES)
+        .map(|chunk| {
+            let mut fields = [0u8; CELL_BYTES];
+            fields.copy_from_slice(chunk);
+            let [s0, s1, s2, s3, s4, s5, s6, s7, c0, c1, c2, c3, count] = fields;
+            Cell {
+                count: i64::from(i8::from_le_bytes([count])),
+                short: u64::from_le_bytes([s0, s1, s2, s3, s4, s5, s6, s7]),
+                check: u32::from_le_bytes([c0, c1, c2, c3]),
+            }
+        })
+        .collect())
 }
 
 /// SplitMix64 finalizer: a bijective mixer with full avalanche.
@@ -141,9 +226,58 @@ fn checksum(short: u64) -> u32 {
 /// The cell of `short` within sub-table `table` of `2^log2` cells.
 fn slot(short: u64, table: usize, log2: u8) -> usize {
     let salt = SALTS.get(table).copied().unwrap_or_default();
-    let mask = (1u64 << log2).wrapping_sub(1);
+    masked(mix(short ^ salt), log2)
+}
+
+fn masked(hash: u64, log2: u8) -> usize {
+    let mask = 1u64
+        .checked_shl(u32::from(log2))
+        .unwrap_or(0)
+        .wrapping_sub(1);
     // log2 ≤ MAX_LOG2_CELLS, so the masked value fits in usize on every supported target.
-    usize::try_from(mix(short ^ salt) & mask).unwrap_or_default()
+    usize::try_from(hash & mask).unwrap_or_default()
+}
+
+/// Where one short id lands in a sketch of *any* size: its per-sub-table hashes (its cell in a
+/// sub-table of `2^m` cells is the hash modulo `2^m`) and its checksum. Computing it once lets a
+/// caller update sketches of many sizes with [`K`] mixes in all.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Placement {
+    short: u64,
+    hashes: [u64; K],
+    check: u32,
+}
+
+impl Placement {
+    /// The placement of `short`.
+    pub fn new(short: u64) -> Self {
+        Self {
+            short,
+            hashes: SALTS.map(|salt| mix(short ^ salt)),
+            check: checksum(short),
+        }
+    }
+
+    /// The short id.
+    pub fn short(&self) -> u64 {
+        self.short
+    }
+
+    /// The short id's checksum.
+    pub fn check(&self) -> u32 {
+        self.check
+    }
+
+    /// The index of the element's cell in each sub-table, in the flat layout of a sketch with
+    /// `2^log2` cells per sub-table (sub-table after sub-table, as [`Ibf::cells`]).
+    pub fn cells(&self, log2: u8) -> [usize; K] {
+        let width = 1usize.checked_shl(u32::from(log2)).unwrap_or(0);
+        let mut out = [0usize; K];
+        for (table, (index, hash)) in out.iter_mut().zip(self.hashes).enumerate() {
+            *index = table.wrapping_mul(width).wrapping_add(masked(hash, log2));
+        }
+        out
+    }
 }
 
 /// Why a sketch could not be used.
@@ -238,13 +372,52 @@ impl Ibf {
     }
 
     fn toggle(&mut self, short: u64, delta: i64) {
-        let width = 1usize << self.log2;
-        for table in 0..K {
-            let index = table * width + slot(short, table, self.log2);
+        let placement = Placement::new(short);
+        for index in placement.cells(self.log2) {
             if let Some(cell) = self.cells.get_mut(index) {
-                cell.toggle(short, delta);
+                cell.count = cell.count.wrapping_add(delta);
+                cell.short ^= placement.short;
+                cell.check ^= placement.check;
             }
         }
+    }
+
+    /// The first half of every sub-table (`K × 2^(log2 − 1)` cells, sub-table after sub-table):
+    /// what a sender sends to *extend* a peer's sketch at `log2 − 1` to this size (see
+    /// [`extend`](Self::extend)). [`SketchError::BadSize`] at `log2 = 0`.
+    pub fn lower_halves(&self) -> Result<Vec<Cell>, SketchError> {
+        if self.log2 == 0 {
+            return Err(SketchError::BadSize);
+        }
+        let width = 1usize << self.log2;
+        Ok(self
+            .cells
+            .chunks_exact(width)
+            .flat_map(|table| table.iter().take(width / 2).copied())
+            .collect())
+    }
+
+    /// The sketch at `log2 + 1`, from this one (level `L = log2`, e.g. as a peer sent it) and
+    /// the lower halves of level `L + 1` ([`lower_halves`](Self::lower_halves) of the peer's
+    /// sketch there). Since cell `i` of level `L` is cell `i` plus cell `i + 2^L` of level
+    /// `L + 1`, each upper-half cell is this sketch's cell minus the lower-half one (counts
+    /// wrapping, so wire-truncated counts stay right modulo 256). [`SketchError::BadSize`]
+    /// unless `lower` holds `K × 2^L` cells and `L + 1 ≤ MAX_LOG2_CELLS`.
+    pub fn extend(&self, lower: Vec<Cell>) -> Result<Ibf, SketchError> {
+        if self.log2 >= MAX_LOG2_CELLS || lower.len() != self.cells.len() {
+            return Err(SketchError::BadSize);
+        }
+        let width = 1usize << self.log2;
+        let mut cells = Vec::with_capacity(self.cells.len() * 2);
+        for (folded, low) in self
+            .cells
+            .chunks_exact(width)
+            .zip(lower.chunks_exact(width))
+        {
+            cells.extend_from_slice(low);
+            cells.extend(folded.iter().zip(low).map(|(f, l)| f.sub(l)));
+        }
+        Ibf::from_cells(self.log2 + 1, cells)
     }
 
     /// The same sketch at `2^to` cells per sub-table: each cell is the sum of the cells that map
@@ -276,11 +449,7 @@ impl Ibf {
             .cells
             .iter()
             .zip(&other.cells)
-            .map(|(a, b)| Cell {
-                count: a.count.wrapping_sub(b.count),
-                short: a.short ^ b.short,
-                check: a.check ^ b.check,
-            })
+            .map(|(a, b)| a.sub(b))
             .collect();
         Ok(Ibf {
             log2: self.log2,
@@ -288,17 +457,25 @@ impl Ibf {
         })
     }
 
-    /// Peels a difference sketch (see [`subtract`](Self::subtract)). Work is linear in the
-    /// number of cells and bounded whatever the input.
+    /// Peels a difference sketch (see [`subtract`](Self::subtract)). Work is O(cells) whatever
+    /// the input: at most one peel per cell, and the worklist never holds a cell twice. Counts
+    /// are taken modulo 256 (see the module doc), so wire-decoded sketches peel too.
     pub fn decode(mut self) -> Result<Difference, SketchError> {
-        let width = 1usize << self.log2;
         let mut out = Difference::default();
-        let mut work: Vec<usize> = (0..self.cells.len())
-            .filter(|&i| self.cell_pure(i).is_some())
-            .collect();
+        let mut queued = vec![false; self.cells.len()];
+        let mut work: Vec<usize> = Vec::new();
+        for (index, flag) in queued.iter_mut().enumerate() {
+            if self.cell_pure(index).is_some() {
+                *flag = true;
+                work.push(index);
+            }
+        }
         // Every real element is peeled once; more peels than cells means a crafted sketch.
         let mut budget = self.cells.len();
         while let Some(index) = work.pop() {
+            if let Some(flag) = queued.get_mut(index) {
+                *flag = false;
+            }
             let Some(sign) = self.cell_pure(index) else {
                 continue;
             };
@@ -315,12 +492,15 @@ impl Ibf {
                 &mut out.theirs
             };
             side.push(short);
-            for table in 0..K {
-                let target = table * width + slot(short, table, self.log2);
+            for target in Placement::new(short).cells(self.log2) {
                 if let Some(cell) = self.cells.get_mut(target) {
                     cell.toggle(short, -sign);
                 }
-                if self.cell_pure(target).is_some() {
+                if self.cell_pure(target).is_none() {
+                    continue;
+                }
+                if let Some(flag) = queued.get_mut(target).filter(|flag| !**flag) {
+                    *flag = true;
                     work.push(target);
                 }
             }
@@ -332,8 +512,13 @@ impl Ibf {
         Ok(out)
     }
 
+    /// The sign of the one element cell `index` holds, if it looks pure *and* that element
+    /// hashes to this very cell (a free extra check against false purity).
     fn cell_pure(&self, index: usize) -> Option<i64> {
-        self.cells.get(index).and_then(Cell::pure)
+        let cell = self.cells.get(index)?;
+        let sign = cell.pure()?;
+        let width = 1usize << self.log2;
+        (slot(cell.short, index / width, self.log2) == index % width).then_some(sign)
     }
 }
 
@@ -459,13 +644,7 @@ mod tests {
                     })
                     .collect();
                 let ibf = Ibf::from_cells(log2, cells).unwrap();
-                // Decoding either fails or returns elements that rebuild exactly these cells.
-                if let Ok(diff) = ibf.clone().decode() {
-                    let mut rebuilt = Ibf::new(log2).unwrap();
-                    diff.ours.iter().for_each(|s| rebuilt.insert(*s));
-                    diff.theirs.iter().for_each(|s| rebuilt.remove(*s));
-                    assert_eq!(rebuilt, ibf);
-                }
+                assert_decode_is_consistent(&ibf);
             }
         }
         // Pure-looking cells crafted to re-appear after peeling still stop.
@@ -491,6 +670,153 @@ mod tests {
         assert_eq!(Ibf::new(MAX_LOG2_CELLS + 1), Err(SketchError::BadSize));
     }
 
+    /// Decoding either fails or returns elements that rebuild exactly these cells (counts
+    /// modulo 256, as peeling sees them).
+    fn assert_decode_is_consistent(ibf: &Ibf) {
+        if let Ok(diff) = ibf.clone().decode() {
+            let mut rebuilt = Ibf::new(ibf.log2()).unwrap();
+            diff.ours.iter().for_each(|s| rebuilt.insert(*s));
+            diff.theirs.iter().for_each(|s| rebuilt.remove(*s));
+            assert_eq!(encode_cells(rebuilt.cells()), encode_cells(ibf.cells()));
+        }
+    }
+
+    /// What the peer receives: the sketch through the wire, counts truncated.
+    fn through_wire(ibf: &Ibf) -> Ibf {
+        Ibf::from_cells(
+            ibf.log2(),
+            decode_cells(&encode_cells(ibf.cells())).unwrap(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn wire_packing_round_trips() {
+        let mut rng = StdRng::seed_from_u64(10);
+        let cells: Vec<Cell> = (0..100)
+            .map(|_| Cell {
+                count: rng.random_range(-128..=127),
+                short: rng.random(),
+                check: rng.random(),
+            })
+            .collect();
+        let bytes = encode_cells(&cells);
+        assert_eq!(bytes.len(), cells.len() * CELL_BYTES);
+        assert_eq!(decode_cells(&bytes).unwrap(), cells);
+        // Layout: short LE, check LE, count byte.
+        let one = Cell {
+            count: -2,
+            short: 0x0102_0304_0506_0708,
+            check: 0x0a0b_0c0d,
+        };
+        assert_eq!(
+            encode_cells(&[one]),
+            vec![8, 7, 6, 5, 4, 3, 2, 1, 0x0d, 0x0c, 0x0b, 0x0a, 0xfe]
+        );
+        // Larger counts travel modulo 256, sign-extended on arrival.
+        let big = Cell { count: 300, ..one };
+        assert_eq!(decode_cells(&encode_cells(&[big])).unwrap()[0].count, 44);
+        let big = Cell { count: 200, ..one };
+        assert_eq!(decode_cells(&encode_cells(&[big])).unwrap()[0].count, -56);
+        assert_eq!(decode_cells(&[0; 12]), Err(SketchError::BadSize));
+        assert_eq!(decode_cells(&[]), Ok(vec![]));
+    }
+
+    #[test]
+    fn peels_with_wire_truncated_counts() {
+        // 3 × 16 cells for 20,000 common ids: ~400 per cell, far beyond one signed byte.
+        let mut rng = StdRng::seed_from_u64(11);
+        let common = random_ids(&mut rng, 20_000);
+        let only_relay = random_ids(&mut rng, 7);
+        let only_client = random_ids(&mut rng, 5);
+        let relay: Vec<NodeId> = common.iter().chain(&only_relay).copied().collect();
+        let client: Vec<NodeId> = common.iter().chain(&only_client).copied().collect();
+        let relay_sketch = sketch(4, &relay);
+        assert!(relay_sketch.cells().iter().all(|c| c.count > 127));
+        let received = through_wire(&relay_sketch);
+        assert_ne!(received, relay_sketch);
+        // Either order of subtraction, and both sides truncated, peel the same.
+        let diff = received
+            .subtract(&sketch(4, &client))
+            .unwrap()
+            .decode()
+            .unwrap();
+        assert_decoded(&diff, &only_relay, &only_client);
+        let diff = sketch(4, &client)
+            .subtract(&received)
+            .unwrap()
+            .decode()
+            .unwrap();
+        assert_decoded(&diff, &only_client, &only_relay);
+        let diff = received
+            .subtract(&through_wire(&sketch(4, &client)))
+            .unwrap()
+            .decode()
+            .unwrap();
+        assert_decoded(&diff, &only_relay, &only_client);
+    }
+
+    #[test]
+    fn extension_rebuilds_the_next_level() {
+        let mut rng = StdRng::seed_from_u64(12);
+        let ids = random_ids(&mut rng, 3_000);
+        for log2 in 1..=10u8 {
+            let next = sketch(log2, &ids);
+            let level = next.fold(log2 - 1).unwrap();
+            assert_eq!(level, sketch(log2 - 1, &ids));
+            let lower = next.lower_halves().unwrap();
+            assert_eq!(lower.len(), K << (log2 - 1));
+            assert_eq!(level.extend(lower.clone()).unwrap(), next);
+            // Through the wire (counts modulo 256), the rebuilt level matches modulo 256.
+            let lower_wire = decode_cells(&encode_cells(&lower)).unwrap();
+            let rebuilt = through_wire(&level).extend(lower_wire).unwrap();
+            assert_eq!(encode_cells(rebuilt.cells()), encode_cells(next.cells()));
+        }
+        assert_eq!(
+            Ibf::new(0).unwrap().lower_halves(),
+            Err(SketchError::BadSize)
+        );
+        let level = sketch(3, &ids);
+        assert_eq!(
+            level.extend(vec![Cell::default(); 5]),
+            Err(SketchError::BadSize)
+        );
+        let top = Ibf::new(MAX_LOG2_CELLS).unwrap();
+        let lower = vec![Cell::default(); top.cells().len()];
+        assert_eq!(top.extend(lower), Err(SketchError::BadSize));
+    }
+
+    #[test]
+    fn a_failed_decode_succeeds_after_extension() {
+        // 3 × 64 cells cannot hold 240 differences; 3 × 128 can (α = 1.6).
+        let mut rng = StdRng::seed_from_u64(13);
+        let mut extended_ok = 0;
+        for _ in 0..20 {
+            let common = random_ids(&mut rng, 2_000);
+            let only_relay = random_ids(&mut rng, 140);
+            let only_client = random_ids(&mut rng, 100);
+            let relay: Vec<NodeId> = common.iter().chain(&only_relay).copied().collect();
+            let client: Vec<NodeId> = common.iter().chain(&only_client).copied().collect();
+            // The relay sends level 6; the client's own sketch at 6 does not peel.
+            let sent = through_wire(&sketch(7, &relay).fold(6).unwrap());
+            let first = sent.subtract(&sketch(6, &client)).unwrap().decode();
+            assert!(matches!(first, Err(SketchError::Undecodable { .. })));
+            // The extension: lower halves of level 7 only, as many cells as level 6.
+            let lower = encode_cells(&sketch(7, &relay).lower_halves().unwrap());
+            assert_eq!(lower.len(), sent.cells().len() * CELL_BYTES);
+            let full = sent.extend(decode_cells(&lower).unwrap()).unwrap();
+            match full.subtract(&sketch(7, &client)).unwrap().decode() {
+                Ok(diff) => {
+                    assert_decoded(&diff, &only_relay, &only_client);
+                    extended_ok += 1;
+                }
+                Err(SketchError::Undecodable { .. }) => {}
+                Err(other) => panic!("unexpected {other:?}"),
+            }
+        }
+        assert!(extended_ok >= 18, "only {extended_ok} of 20 decoded");
+    }
+
     #[test]
     fn insert_then_remove_is_empty() {
         let mut rng = StdRng::seed_from_u64(6);
@@ -503,11 +829,60 @@ mod tests {
     }
 
     #[test]
+    fn room_keys_differ_by_room_and_epoch() {
+        let a = RoomId::new("a").unwrap();
+        let b = RoomId::new("b").unwrap();
+        assert_eq!(SketchKey::for_room(&a, 1), SketchKey::for_room(&a, 1));
+        assert_ne!(SketchKey::for_room(&a, 1), SketchKey::for_room(&a, 2));
+        assert_ne!(SketchKey::for_room(&a, 1), SketchKey::for_room(&b, 1));
+        let key = SketchKey::for_room(&a, 1);
+        assert_eq!(SketchKey(*key.wire()), key);
+    }
+
+    #[test]
     fn keys_change_the_mapping() {
         let id = NodeId([3; 32]);
         assert_ne!(
             SketchKey([1; 32]).short_id(&id),
             SketchKey([2; 32]).short_id(&id)
         );
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_wire_bytes_never_panic_and_terminate(
+            log2 in 0u8..=7,
+            seed in proptest::prelude::any::<u64>(),
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..(K << 7) * CELL_BYTES),
+            counts in proptest::collection::vec(-3i8..=3, 0..(K << 7)),
+        ) {
+            // Arbitrary lengths only decode at multiples of CELL_BYTES.
+            proptest::prop_assert_eq!(decode_cells(&bytes).is_ok(), bytes.len() % CELL_BYTES == 0);
+            // Exactly sized garbage, with pure-looking cells mixed in, against a real sketch.
+            let n = K << log2;
+            let mut wire: Vec<u8> = bytes.iter().copied().cycle().take(n * CELL_BYTES).collect();
+            if wire.len() < n * CELL_BYTES {
+                wire.resize(n * CELL_BYTES, 0);
+            }
+            let mut cells = decode_cells(&wire).unwrap();
+            for (cell, count) in cells.iter_mut().zip(&counts) {
+                cell.count = i64::from(*count);
+                if *count == 1 || *count == -1 {
+                    cell.check = checksum(cell.short);
+                }
+            }
+            let garbage = Ibf::from_cells(log2, cells).unwrap();
+            let mut rng = StdRng::seed_from_u64(seed);
+            let real = sketch(log2, &random_ids(&mut rng, 50));
+            assert_decode_is_consistent(&garbage);
+            let diff = garbage.subtract(&real).unwrap();
+            assert_decode_is_consistent(&diff);
+            // Extending garbage by garbage is as safe.
+            if let Ok(lower) = decode_cells(&wire) {
+                if let Ok(extended) = garbage.extend(lower) {
+                    assert_decode_is_consistent(&extended);
+                }
+            }
+        }
     }
 }

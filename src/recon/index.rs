@@ -3,34 +3,117 @@
 //! A [`SetIndex`] holds the three structures sessions need, so no session ever rebuilds
 //! anything proportional to the set:
 //!
-//! - a large [`Ibf`] that [`sketch`](SetIndex::sketch) folds to the size a session needs;
+//! - a *pyramid* of sketches, one per size from `2^MIN_LOG2` (16) cells per sub-table up to the
+//!   top level, so the sketch a session needs is a copy of one level
+//!   ([`sketch_at`](SetIndex::sketch_at)), and an extension after a failed decode (see
+//!   [`Ibf::extend`]) is the lower halves of the next level;
 //! - a short id → id map, to turn decoded short ids back into nodes;
 //! - a [`PrefixTree`] for hard divergence and for verifying a decode against its root.
 //!
-//! The sketch is sized for differences up to [`MAX_SKETCH_FRACTION`] of the set (beyond that,
-//! prefix-tree refinement is cheaper), and doubles, rebuilt from the short ids, whenever the set
-//! outgrows it: O(1) amortized per insert.
+//! The top level is sized for differences up to [`MAX_SKETCH_FRACTION`] of the set (beyond that,
+//! prefix-tree refinement is cheaper), and grows (at least doubling), rebuilt from the short
+//! ids, whenever the set outgrows it; the new levels below it are folded from it. An insert
+//! updates [`K`] cells per level (42 at a million ids: levels 4..=17) and costs O(1) amortized
+//! for growth.
+//!
+//! Memory: the levels together hold about twice the top level's cells, stored as 16-byte cells
+//! (the count kept in 32 bits, wrapping: only its value modulo 256 matters, see [`super::ibf`])
+//! rather than [`Cell`]'s 24. At a million ids that is 2 × 3 × 2^17 × 16 B ≈ 12.6 MB, ~13 bytes
+//! per id, next to ~86 for the short-id map and ~50 for the prefix tree (measured).
 
 use std::collections::HashMap;
 
-use super::ibf::{Ibf, K, MAX_LOG2_CELLS, SketchError, SketchKey};
+use super::ibf::{Cell, Ibf, K, MAX_LOG2_CELLS, Placement, SketchError, SketchKey};
 use super::prefix_tree::{PrefixTree, Summary};
 use crate::node::NodeId;
 
-/// Largest difference, as a fraction of the set, that the persistent sketch is sized for.
+/// Largest difference, as a fraction of the set, that the persistent sketches are sized for.
 pub const MAX_SKETCH_FRACTION: f64 = 0.2;
 
-/// Cells per expected difference when sizing a session's sketch (decodes ~99% of the time
-/// with three sub-tables).
-pub const CELLS_PER_DIFFERENCE: f64 = 1.5;
+/// Cells per expected difference when sizing a session's sketch.
+///
+/// Three sub-tables peel with high probability above ~1.23 cells per difference; 1.3 leaves a
+/// margin and decodes most of the time, and rounding up to a power of two usually adds more. A
+/// failed decode is not wasted: the retry is an *extension* to the next size that sends only
+/// the cells the peer cannot derive from the first sketch, so first sketch plus extension cost
+/// exactly what the larger sketch alone would have. Over-provisioning every first attempt (the
+/// former 1.5) would cost more on average than the occasional extra round trip.
+pub const CELLS_PER_DIFFERENCE: f64 = 1.3;
 
-/// Smallest sketch, as a power of two per sub-table.
+/// Smallest level the pyramid keeps, as a power of two per sub-table.
 const MIN_LOG2: u8 = 4;
+
+/// A cell as the pyramid stores it: 16 bytes instead of [`Cell`]'s 24. The count wraps at 32
+/// bits, which changes nothing a peer sees (counts travel modulo 256) and nothing a decode
+/// does (peeling counts modulo 256); it equals the true count below 2^31 elements per cell.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct PackedCell {
+    short: u64,
+    check: u32,
+    count: i32,
+}
+
+impl PackedCell {
+    fn toggle(&mut self, placement: &Placement, delta: i32) {
+        self.count = self.count.wrapping_add(delta);
+        self.short ^= placement.short();
+        self.check ^= placement.check();
+    }
+
+    fn add(&mut self, other: &PackedCell) {
+        self.count = self.count.wrapping_add(other.count);
+        self.short ^= other.short;
+        self.check ^= other.check;
+    }
+
+    fn cell(&self) -> Cell {
+        Cell {
+            count: i64::from(self.count),
+            short: self.short,
+            check: self.check,
+        }
+    }
+}
+
+/// `K × 2^log2` packed cells holding `shorts`.
+fn build_level(shorts: impl Iterator<Item = u64>, log2: u8) -> Vec<PackedCell> {
+    let mut cells = vec![PackedCell::default(); K << log2];
+    for short in shorts {
+        toggle_level(&mut cells, log2, &Placement::new(short), 1);
+    }
+    cells
+}
+
+fn toggle_level(cells: &mut [PackedCell], log2: u8, placement: &Placement, delta: i32) {
+    for index in placement.cells(log2) {
+        if let Some(cell) = cells.get_mut(index) {
+            cell.toggle(placement, delta);
+        }
+    }
+}
+
+/// The level below `cells` (at `2^log2` per sub-table, `log2 ≥ 1`): cell `i` of each sub-table
+/// plus cell `i + 2^(log2−1)`.
+fn fold_level(cells: &[PackedCell], log2: u8) -> Vec<PackedCell> {
+    let width = 1usize << log2;
+    let half = width / 2;
+    let mut out = Vec::with_capacity(cells.len() / 2);
+    for table in cells.chunks_exact(width) {
+        let (low, high) = table.split_at(half);
+        out.extend(low.iter().zip(high).map(|(l, h)| {
+            let mut sum = *l;
+            sum.add(h);
+            sum
+        }));
+    }
+    out
+}
 
 /// Reconciliation state for one set of ids.
 pub struct SetIndex {
     key: SketchKey,
-    sketch: Ibf,
+    /// Level `MIN_LOG2 + i` at index `i`, up to the top level; never empty.
+    levels: Vec<Vec<PackedCell>>,
     shorts: HashMap<u64, NodeId>,
     /// Ids whose short id was already taken by another id. Such an id cannot be named by a
     /// sketch; sessions that meet one fall back to the prefix tree.
@@ -58,7 +141,7 @@ impl SetIndex {
     pub fn new(key: SketchKey) -> Self {
         Self {
             key,
-            sketch: Ibf::new_clamped(MIN_LOG2),
+            levels: vec![build_level(std::iter::empty(), MIN_LOG2)],
             shorts: HashMap::new(),
             collisions: 0,
             tree: PrefixTree::new(),
@@ -85,7 +168,14 @@ impl SetIndex {
         self.collisions
     }
 
-    /// Adds an id; returns whether it was new. O(K + prefix-tree depth), amortized.
+    /// The largest level kept, as a power of two per sub-table: sized for differences up to
+    /// [`MAX_SKETCH_FRACTION`] of the set.
+    pub fn top_log2(&self) -> u8 {
+        // At most MAX_LOG2_CELLS − MIN_LOG2 + 1 levels, so the sum fits.
+        MIN_LOG2.saturating_add(u8::try_from(self.levels.len().saturating_sub(1)).unwrap_or(0))
+    }
+
+    /// Adds an id; returns whether it was new. O(K × levels + prefix-tree depth), amortized.
     pub fn insert(&mut self, id: NodeId) -> bool {
         if !self.tree.insert(id) {
             return false;
@@ -95,7 +185,10 @@ impl SetIndex {
             std::collections::hash_map::Entry::Occupied(_) => self.collisions += 1,
             std::collections::hash_map::Entry::Vacant(slot) => {
                 slot.insert(id);
-                self.sketch.insert(short);
+                let placement = Placement::new(short);
+                for (log2, level) in (MIN_LOG2..).zip(self.levels.iter_mut()) {
+                    toggle_level(level, log2, &placement, 1);
+                }
             }
         }
         self.grow_if_needed();
@@ -103,28 +196,49 @@ impl SetIndex {
     }
 
     fn grow_if_needed(&mut self) {
+        let top = self.top_log2();
         let wanted = log2_for((self.len() as f64 * MAX_SKETCH_FRACTION) as u64);
-        if wanted <= self.sketch.log2() {
+        if wanted <= top {
             return;
         }
         // Doubling at least, so rebuilds stay O(1) amortized per insert.
-        let mut bigger = Ibf::new_clamped(wanted.max(self.sketch.log2().saturating_add(1)));
-        for short in self.shorts.keys() {
-            bigger.insert(*short);
+        let new_top = wanted.max(top.saturating_add(1)).min(MAX_LOG2_CELLS);
+        // The levels up to `top` stay right; build the new top and fold it down to top + 1.
+        let mut fresh = vec![build_level(self.shorts.keys().copied(), new_top)];
+        for log2 in (top.saturating_add(2)..=new_top).rev() {
+            let below = fresh.last().map(|cells| fold_level(cells, log2));
+            fresh.extend(below);
         }
-        self.sketch = bigger;
+        self.levels.extend(fresh.into_iter().rev());
     }
 
-    /// A sketch of the set sized to decode `difference` elements, folded from the persistent
-    /// one (cost: one pass over it). Fails if the persistent sketch is smaller than asked:
-    /// such a difference is prefix-tree territory.
+    /// A sketch of the set sized to decode `difference` elements (see [`log2_for`] and
+    /// [`sketch_at`](Self::sketch_at) for the cost).
     pub fn sketch(&self, difference: u64) -> Result<Ibf, SketchError> {
-        self.sketch.fold(log2_for(difference))
+        self.sketch_at(log2_for(difference))
     }
 
-    /// The sketch at an exact size, e.g. to match a peer's.
+    /// The sketch at `2^log2` cells per sub-table, for any `log2 ≤ MAX_LOG2_CELLS`:
+    ///
+    /// - up to the top level, a copy of one level: O(its size), nothing proportional to the
+    ///   set (below the smallest level, a fold of it: O(48 cells));
+    /// - above the top level, built from the short ids: O(set). Only differences beyond
+    ///   [`MAX_SKETCH_FRACTION`] of the set ask for that, and those are usually better served
+    ///   by prefix-tree refinement.
     pub fn sketch_at(&self, log2: u8) -> Result<Ibf, SketchError> {
-        self.sketch.fold(log2)
+        if log2 > MAX_LOG2_CELLS {
+            return Err(SketchError::BadSize);
+        }
+        if log2 < MIN_LOG2 {
+            return self.sketch_at(MIN_LOG2)?.fold(log2);
+        }
+        match self.levels.get(usize::from(log2 - MIN_LOG2)) {
+            Some(level) => Ibf::from_cells(log2, level.iter().map(PackedCell::cell).collect()),
+            None => {
+                let cells = build_level(self.shorts.keys().copied(), log2);
+                Ibf::from_cells(log2, cells.iter().map(PackedCell::cell).collect())
+            }
+        }
     }
 
     /// The id behind a decoded short id.
@@ -135,6 +249,11 @@ impl SetIndex {
     /// The prefix tree.
     pub fn tree(&mut self) -> &mut PrefixTree {
         &mut self.tree
+    }
+
+    /// The prefix tree, read-only (listing ids needs no cached hash).
+    pub fn tree_ref(&self) -> &PrefixTree {
+        &self.tree
     }
 
     /// The collision-resistant root of the set.
@@ -178,12 +297,93 @@ mod tests {
         assert!(!index.insert(all[0]));
         assert_eq!(index.len(), 50_000);
         // Sized for 20% of the set.
-        assert!(index.sketch.log2() >= log2_for(10_000));
+        assert!(index.top_log2() >= log2_for(10_000));
         let mut fresh = Ibf::new(8).unwrap();
         for id in &all {
             fresh.insert(key().short_id(id));
         }
         assert_eq!(index.sketch_at(8).unwrap(), fresh);
+    }
+
+    fn fresh(log2: u8, ids: &[NodeId]) -> Ibf {
+        let mut ibf = Ibf::new(log2).unwrap();
+        let mut seen = BTreeSet::new();
+        for id in ids {
+            let short = key().short_id(id);
+            if seen.insert(short) {
+                ibf.insert(short);
+            }
+        }
+        ibf
+    }
+
+    #[test]
+    fn pyramid_levels_equal_fresh_builds_across_growth() {
+        let mut rng = StdRng::seed_from_u64(3);
+        let all = ids(&mut rng, 40_000);
+        let mut index = SetIndex::new(key());
+        assert_eq!(index.top_log2(), MIN_LOG2);
+        let mut growths = 0;
+        for (n, id) in all.iter().enumerate() {
+            let top = index.top_log2();
+            index.insert(*id);
+            let grew = index.top_log2() != top;
+            growths += usize::from(grew);
+            // Right after every growth, and at a few points in between.
+            if grew || n % 9_999 == 0 {
+                let inserted = &all[..=n];
+                for log2 in MIN_LOG2..=index.top_log2() {
+                    assert_eq!(
+                        index.sketch_at(log2).unwrap(),
+                        fresh(log2, inserted),
+                        "level {log2} after {} ids",
+                        n + 1
+                    );
+                }
+            }
+        }
+        assert!(growths >= 6, "{growths} growths");
+        assert_eq!(index.top_log2(), log2_for(8_000));
+    }
+
+    #[test]
+    fn any_size_can_be_asked_for() {
+        let mut rng = StdRng::seed_from_u64(4);
+        let all = ids(&mut rng, 3_000);
+        let mut index = SetIndex::new(key());
+        all.iter().for_each(|id| {
+            index.insert(*id);
+        });
+        let top = index.top_log2();
+        assert_eq!(top, log2_for(600));
+        // Below the smallest level, between, at the top and above it.
+        for log2 in [0, 2, MIN_LOG2, top, top + 1, top + 5] {
+            assert_eq!(index.sketch_at(log2).unwrap(), fresh(log2, &all), "{log2}");
+        }
+        assert_eq!(index.sketch(10_000).unwrap(), fresh(log2_for(10_000), &all));
+        assert_eq!(
+            index.sketch_at(MAX_LOG2_CELLS + 1),
+            Err(SketchError::BadSize)
+        );
+        // An extension is the lower halves of the next level, whichever side of the top.
+        for log2 in [MIN_LOG2, top, top + 1] {
+            let next = index.sketch_at(log2 + 1).unwrap();
+            let extended = index
+                .sketch_at(log2)
+                .unwrap()
+                .extend(next.lower_halves().unwrap())
+                .unwrap();
+            assert_eq!(extended, next);
+        }
+    }
+
+    #[test]
+    fn empty_index_sketches_are_empty() {
+        let index = SetIndex::new(key());
+        assert!(index.is_empty());
+        assert_eq!(index.sketch(0).unwrap(), Ibf::new(MIN_LOG2).unwrap());
+        assert_eq!(index.sketch_at(9).unwrap(), Ibf::new(9).unwrap());
+        assert_eq!(index.tree_ref().len(), 0);
     }
 
     #[test]

@@ -13,7 +13,11 @@
 //! collision-resistant digest of the whole set, unlike additive or XOR digests.
 //!
 //! The set only grows (rooms are append-only), so leaves split and never merge. Hashes are
-//! cached per subtree and recomputed lazily along the paths that changed.
+//! cached per subtree and recomputed lazily along the paths that changed. Two reads serve
+//! reconciliation without touching the set: [`PrefixTree::root_without`] (the root of the set
+//! minus a few ids, to verify a decoded sketch against the peer's root) and
+//! [`PrefixTree::level`] (every bucket summary at one depth, buckets numbered by
+//! [`prefix_of`] and [`Prefix::from_index`]).
 
 use crate::node::NodeId;
 
@@ -70,6 +74,21 @@ impl Prefix {
         (0..self.nibbles).all(|i| nibble(id, i) == self.digit(i))
     }
 
+    /// The prefix of `depth` digits whose digits, read as a base-16 number, equal `index`: the
+    /// bucket [`prefix_of`] names. `None` for `depth` above [`MAX_LEVEL_DEPTH`] or `index` at
+    /// or above `16^depth`.
+    pub fn from_index(depth: u8, index: usize) -> Option<Prefix> {
+        if depth > MAX_LEVEL_DEPTH || index >= buckets(depth) {
+            return None;
+        }
+        let mut prefix = Prefix::ROOT;
+        for position in (0..depth).rev() {
+            let digit = (index >> (4 * u32::from(position))) & 0x0f;
+            prefix = prefix.child(u8::try_from(digit).ok()?)?;
+        }
+        Some(prefix)
+    }
+
     fn digit(&self, index: u8) -> Option<u8> {
         let byte = *self.bytes.get(usize::from(index / 2))?;
         Some(if index % 2 == 0 {
@@ -78,6 +97,24 @@ impl Prefix {
             byte & 0x0f
         })
     }
+}
+
+/// Deepest level [`PrefixTree::level`], [`prefix_of`] and [`Prefix::from_index`] handle:
+/// 16^4 = 65,536 buckets.
+pub const MAX_LEVEL_DEPTH: u8 = 4;
+
+/// Number of buckets at `depth` (clamped to [`MAX_LEVEL_DEPTH`]).
+fn buckets(depth: u8) -> usize {
+    1usize << (4 * u32::from(depth.min(MAX_LEVEL_DEPTH)))
+}
+
+/// The bucket of `id` at `depth`: its first `depth` hex digits read as a base-16 number, so
+/// buckets are numbered in prefix order (see [`Prefix::from_index`]). Depths above
+/// [`MAX_LEVEL_DEPTH`] count as [`MAX_LEVEL_DEPTH`].
+pub fn prefix_of(id: &NodeId, depth: u8) -> usize {
+    (0..depth.min(MAX_LEVEL_DEPTH)).fold(0usize, |index, position| {
+        (index << 4) | usize::from(nibble(id, position).unwrap_or(0))
+    })
 }
 
 fn nibble(id: &NodeId, index: u8) -> Option<u8> {
@@ -179,6 +216,155 @@ impl Subtree {
     }
 }
 
+/// What a subtree reduces to once some ids are taken out: its remaining ids, listed (not yet
+/// sorted or hashed) when few enough to form a leaf by the shape rule, else its summary.
+enum Reduced {
+    Listed(Vec<NodeId>),
+    Hashed(Summary),
+}
+
+impl Reduced {
+    fn count(&self) -> u64 {
+        match self {
+            Reduced::Listed(ids) => ids.len() as u64,
+            Reduced::Hashed(summary) => summary.count,
+        }
+    }
+
+    fn summary(self) -> Summary {
+        match self {
+            Reduced::Listed(mut ids) => {
+                ids.sort_unstable();
+                Summary {
+                    count: ids.len() as u64,
+                    hash: leaf_hash(ids.iter()),
+                }
+            }
+            Reduced::Hashed(summary) => summary,
+        }
+    }
+}
+
+/// `node` (reached through `depth` digits) without the ids of `excluded` (sorted, deduplicated,
+/// all starting with this node's prefix). Descends only where `excluded` has ids; elsewhere
+/// uses counts and cached hashes (canonical: this tree has the shape rule's shape), and lists
+/// ids only when what remains of a branch is small enough to be a leaf.
+fn reduce(node: &mut Subtree, depth: u8, excluded: &[NodeId]) -> Reduced {
+    let children = match &mut node.tree {
+        _ if excluded.is_empty() => {
+            return Reduced::Hashed(Summary {
+                count: node.count,
+                hash: node.hash(),
+            });
+        }
+        Tree::Leaf(ids) => {
+            return Reduced::Listed(
+                ids.iter()
+                    .filter(|id| excluded.binary_search(id).is_err())
+                    .copied()
+                    .collect(),
+            );
+        }
+        Tree::Branch(children) => children,
+    };
+    // Sorted ids under one prefix are grouped by their next digit.
+    let mut rest = excluded;
+    let mut reduced: Vec<(usize, Reduced)> = Vec::new();
+    let mut count = 0u64;
+    for (digit, child) in (0u8..).zip(children.iter_mut()) {
+        let split = rest.partition_point(|id| nibble(id, depth) == Some(digit));
+        let (mine, after) = rest.split_at(split);
+        rest = after;
+        if mine.is_empty() {
+            count += child.count;
+        } else {
+            let child_reduced = reduce(child, depth + 1, mine);
+            count += child_reduced.count();
+            reduced.push((usize::from(digit), child_reduced));
+        }
+    }
+    if count <= LEAF_MAX as u64 {
+        // The remaining ids form one leaf. Reduced children hold at most `count` ids, so they
+        // come back listed; untouched ones are small enough to list.
+        let mut ids = Vec::with_capacity(LEAF_MAX);
+        let mut reduced = reduced.into_iter().peekable();
+        for (index, child) in children.iter().enumerate() {
+            match reduced.next_if(|(at, _)| *at == index) {
+                Some((_, Reduced::Listed(mut listed))) => ids.append(&mut listed),
+                None => collect(child, &Prefix::ROOT, depth + 1, &mut ids),
+                // Not reached (a hashed child holds more than LEAF_MAX ids); kept correct.
+                Some((_, Reduced::Hashed(_))) => {
+                    let mut all = Vec::new();
+                    collect(child, &Prefix::ROOT, depth + 1, &mut all);
+                    ids.extend(
+                        all.into_iter()
+                            .filter(|id| excluded.binary_search(id).is_err()),
+                    );
+                }
+            }
+        }
+        return Reduced::Listed(ids);
+    }
+    let mut h = blake3::Hasher::new();
+    h.update(BRANCH_DOMAIN);
+    let mut reduced = reduced.into_iter().peekable();
+    for (index, child) in children.iter_mut().enumerate() {
+        let hash = match reduced.next_if(|(at, _)| *at == index) {
+            Some((_, child_reduced)) => child_reduced.summary().hash,
+            None => child.hash(),
+        };
+        h.update(&hash);
+    }
+    Reduced::Hashed(Summary {
+        count,
+        hash: *h.finalize().as_bytes(),
+    })
+}
+
+/// Appends the summaries of every prefix of `target` digits under `node` (reached through
+/// `depth` digits), in prefix order.
+fn fill_level(node: &mut Subtree, depth: u8, target: u8, empty: &Summary, out: &mut Vec<Summary>) {
+    if depth >= target {
+        out.push(Summary {
+            count: node.count,
+            hash: node.hash(),
+        });
+        return;
+    }
+    match &mut node.tree {
+        Tree::Branch(children) => {
+            for child in children.iter_mut() {
+                fill_level(child, depth + 1, target, empty, out);
+            }
+        }
+        // A leaf above the target depth: its ids split into leaves, one per prefix below it.
+        Tree::Leaf(ids) => {
+            ids.sort_unstable();
+            let below = target - depth;
+            let start = out.len();
+            out.resize(start + buckets(below), *empty);
+            // Sorted ids are grouped by prefix; the bucket index is the digits below `depth`.
+            let mut rest: &[NodeId] = ids;
+            while let Some(first) = rest.first() {
+                let bucket = (depth..target).fold(0usize, |index, position| {
+                    (index << 4) | usize::from(nibble(first, position).unwrap_or(0))
+                });
+                let split = rest.partition_point(|id| {
+                    (depth..target).all(|position| nibble(id, position) == nibble(first, position))
+                });
+                let (group, after) = rest.split_at(split.max(1));
+                rest = after;
+                if let Some(slot) = out.get_mut(start + bucket) {
+                    *slot = Summary {
+                        count: group.len() as u64,
+                        hash: leaf_hash(group.iter()),
+                    };
+                }
+            }
+        }
+    }
+}
+
 fn leaf_hash<'a>(sorted: impl Iterator<Item = &'a NodeId>) -> [u8; 32] {
     let mut h = blake3::Hasher::new();
     h.update(LEAF_DOMAIN);
@@ -267,6 +453,34 @@ impl PrefixTree {
             count: node.count,
             hash: node.hash(),
         }
+    }
+
+    /// The root summary of the set without the ids in `excluded` (ids not in the set are
+    /// ignored), by the shape rule, as a fresh tree of the remaining ids would give it. Neither
+    /// changes nor copies the tree: descends only into subtrees holding excluded ids and
+    /// reuses cached hashes elsewhere; where the rest of a subtree is small enough to be a leaf,
+    /// it is hashed as one. O(|excluded| × depth × 16 + leaf sizes), plus sorting `excluded`.
+    pub fn root_without(&mut self, excluded: &[NodeId]) -> Summary {
+        let mut excluded = excluded.to_vec();
+        excluded.sort_unstable();
+        excluded.dedup();
+        reduce(&mut self.root, 0, &excluded).summary()
+    }
+
+    /// The summaries of all `16^depth` prefixes of `depth` digits, in prefix order (the order
+    /// of [`prefix_of`]), each equal to [`summary`](Self::summary) of that prefix. One walk of
+    /// the tree down to `depth`. Empty for `depth` above [`MAX_LEVEL_DEPTH`].
+    pub fn level(&mut self, depth: u8) -> Vec<Summary> {
+        if depth > MAX_LEVEL_DEPTH {
+            return Vec::new();
+        }
+        let empty = Summary {
+            count: 0,
+            hash: leaf_hash(std::iter::empty()),
+        };
+        let mut out = Vec::with_capacity(buckets(depth));
+        fill_level(&mut self.root, 0, depth, &empty, &mut out);
+        out
     }
 
     /// Every id under `prefix`, ascending.
@@ -483,6 +697,142 @@ mod tests {
         assert_eq!(result.only_first, vec![set[0]]);
         assert!(result.only_second.is_empty());
         assert!(result.rounds <= 65);
+    }
+
+    /// Random ids; with `narrow`, all share their first two bytes, so the tree goes deeper.
+    fn some_ids(rng: &mut StdRng, n: usize, narrow: bool) -> Vec<NodeId> {
+        (0..n)
+            .map(|_| {
+                let mut bytes: [u8; 32] = rng.random();
+                if narrow {
+                    bytes[0] = 0x5a;
+                    bytes[1] = 0xc3;
+                }
+                NodeId(bytes)
+            })
+            .collect()
+    }
+
+    /// `root_without(excluded)` against a fresh tree of what remains.
+    fn check_root_without(set: &[NodeId], excluded: &[NodeId]) {
+        let mut t = tree(set);
+        let before = t.root();
+        let gone: BTreeSet<NodeId> = excluded.iter().copied().collect();
+        let rest: Vec<NodeId> = set
+            .iter()
+            .copied()
+            .filter(|id| !gone.contains(id))
+            .collect();
+        assert_eq!(t.root_without(excluded), tree(&rest).root());
+        // The tree itself is unchanged.
+        assert_eq!(t.root(), before);
+        assert_eq!(t.root_without(&[]), before);
+    }
+
+    #[test]
+    fn root_without_collapses_branches_into_leaves() {
+        let mut rng = StdRng::seed_from_u64(8);
+        // Just above a split: taking out a few ids must hash the rest as one leaf.
+        let set = some_ids(&mut rng, LEAF_MAX + 3, false);
+        check_root_without(&set, &set[..3]);
+        check_root_without(&set, &set[..4]);
+        check_root_without(&set, &set[..2]);
+        check_root_without(&set, &set);
+        // Nested collapse: a deep, narrow tree.
+        let set = some_ids(&mut rng, 200, true);
+        check_root_without(&set, &set[..170]);
+        check_root_without(&set, &set[..168]);
+        // Excluded ids outside the set, duplicated ids, and an empty set.
+        let outside = some_ids(&mut rng, 10, true);
+        let mut excluded: Vec<NodeId> = outside.clone();
+        excluded.extend_from_slice(&set[..5]);
+        excluded.extend_from_slice(&set[..5]);
+        check_root_without(&set, &excluded);
+        check_root_without(&[], &outside);
+    }
+
+    #[test]
+    fn levels_match_prefix_summaries() {
+        let mut rng = StdRng::seed_from_u64(9);
+        for n in [0, 20, 40, 700, 5_000] {
+            let set = some_ids(&mut rng, n, false);
+            let mut t = tree(&set);
+            for depth in 0..=3u8 {
+                let level = t.level(depth);
+                assert_eq!(level.len(), 1 << (4 * depth));
+                for (index, summary) in level.iter().enumerate() {
+                    let prefix = Prefix::from_index(depth, index).unwrap();
+                    assert_eq!(prefix.len(), usize::from(depth));
+                    assert_eq!(*summary, t.summary(&prefix), "n {n} depth {depth} {index}");
+                }
+                let total: u64 = level.iter().map(|s| s.count).sum();
+                assert_eq!(total, n as u64);
+            }
+            assert_eq!(t.level(0), vec![t.root()]);
+            let level = t.level(4);
+            assert_eq!(level.len(), 65_536);
+            for id in &set {
+                let bucket = prefix_of(id, 4);
+                assert!(Prefix::from_index(4, bucket).unwrap().covers(id));
+                assert_eq!(
+                    level[bucket],
+                    t.summary(&Prefix::from_index(4, bucket).unwrap())
+                );
+            }
+            assert!(t.level(MAX_LEVEL_DEPTH + 1).is_empty());
+        }
+    }
+
+    #[test]
+    fn bucket_indexes_name_prefixes() {
+        let id = NodeId([0xa5; 32]);
+        assert_eq!(prefix_of(&id, 0), 0);
+        assert_eq!(prefix_of(&id, 1), 0xa);
+        assert_eq!(prefix_of(&id, 3), 0xa5a);
+        assert_eq!(prefix_of(&id, 9), 0xa5a5);
+        let p = Prefix::from_index(3, 0xa5a).unwrap();
+        assert_eq!(
+            p,
+            Prefix::ROOT
+                .child(0xa)
+                .unwrap()
+                .child(5)
+                .unwrap()
+                .child(0xa)
+                .unwrap()
+        );
+        assert_eq!(Prefix::from_index(0, 0), Some(Prefix::ROOT));
+        assert_eq!(Prefix::from_index(0, 1), None);
+        assert_eq!(Prefix::from_index(2, 256), None);
+        assert_eq!(Prefix::from_index(MAX_LEVEL_DEPTH + 1, 0), None);
+        for index in 0..256 {
+            let p = Prefix::from_index(2, index).unwrap();
+            let mut bytes = [0u8; 32];
+            bytes[0] = u8::try_from(index).unwrap();
+            assert!(p.covers(&NodeId(bytes)));
+            assert_eq!(prefix_of(&NodeId(bytes), 2), index);
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn root_without_equals_a_fresh_build(
+            seed in proptest::prelude::any::<u64>(),
+            n in proptest::prop_oneof![0usize..120, 0usize..3_000],
+            percent_out in proptest::prop_oneof![0u32..=100, 80u32..=100],
+            outside in 0usize..20,
+            narrow in proptest::prelude::any::<bool>(),
+        ) {
+            let mut rng = StdRng::seed_from_u64(seed);
+            let set = some_ids(&mut rng, n, narrow);
+            let mut excluded: Vec<NodeId> = set
+                .iter()
+                .copied()
+                .filter(|_| rng.random_range(0..100) < percent_out)
+                .collect();
+            excluded.extend(some_ids(&mut rng, outside, narrow));
+            check_root_without(&set, &excluded);
+        }
     }
 
     #[test]

@@ -68,6 +68,8 @@ const CHAINS: u64 = 4;
 /// The client's catch-up credit window: one byte, so each grant releases one batch and the
 /// relay's reconciliation CPU includes at most one batch of streaming.
 const WINDOW: u64 = 1;
+/// What weft's client offers: sketch reconciliation with refinement.
+const SKETCHES: Capabilities = Capabilities::IBF.union(Capabilities::MST);
 /// Wave limit of one session, far above any legitimate exchange.
 const MAX_WAVES: usize = 1_000_000;
 
@@ -412,7 +414,10 @@ impl ClientState {
 struct Measured {
     /// The path the engine took, if it has several.
     path: String,
+    /// Round trips until the client knows the whole difference.
     rtt: u64,
+    /// One-way flights of reconciliation messages until both sides know what to send.
+    flights: u64,
     /// Client to relay.
     bytes_up: u64,
     /// Relay to client.
@@ -492,6 +497,7 @@ impl Engine for NegentropyPeer {
             let mut msg = timed(&mut m.client_cpu, || client.initiate())?;
             loop {
                 m.rtt += 1;
+                m.flights += 2;
                 m.bytes_up += msg.len() as u64;
                 let answer = timed(&mut m.relay_cpu, || relay.reconcile(&msg))?;
                 m.bytes_down += answer.len() as u64;
@@ -561,10 +567,17 @@ enum Dir {
 struct Tally {
     m: Measured,
     last_dir: Option<Dir>,
-    turns: u64,
+    /// One-way flights of reconciliation messages until both sides know what to send.
+    flights: u64,
+    /// Flights toward the client: the round trips until the client knows the difference.
+    answers: u64,
     /// The client is steady and its pushes are queued: stop counting.
     done: bool,
     plan: Option<Plan>,
+    /// The sketch needed its extension.
+    extended: bool,
+    /// The sketch path fell back to refinement.
+    refined: bool,
     nodes_down: u64,
     arrived: u64,
     /// Client frames of reconciliation, for replaying the relay side.
@@ -574,7 +587,10 @@ struct Tally {
 impl Tally {
     fn turn(&mut self, dir: Dir) {
         if self.last_dir != Some(dir) {
-            self.turns += 1;
+            self.flights += 1;
+            if dir == Dir::Down {
+                self.answers += 1;
+            }
             self.last_dir = Some(dir);
         }
     }
@@ -591,23 +607,25 @@ impl Tally {
         {
             self.plan = Some(w.plan);
         }
+        if dir == Dir::Up && ty == Some(MessageType::Retry) {
+            self.extended = true;
+        }
+        if dir == Dir::Down && ty == Some(MessageType::Buckets) && self.plan == Some(Plan::Sketch) {
+            self.refined = true;
+        }
         if self.done {
             return;
         }
         let counted = match ty {
-            Some(
-                MessageType::Hello
-                | MessageType::Welcome
-                | MessageType::Ids
-                | MessageType::Need
-                | MessageType::CatchUpDone,
-            ) => {
+            Some(ty) if is_exchange(ty) => {
                 self.turn(dir);
                 if dir == Dir::Up {
                     self.recon_up.push(frame.clone());
                 }
                 frame.len()
             }
+            // The end of the stream, not a turn of the exchange.
+            Some(MessageType::CatchUpDone) => frame.len(),
             Some(MessageType::Batch | MessageType::Pack | MessageType::Broadcast) => {
                 let overhead = node_frame_overhead(frame);
                 self.m.stream_framing_bytes += overhead as u64;
@@ -625,6 +643,23 @@ impl Tally {
             Dir::Down => self.m.bytes_down += counted,
         }
     }
+}
+
+/// Messages of the reconciliation exchange proper (each flight of them is a turn).
+fn is_exchange(ty: MessageType) -> bool {
+    matches!(
+        ty,
+        MessageType::Hello
+            | MessageType::Welcome
+            | MessageType::Ids
+            | MessageType::Need
+            | MessageType::Sketch
+            | MessageType::Want
+            | MessageType::Retry
+            | MessageType::Buckets
+            | MessageType::BucketIds
+            | MessageType::Missing
+    )
 }
 
 /// Bytes of a `batch`/`broadcast`/`pack` frame before its nodes: `[type, [head, [nodes…]]]`.
@@ -724,7 +759,7 @@ impl Engine for WeftCurrent {
         };
         hub.connect(sid, t0);
         let started = timed(&mut t.m.client_cpu, || {
-            Link::start(&replica, Capabilities::NONE, WINDOW)
+            Link::start(&replica, SKETCHES, WINDOW)
         });
         let (mut link, hello) = match started {
             Ok(x) => x,
@@ -766,7 +801,7 @@ impl Engine for WeftCurrent {
             for frame in std::mem::take(&mut up) {
                 t.frame(Dir::Up, &frame);
                 let ty = protocol::peek_type(&frame);
-                let recon = matches!(ty, Some(MessageType::Hello | MessageType::Ids));
+                let recon = ty.is_some_and(is_exchange);
                 let mut scratch = Duration::ZERO;
                 let acc = if recon && !t.done {
                     &mut t.m.relay_cpu
@@ -803,10 +838,7 @@ impl Engine for WeftCurrent {
                         .filter(|o| matches!(o, Outcome::Duplicate(_)));
                     t.m.redundant_nodes += dups.count() as u64;
                 }
-                let recon = matches!(
-                    ty,
-                    Some(MessageType::Welcome | MessageType::Need | MessageType::CatchUpDone)
-                );
+                let recon = ty.is_some_and(|ty| is_exchange(ty) || ty == MessageType::CatchUpDone);
                 let mut scratch = Duration::ZERO;
                 let acc = if recon && !t.done {
                     &mut t.m.client_cpu
@@ -854,12 +886,17 @@ impl Engine for WeftCurrent {
         }
         // Less the relay-side replay, which ran in the middle.
         t.m.session = t0.elapsed().saturating_sub(replay_time);
-        t.m.rtt = t.turns.div_ceil(2);
+        t.m.rtt = t.answers;
+        t.m.flights = t.flights;
         t.m.redundant_nodes += t.nodes_down.saturating_sub(t.arrived);
         t.m.path = match t.plan {
             Some(Plan::InSync) => "in-sync",
             Some(Plan::CatchUp) => "catch-up",
             Some(Plan::SendIds) => "id-list",
+            Some(Plan::Sketch) if t.refined => "sketch→refine",
+            Some(Plan::Sketch) if t.extended => "sketch+ext",
+            Some(Plan::Sketch) => "sketch",
+            Some(Plan::Refine) => "refine",
             None => "none",
         }
         .to_owned();
@@ -960,6 +997,7 @@ fn row_json(r: &Row) -> serde_json::Value {
         "n": r.n,
         "d": r.d,
         "rtt": w.rtt,
+        "flights": w.flights,
         "bytes_up": w.bytes_up,
         "bytes_down": w.bytes_down,
         "bytes": w.bytes(),
@@ -973,6 +1011,7 @@ fn row_json(r: &Row) -> serde_json::Value {
         "session_wall_ms": w.session.as_secs_f64() * 1e3,
         "note": w.note,
         "negentropy_rtt": g.rtt,
+        "negentropy_flights": g.flights,
         "negentropy_bytes_up": g.bytes_up,
         "negentropy_bytes_down": g.bytes_down,
         "negentropy_bytes": g.bytes(),
@@ -1016,6 +1055,7 @@ fn cells(r: &Row, m: &Measured, versus: Option<&Measured>) -> Vec<String> {
         client.into(),
         m.path.clone(),
         m.rtt.to_string(),
+        m.flights.to_string(),
         thousands(m.bytes_up),
         thousands(m.bytes_down),
         thousands(m.bytes()),
@@ -1048,6 +1088,7 @@ fn print_table(rows: &[Row], n: usize) {
         "client",
         "path",
         "rtt",
+        "flights",
         "up B",
         "down B",
         "total B",

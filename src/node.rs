@@ -114,6 +114,12 @@ bytes32!(
     "digest sum"
 );
 bytes32!(
+    /// The root hash of a set's prefix tree (protocol/README.md §5.8): a collision-resistant
+    /// digest of the set, used to verify sketch reconciliation.
+    TreeHash,
+    "tree hash"
+);
+bytes32!(
     /// An author's public key. The relay carries it; checking signatures is a later capability.
     AuthorKey,
     "author key"

@@ -11,11 +11,14 @@ use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 use serde_json::{Map, Value};
-use weft::node::{AuthorKey, BlobHash, BlobRef, DigestSum, Node, NodeId, NodeLimits, RoomId};
+use weft::node::{
+    AuthorKey, BlobHash, BlobRef, DigestSum, Node, NodeId, NodeLimits, RoomId, TreeHash,
+};
 use weft::protocol::{
-    self, Ack, Batch, Broadcast, Capabilities, CatchUpDone, Credit, DecodeError, ErrorCode,
-    ErrorMessage, Hello, Ids, Message, MessageType, Need, Outcome, Pack, Plan, Presence,
-    PresenceUpdate, RelayLimits, Resolved, SyncHints, Watermark, Welcome,
+    self, Ack, Batch, Broadcast, BucketIds, Buckets, Capabilities, CatchUpDone, Credit,
+    DecodeError, ErrorCode, ErrorMessage, Hello, Ids, Message, MessageType, Missing, Need, Outcome,
+    Pack, Plan, Presence, PresenceUpdate, RelayLimits, Resolved, Retry, SharedRoot, Sketch,
+    SyncHints, Want, Watermark, Welcome,
 };
 use weft::recon::SetDigest;
 
@@ -41,6 +44,12 @@ fn type_name(ty: MessageType) -> &'static str {
         MessageType::Broadcast => "broadcast",
         MessageType::Presence => "presence",
         MessageType::PresenceUpdate => "presence_update",
+        MessageType::Sketch => "sketch",
+        MessageType::Want => "want",
+        MessageType::Retry => "retry",
+        MessageType::Buckets => "buckets",
+        MessageType::BucketIds => "bucket_ids",
+        MessageType::Missing => "missing",
         MessageType::ErrorMessage => "error",
     }
 }
@@ -280,6 +289,12 @@ fn message(mut o: Obj) -> Res<Message> {
                 digest: digest(h.obj("digest")?)?,
                 watermark,
                 heads: h.ids("heads")?,
+                unsynced: h.u64("unsynced")?,
+                estimator: match h.take("estimator")? {
+                    Value::Null => None,
+                    Value::String(s) => Some(Bytes::from(parse_hex(&s)?)),
+                    other => return Err(format!("hints.estimator: {other}")),
+                },
             };
             h.finish()?;
             Message::Hello(Hello {
@@ -300,6 +315,8 @@ fn message(mut o: Obj) -> Res<Message> {
                 "in_sync" => Plan::InSync,
                 "catch_up" => Plan::CatchUp,
                 "send_ids" => Plan::SendIds,
+                "sketch" => Plan::Sketch,
+                "refine" => Plan::Refine,
                 other => return Err(format!("unknown plan {other:?}")),
             },
             limits: limits(o.obj("limits")?)?,
@@ -356,6 +373,46 @@ fn message(mut o: Obj) -> Res<Message> {
         MessageType::PresenceUpdate => Message::PresenceUpdate(PresenceUpdate {
             peer: o.u64("peer")?,
             state: Bytes::from(o.hex("state")?),
+        }),
+        MessageType::Sketch => Message::Sketch(Sketch {
+            log2: o.narrow("log2")?,
+            extension: o.bool("extension")?,
+            key: Bytes::from(o.hex("key")?),
+            cells: Bytes::from(o.hex("cells")?),
+        }),
+        MessageType::Want => Message::Want(Want {
+            shorts: Bytes::from(o.hex("shorts")?),
+            last: o.bool("last")?,
+            shared: match o.take("shared")? {
+                Value::Null => None,
+                v => {
+                    let mut r = Obj::new(v, "want.shared")?;
+                    let root = SharedRoot {
+                        count: r.u64("count")?,
+                        hash: TreeHash(r.id32("hash")?),
+                    };
+                    r.finish()?;
+                    Some(root)
+                }
+            },
+        }),
+        MessageType::Retry => Message::Retry(Retry {
+            cells_left: o.u64("cells_left")?,
+        }),
+        MessageType::Buckets => Message::Buckets(Buckets {
+            depth: o.narrow("depth")?,
+            key: Bytes::from(o.hex("key")?),
+            summaries: Bytes::from(o.hex("summaries")?),
+            last: o.bool("last")?,
+        }),
+        MessageType::BucketIds => Message::BucketIds(BucketIds {
+            differing: Bytes::from(o.hex("differing")?),
+            shorts: Bytes::from(o.hex("shorts")?),
+            last: o.bool("last")?,
+        }),
+        MessageType::Missing => Message::Missing(Missing {
+            shorts: Bytes::from(o.hex("shorts")?),
+            last: o.bool("last")?,
         }),
         MessageType::ErrorMessage => Message::ErrorMessage(ErrorMessage {
             code: o.narrow("code")?,

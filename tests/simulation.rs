@@ -202,6 +202,8 @@ struct Stats {
     plans_in_sync: u64,
     plans_catch_up: u64,
     plans_id_list: u64,
+    plans_sketch: u64,
+    plans_refine: u64,
     late_joins_populated: u64,
     offline_reconnects: u64,
     presence_updates: u64,
@@ -229,6 +231,8 @@ impl Stats {
         self.plans_in_sync += o.plans_in_sync;
         self.plans_catch_up += o.plans_catch_up;
         self.plans_id_list += o.plans_id_list;
+        self.plans_sketch += o.plans_sketch;
+        self.plans_refine += o.plans_refine;
         self.late_joins_populated += o.late_joins_populated;
         self.offline_reconnects += o.offline_reconnects;
         self.presence_updates += o.presence_updates;
@@ -367,11 +371,15 @@ impl Sim {
             Duration::from_millis(self.rng.random_range(1..40))
         };
         let offered_presence = self.rng.random_bool(0.7);
-        let capabilities = if offered_presence {
+        let mut capabilities = if offered_presence {
             Capabilities::PRESENCE
         } else {
             Capabilities::NONE
         };
+        // Most connections reconcile with sketches, the rest by the baseline paths.
+        if self.rng.random_bool(0.6) {
+            capabilities = capabilities.union(Capabilities::IBF.union(Capabilities::MST));
+        }
         let window = [300, 4_096, 1 << 16][self.rng.random_range(0..3)];
         let client = &mut self.clients[c];
         if client.waiting_to_join {
@@ -583,6 +591,8 @@ impl Sim {
                 Plan::InSync => self.stats.plans_in_sync += 1,
                 Plan::CatchUp => self.stats.plans_catch_up += 1,
                 Plan::SendIds => self.stats.plans_id_list += 1,
+                Plan::Sketch => self.stats.plans_sketch += 1,
+                Plan::Refine => self.stats.plans_refine += 1,
             },
             Message::Batch(batch) => {
                 // Catch-up may resend a node the replica holds unconfirmed (that is how it
@@ -1137,6 +1147,7 @@ fn random_schedules_converge() {
         assert!(stats.writes_offline > 100, "{stats:?}");
         assert!(stats.plans_in_sync > 100, "{stats:?}");
         assert!(stats.plans_catch_up > 100, "{stats:?}");
+        assert!(stats.plans_refine > 50, "{stats:?}");
         assert!(stats.presence_updates > 100, "{stats:?}");
     }
 }
@@ -1157,7 +1168,10 @@ fn relay_restarts_with_a_new_epoch_converge() {
     if !single_seed() {
         assert_eq!(stats.schedules, SEEDS_PER_FAMILY);
         assert_eq!(stats.restarts, SEEDS_PER_FAMILY);
-        assert!(stats.plans_id_list > SEEDS_PER_FAMILY / 2, "{stats:?}");
+        // Clients that lost their watermark reconcile by every whole-set path there is.
+        assert!(stats.plans_id_list > SEEDS_PER_FAMILY / 4, "{stats:?}");
+        assert!(stats.plans_sketch > SEEDS_PER_FAMILY / 4, "{stats:?}");
+        assert!(stats.plans_refine > SEEDS_PER_FAMILY, "{stats:?}");
     }
 }
 

@@ -506,7 +506,12 @@ where
                 other => bail!("unexpected {:?} during catch-up", other.message_type()),
             }
         },
-        Plan::SendIds => bail!("an empty client was asked for its ids"),
+        Plan::SendIds | Plan::Sketch | Plan::Refine => {
+            bail!(
+                "an empty client was asked to reconcile ({:?})",
+                welcome.plan
+            )
+        }
     }
 }
 

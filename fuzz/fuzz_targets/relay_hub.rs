@@ -21,12 +21,13 @@ use std::time::{Duration, Instant};
 
 use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
-use weft::node::{AuthorKey, BlobHash, BlobRef, Node, NodeId, NodeLimits, RoomId};
+use weft::node::{AuthorKey, BlobHash, BlobRef, Node, NodeId, NodeLimits, RoomId, TreeHash};
 use weft::protocol::{
-    self, Capabilities, Credit, Direction, Hello, Ids, Message, Outcome, Pack, Presence, SyncHints,
-    Watermark,
+    self, BucketIds, Capabilities, Credit, Direction, Hello, Ids, Message, Outcome, Pack, Presence,
+    Retry, SharedRoot, SyncHints, Want, Watermark,
 };
 use weft::recon::SetDigest;
+use weft::recon::ibf::SketchKey;
 use weft::room::{Audience, Hub, HubConfig, OrphanLimits, Outbox, Room, SessionId};
 use weft::session::RelaySessionConfig;
 
@@ -66,6 +67,23 @@ enum Op {
         slot: u8,
         state: Vec<u8>,
     },
+    /// Short ids of the room's own nodes (by pool index) or made up, with a shared root.
+    Want {
+        slot: u8,
+        picks: Vec<u8>,
+        made_up: Vec<u64>,
+        last: bool,
+        shared: Option<(u8, bool)>,
+    },
+    Retry {
+        slot: u8,
+    },
+    BucketIds {
+        slot: u8,
+        differing: Vec<u8>,
+        shorts: Vec<u64>,
+        last: bool,
+    },
     /// A valid frame with one byte changed.
     Corrupt {
         slot: u8,
@@ -85,6 +103,9 @@ enum HintsChoice {
         heads: Vec<u8>,
         watermark: Option<(bool, u8)>,
         digest_of: Vec<u8>,
+        unsynced: u8,
+        /// Estimator bytes, valid or not (protocol/README.md §5.7.2).
+        estimator: Option<Vec<u8>>,
     },
 }
 
@@ -263,11 +284,14 @@ impl World {
                 digest: self.hub.room().digest(),
                 watermark: None,
                 heads: vec![],
+                ..SyncHints::default()
             },
             HintsChoice::Claim {
                 heads,
                 watermark,
                 digest_of,
+                unsynced,
+                estimator,
             } => SyncHints {
                 digest: SetDigest::of(self.pick(digest_of).iter().map(|n| &n.id)),
                 watermark: watermark.map(|(same_epoch, seq)| Watermark {
@@ -283,6 +307,8 @@ impl World {
                     .iter()
                     .map(|n| n.id)
                     .collect(),
+                unsynced: u64::from(*unsynced),
+                estimator: estimator.clone().map(bytes::Bytes::from),
             },
         }
     }
@@ -448,6 +474,58 @@ impl World {
             Op::Raw { slot, frame } => {
                 let slot = self.slot(*slot);
                 self.send_raw(slot, frame);
+            }
+            Op::Want {
+                slot,
+                picks,
+                made_up,
+                last,
+                shared,
+            } => {
+                let slot = self.slot(*slot);
+                let key = SketchKey::for_room(&room_id(), self.hub.room().epoch());
+                let mut shorts: Vec<u64> = self
+                    .pick(&picks[..picks.len().min(16)])
+                    .iter()
+                    .map(|n| key.short_id(&n.id))
+                    .collect();
+                shorts.extend(made_up.iter().take(16));
+                // A root that matches the room (as if the client held all of it) or garbage.
+                let shared = shared.map(|(count, honest)| {
+                    let digest = self.hub.room().digest();
+                    SharedRoot {
+                        count: if honest {
+                            digest.count
+                        } else {
+                            u64::from(count)
+                        },
+                        hash: TreeHash([count; 32]),
+                    }
+                });
+                let message = Message::Want(Want {
+                    shorts: protocol::pack_shorts(shorts),
+                    last: *last,
+                    shared,
+                });
+                self.send(slot, &message);
+            }
+            Op::Retry { slot } => {
+                let slot = self.slot(*slot);
+                self.send(slot, &Message::Retry(Retry { cells_left: 3 }));
+            }
+            Op::BucketIds {
+                slot,
+                differing,
+                shorts,
+                last,
+            } => {
+                let slot = self.slot(*slot);
+                let message = Message::BucketIds(BucketIds {
+                    differing: bytes::Bytes::from(differing.clone()),
+                    shorts: protocol::pack_shorts(shorts.iter().take(64).copied()),
+                    last: *last,
+                });
+                self.send(slot, &message);
             }
             Op::Pack {
                 slot,

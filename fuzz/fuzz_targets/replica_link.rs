@@ -359,7 +359,7 @@ fn check_replica(replica: &Replica) {
         .filter(|id| !replica.is_synced(id))
         .collect();
     assert_eq!(unsynced, expected, "unsynced");
-    let hints = replica.hints();
+    let hints = replica.hints(false);
     assert_eq!(hints.digest, replica.digest());
     let synced_heads: HashSet<NodeId> = synced
         .iter()

@@ -3,6 +3,7 @@
 
 use std::fmt;
 
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::node::{NodeId, NodeLimits};
@@ -22,8 +23,18 @@ impl Capabilities {
     pub const NONE: Self = Self(0);
     /// Ephemeral per-peer presence state (`presence`, `presence_update`).
     pub const PRESENCE: Self = Self(1 << 0);
+    /// Sketch reconciliation: plan `sketch`, messages `sketch`, `want`, `retry` (§5.7).
+    pub const IBF: Self = Self(1 << 1);
+    /// Prefix-tree refinement: plan `refine`, messages `buckets`, `bucket_ids`, `missing`
+    /// (§5.9).
+    pub const MST: Self = Self(1 << 2);
     /// Everything this build implements.
-    pub const SUPPORTED: Self = Self::PRESENCE;
+    pub const SUPPORTED: Self = Self::PRESENCE.union(Self::IBF).union(Self::MST);
+
+    /// Flags present in either set.
+    pub const fn union(self, other: Self) -> Self {
+        Self(self.0 | other.0)
+    }
 
     /// Flags present in both sets. Unknown bits from a newer peer drop out here.
     pub fn intersect(self, other: Self) -> Self {
@@ -58,8 +69,14 @@ pub struct SyncHints {
     pub digest: SetDigest,
     /// The client's watermark in the room's current epoch, if it has synced before.
     pub watermark: Option<Watermark>,
-    /// Heads of the client's *synced* subset (nodes the relay acked or sent).
+    /// Heads of the client's *synced* subset (nodes the relay acked or sent). A client that
+    /// offers `ibf` sends none: the relay plans from the watermark and counts instead.
     pub heads: Vec<NodeId>,
+    /// How many of the client's nodes are not known to be held by the relay.
+    pub unsynced: u64,
+    /// A difference estimator over every node the client holds (§5.7.1), sent by a client
+    /// that offers `ibf` and has no watermark; `None` otherwise.
+    pub estimator: Option<Bytes>,
 }
 
 /// First frame of a session, client to relay.
@@ -87,6 +104,12 @@ pub enum Plan {
     CatchUp = 1,
     /// The client sends `ids` frames; the relay answers `need`, then streams like `CatchUp`.
     SendIds = 2,
+    /// The relay sends its `sketch`; the client answers `want` (or `retry`), then the relay
+    /// streams like `CatchUp`.
+    Sketch = 3,
+    /// The relay sends `buckets`; the client answers `bucket_ids`, the relay `missing`, then
+    /// it streams like `CatchUp`.
+    Refine = 4,
 }
 
 impl Serialize for Plan {
@@ -101,6 +124,8 @@ impl<'de> Deserialize<'de> for Plan {
             0 => Ok(Self::InSync),
             1 => Ok(Self::CatchUp),
             2 => Ok(Self::SendIds),
+            3 => Ok(Self::Sketch),
+            4 => Ok(Self::Refine),
             other => Err(serde::de::Error::custom(format_args!(
                 "unknown plan {other}"
             ))),

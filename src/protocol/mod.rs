@@ -11,6 +11,7 @@ mod handshake;
 mod pack;
 mod prebuilt;
 mod presence;
+mod recon;
 mod sync;
 
 use bytes::Bytes;
@@ -24,6 +25,11 @@ pub use handshake::{
 pub use pack::{Ack, Broadcast, Outcome, Pack, Resolved};
 pub use prebuilt::{BATCH_OVERHEAD, batch_frame, broadcast_frame, encode_node};
 pub use presence::{Presence, PresenceUpdate};
+pub use recon::{
+    BUCKET_HASH_BYTES, BucketIds, BucketSummary, Buckets, KEY_BYTES, Missing, Retry, SHORT_BYTES,
+    SharedRoot, ShortsLengthError, Sketch, Want, bucket_ids_messages, buckets_messages,
+    missing_messages, pack_buckets, pack_shorts, unpack_buckets, unpack_shorts, want_messages,
+};
 pub use sync::{Batch, CatchUpDone, Credit, Ids, Need};
 
 macro_rules! messages {
@@ -98,6 +104,12 @@ messages! {
     Presence = 12, ClientToRelay;
     PresenceUpdate = 13, RelayToClient;
     ErrorMessage = 14, Both;
+    Sketch = 15, RelayToClient;
+    Want = 16, ClientToRelay;
+    Retry = 17, ClientToRelay;
+    Buckets = 18, RelayToClient;
+    BucketIds = 19, ClientToRelay;
+    Missing = 20, RelayToClient;
 }
 
 /// Which side may send a message type.

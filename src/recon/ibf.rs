@@ -48,7 +48,10 @@ pub const CELL_BYTES: usize = 13;
 
 /// The per-room, per-epoch key that maps ids to short ids.
 #[derive(Clone, Copy, PartialEq, Eq)]
-pub struct SketchKey(pub [u8; 32]);
+pub struct SketchKey(pub [u8; KEY_BYTES]);
+
+/// Bytes in a sketch key.
+pub const KEY_BYTES: usize = 16;
 
 impl std::fmt::Debug for SketchKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -97,16 +100,28 @@ impl SketchKey {
         h.update(&(room.as_str().len() as u64).to_le_bytes());
         h.update(room.as_str().as_bytes());
         h.update(&epoch.to_le_bytes());
-        Self(*h.finalize().as_bytes())
+        let derived = h.finalize();
+        Self(
+            derived
+                .as_bytes()
+                .first_chunk()
+                .copied()
+                .unwrap_or_default(),
+        )
     }
 
-    /// The key's bytes, as they travel.
-    pub fn wire(&self) -> &[u8; 32] {
+    /// The key's bytes, as they travel (protocol/README.md §5.7.1).
+    pub fn wire(&self) -> &[u8; KEY_BYTES] {
         &self.0
     }
 
-    fn words(&self) -> [u64; 4] {
-        let mut words = [0u64; 4];
+    /// A key received on the wire; `None` unless it is exactly [`KEY_BYTES`] long.
+    pub fn from_wire(bytes: &[u8]) -> Option<Self> {
+        <[u8; KEY_BYTES]>::try_from(bytes).ok().map(Self)
+    }
+
+    fn words(&self) -> [u64; 2] {
+        let mut words = [0u64; 2];
         for (word, chunk) in words.iter_mut().zip(self.0.chunks_exact(8)) {
             let mut bytes = [0u8; 8];
             bytes.copy_from_slice(chunk);
@@ -532,7 +547,7 @@ mod tests {
     use super::*;
 
     fn key() -> SketchKey {
-        SketchKey([7; 32])
+        SketchKey([7; KEY_BYTES])
     }
 
     fn random_ids(rng: &mut StdRng, n: usize) -> Vec<NodeId> {
@@ -843,8 +858,8 @@ mod tests {
     fn keys_change_the_mapping() {
         let id = NodeId([3; 32]);
         assert_ne!(
-            SketchKey([1; 32]).short_id(&id),
-            SketchKey([2; 32]).short_id(&id)
+            SketchKey([1; KEY_BYTES]).short_id(&id),
+            SketchKey([2; KEY_BYTES]).short_id(&id)
         );
     }
 

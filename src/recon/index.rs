@@ -247,12 +247,12 @@ impl SetIndex {
     }
 
     /// The prefix tree.
-    pub fn tree(&mut self) -> &mut PrefixTree {
+    pub fn tree_mut(&mut self) -> &mut PrefixTree {
         &mut self.tree
     }
 
     /// The prefix tree, read-only (listing ids needs no cached hash).
-    pub fn tree_ref(&self) -> &PrefixTree {
+    pub fn tree(&self) -> &PrefixTree {
         &self.tree
     }
 
@@ -272,7 +272,7 @@ mod tests {
     use super::*;
 
     fn key() -> SketchKey {
-        SketchKey([5; 32])
+        SketchKey([5; crate::recon::ibf::KEY_BYTES])
     }
 
     fn ids(rng: &mut StdRng, n: usize) -> Vec<NodeId> {
@@ -383,7 +383,7 @@ mod tests {
         assert!(index.is_empty());
         assert_eq!(index.sketch(0).unwrap(), Ibf::new(MIN_LOG2).unwrap());
         assert_eq!(index.sketch_at(9).unwrap(), Ibf::new(9).unwrap());
-        assert_eq!(index.tree_ref().len(), 0);
+        assert_eq!(index.tree().len(), 0);
     }
 
     #[test]

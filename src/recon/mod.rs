@@ -26,7 +26,10 @@ pub mod prefix_tree;
 pub use digest::SetDigest;
 
 use crate::node::NodeId;
-use crate::protocol::{SyncHints, Watermark};
+use crate::protocol::{Capabilities, SyncHints, Watermark};
+
+use estimator::Estimate;
+use index::{MAX_SKETCH_FRACTION, log2_for};
 
 /// The single reconciliation path the relay picks for a session from the client's hints.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -41,6 +44,16 @@ pub enum ReconPath {
     },
     /// The client must list its ids.
     IdList,
+    /// Send the room's sketch at `2^log2` cells per sub-table (capability `ibf`).
+    Sketch {
+        /// Cells per sub-table, as a power of two.
+        log2: u8,
+    },
+    /// Compare prefix-tree buckets at `depth` (capability `mst`).
+    Refine {
+        /// Prefix length in hex digits.
+        depth: u8,
+    },
 }
 
 /// What the planner needs to know about the relay's side of a room.
@@ -54,11 +67,34 @@ pub struct RelaySide {
     pub seq: u64,
 }
 
+/// Deepest bucket level a refinement uses: 16^4 = 65,536 buckets.
+pub const MAX_REFINE_DEPTH: u8 = 4;
+
+/// Ids per bucket a refinement aims for at most: small enough that a differing bucket costs
+/// little to list, large enough that summaries stay a small fraction of the id lists.
+const REFINE_BUCKET_TARGET: u64 = 512;
+
+/// Bucket depth for refining sets of up to `larger` ids: the shallowest level whose buckets
+/// hold at most [`REFINE_BUCKET_TARGET`] ids on average (at least 1, at most
+/// [`MAX_REFINE_DEPTH`]).
+pub fn refine_depth(larger: u64) -> u8 {
+    let mut depth = 1u8;
+    let mut buckets = 16u64;
+    while depth < MAX_REFINE_DEPTH && buckets.saturating_mul(REFINE_BUCKET_TARGET) < larger {
+        depth += 1;
+        buckets = buckets.saturating_mul(16);
+    }
+    depth
+}
+
 /// Picks the reconciliation path (protocol/README.md §5.1). `knows` tells whether the room
-/// holds a node.
+/// holds a node; `estimate` is the difference measured from the client's estimator, if it
+/// sent a valid one.
 pub fn choose_path(
     client: &SyncHints,
     relay: RelaySide,
+    capabilities: Capabilities,
+    estimate: Option<Estimate>,
     knows: impl Fn(&NodeId) -> bool,
 ) -> ReconPath {
     if client.digest == relay.digest {
@@ -69,11 +105,53 @@ pub fn choose_path(
         Some(Watermark { epoch, seq }) if epoch == relay.epoch && seq <= relay.seq => seq,
         _ => 0,
     };
+    // The sketch path needs refinement as its fallback, so it takes both capabilities.
+    if capabilities.contains(Capabilities::IBF.union(Capabilities::MST)) {
+        return plan_with_sketches(client, relay, after, estimate);
+    }
     let synced_set_is_empty = client.heads.is_empty() && after == 0;
     if client.heads.iter().all(knows) && (synced_set_is_empty || !client.heads.is_empty()) {
         ReconPath::CatchUp { after }
     } else {
         ReconPath::IdList
+    }
+}
+
+/// §5.7.2: the plan for a client that negotiated `ibf` and `mst`.
+fn plan_with_sketches(
+    client: &SyncHints,
+    relay: RelaySide,
+    after: u64,
+    estimate: Option<Estimate>,
+) -> ReconPath {
+    let (ours, theirs) = (relay.digest.count, client.digest.count);
+    // An empty client, or one complete up to a watermark of this epoch, lacks exactly the
+    // nodes numbered after it; whatever it holds beyond that it pushes itself.
+    if theirs == 0 || after > 0 {
+        return ReconPath::CatchUp { after };
+    }
+    let (difference, beyond_estimator) = match estimate {
+        Some(Estimate::About(d)) => (d, false),
+        Some(Estimate::AtLeast(d)) => (d, true),
+        // A client that synced in another epoch: its synced nodes are (assumed) in the room,
+        // so the room's extra nodes plus its unsynced ones bound the difference.
+        None => {
+            let synced = theirs.saturating_sub(client.unsynced);
+            let extra = ours.saturating_sub(synced);
+            (extra.saturating_add(client.unsynced), false)
+        }
+    };
+    // The digests differ, so something does.
+    let difference = difference.max(1);
+    let smaller = ours.min(theirs) as f64;
+    if beyond_estimator || difference as f64 > MAX_SKETCH_FRACTION * smaller {
+        ReconPath::Refine {
+            depth: refine_depth(ours.max(theirs)),
+        }
+    } else {
+        ReconPath::Sketch {
+            log2: log2_for(difference),
+        }
     }
 }
 
@@ -94,6 +172,7 @@ mod tests {
             digest,
             watermark,
             heads,
+            ..SyncHints::default()
         }
     }
 
@@ -102,7 +181,13 @@ mod tests {
         let mut d = SetDigest::default();
         d.insert(&NodeId([1; 32]));
         assert_eq!(
-            choose_path(&hints(d, None, vec![]), relay(d), |_| false),
+            choose_path(
+                &hints(d, None, vec![]),
+                relay(d),
+                Capabilities::PRESENCE,
+                None,
+                |_| false
+            ),
             ReconPath::InSync
         );
     }
@@ -114,7 +199,13 @@ mod tests {
         let wm = Some(Watermark { epoch: 7, seq: 40 });
         let h = hints(SetDigest::default(), wm, vec![NodeId([1; 32])]);
         assert_eq!(
-            choose_path(&h, relay(relay_digest), |_| true),
+            choose_path(
+                &h,
+                relay(relay_digest),
+                Capabilities::PRESENCE,
+                None,
+                |_| true
+            ),
             ReconPath::CatchUp { after: 40 }
         );
         // Another epoch's watermark is ignored, not trusted.
@@ -124,7 +215,13 @@ mod tests {
             vec![NodeId([1; 32])],
         );
         assert_eq!(
-            choose_path(&h, relay(relay_digest), |_| true),
+            choose_path(
+                &h,
+                relay(relay_digest),
+                Capabilities::PRESENCE,
+                None,
+                |_| true
+            ),
             ReconPath::CatchUp { after: 0 }
         );
     }
@@ -135,9 +232,103 @@ mod tests {
         relay_digest.insert(&NodeId([1; 32]));
         let h = hints(SetDigest::default(), None, vec![]);
         assert_eq!(
-            choose_path(&h, relay(relay_digest), |_| false),
+            choose_path(
+                &h,
+                relay(relay_digest),
+                Capabilities::PRESENCE,
+                None,
+                |_| false
+            ),
             ReconPath::CatchUp { after: 0 }
         );
+    }
+
+    fn digest_of(n: u8) -> SetDigest {
+        SetDigest::of(&(0..n).map(|i| NodeId([i; 32])).collect::<Vec<_>>())
+    }
+
+    const SKETCHES: Capabilities = Capabilities::IBF.union(Capabilities::MST);
+
+    #[test]
+    fn sketch_clients_catch_up_from_a_current_watermark_without_heads() {
+        let wm = Some(Watermark { epoch: 7, seq: 40 });
+        let h = hints(digest_of(3), wm, vec![]);
+        assert_eq!(
+            choose_path(&h, relay(digest_of(5)), SKETCHES, None, |_| false),
+            ReconPath::CatchUp { after: 40 }
+        );
+        // An empty client streams everything, estimator or not.
+        let h = hints(SetDigest::default(), None, vec![]);
+        let estimate = Some(Estimate::AtLeast(1_000));
+        assert_eq!(
+            choose_path(&h, relay(digest_of(5)), SKETCHES, estimate, |_| false),
+            ReconPath::CatchUp { after: 0 }
+        );
+    }
+
+    #[test]
+    fn sketch_size_follows_the_estimate_and_hard_cases_refine() {
+        let relay_side = RelaySide {
+            digest: SetDigest {
+                count: 1_000_000,
+                ..SetDigest::default()
+            },
+            epoch: 7,
+            seq: 1_000_000,
+        };
+        let mut h = hints(digest_of(2), None, vec![]);
+        h.digest.count = 1_000_000;
+        let plan = |estimate| choose_path(&h, relay_side, SKETCHES, Some(estimate), |_| false);
+        assert_eq!(plan(Estimate::About(1_000)), ReconPath::Sketch { log2: 9 });
+        assert_eq!(plan(Estimate::About(10)), ReconPath::Sketch { log2: 4 });
+        // Above 20% of the smaller set, or beyond what the estimator measures: refine.
+        assert_eq!(
+            plan(Estimate::About(300_000)),
+            ReconPath::Refine { depth: 3 }
+        );
+        assert_eq!(plan(Estimate::AtLeast(10)), ReconPath::Refine { depth: 3 });
+        // Only one of the two capabilities: the baseline.
+        assert_eq!(
+            choose_path(
+                &h,
+                relay_side,
+                Capabilities::IBF,
+                Some(Estimate::About(10)),
+                |_| false
+            ),
+            ReconPath::CatchUp { after: 0 }
+        );
+    }
+
+    #[test]
+    fn a_previous_epoch_watermark_sizes_from_counts() {
+        let relay_side = RelaySide {
+            digest: SetDigest {
+                count: 10_500,
+                ..SetDigest::default()
+            },
+            epoch: 7,
+            seq: 10_500,
+        };
+        // 10,000 synced nodes (held by the relay) and 300 unsynced: 500 + 300 differ.
+        let mut h = hints(digest_of(2), Some(Watermark { epoch: 6, seq: 9 }), vec![]);
+        h.digest.count = 10_300;
+        h.unsynced = 300;
+        assert_eq!(
+            choose_path(&h, relay_side, SKETCHES, None, |_| false),
+            ReconPath::Sketch {
+                log2: index::log2_for(800)
+            }
+        );
+    }
+
+    #[test]
+    fn refine_depth_keeps_buckets_small() {
+        assert_eq!(refine_depth(0), 1);
+        assert_eq!(refine_depth(8_192), 1);
+        assert_eq!(refine_depth(100_000), 2);
+        assert_eq!(refine_depth(1_000_000), 3);
+        assert_eq!(refine_depth(u64::MAX), MAX_REFINE_DEPTH);
     }
 
     #[test]
@@ -146,7 +337,13 @@ mod tests {
         let mut relay_digest = SetDigest::default();
         relay_digest.insert(&NodeId([1; 32]));
         assert_eq!(
-            choose_path(&h, relay(relay_digest), |_| false),
+            choose_path(
+                &h,
+                relay(relay_digest),
+                Capabilities::PRESENCE,
+                None,
+                |_| false
+            ),
             ReconPath::IdList
         );
         // A watermark without heads claims a synced set it does not describe.
@@ -156,7 +353,13 @@ mod tests {
             vec![],
         );
         assert_eq!(
-            choose_path(&h, relay(relay_digest), |_| true),
+            choose_path(
+                &h,
+                relay(relay_digest),
+                Capabilities::PRESENCE,
+                None,
+                |_| true
+            ),
             ReconPath::IdList
         );
     }

@@ -5,10 +5,13 @@ use std::collections::{HashMap, HashSet};
 use bytes::Bytes;
 
 use super::{InsertError, Replica};
-use crate::node::NodeId;
+use crate::node::{NodeId, TreeHash};
 use crate::protocol::{
-    Capabilities, EncodeError, ErrorMessage, Ids, Message, Outcome, Pack, Plan, RelayLimits,
+    self, BucketSummary, Buckets, Capabilities, EncodeError, ErrorMessage, Ids, Message,
+    MessageType, Missing, Outcome, Pack, Plan, RelayLimits, Retry, SharedRoot, Sketch,
 };
+use crate::recon::ibf::{self, Cell, Ibf, K, SketchError, SketchKey};
+use crate::recon::prefix_tree::Prefix;
 use crate::session::{ClientError, ClientEvent, ClientSession};
 
 /// Something the application may want to know after a frame.
@@ -71,6 +74,14 @@ pub enum LinkError {
     /// An `ack` did not match the pack it names.
     #[error("ack for unknown pack {0} or with the wrong number of outcomes")]
     BadAck(u64),
+    /// A reconciliation frame (`sketch`, `buckets`, `missing`) could not be used.
+    #[error("relay sent an unusable {what:?} frame: {detail}")]
+    BadRecon {
+        /// The frame's type.
+        what: MessageType,
+        /// What was wrong.
+        detail: String,
+    },
     /// After catch-up the synced set differed from the relay's. The replica forgot what it knew
     /// about the relay, so the next connection reconciles by id list.
     #[error("replica diverged from the relay after catch-up; resyncing by id list")]
@@ -95,8 +106,35 @@ pub struct Link {
     /// the replica's generation is `push_generation`).
     push_from: usize,
     push_generation: u64,
-    /// The ids sent in `ids` frames: the relay's `need` answer is about exactly those.
+    /// The ids sent in `ids` frames, or covered by `bucket_ids`: the relay's `need` or
+    /// `missing` answer is about exactly those.
     ids_sent: HashSet<NodeId>,
+    /// Sketch reconciliation in progress.
+    sketch: SketchState,
+    /// Refinement in progress.
+    refine: RefineState,
+}
+
+/// The relay's sketch as it arrives, and the last complete one (kept for an extension).
+#[derive(Default)]
+struct SketchState {
+    key: Option<SketchKey>,
+    /// Cells of the sketch (or extension) being received, with its size and kind.
+    receiving: Option<(u8, bool)>,
+    cells: Vec<Cell>,
+    /// The last complete sketch, which an extension builds on.
+    complete: Option<Ibf>,
+    /// The replica's sync marks were set from a decode the relay has not verified yet.
+    tentative: bool,
+}
+
+/// Bucket summaries as they arrive, then the relay's `missing` answer.
+#[derive(Default)]
+struct RefineState {
+    depth: u8,
+    key: Option<SketchKey>,
+    summaries: Vec<BucketSummary>,
+    missing: Vec<u64>,
 }
 
 impl Link {
@@ -106,7 +144,16 @@ impl Link {
         capabilities: Capabilities,
         window: u64,
     ) -> Result<(Self, Bytes), LinkError> {
-        let (session, hello) = ClientSession::start(replica.hints(), capabilities, window)?;
+        let sketches = Capabilities::IBF.union(Capabilities::MST);
+        // After a failed verification, short ids might fail the same way again: reconcile by
+        // the exact id list once, then offer sketches again.
+        let capabilities = if replica.needs_exact_resync() {
+            Capabilities(capabilities.0 & !sketches.0)
+        } else {
+            capabilities
+        };
+        let hints = replica.hints(capabilities.contains(sketches));
+        let (session, hello) = ClientSession::start(hints, capabilities, window)?;
         let link = Self {
             session,
             epoch: 0,
@@ -120,6 +167,8 @@ impl Link {
             push_from: 0,
             push_generation: replica.generation(),
             ids_sent: HashSet::new(),
+            sketch: SketchState::default(),
+            refine: RefineState::default(),
         };
         Ok((link, hello))
     }
@@ -167,10 +216,13 @@ impl Link {
                         // the unsynced nodes gets them acked (as duplicates) instead.
                         out.events.push(SyncEvent::Synced { seq: welcome.seq });
                     }
-                    Plan::CatchUp => {}
+                    Plan::CatchUp | Plan::Sketch | Plan::Refine => {}
                     Plan::SendIds => self.send_ids(replica, &mut out)?,
                 }
             }
+            ClientEvent::Sketch(sketch) => self.on_sketch(replica, sketch, &mut out)?,
+            ClientEvent::Buckets(buckets) => self.on_buckets(replica, buckets, &mut out)?,
+            ClientEvent::Missing(missing) => self.on_missing(replica, missing)?,
             ClientEvent::Need(need) => {
                 self.need.extend(need.ids);
                 if need.last {
@@ -182,6 +234,7 @@ impl Link {
                 }
             }
             ClientEvent::Batch(batch) => {
+                self.sketch.tentative = false;
                 for node in batch.nodes {
                     let id = node.id;
                     if replica
@@ -313,6 +366,220 @@ impl Link {
         self.outstanding.extend(ids.iter().copied());
         self.inflight.insert(number, ids);
         Ok(Message::Pack(Pack { number, nodes }).encode()?)
+    }
+
+    /// A `sketch` frame: collect its cells; once the sketch is complete, decode it against
+    /// the replica's own and answer `want` or `retry` (protocol/README.md §5.7).
+    fn on_sketch(
+        &mut self,
+        replica: &mut Replica,
+        frame: Sketch,
+        out: &mut LinkOutput,
+    ) -> Result<(), LinkError> {
+        let bad = |detail: String| LinkError::BadRecon {
+            what: MessageType::Sketch,
+            detail,
+        };
+        let key = SketchKey::from_wire(&frame.key).ok_or_else(|| bad("bad key".into()))?;
+        if self.sketch.key.is_some_and(|k| k != key) {
+            return Err(bad("the key changed within the session".into()));
+        }
+        self.sketch.key = Some(key);
+        let shape = (frame.log2, frame.extension);
+        match self.sketch.receiving {
+            None => self.sketch.receiving = Some(shape),
+            Some(current) if current == shape => {}
+            Some(_) => return Err(bad("a frame of another sketch arrived mid-sketch".into())),
+        }
+        let cells = ibf::decode_cells(&frame.cells).map_err(|e| bad(e.to_string()))?;
+        // A whole sketch at log2 has K·2^log2 cells; an extension half of that.
+        let expected_log2 = if frame.extension {
+            frame
+                .log2
+                .checked_sub(1)
+                .ok_or_else(|| bad("extension to size 2^0".into()))?
+        } else {
+            frame.log2
+        };
+        if expected_log2 > ibf::MAX_LOG2_CELLS {
+            return Err(bad(SketchError::BadSize.to_string()));
+        }
+        let expected = K << expected_log2;
+        if self.sketch.cells.len().saturating_add(cells.len()) > expected {
+            return Err(bad("more cells than the sketch holds".into()));
+        }
+        self.sketch.cells.extend(cells);
+        if self.sketch.cells.len() < expected {
+            return Ok(());
+        }
+        self.sketch.receiving = None;
+        let cells = std::mem::take(&mut self.sketch.cells);
+        let relay = if frame.extension {
+            let previous = self
+                .sketch
+                .complete
+                .take()
+                .filter(|p| p.log2() == expected_log2)
+                .ok_or_else(|| bad("an extension without the sketch it extends".into()))?;
+            previous.extend(cells)
+        } else {
+            Ibf::from_cells(frame.log2, cells)
+        }
+        .map_err(|e| bad(e.to_string()))?;
+        self.decode_sketch(replica, key, relay, out)
+    }
+
+    fn decode_sketch(
+        &mut self,
+        replica: &mut Replica,
+        key: SketchKey,
+        relay: Ibf,
+        out: &mut LinkOutput,
+    ) -> Result<(), LinkError> {
+        let sets = replica.sets(key);
+        let ours = sets
+            .sketch_at(relay.log2())
+            .map_err(|e| LinkError::BadRecon {
+                what: MessageType::Sketch,
+                detail: e.to_string(),
+            })?;
+        let decoded = relay.subtract(&ours).and_then(Ibf::decode);
+        // Short ids we alone hold must name our nodes; otherwise the decode is garbage.
+        let outcome = decoded.map(|diff| {
+            let only_ours: Option<Vec<NodeId>> = diff
+                .theirs
+                .iter()
+                .map(|short| sets.resolve(*short))
+                .collect();
+            (diff.ours, only_ours)
+        });
+        let (want, only_ours) = match outcome {
+            Ok((want, Some(only_ours))) => (want, only_ours),
+            failed => {
+                let cells_left = match failed {
+                    Err(SketchError::Undecodable { remaining }) => remaining as u64,
+                    _ => 0,
+                };
+                self.sketch.complete = Some(relay);
+                out.send
+                    .push(Message::Retry(Retry { cells_left }).encode()?);
+                return Ok(());
+            }
+        };
+        let root = sets.tree_mut().root_without(&only_ours);
+        let shared = SharedRoot {
+            count: root.count,
+            hash: TreeHash(root.hash),
+        };
+        // Everything but what we alone hold is the relay's, as far as the decode says; the
+        // relay checks the shared root before streaming, and says `buckets` if it disagrees.
+        let only_ours: HashSet<NodeId> = only_ours.into_iter().collect();
+        if only_ours.iter().any(|id| replica.is_synced(id)) {
+            replica.reset_sync(|id| !only_ours.contains(id));
+        } else {
+            for id in replica.unsynced_before(replica.len()) {
+                if !only_ours.contains(&id) {
+                    replica.mark_synced(&id);
+                }
+            }
+        }
+        self.sketch.tentative = true;
+        let max_frame = self.limits.max_frame as usize;
+        for message in protocol::want_messages(&want, shared, max_frame) {
+            out.send.push(message.encode()?);
+        }
+        Ok(())
+    }
+
+    /// A `buckets` frame: collect summaries; after the last, answer `bucket_ids` with the
+    /// differing buckets and our short ids in them (protocol/README.md §5.9).
+    fn on_buckets(
+        &mut self,
+        replica: &mut Replica,
+        frame: Buckets,
+        out: &mut LinkOutput,
+    ) -> Result<(), LinkError> {
+        let bad = |detail: String| LinkError::BadRecon {
+            what: MessageType::Buckets,
+            detail,
+        };
+        if std::mem::take(&mut self.sketch.tentative) {
+            // The relay did not confirm our decode: nothing it implied can be trusted.
+            replica.forget_sync();
+        }
+        let key = SketchKey::from_wire(&frame.key).ok_or_else(|| bad("bad key".into()))?;
+        if frame.depth == 0 || frame.depth > crate::recon::MAX_REFINE_DEPTH {
+            return Err(bad(format!("bucket depth {}", frame.depth)));
+        }
+        if self.refine.summaries.is_empty() {
+            self.refine.depth = frame.depth;
+            self.refine.key = Some(key);
+        } else if self.refine.depth != frame.depth || self.refine.key != Some(key) {
+            return Err(bad("depth or key changed between frames".into()));
+        }
+        let buckets = 1usize << (4 * usize::from(frame.depth));
+        let summaries = protocol::unpack_buckets(&frame.summaries)
+            .ok_or_else(|| bad("truncated summaries".into()))?;
+        if self.refine.summaries.len().saturating_add(summaries.len()) > buckets {
+            return Err(bad("more summaries than buckets".into()));
+        }
+        self.refine.summaries.extend(summaries);
+        if !frame.last {
+            return Ok(());
+        }
+        if self.refine.summaries.len() != buckets {
+            return Err(bad("fewer summaries than buckets".into()));
+        }
+        let theirs = std::mem::take(&mut self.refine.summaries);
+        let depth = self.refine.depth;
+        let sets = replica.sets(key);
+        let mine = sets.tree_mut().level(depth);
+        let mut differing = vec![0u8; buckets.div_ceil(8)];
+        let mut shorts = Vec::new();
+        for (bucket, (summary, theirs)) in mine.iter().zip(&theirs).enumerate() {
+            let hash = summary
+                .hash
+                .first_chunk::<{ protocol::BUCKET_HASH_BYTES }>();
+            if (summary.count, hash.copied().unwrap_or_default()) == *theirs {
+                continue;
+            }
+            if let Some(byte) = differing.get_mut(bucket / 8) {
+                *byte |= 1 << (bucket % 8);
+            }
+            if let Some(prefix) = Prefix::from_index(depth, bucket) {
+                let tree = sets.tree();
+                shorts.extend(tree.ids_under(&prefix).iter().map(|id| key.short_id(id)));
+            }
+        }
+        // The relay's `missing` answer is about the nodes held now; later ones stay unsynced.
+        self.ids_sent = replica.ids().copied().collect();
+        let max_frame = self.limits.max_frame as usize;
+        for message in protocol::bucket_ids_messages(&differing, &shorts, max_frame) {
+            out.send.push(message.encode()?);
+        }
+        Ok(())
+    }
+
+    /// A `missing` frame: after the last, every node we held at `bucket_ids` time except the
+    /// missing ones is the relay's.
+    fn on_missing(&mut self, replica: &mut Replica, frame: Missing) -> Result<(), LinkError> {
+        let shorts = protocol::unpack_shorts(&frame.shorts).map_err(|e| LinkError::BadRecon {
+            what: MessageType::Missing,
+            detail: e.to_string(),
+        })?;
+        self.refine.missing.extend(shorts);
+        if !frame.last {
+            return Ok(());
+        }
+        let missing: HashSet<u64> = std::mem::take(&mut self.refine.missing)
+            .into_iter()
+            .collect();
+        let covered = std::mem::take(&mut self.ids_sent);
+        let Some(key) = self.refine.key else {
+            return Ok(());
+        };
+        replica.reset_sync(|id| covered.contains(id) && !missing.contains(&key.short_id(id)));
+        Ok(())
     }
 
     fn send_ids(&mut self, replica: &Replica, out: &mut LinkOutput) -> Result<(), LinkError> {

@@ -20,6 +20,9 @@ use serde::{Deserialize, Serialize};
 use crate::node::{Node, NodeId, NodeLimits, Rejection, RoomId};
 use crate::protocol::{SyncHints, Watermark};
 use crate::recon::SetDigest;
+use crate::recon::estimator::Estimator;
+use crate::recon::ibf::SketchKey;
+use crate::recon::index::SetIndex;
 
 pub use link::{Link, LinkError, LinkOutput, SyncEvent};
 
@@ -60,6 +63,11 @@ pub struct Replica {
     /// Bumped whenever nodes may have moved in `order` or become unsynced again, so a reader
     /// that remembers positions (the link's push cursor) knows to start over.
     generation: u64,
+    /// Sketch, short ids and prefix tree of every node held, under the room's sketch key once
+    /// a relay has named it.
+    sets: Option<SetIndex>,
+    /// Difference estimator of every node held, sent in `hello` when there is no watermark.
+    estimator: Estimator,
 }
 
 /// Why a node could not be added to a replica.
@@ -89,6 +97,8 @@ impl Replica {
             ahead: BTreeSet::new(),
             resync: false,
             generation: 0,
+            sets: None,
+            estimator: Estimator::new(),
         }
     }
 
@@ -174,8 +184,32 @@ impl Replica {
         self.watermark
     }
 
-    /// What `hello` tells the relay.
-    pub fn hints(&self) -> SyncHints {
+    /// What `hello` tells the relay. With `sketches` (the client offers `ibf` and `mst`) the
+    /// relay plans from the watermark and counts, so heads travel only when the replica holds
+    /// synced nodes numbered above its watermark (they let the relay skip those); a replica
+    /// without a watermark adds its difference estimator.
+    pub fn hints(&self, sketches: bool) -> SyncHints {
+        let unsynced = self.unsynced.len() as u64;
+        if sketches {
+            let estimator = (self.watermark.is_none() && !self.is_empty()).then(|| {
+                let strata = crate::recon::estimator::strata_for(self.len() as u64);
+                Bytes::from(self.estimator.encode(strata))
+            });
+            let beyond_watermark =
+                !self.ahead.is_empty() && self.synced_heads.len() <= MAX_HELLO_HEADS;
+            let heads = if beyond_watermark {
+                self.synced_heads.iter().copied().collect()
+            } else {
+                Vec::new()
+            };
+            return SyncHints {
+                digest: self.digest,
+                watermark: self.watermark,
+                heads,
+                unsynced,
+                estimator,
+            };
+        }
         let unknown_head = self.synced_heads.len() > MAX_HELLO_HEADS || self.resync;
         let heads: Vec<NodeId> = if unknown_head {
             // Not describable in one hello, or forgotten: name a head the relay cannot know so
@@ -189,7 +223,29 @@ impl Replica {
             digest: self.digest,
             watermark: self.watermark,
             heads,
+            unsynced,
+            estimator: None,
         }
+    }
+
+    /// Whether the replica's last reconciliation failed verification: until a whole-set answer
+    /// arrives it should reconcile by the exact id list, not by short ids again.
+    pub fn needs_exact_resync(&self) -> bool {
+        self.resync
+    }
+
+    /// The replica's sketch index under `key`, built from every node held if it is new or the
+    /// key changed (O(n) then, O(1) otherwise).
+    pub fn sets(&mut self, key: SketchKey) -> &mut SetIndex {
+        let sets = self.sets.take().filter(|sets| *sets.key() == key);
+        let sets = sets.unwrap_or_else(|| {
+            let mut fresh = SetIndex::new(key);
+            for id in &self.order {
+                fresh.insert(*id);
+            }
+            fresh
+        });
+        self.sets.insert(sets)
     }
 
     /// Creates a local node on top of the current heads and stores it unsynced.
@@ -233,6 +289,10 @@ impl Replica {
         }
         self.heads.insert(id);
         self.digest.insert(&id);
+        self.estimator.insert(&id);
+        if let Some(sets) = self.sets.as_mut() {
+            sets.insert(id);
+        }
         let pos = self.order.len();
         self.order.push(id);
         self.unsynced.insert(pos, id);
@@ -327,7 +387,11 @@ impl Replica {
         let (watermark, ahead) = (self.watermark, std::mem::take(&mut self.ahead));
         let resync = self.resync;
         let generation = self.generation.wrapping_add(1);
+        let key = self.sets.as_ref().map(|sets| *sets.key());
         *self = Self::new(self.room.clone());
+        if let Some(key) = key {
+            self.sets = Some(SetIndex::new(key));
+        }
         self.generation = generation;
         // Kept nodes were checked on the way in and keep their order, so parents come first.
         for (node, synced) in kept {
@@ -388,6 +452,7 @@ impl Replica {
             format: REPLICA_FORMAT,
             room: self.room.as_str().to_owned(),
             watermark: self.watermark,
+            sketch_key: self.sets.as_ref().map(|sets| sets.key().wire().to_vec()),
             nodes: self
                 .order
                 .iter()
@@ -406,6 +471,10 @@ impl Replica {
         }
         let room = RoomId::new(&file.room).map_err(|_| ReplicaFileError::Room)?;
         let mut replica = Self::new(room);
+        if let Some(key) = file.sketch_key {
+            let key = SketchKey::from_wire(&key).ok_or(ReplicaFileError::SketchKey)?;
+            replica.sets = Some(SetIndex::new(key));
+        }
         for (node, synced) in file.nodes {
             replica.insert(node, synced)?;
         }
@@ -414,13 +483,15 @@ impl Replica {
     }
 }
 
-const REPLICA_FORMAT: u32 = 1;
+const REPLICA_FORMAT: u32 = 2;
 
 #[derive(Serialize, Deserialize)]
 struct ReplicaFile {
     format: u32,
     room: String,
     watermark: Option<Watermark>,
+    /// The room's sketch key, once a relay named it.
+    sketch_key: Option<Vec<u8>>,
     nodes: Vec<(Node, bool)>,
 }
 
@@ -436,6 +507,9 @@ pub enum ReplicaFileError {
     /// The stored room id is invalid.
     #[error("replica file names an invalid room")]
     Room,
+    /// The stored sketch key is not 16 bytes.
+    #[error("replica file holds a bad sketch key")]
+    SketchKey,
     /// A stored node is invalid or out of order.
     #[error("replica file holds a bad node: {0}")]
     Node(#[from] InsertError),

@@ -62,7 +62,7 @@ fn assert_consistent(r: &Replica) {
         .into_iter()
         .collect();
     if synced_heads.len() <= MAX_HELLO_HEADS {
-        assert_eq!(r.hints().heads, synced_heads);
+        assert_eq!(r.hints(false).heads, synced_heads);
     }
     let unsynced: Vec<NodeId> = r.unsynced().map(|n| n.id).collect();
     let expected: Vec<NodeId> = all
@@ -163,29 +163,29 @@ fn create_builds_on_every_head() {
 fn mark_synced_closes_over_ancestors() {
     let (mut r, [root, a, b, c]) = small();
     assert_eq!(r.synced_digest(), SetDigest::default());
-    assert!(r.hints().heads.is_empty());
+    assert!(r.hints(false).heads.is_empty());
     r.mark_synced(&b.id);
     for n in [&root, &a, &b] {
         assert!(r.is_synced(&n.id));
     }
     assert!(!r.is_synced(&c.id));
-    assert_eq!(r.hints().heads, vec![b.id]);
+    assert_eq!(r.hints(false).heads, vec![b.id]);
     assert_eq!(r.synced_digest(), SetDigest::of([&root.id, &a.id, &b.id]));
     assert_eq!(r.unsynced().map(|n| n.id).collect::<Vec<_>>(), vec![c.id]);
     assert_consistent(&r);
     // Marking an ancestor again, or an unknown id, changes nothing.
     r.mark_synced(&a.id);
     r.mark_synced(&NodeId([9; 32]));
-    assert_eq!(r.hints().heads, vec![b.id]);
+    assert_eq!(r.hints(false).heads, vec![b.id]);
     r.mark_synced(&c.id);
-    assert_eq!(ids(&r.hints().heads), ids([&b.id, &c.id]));
+    assert_eq!(ids(&r.hints(false).heads), ids([&b.id, &c.id]));
     assert_eq!(r.synced_digest(), r.digest());
     assert_consistent(&r);
     // Inserting a known node as synced marks it.
     let (mut r, [_, a, ..]) = small();
     assert_eq!(r.insert(a.clone(), true), Ok(false));
     assert!(r.is_synced(&a.id));
-    assert_eq!(r.hints().heads, vec![a.id]);
+    assert_eq!(r.hints(false).heads, vec![a.id]);
     assert_consistent(&r);
 }
 
@@ -198,7 +198,7 @@ fn reset_sync_rederives_every_flag() {
     r.reset_sync(|id| keep.contains(id));
     assert!(r.is_synced(&root.id) && r.is_synced(&c.id));
     assert!(!r.is_synced(&a.id) && !r.is_synced(&b.id));
-    assert_eq!(r.hints().heads, vec![c.id]);
+    assert_eq!(r.hints(false).heads, vec![c.id]);
     assert_eq!(r.synced_digest(), SetDigest::of([&root.id, &c.id]));
     assert_consistent(&r);
     r.reset_sync(|_| true);
@@ -220,17 +220,17 @@ fn forget_sync_drops_marks_and_watermark() {
     r.forget_sync();
     assert_eq!(r.watermark(), None);
     assert_eq!(r.synced_digest(), SetDigest::default());
-    assert_eq!(r.hints().watermark, None);
+    assert_eq!(r.hints(false).watermark, None);
     // The next hello names a head no relay knows, so the relay asks for the id list instead of
     // streaming the whole room.
-    let heads = r.hints().heads;
+    let heads = r.hints(false).heads;
     assert_eq!(heads.len(), 1);
     assert!(!r.contains(&heads[0]));
     // It survives a discard, and a whole-set answer ends it.
     r.discard(&NodeId([7; 32]));
-    assert_eq!(r.hints().heads, heads);
+    assert_eq!(r.hints(false).heads, heads);
     r.reset_sync(|_| false);
-    assert!(r.hints().heads.is_empty());
+    assert!(r.hints(false).heads.is_empty());
     // The gap bookkeeping is gone too: a fresh watermark does not absorb the old 5.
     r.complete_through(1, 4);
     assert_eq!(r.watermark(), Some(Watermark { epoch: 1, seq: 4 }));
@@ -239,7 +239,7 @@ fn forget_sync_drops_marks_and_watermark() {
     // An empty replica has nothing to list: it just catches up.
     let mut empty = Replica::new(room());
     empty.forget_sync();
-    assert!(empty.hints().heads.is_empty());
+    assert!(empty.hints(false).heads.is_empty());
 }
 
 #[test]
@@ -320,7 +320,7 @@ fn entering_another_epoch_drops_the_watermark() {
     assert_eq!(r.watermark(), Some(Watermark { epoch: 1, seq: 5 }));
     r.enter_epoch(2);
     assert_eq!(r.watermark(), None);
-    assert_eq!(r.hints().watermark, None);
+    assert_eq!(r.hints(false).watermark, None);
     // The old epoch's pending arrivals do not leak into the new one.
     r.complete_through(2, 6);
     assert_eq!(r.watermark(), Some(Watermark { epoch: 2, seq: 6 }));
@@ -331,7 +331,7 @@ fn hints_describe_the_synced_subset() {
     let (mut r, [_, a, ..]) = small();
     r.mark_synced(&a.id);
     r.complete_through(4, 2);
-    let hints = r.hints();
+    let hints = r.hints(false);
     assert_eq!(hints.digest, r.digest(), "digest covers unsynced nodes too");
     assert_eq!(hints.heads, vec![a.id]);
     assert_eq!(hints.watermark, Some(Watermark { epoch: 4, seq: 2 }));
@@ -343,7 +343,7 @@ fn hints_describe_the_synced_subset() {
         wide.insert(node(&[&root], "w", &i.to_string()), true)
             .unwrap();
     }
-    let heads = wide.hints().heads;
+    let heads = wide.hints(false).heads;
     assert_eq!(heads.len(), 1);
     assert!(!wide.contains(&heads[0]));
 }
@@ -369,7 +369,7 @@ fn file_round_trip_keeps_everything() {
     }
     assert_eq!(back.digest(), r.digest());
     assert_eq!(back.synced_digest(), r.synced_digest());
-    assert_eq!(back.hints(), r.hints());
+    assert_eq!(back.hints(false), r.hints(false));
     assert_eq!(back.watermark(), r.watermark());
     assert_consistent(&back);
     // The empty replica round-trips too.
@@ -384,6 +384,7 @@ fn file(format: u32, room: &str, nodes: Vec<(Node, bool)>) -> Vec<u8> {
         format,
         room: room.to_owned(),
         watermark: None,
+        sketch_key: None,
         nodes,
     })
     .unwrap()

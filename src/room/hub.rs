@@ -9,10 +9,12 @@ use super::{Admitted, BatchStep, Cursor, Room, SessionId, Submission};
 use crate::node::NodeId;
 use crate::node::Rejection;
 use crate::protocol::{
-    self, Ack, Capabilities, CatchUpDone, CloseCode, Message, Need, Outcome, PROTOCOL_VERSION,
-    Pack, Plan, PresenceUpdate, Resolved, SyncHints, Welcome,
+    self, Ack, Capabilities, CatchUpDone, CloseCode, ErrorCode, ErrorMessage, Message, MessageType,
+    Need, Outcome, PROTOCOL_VERSION, Pack, Plan, PresenceUpdate, Resolved, SharedRoot, SyncHints,
+    Welcome,
 };
 use crate::recon::ReconPath;
+use crate::recon::ibf::MAX_LOG2_CELLS;
 use crate::session::{Reaction, RelaySession, RelaySessionConfig, Request};
 
 /// Policy for every session of a hub.
@@ -72,9 +74,26 @@ pub struct Outbox {
     pub closes: Vec<(SessionId, CloseCode)>,
 }
 
+/// Where a session's sketch reconciliation stands.
+#[derive(Debug, Clone, Copy)]
+enum Recon {
+    /// No sketch or buckets out.
+    Idle,
+    /// The sketch at `log2` is out, made at arrival number `at_seq`; `extended` once the one
+    /// extension was sent.
+    Sketch {
+        log2: u8,
+        at_seq: u64,
+        extended: bool,
+    },
+    /// Buckets at `depth` are out, made at arrival number `at_seq`.
+    Refine { depth: u8, at_seq: u64 },
+}
+
 struct Member {
     session: RelaySession,
     cursor: Option<Cursor>,
+    recon: Recon,
     presence: Bytes,
     /// Set until `hello` arrives.
     handshake_deadline: Option<Instant>,
@@ -121,6 +140,7 @@ impl Hub {
             Member {
                 session: RelaySession::new(self.config.session),
                 cursor: None,
+                recon: Recon::Idle,
                 presence: Bytes::new(),
                 handshake_deadline: deadline,
             },
@@ -214,11 +234,12 @@ impl Hub {
             Request::Ids(ids) => {
                 let (need, cursor) = self.room.id_list_cursor(ids);
                 self.send_need(id, need, out);
-                if let Some(member) = self.members.get_mut(&id) {
-                    member.cursor = Some(cursor);
-                    member.session.need_sent();
-                }
-                self.pump(id, out);
+                self.start_stream(id, cursor, out);
+            }
+            Request::Want { shorts, shared } => self.settle_want(id, &shorts, shared, out),
+            Request::Retry => self.retry(id, out),
+            Request::BucketIds { differing, shorts } => {
+                self.settle_bucket_ids(id, &differing, &shorts, out)
             }
             Request::Pump => self.pump(id, out),
             Request::Pack(pack) => self.submit(id, pack, now, out),
@@ -239,14 +260,34 @@ impl Hub {
         capabilities: Capabilities,
         out: &mut Outbox,
     ) {
-        let path = self.room.plan(hints);
-        let (plan, cursor) = match path {
-            ReconPath::InSync => (Plan::InSync, None),
+        let (path, estimator_error) = self.room.plan(hints, capabilities);
+        if let Some(e) = estimator_error {
+            let error = ErrorMessage::new(
+                ErrorCode::Malformed,
+                Some(MessageType::Hello),
+                e.to_string(),
+            );
+            self.send(Audience::One(id), Message::ErrorMessage(error), out);
+        }
+        let at_seq = self.room.seq();
+        let (plan, cursor, recon) = match path {
+            ReconPath::InSync => (Plan::InSync, None, Recon::Idle),
             ReconPath::CatchUp { after } => (
                 Plan::CatchUp,
                 Some(self.room.catch_up_cursor(after, &hints.heads)),
+                Recon::Idle,
             ),
-            ReconPath::IdList => (Plan::SendIds, None),
+            ReconPath::IdList => (Plan::SendIds, None, Recon::Idle),
+            ReconPath::Sketch { log2 } => (
+                Plan::Sketch,
+                None,
+                Recon::Sketch {
+                    log2,
+                    at_seq,
+                    extended: false,
+                },
+            ),
+            ReconPath::Refine { depth } => (Plan::Refine, None, Recon::Refine { depth, at_seq }),
         };
         let welcome = Welcome {
             version: PROTOCOL_VERSION,
@@ -262,8 +303,14 @@ impl Hub {
         };
         member.session.welcome(plan);
         member.cursor = cursor;
+        member.recon = recon;
         member.handshake_deadline = None;
         self.send(Audience::One(id), Message::Welcome(welcome), out);
+        match recon {
+            Recon::Sketch { log2, at_seq, .. } => self.send_sketch(id, log2, false, at_seq, out),
+            Recon::Refine { depth, .. } => self.send_buckets(id, depth, out),
+            Recon::Idle => {}
+        }
         if capabilities.contains(Capabilities::PRESENCE) {
             let present: Vec<(SessionId, Bytes)> = self
                 .members
@@ -278,6 +325,138 @@ impl Hub {
                     out,
                 );
             }
+        }
+        self.pump(id, out);
+    }
+
+    /// Queues the room's sketch (or its extension) for a session. A sketch the room cannot
+    /// make (a size beyond the largest) sends the session to refinement instead.
+    fn send_sketch(
+        &mut self,
+        id: SessionId,
+        log2: u8,
+        extension: bool,
+        at_seq: u64,
+        out: &mut Outbox,
+    ) {
+        let max_frame = self.config.session.limits.max_frame as usize;
+        match self.room.sketch_frames(log2, extension, at_seq, max_frame) {
+            Ok(frames) => {
+                for frame in frames {
+                    out.frames.push(Outgoing {
+                        to: Audience::One(id),
+                        frame,
+                        paced: false,
+                    });
+                }
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "no sketch at that size; refining");
+                self.start_refine(id, out);
+            }
+        }
+    }
+
+    /// Abandons the sketch path for a session and sends bucket summaries.
+    fn start_refine(&mut self, id: SessionId, out: &mut Outbox) {
+        let larger = self.room.seq();
+        let depth = crate::recon::refine_depth(larger);
+        let at_seq = self.room.seq();
+        let Some(member) = self.members.get_mut(&id) else {
+            return;
+        };
+        member.session.refine();
+        member.recon = Recon::Refine { depth, at_seq };
+        self.send_buckets(id, depth, out);
+    }
+
+    fn send_buckets(&mut self, id: SessionId, depth: u8, out: &mut Outbox) {
+        let max_frame = self.config.session.limits.max_frame as usize;
+        let summaries = self.room.bucket_summaries(depth);
+        let key = self.room.sketch_key_wire();
+        for message in protocol::buckets_messages(depth, key, &summaries, max_frame) {
+            self.send(Audience::One(id), message, out);
+        }
+    }
+
+    /// The client decoded the sketch: verify its shared root, then stream what it lacks.
+    fn settle_want(&mut self, id: SessionId, shorts: &[u64], shared: SharedRoot, out: &mut Outbox) {
+        let Some(Recon::Sketch { at_seq, .. }) = self.members.get(&id).map(|m| m.recon) else {
+            return;
+        };
+        match self.room.settle_want(shorts, shared, at_seq) {
+            Some(cursor) => self.start_stream(id, cursor, out),
+            None => {
+                tracing::debug!("shared root mismatch after a sketch decode; refining");
+                self.start_refine(id, out);
+            }
+        }
+    }
+
+    /// The client could not decode: extend the sketch once, then refine.
+    fn retry(&mut self, id: SessionId, out: &mut Outbox) {
+        let Some(Recon::Sketch {
+            log2,
+            at_seq,
+            extended,
+        }) = self.members.get(&id).map(|m| m.recon)
+        else {
+            return;
+        };
+        if extended || log2 >= MAX_LOG2_CELLS {
+            self.start_refine(id, out);
+            return;
+        }
+        let log2 = log2 + 1;
+        if let Some(member) = self.members.get_mut(&id) {
+            member.recon = Recon::Sketch {
+                log2,
+                at_seq,
+                extended: true,
+            };
+        }
+        self.send_sketch(id, log2, true, at_seq, out);
+    }
+
+    fn settle_bucket_ids(
+        &mut self,
+        id: SessionId,
+        differing: &[u8],
+        shorts: &[u64],
+        out: &mut Outbox,
+    ) {
+        let Some(Recon::Refine { depth, at_seq }) = self.members.get(&id).map(|m| m.recon) else {
+            return;
+        };
+        match self
+            .room
+            .settle_bucket_ids(depth, at_seq, differing, shorts)
+        {
+            Ok((missing, cursor)) => {
+                let max_frame = self.config.session.limits.max_frame as usize;
+                for message in protocol::missing_messages(&missing, max_frame) {
+                    self.send(Audience::One(id), message, out);
+                }
+                self.start_stream(id, cursor, out);
+            }
+            Err(e) => {
+                let error = ErrorMessage::new(
+                    ErrorCode::Malformed,
+                    Some(MessageType::BucketIds),
+                    e.to_string(),
+                );
+                self.send(Audience::One(id), Message::ErrorMessage(error), out);
+                self.close(id, CloseCode::ProtocolViolation, out);
+            }
+        }
+    }
+
+    /// Reconciliation is settled: stream the cursor as catch-up.
+    fn start_stream(&mut self, id: SessionId, cursor: Cursor, out: &mut Outbox) {
+        if let Some(member) = self.members.get_mut(&id) {
+            member.cursor = Some(cursor);
+            member.recon = Recon::Idle;
+            member.session.need_sent();
         }
         self.pump(id, out);
     }

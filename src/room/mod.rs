@@ -10,6 +10,7 @@
 
 mod hub;
 mod orphans;
+mod recon;
 
 use std::collections::{HashMap, HashSet};
 use std::time::Instant;
@@ -17,11 +18,15 @@ use std::time::Instant;
 use crate::node::{Node, NodeId, NodeLimits, Rejection, RoomId};
 use bytes::Bytes;
 
-use crate::protocol::{self, Outcome, SyncHints};
-use crate::recon::{self, ReconPath, RelaySide, SetDigest};
+use crate::protocol::{self, Outcome};
+use crate::recon::SetDigest;
+use crate::recon::estimator::Estimator;
+use crate::recon::ibf::SketchKey;
+use crate::recon::index::SetIndex;
 
 pub use hub::{Audience, Hub, HubConfig, Outbox, Outgoing};
 pub use orphans::OrphanLimits;
+pub use recon::BitmapError;
 
 /// Identifies one connection to a room; also its presence peer number.
 pub type SessionId = u64;
@@ -60,6 +65,10 @@ pub struct Room {
     index: HashMap<NodeId, u64>,
     heads: HashSet<NodeId>,
     digest: SetDigest,
+    /// Sketch, short ids and prefix tree of the logged set, for sketch reconciliation.
+    sets: SetIndex,
+    /// Difference estimator of the logged set, for sizing sketches.
+    estimator: Estimator,
     orphans: orphans::Orphans,
 }
 
@@ -109,6 +118,7 @@ impl Entry {
 impl Room {
     /// An empty room.
     pub fn new(id: RoomId, epoch: u64, limits: NodeLimits, orphan_limits: OrphanLimits) -> Self {
+        let key = SketchKey::for_room(&id, epoch);
         Self {
             id,
             epoch,
@@ -117,6 +127,8 @@ impl Room {
             index: HashMap::new(),
             heads: HashSet::new(),
             digest: SetDigest::default(),
+            sets: SetIndex::new(key),
+            estimator: Estimator::new(),
             orphans: orphans::Orphans::new(orphan_limits),
         }
     }
@@ -184,16 +196,6 @@ impl Room {
     /// Earliest time an orphan expires, for the driver's timer.
     pub fn next_expiry(&self) -> Option<Instant> {
         self.orphans.next_expiry()
-    }
-
-    /// Picks the reconciliation path for a client's hints.
-    pub fn plan(&self, hints: &SyncHints) -> ReconPath {
-        let side = RelaySide {
-            digest: self.digest,
-            epoch: self.epoch,
-            seq: self.seq(),
-        };
-        recon::choose_path(hints, side, |id| self.index.contains_key(id))
     }
 
     /// Validates and admits nodes in order (protocol/README.md §7.1). Nodes whose parents are
@@ -293,6 +295,8 @@ impl Room {
         }
         self.heads.insert(node.id);
         self.digest.insert(&node.id);
+        self.sets.insert(node.id);
+        self.estimator.insert(&node.id);
         self.index.insert(node.id, self.seq().saturating_add(1));
         self.log.push(Entry::new(node));
         self.seq()

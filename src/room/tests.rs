@@ -10,11 +10,11 @@ use rand::{Rng, SeedableRng};
 
 use super::*;
 use crate::node::{BlobHash, BlobRef};
-use crate::protocol::Batch;
 use crate::protocol::{
     self, Capabilities, CatchUpDone, CloseCode, Credit, ErrorCode, Hello, Ids, Message,
     MessageType, PROTOCOL_VERSION, Pack, Plan, Presence, RelayLimits, Watermark, Welcome,
 };
+use crate::protocol::{Batch, SyncHints};
 use crate::session::RelaySessionConfig;
 
 const EPOCH: u64 = 7;
@@ -839,6 +839,7 @@ fn hints_of(room: &Room) -> SyncHints {
             seq: room.seq(),
         }),
         heads: room.heads().copied().collect(),
+        ..SyncHints::default()
     }
 }
 
@@ -1082,6 +1083,7 @@ fn catch_up_over_the_hub_sends_the_missing_nodes_then_done() {
             seq: 2,
         }),
         heads,
+        ..SyncHints::default()
     };
     let sent = relay.join(1, hints, 1 << 20, Capabilities::NONE);
     let welcome = welcome_of(&sent.to(1));
@@ -1215,6 +1217,7 @@ fn id_list_over_the_hub_gives_need_and_nodes() {
         digest: SetDigest::of(&client_ids),
         watermark: None,
         heads: vec![own_b.id],
+        ..SyncHints::default()
     };
     let sent = relay.join(1, hints, 1 << 20, Capabilities::NONE);
     assert_eq!(welcome_of(&sent.to(1)).plan, Plan::SendIds);
@@ -1281,6 +1284,7 @@ fn need_is_chunked_by_max_ids() {
         digest: SetDigest::of(&unknown),
         watermark: None,
         heads: vec![unknown[4]],
+        ..SyncHints::default()
     };
     let sent = relay.join(1, hints, 1 << 20, Capabilities::NONE);
     assert_eq!(welcome_of(&sent.to(1)).plan, Plan::SendIds);

@@ -1,9 +1,9 @@
 //! The client's side of one session.
 
 use crate::protocol::{
-    self, Ack, Batch, Broadcast, Capabilities, CatchUpDone, Credit, DecodeError, EncodeError,
-    ErrorMessage, Hello, Message, MessageType, Need, PROTOCOL_VERSION, Plan, PresenceUpdate,
-    Resolved, SyncHints, Welcome,
+    self, Ack, Batch, Broadcast, Buckets, Capabilities, CatchUpDone, Credit, DecodeError,
+    EncodeError, ErrorMessage, Hello, Message, MessageType, Missing, Need, PROTOCOL_VERSION, Plan,
+    PresenceUpdate, Resolved, Sketch, SyncHints, Welcome,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -11,6 +11,13 @@ enum Phase {
     AwaitWelcome,
     /// Plan `SendIds`: sending our ids, then waiting for the last `need`.
     AwaitNeed,
+    /// Plan `Sketch`: receiving the sketch (and extensions); after our `want`, the stream
+    /// starts, or `buckets` arrive if the relay refines instead.
+    Sketching,
+    /// Plan `Refine` (or a sketch that failed): receiving `buckets` until the last.
+    Refining,
+    /// Our `bucket_ids` are out; waiting for the last `missing`.
+    AwaitMissing,
     CatchingUp,
     Steady,
 }
@@ -22,6 +29,12 @@ pub enum ClientEvent {
     Welcome(Welcome),
     /// Ids the relay lacks (plan `SendIds`).
     Need(Need),
+    /// The relay's sketch, or part of it (plan `Sketch`).
+    Sketch(Sketch),
+    /// Prefix-tree bucket summaries (plan `Refine`, or the sketch path gave up).
+    Buckets(Buckets),
+    /// Short ids the relay lacks (after `bucket_ids`).
+    Missing(Missing),
     /// Catch-up nodes.
     Batch(Batch),
     /// Catch-up finished; the session is live.
@@ -112,6 +125,8 @@ impl ClientSession {
                     Plan::CatchUp => Phase::CatchingUp,
                     // The caller answers with its `ids` frames; `need` follows them.
                     Plan::SendIds => Phase::AwaitNeed,
+                    Plan::Sketch => Phase::Sketching,
+                    Plan::Refine => Phase::Refining,
                 };
                 ClientEvent::Welcome(welcome)
             }
@@ -121,12 +136,28 @@ impl ClientSession {
                 }
                 ClientEvent::Need(need)
             }
-            (Phase::CatchingUp, Message::Batch(batch)) => {
+            (Phase::Sketching, Message::Sketch(sketch)) => ClientEvent::Sketch(sketch),
+            (Phase::Sketching | Phase::Refining, Message::Buckets(buckets)) => {
+                self.phase = if buckets.last {
+                    Phase::AwaitMissing
+                } else {
+                    Phase::Refining
+                };
+                ClientEvent::Buckets(buckets)
+            }
+            (Phase::AwaitMissing, Message::Missing(missing)) => {
+                if missing.last {
+                    self.phase = Phase::CatchingUp;
+                }
+                ClientEvent::Missing(missing)
+            }
+            (Phase::CatchingUp | Phase::Sketching, Message::Batch(batch)) => {
+                self.phase = Phase::CatchingUp;
                 // usize -> u64 cannot truncate on supported targets.
                 self.consumed = self.consumed.saturating_add(frame.len() as u64);
                 ClientEvent::Batch(batch)
             }
-            (Phase::CatchingUp, Message::CatchUpDone(done)) => {
+            (Phase::CatchingUp | Phase::Sketching, Message::CatchUpDone(done)) => {
                 self.phase = Phase::Steady;
                 ClientEvent::CaughtUp(done)
             }

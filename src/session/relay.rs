@@ -5,7 +5,7 @@ use bytes::Bytes;
 use crate::node::NodeId;
 use crate::protocol::{
     self, Capabilities, CloseCode, ErrorCode, ErrorMessage, Hello, Message, MessageType,
-    PROTOCOL_VERSION, Pack, RelayLimits, SyncHints,
+    PROTOCOL_VERSION, Pack, RelayLimits, SharedRoot, SyncHints,
 };
 
 /// Errors tolerated before a session is closed with [`CloseCode::ProtocolViolation`].
@@ -17,6 +17,14 @@ enum Phase {
     AwaitHello,
     /// Plan `SendIds`: collecting the client's ids until `last`.
     CollectingIds(Vec<NodeId>),
+    /// Plan `Sketch`: the sketch is out; collecting `want` short ids until `last`, or a
+    /// `retry`.
+    AwaitWant(Vec<u64>),
+    /// Plan `Refine`: collecting the differing-bucket bitmap and short ids until `last`.
+    CollectingBucketIds {
+        differing: Option<Bytes>,
+        shorts: Vec<u64>,
+    },
     /// Waiting for the room to answer the collected ids.
     AwaitNeed,
     CatchingUp,
@@ -37,6 +45,23 @@ pub enum Request {
     },
     /// The client's complete id list (plan `SendIds`).
     Ids(Vec<NodeId>),
+    /// The client decoded the sketch (plan `Sketch`): the short ids it lacks and the root of
+    /// the set it believes both sides share.
+    Want {
+        /// Short ids of room nodes the client lacks.
+        shorts: Vec<u64>,
+        /// The client's shared set.
+        shared: SharedRoot,
+    },
+    /// The client could not decode the sketch: extend it, or refine.
+    Retry,
+    /// The client's answer to the bucket summaries (plan `Refine`).
+    BucketIds {
+        /// Bitmap of the buckets whose summaries differ.
+        differing: Bytes,
+        /// Short ids of the client's nodes in those buckets.
+        shorts: Vec<u64>,
+    },
     /// Credit grew; send more catch-up if any is due.
     Pump,
     /// New nodes to validate, store and broadcast.
@@ -142,6 +167,20 @@ impl RelaySession {
             protocol::Plan::InSync => Phase::Steady,
             protocol::Plan::CatchUp => Phase::CatchingUp,
             protocol::Plan::SendIds => Phase::CollectingIds(Vec::new()),
+            protocol::Plan::Sketch => Phase::AwaitWant(Vec::new()),
+            protocol::Plan::Refine => Phase::CollectingBucketIds {
+                differing: None,
+                shorts: Vec::new(),
+            },
+        };
+    }
+
+    /// The sketch path gave up (a second failed decode, or a shared root that did not match):
+    /// `buckets` are queued and the session collects `bucket_ids`.
+    pub fn refine(&mut self) {
+        self.phase = Phase::CollectingBucketIds {
+            differing: None,
+            shorts: Vec::new(),
         };
     }
 
@@ -207,8 +246,84 @@ impl RelaySession {
                     Reaction::None
                 }
             }
+            (Phase::AwaitWant(collected), Message::Want(want)) => {
+                let total = self.config.max_total_ids;
+                let shorts = match protocol::unpack_shorts(&want.shorts) {
+                    Ok(shorts) => shorts,
+                    Err(e) => return self.complain(malformed(ty, e.to_string())),
+                };
+                if collected.len().saturating_add(shorts.len()) > total {
+                    return self.fatal(
+                        CloseCode::ProtocolViolation,
+                        limit(ty, format!("want list longer than {total}")),
+                    );
+                }
+                match (want.last, want.shared) {
+                    (true, Some(shared)) => {
+                        collected.extend(shorts);
+                        let shorts = std::mem::take(collected);
+                        self.phase = Phase::AwaitNeed;
+                        Reaction::Request(Request::Want { shorts, shared })
+                    }
+                    (false, None) => {
+                        collected.extend(shorts);
+                        Reaction::None
+                    }
+                    _ => self.complain(malformed(
+                        ty,
+                        "the shared root comes with the last want frame, and only then".into(),
+                    )),
+                }
+            }
+            (Phase::AwaitWant(collected), Message::Retry(_)) => {
+                collected.clear();
+                Reaction::Request(Request::Retry)
+            }
+            (Phase::CollectingBucketIds { differing, shorts }, Message::BucketIds(chunk)) => {
+                let total = self.config.max_total_ids;
+                let more = match protocol::unpack_shorts(&chunk.shorts) {
+                    Ok(more) => more,
+                    Err(e) => return self.complain(malformed(ty, e.to_string())),
+                };
+                match (differing.is_some(), chunk.differing.is_empty()) {
+                    (false, true) => {
+                        return self.complain(malformed(
+                            ty,
+                            "the first bucket_ids frame carries the bitmap".into(),
+                        ));
+                    }
+                    (true, false) => {
+                        return self.complain(malformed(
+                            ty,
+                            "only the first bucket_ids frame carries the bitmap".into(),
+                        ));
+                    }
+                    (false, false) => *differing = Some(chunk.differing),
+                    (true, true) => {}
+                }
+                if shorts.len().saturating_add(more.len()) > total {
+                    return self.fatal(
+                        CloseCode::ProtocolViolation,
+                        limit(ty, format!("bucket id list longer than {total}")),
+                    );
+                }
+                shorts.extend(more);
+                if chunk.last {
+                    let differing = differing.take().unwrap_or_default();
+                    let shorts = std::mem::take(shorts);
+                    self.phase = Phase::AwaitNeed;
+                    Reaction::Request(Request::BucketIds { differing, shorts })
+                } else {
+                    Reaction::None
+                }
+            }
             (
-                Phase::CollectingIds(_) | Phase::AwaitNeed | Phase::CatchingUp | Phase::Steady,
+                Phase::CollectingIds(_)
+                | Phase::AwaitWant(_)
+                | Phase::CollectingBucketIds { .. }
+                | Phase::AwaitNeed
+                | Phase::CatchingUp
+                | Phase::Steady,
                 Message::Credit(c),
             ) => {
                 self.credit = self
@@ -279,6 +394,10 @@ impl RelaySession {
         self.phase = Phase::Closed;
         Reaction::Close(code, Some(error))
     }
+}
+
+fn malformed(ty: MessageType, detail: String) -> ErrorMessage {
+    ErrorMessage::new(ErrorCode::Malformed, Some(ty), detail)
 }
 
 fn limit(ty: MessageType, detail: String) -> ErrorMessage {

@@ -1,0 +1,290 @@
+//! Sketch reconciliation frames, negotiated with the `ibf` and `mst` capabilities:
+//! `sketch`, `want`, `retry`, `buckets`, `bucket_ids`, `missing` (protocol/README.md §5.7–§5.9).
+//!
+//! Bulk fields (cells, short ids, bucket summaries) travel as one MessagePack `bin` each, in the
+//! fixed layouts of the spec, so a million short ids cost 8 MB and not 9 MB of integer markers.
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use super::Message;
+use crate::node::TreeHash;
+
+/// Bytes per short id in `want`, `bucket_ids` and `missing`: u64 little-endian.
+pub const SHORT_BYTES: usize = 8;
+
+/// Bytes of a sketch key on the wire.
+pub const KEY_BYTES: usize = 16;
+
+/// Relay to client, plan `sketch`: the relay's set as an invertible Bloom filter, possibly
+/// split over several frames (cells are appended in order until the sketch is complete).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sketch {
+    /// Cells per sub-table of the sketch being sent, as a power of two.
+    pub log2: u8,
+    /// `false`: the cells are the whole sketch at `log2`. `true`: they are the lower half of
+    /// each sub-table at `log2`, extending the client's sketch at `log2 − 1` (§5.7).
+    pub extension: bool,
+    /// The room's sketch key (16 bytes) that maps ids to short ids and cells.
+    pub key: Bytes,
+    /// Packed cells, 13 bytes each (§5.7).
+    pub cells: Bytes,
+}
+
+/// The client's shared set after a decode: what it holds minus what it alone holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SharedRoot {
+    /// Number of ids in the shared set.
+    pub count: u64,
+    /// Prefix-tree root hash of the shared set.
+    pub hash: TreeHash,
+}
+
+/// Client to relay after a successful decode: short ids of the nodes it lacks.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Want {
+    /// Packed short ids (8 bytes each).
+    pub shorts: Bytes,
+    /// True on the final frame.
+    pub last: bool,
+    /// On the final frame: the root of the set both sides should now share; absent before.
+    pub shared: Option<SharedRoot>,
+}
+
+/// Client to relay: the sketch did not decode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Retry {
+    /// Cells left non-empty when peeling stopped (diagnostic).
+    pub cells_left: u64,
+}
+
+/// Relay to client, plan `refine` (or after a failed sketch): prefix-tree bucket summaries at
+/// one depth, in bucket order, possibly over several frames.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Buckets {
+    /// Prefix length in hex digits: there are 16^depth buckets.
+    pub depth: u8,
+    /// The room's sketch key (16 bytes): the client names its ids in `bucket_ids` by the
+    /// short ids it gives.
+    pub key: Bytes,
+    /// Packed summaries: per bucket, its id count as a LEB128 varint, then the first 16 bytes
+    /// of its prefix-tree hash (§5.9).
+    pub summaries: Bytes,
+    /// True on the final frame.
+    pub last: bool,
+}
+
+/// Client to relay, after the last `buckets`: the differing buckets and the client's short ids
+/// in them, possibly over several frames.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BucketIds {
+    /// On the first frame: a bitmap of 16^depth bits (bucket `i` is bit `i % 8` of byte
+    /// `i / 8`), set for every bucket whose summary differs. Empty on later frames.
+    pub differing: Bytes,
+    /// Packed short ids of the client's nodes in differing buckets (8 bytes each).
+    pub shorts: Bytes,
+    /// True on the final frame.
+    pub last: bool,
+}
+
+/// Relay to client, after the last `bucket_ids`: short ids the client listed that the relay
+/// lacks; the client pushes those nodes once steady.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Missing {
+    /// Packed short ids (8 bytes each).
+    pub shorts: Bytes,
+    /// True on the final frame.
+    pub last: bool,
+}
+
+/// Why packed short ids could not be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("{0} bytes is not a whole number of 8-byte short ids")]
+pub struct ShortsLengthError(pub usize);
+
+/// Packs short ids, 8 bytes little-endian each.
+pub fn pack_shorts(shorts: impl IntoIterator<Item = u64>) -> Bytes {
+    let mut out = Vec::new();
+    for short in shorts {
+        out.extend_from_slice(&short.to_le_bytes());
+    }
+    Bytes::from(out)
+}
+
+/// Reads packed short ids.
+pub fn unpack_shorts(bytes: &[u8]) -> Result<Vec<u64>, ShortsLengthError> {
+    let chunks = bytes.chunks_exact(SHORT_BYTES);
+    if !chunks.remainder().is_empty() {
+        return Err(ShortsLengthError(bytes.len()));
+    }
+    Ok(chunks
+        .map(|c| {
+            let mut word = [0u8; SHORT_BYTES];
+            word.copy_from_slice(c);
+            u64::from_le_bytes(word)
+        })
+        .collect())
+}
+
+/// Frame overhead budget for the envelope and the fixed fields of a bulk frame.
+const FRAME_SLACK: usize = 64;
+
+/// Bytes of a bucket hash on the wire: the first 16 bytes of the prefix-tree hash.
+pub const BUCKET_HASH_BYTES: usize = 16;
+
+/// `missing` messages for `shorts`, each under `max_frame` bytes; always at least one.
+pub fn missing_messages(shorts: &[u64], max_frame: usize) -> Vec<Message> {
+    short_chunks(shorts, max_frame)
+        .map(|(shorts, last)| Message::Missing(Missing { shorts, last }))
+        .collect()
+}
+
+/// `want` messages for `shorts`, each under `max_frame` bytes; always at least one, the last
+/// carrying `shared`.
+pub fn want_messages(shorts: &[u64], shared: SharedRoot, max_frame: usize) -> Vec<Message> {
+    short_chunks(shorts, max_frame)
+        .map(|(shorts, last)| {
+            Message::Want(Want {
+                shorts,
+                last,
+                shared: last.then_some(shared),
+            })
+        })
+        .collect()
+}
+
+/// Packed chunks of at most a frame's worth of short ids, with a `last` flag; one empty chunk
+/// for no ids.
+fn short_chunks(shorts: &[u64], max_frame: usize) -> impl Iterator<Item = (Bytes, bool)> + '_ {
+    let per_frame = (max_frame.saturating_sub(FRAME_SLACK) / SHORT_BYTES).max(1);
+    let count = shorts.len().div_ceil(per_frame).max(1);
+    (0..count).map(move |i| {
+        let chunk = shorts
+            .get(i * per_frame..)
+            .unwrap_or_default()
+            .iter()
+            .take(per_frame)
+            .copied();
+        (pack_shorts(chunk), i + 1 == count)
+    })
+}
+
+/// LEB128: seven bits per byte, least significant first, high bit set on all but the last.
+fn put_varint(out: &mut Vec<u8>, mut value: u64) {
+    loop {
+        let byte = (value & 0x7f) as u8;
+        value >>= 7;
+        if value == 0 {
+            out.push(byte);
+            return;
+        }
+        out.push(byte | 0x80);
+    }
+}
+
+/// Reads one LEB128 varint of at most 10 bytes.
+fn take_varint(input: &mut &[u8]) -> Option<u64> {
+    let mut value = 0u64;
+    for shift in (0..70).step_by(7) {
+        let (&byte, rest) = input.split_first()?;
+        *input = rest;
+        let bits = u64::from(byte & 0x7f);
+        value |= bits.checked_shl(shift)?;
+        if byte & 0x80 == 0 {
+            return Some(value);
+        }
+    }
+    None
+}
+
+/// A bucket summary as it travels: `(count, first 16 bytes of the prefix-tree hash)`.
+pub type BucketSummary = (u64, [u8; BUCKET_HASH_BYTES]);
+
+/// Packs bucket summaries: per bucket, its count as a LEB128 varint, then its hash bytes.
+pub fn pack_buckets(summaries: &[BucketSummary]) -> Bytes {
+    let mut out = Vec::with_capacity(summaries.len() * (BUCKET_HASH_BYTES + 3));
+    for (count, hash) in summaries {
+        put_varint(&mut out, *count);
+        out.extend_from_slice(hash);
+    }
+    Bytes::from(out)
+}
+
+/// `buckets` messages for every bucket at `depth`, in order, each under `max_frame` bytes.
+pub fn buckets_messages(
+    depth: u8,
+    key: Bytes,
+    summaries: &[BucketSummary],
+    max_frame: usize,
+) -> Vec<Message> {
+    // A summary takes at most 10 + 16 bytes.
+    let per_frame = (max_frame.saturating_sub(FRAME_SLACK) / (10 + BUCKET_HASH_BYTES)).max(1);
+    let count = summaries.len().div_ceil(per_frame).max(1);
+    (0..count)
+        .map(|i| {
+            let chunk = summaries
+                .get(i * per_frame..)
+                .unwrap_or_default()
+                .iter()
+                .take(per_frame)
+                .copied()
+                .collect::<Vec<_>>();
+            Message::Buckets(Buckets {
+                depth,
+                key: key.clone(),
+                summaries: pack_buckets(&chunk),
+                last: i + 1 == count,
+            })
+        })
+        .collect()
+}
+
+/// Reads packed bucket summaries.
+pub fn unpack_buckets(mut bytes: &[u8]) -> Option<Vec<BucketSummary>> {
+    let mut out = Vec::new();
+    while !bytes.is_empty() {
+        let count = take_varint(&mut bytes)?;
+        let (hash, rest) = bytes.split_at_checked(BUCKET_HASH_BYTES)?;
+        let mut fixed = [0u8; BUCKET_HASH_BYTES];
+        fixed.copy_from_slice(hash);
+        out.push((count, fixed));
+        bytes = rest;
+    }
+    Some(out)
+}
+
+/// `bucket_ids` messages for `differing` and `shorts`, each under `max_frame` bytes; always
+/// at least one, the first carrying the bitmap.
+pub fn bucket_ids_messages(differing: &[u8], shorts: &[u64], max_frame: usize) -> Vec<Message> {
+    // The bitmap travels once, in the first frame; size every frame as if it carried it.
+    short_chunks(shorts, max_frame.saturating_sub(differing.len()))
+        .enumerate()
+        .map(|(i, (shorts, last))| {
+            Message::BucketIds(BucketIds {
+                differing: if i == 0 {
+                    Bytes::copy_from_slice(differing)
+                } else {
+                    Bytes::new()
+                },
+                shorts,
+                last,
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shorts_round_trip_and_reject_partial_words() {
+        let shorts = vec![0, 1, u64::MAX, 0x0102_0304_0506_0708];
+        let packed = pack_shorts(shorts.iter().copied());
+        assert_eq!(packed.len(), 32);
+        assert_eq!(&packed[24..], &[8, 7, 6, 5, 4, 3, 2, 1]);
+        assert_eq!(unpack_shorts(&packed).unwrap(), shorts);
+        assert_eq!(unpack_shorts(&packed[..7]), Err(ShortsLengthError(7)));
+        assert_eq!(unpack_shorts(&[]).unwrap(), Vec::<u64>::new());
+    }
+}

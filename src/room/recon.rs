@@ -1,0 +1,244 @@
+//! The relay's side of sketch reconciliation (protocol/README.md §5.7–§5.9): the frames a
+//! room sends for plans `sketch` and `refine`, and how it settles the client's answers.
+//!
+//! Every answer is about the room *as of* the arrival number at which the sketch or the
+//! buckets were made: nodes admitted later are left out of extensions and of the verified
+//! root, and reach the client through the catch-up tail instead.
+
+use std::collections::HashSet;
+
+use bytes::Bytes;
+
+use super::{Cursor, Room};
+use crate::node::{NodeId, TreeHash};
+use crate::protocol::{
+    BUCKET_HASH_BYTES, BucketSummary, Capabilities, Message, SharedRoot, Sketch, SyncHints,
+};
+use crate::recon::estimator::{Estimator, EstimatorError};
+use crate::recon::ibf::{self, Ibf, SketchError};
+use crate::recon::prefix_tree::Prefix;
+use crate::recon::{self, ReconPath, RelaySide};
+
+/// Frame overhead budget for the envelope and the fixed fields of a `sketch` frame.
+const FRAME_SLACK: usize = 64;
+
+/// The client's `bucket_ids` cannot be read against the buckets the room sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("bucket bitmap of {got} bytes, expected {expected} for depth {depth}")]
+pub struct BitmapError {
+    /// Bytes received.
+    pub got: usize,
+    /// Bytes a bitmap of that depth has.
+    pub expected: usize,
+    /// The depth the room sent.
+    pub depth: u8,
+}
+
+impl Room {
+    /// Picks the reconciliation path for a client's hints and the negotiated capabilities.
+    /// A malformed estimator is reported and ignored (the room then sizes from counts).
+    pub fn plan(
+        &self,
+        hints: &SyncHints,
+        capabilities: Capabilities,
+    ) -> (ReconPath, Option<EstimatorError>) {
+        let side = RelaySide {
+            digest: self.digest,
+            epoch: self.epoch,
+            seq: self.seq(),
+        };
+        let (estimate, error) = match hints.estimator.as_deref().map(Estimator::decode) {
+            Some(Ok(received)) => (Some(self.estimator.estimate(&received)), None),
+            Some(Err(e)) => (None, Some(e)),
+            None => (None, None),
+        };
+        let path = recon::choose_path(hints, side, capabilities, estimate, |id| {
+            self.index.contains_key(id)
+        });
+        (path, error)
+    }
+
+    /// The room's sketch key as it travels in `sketch` and `buckets`.
+    pub fn sketch_key_wire(&self) -> Bytes {
+        Bytes::copy_from_slice(self.sets.key().wire())
+    }
+
+    /// The room's sketch at `2^log2` cells per sub-table, as it was at arrival number
+    /// `at_seq` (nodes admitted later are taken out again).
+    fn sketch_as_of(&self, log2: u8, at_seq: u64) -> Result<Ibf, SketchError> {
+        let mut sketch = self.sets.sketch_at(log2)?;
+        for seq in at_seq.saturating_add(1)..=self.seq() {
+            if let Some(node) = self.node_at(seq) {
+                let short = self.sets.key().short_id(&node.id);
+                // An id whose short id collided never entered the sketch.
+                if self.sets.resolve(short) == Some(node.id) {
+                    sketch.remove(short);
+                }
+            }
+        }
+        Ok(sketch)
+    }
+
+    /// `sketch` frames: the whole sketch at `log2`, or (`extension`) the lower halves of the
+    /// sketch at `log2` that extend the one at `log2 − 1` the client already holds. Each frame
+    /// stays under `max_frame` bytes.
+    pub fn sketch_frames(
+        &self,
+        log2: u8,
+        extension: bool,
+        at_seq: u64,
+        max_frame: usize,
+    ) -> Result<Vec<Bytes>, SketchError> {
+        let sketch = self.sketch_as_of(log2, at_seq)?;
+        let cells = if extension {
+            sketch.lower_halves()?
+        } else {
+            sketch.cells().to_vec()
+        };
+        let per_frame = (max_frame.saturating_sub(FRAME_SLACK) / ibf::CELL_BYTES).max(1);
+        let key = self.sketch_key_wire();
+        let mut frames = Vec::new();
+        for chunk in cells.chunks(per_frame) {
+            let message = Message::Sketch(Sketch {
+                log2,
+                extension,
+                key: key.clone(),
+                cells: Bytes::from(ibf::encode_cells(chunk)),
+            });
+            // Encoding a struct of integers and byte strings into a Vec cannot fail.
+            if let Ok(frame) = message.encode() {
+                frames.push(frame);
+            }
+        }
+        Ok(frames)
+    }
+
+    /// Settles a decoded sketch: the client lacks the nodes behind `shorts` and believes both
+    /// sides share `shared`. Returns the catch-up cursor if the room's set as of `at_seq`,
+    /// minus those nodes, has exactly that root; `None` if not (the decode was wrong, or the
+    /// client is): the caller refines instead.
+    pub fn settle_want(
+        &mut self,
+        shorts: &[u64],
+        shared: SharedRoot,
+        at_seq: u64,
+    ) -> Option<Cursor> {
+        let mut lacking = Vec::with_capacity(shorts.len());
+        let mut excluded = Vec::with_capacity(shorts.len());
+        for short in shorts {
+            let id = self.sets.resolve(*short)?;
+            let seq = self.seq_of(&id)?;
+            if seq > at_seq {
+                return None;
+            }
+            lacking.push(seq);
+            excluded.push(id);
+        }
+        excluded.extend(self.ids_after(at_seq));
+        let root = self.sets.tree_mut().root_without(&excluded);
+        if root.count != shared.count || TreeHash(root.hash) != shared.hash {
+            return None;
+        }
+        lacking.sort_unstable();
+        lacking.dedup();
+        Some(Cursor {
+            explicit: lacking,
+            pos: 0,
+            tail_next: at_seq.saturating_add(1),
+        })
+    }
+
+    fn ids_after(&self, at_seq: u64) -> Vec<NodeId> {
+        (at_seq.saturating_add(1)..=self.seq())
+            .filter_map(|seq| self.node_at(seq).map(|n| n.id))
+            .collect()
+    }
+
+    /// Summaries of every prefix of `depth` hex digits, in order, as they travel in
+    /// `buckets`. The room's current state; the caller records its arrival number.
+    pub fn bucket_summaries(&mut self, depth: u8) -> Vec<BucketSummary> {
+        self.sets
+            .tree_mut()
+            .level(depth)
+            .iter()
+            .map(|summary| {
+                let hash = summary.hash.first_chunk::<BUCKET_HASH_BYTES>();
+                (summary.count, hash.copied().unwrap_or_default())
+            })
+            .collect()
+    }
+
+    /// Settles the client's `bucket_ids`: returns the short ids it listed that the room lacks
+    /// and a cursor over the room's nodes it did not list: those it held at `at_seq` in
+    /// differing buckets, and every one admitted since.
+    pub fn settle_bucket_ids(
+        &self,
+        depth: u8,
+        at_seq: u64,
+        differing: &[u8],
+        shorts: &[u64],
+    ) -> Result<(Vec<u64>, Cursor), BitmapError> {
+        let buckets = 1usize << (4 * usize::from(depth));
+        let expected = buckets.div_ceil(8);
+        if differing.len() != expected {
+            return Err(BitmapError {
+                got: differing.len(),
+                expected,
+                depth,
+            });
+        }
+        let listed: HashSet<u64> = shorts.iter().copied().collect();
+        let mut missing: Vec<u64> = listed
+            .iter()
+            .filter(|short| self.sets.resolve(**short).is_none())
+            .copied()
+            .collect();
+        // Deterministic frames: the answer must not depend on hash-set iteration order.
+        missing.sort_unstable();
+        let mut lacking = Vec::new();
+        for bucket in 0..buckets {
+            let set = differing
+                .get(bucket / 8)
+                .is_some_and(|byte| byte & (1 << (bucket % 8)) != 0);
+            if !set {
+                continue;
+            }
+            let Some(prefix) = Prefix::from_index(depth, bucket) else {
+                continue;
+            };
+            for id in self.sets.tree().ids_under(&prefix) {
+                let short = self.sets.key().short_id(&id);
+                // An id whose short id another id took cannot be named; send it anyway.
+                let named = self.sets.resolve(short) == Some(id);
+                if named && listed.contains(&short) {
+                    continue;
+                }
+                match self.seq_of(&id) {
+                    Some(seq) if seq <= at_seq => lacking.push(seq),
+                    _ => {}
+                }
+            }
+        }
+        // Nodes admitted since the buckets were made: the client holds one only if it listed
+        // it (in an equal bucket it would have made the bucket differ).
+        for seq in at_seq.saturating_add(1)..=self.seq() {
+            let Some(node) = self.node_at(seq) else {
+                continue;
+            };
+            let short = self.sets.key().short_id(&node.id);
+            let named = self.sets.resolve(short) == Some(node.id);
+            if !(named && listed.contains(&short)) {
+                lacking.push(seq);
+            }
+        }
+        lacking.sort_unstable();
+        Ok((
+            missing,
+            Cursor {
+                explicit: lacking,
+                pos: 0,
+                tail_next: self.seq().saturating_add(1),
+            },
+        ))
+    }
+}

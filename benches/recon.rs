@@ -14,26 +14,32 @@
 //! **weft** drives the real pure `Hub` and a `Link` in memory, in waves (every frame in flight
 //! one way is delivered, then every frame the other way), until both are idle:
 //!
-//! - *round trips*: direction changes of the reconciliation messages (`hello`, `welcome`,
-//!   `ids`, `need`, `catch_up_done`) until the client is steady, halved and rounded up;
-//!   catch-up `batch` and `credit` frames are the node stream, not turns of the exchange;
-//! - *bytes*: every reconciliation message in full, plus the framing of `batch` and `pack`
-//!   frames (not the encoded nodes inside) and `credit` frames, until the client is steady and
-//!   has queued its pushes; acks after that are not counted;
+//! - *round trips* (`rtt`): flights of reconciliation messages toward the client (`welcome`,
+//!   `sketch`, `need`, `buckets`, `missing`) until it is steady: the round trips until the
+//!   client knows the whole difference. *flights*: one-way flights of reconciliation messages
+//!   either way (adding `hello`, `ids`, `want`, `retry`, `bucket_ids`) until both sides know
+//!   what to send; catch-up `batch`, `credit` and `catch_up_done` frames are the node stream,
+//!   not turns of the exchange;
+//! - *bytes*: every reconciliation message in full (and `catch_up_done`), plus the framing of
+//!   `batch` and `pack` frames (not the encoded nodes inside) and `credit` frames, until the
+//!   client is steady and has queued its pushes; acks after that are not counted;
 //! - *CPU*: wall time on this one thread (the crate forbids `unsafe`, so no thread CPU clock)
-//!   of the `Hub` calls that handle `hello` and `ids` (the relay plans, answers, builds the
-//!   catch-up cursor and sends at most one batch: the client's credit window is one byte) and
-//!   of the `Link` calls that start the session and handle `welcome`, `need` and
-//!   `catch_up_done`. Index building (room, replica, negentropy storage) is not counted;
+//!   of the `Hub` calls that handle the client's reconciliation messages (the relay plans,
+//!   answers, verifies, builds the catch-up cursor and sends at most one batch: the client's
+//!   credit window is one byte) and of the `Link` calls that start the session and handle the
+//!   relay's reconciliation messages and `catch_up_done`. Index building (room and replica
+//!   indexes, prefix-tree hashes, negentropy storage) is not counted, as a relay and a client
+//!   keep them across sessions;
 //! - *correct*: no link error, relay error or close; afterwards the replica and the room hold
 //!   exactly the union of both sides, and nothing in the replica is left unsynced.
 //!   `redundant` counts nodes that crossed although the receiver already had them.
 //!
-//! weft's paths depend on what the client knows about the relay, so the scattered scenarios run
-//! weft twice: `prev-epoch` (the client's shared nodes are synced, its watermark is from an
-//! earlier epoch of the room, e.g. after a relay restore: the relay walks the ancestry of the
-//! client's synced heads) and `cold` (the client has no sync state it can trust, e.g. after a
-//! verification mismatch: `forget_sync`, so the id list). "client lacks the newest 1,000" and
+//! weft offers `ibf` and `mst`. Its paths depend on what the client knows about the relay, so
+//! the scattered scenarios run weft twice: `prev-epoch` (the client's shared nodes are synced,
+//! its watermark and sketch key are from an earlier epoch of the room, e.g. after a relay
+//! restore: the relay sizes the sketch from counts, and the client rebuilds its sketch index
+//! under the new key within the session) and `cold` (the client holds its nodes and the room's
+//! sketch key but no sync state: it sends its estimator). "client lacks the newest 1,000" and
 //! "in sync" use a client synced with a current watermark; "client empty" an empty replica.
 //!
 //! **negentropy** 0.5 (`NegentropyStorageVector`, `Negentropy::owned`, frame size limit 0): the
@@ -57,6 +63,7 @@ use bytes::Bytes;
 use negentropy::{Id, Negentropy, NegentropyStorageVector};
 use weft::node::{Node, NodeId, NodeLimits, RoomId};
 use weft::protocol::{self, Capabilities, Message, MessageType, Outcome, Plan};
+use weft::recon::ibf::SketchKey;
 use weft::replica::{Link, Replica, SyncEvent};
 use weft::room::{Audience, Hub, HubConfig, OrphanLimits, Room};
 
@@ -387,9 +394,11 @@ enum ClientState {
     /// Everything it holds is synced, with a watermark in the room's epoch at its last relay
     /// node.
     Synced,
-    /// Its shared nodes are synced, its own are not; its watermark is from an earlier epoch.
+    /// Its shared nodes are synced, its own are not; its watermark and sketch key are from an
+    /// earlier epoch (so it rebuilds its sketch index in the session).
     PrevEpoch,
-    /// It holds its nodes but trusts nothing about the relay (`forget_sync`).
+    /// It holds its nodes (and the room's current sketch key, kept in its replica file) but no
+    /// sync state: nothing synced, no watermark. It sends its estimator.
     Cold,
     /// Nothing at all.
     Empty,
@@ -700,6 +709,9 @@ impl WeftCurrent {
             room.restore(node.clone())
                 .unwrap_or_else(|e| panic!("relay node refused: {e:?}"));
         }
+        // As the server does after loading a room: hash the prefix tree once, so sessions pay
+        // only for what changed since.
+        room.warm_indexes();
         room
     }
 
@@ -731,8 +743,13 @@ impl WeftCurrent {
                     .map_or(room.seq(), |s| s - 1);
                 replica.complete_through(EPOCH, through);
             }
-            ClientState::PrevEpoch => replica.complete_through(EPOCH - 1, last_relay_seq),
-            ClientState::Cold => replica.forget_sync(),
+            ClientState::PrevEpoch => {
+                replica.complete_through(EPOCH - 1, last_relay_seq);
+                replica.sets(SketchKey::for_room(&room_id(), EPOCH - 1));
+            }
+            ClientState::Cold => {
+                replica.sets(SketchKey::for_room(&room_id(), EPOCH));
+            }
             ClientState::Empty => {}
         }
         replica

@@ -58,6 +58,12 @@ impl Room {
         (path, error)
     }
 
+    /// Hashes the prefix tree where it changed, so that the next session's verification only
+    /// pays for its own difference. The server calls it after loading a room.
+    pub fn warm_indexes(&mut self) {
+        self.sets.root();
+    }
+
     /// The room's sketch key as it travels in `sketch` and `buckets`.
     pub fn sketch_key_wire(&self) -> Bytes {
         Bytes::copy_from_slice(self.sets.key().wire())

@@ -165,6 +165,7 @@ impl RoomTask {
                         return None;
                     }
                 }
+                room.warm_indexes();
                 tracing::info!(nodes = room.seq(), epoch, "room loaded");
                 Some(Hub::new(room, self.settings.hub))
             }

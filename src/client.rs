@@ -35,7 +35,7 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::node::{Node, NodeId, Rejection, RoomId};
-use crate::protocol::{Capabilities, ErrorMessage, Message, Outcome, Presence};
+use crate::protocol::{Capabilities, ErrorMessage, Message, Outcome, Plan, Presence};
 use crate::replica::{InsertError, Link, Replica, ReplicaFileError, SyncEvent};
 
 /// How a client connects.
@@ -89,6 +89,12 @@ impl ClientConfig {
 pub enum Event {
     /// A connection to the relay is open.
     Connected,
+    /// The relay chose how this connection reconciles (protocol/README.md §5.1); a sketch that
+    /// falls back to refinement reports `Refine` afterwards.
+    Reconciling {
+        /// The plan.
+        plan: Plan,
+    },
     /// The replica holds everything the relay held at arrival number `seq`.
     Synced {
         /// Relay arrival number.
@@ -469,6 +475,7 @@ impl Driver {
                 }
             }
             SyncEvent::Presence { peer, state } => self.emit(Event::Presence { peer, state }).await,
+            SyncEvent::Plan(plan) => self.emit(Event::Reconciling { plan }).await,
             SyncEvent::RelayError(error) => self.emit(Event::RelayError(error)).await,
         }
     }

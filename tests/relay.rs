@@ -3,6 +3,7 @@
 mod net;
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -12,12 +13,14 @@ use net::*;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use weft::client::{Client, ClientConfig, Event};
 use weft::node::{NodeId, Rejection};
+use weft::protocol::Plan;
 use weft::protocol::{
     Ack, Batch, Broadcast, CatchUpDone, CloseCode, Credit, ErrorCode, Ids, Message, MessageType,
     Need, Outcome, Pack, Presence, PresenceUpdate, Resolved, Welcome,
 };
-use weft::replica::replay;
+use weft::replica::{Replica, replay};
 use weft::server::ServerConfig;
+use weft::store::{MemoryStore, Store};
 
 fn ids_of(client: &Client) -> BTreeSet<NodeId> {
     client.with_replica(|r| r.ids().copied().collect())
@@ -699,5 +702,84 @@ async fn concurrent_first_connects_share_one_room() {
     }
     // One room, one numbering: 16 distinct consecutive arrival numbers.
     assert_eq!(seqs, (1..=16).collect());
+    relay.shutdown().await;
+}
+
+/// Issue 3's end-to-end case: a client that has never synced with this relay holds a large
+/// room's history minus 500 nodes plus 500 of its own (d = 1,000, scattered over the id space).
+/// It reconciles by sketch over real WebSocket and both sides end with the union.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_differences_against_a_large_room_converge_by_sketch() {
+    const SHARED: usize = 20_000;
+    const EACH_SIDE: usize = 500;
+    let name = "sketch-e2e";
+    // Four writer chains, then nodes forking off scattered shared nodes on each side.
+    let mut shared = Vec::with_capacity(SHARED);
+    for i in 0..SHARED {
+        let parent = i.checked_sub(4).map(|p| &shared[p]);
+        let parents: Vec<&weft::node::Node> = parent.into_iter().collect();
+        shared.push(node(name, &parents, "doc/body", &format!("shared {i}")));
+    }
+    let fork = |side: &str, i: usize| {
+        let base = &shared[(i * 7_919) % SHARED];
+        node(name, &[base], "doc/title", &format!("{side} {i}"))
+    };
+    let relay_only: Vec<_> = (0..EACH_SIDE).map(|i| fork("relay", i)).collect();
+    let client_only: Vec<_> = (0..EACH_SIDE).map(|i| fork("client", i)).collect();
+
+    let store = Arc::new(MemoryStore::new());
+    let mut history = shared.clone();
+    history.extend(relay_only.iter().cloned());
+    store.append(&room(name), 1, &history).await.unwrap();
+    let relay = Relay::start_with_store(ServerConfig::default(), store).await;
+
+    let mut replica = Replica::new(room(name));
+    for n in shared.iter().chain(&client_only) {
+        replica.insert(n.clone(), false).unwrap();
+    }
+    let dir = std::env::temp_dir().join(format!("weft-sketch-e2e-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("replica");
+    std::fs::write(&file, replica.to_bytes().unwrap()).unwrap();
+
+    let mut config = ClientConfig::new(relay.url(), room(name));
+    config.replica_file = Some(file);
+    let (client, mut events) = Client::start(config).unwrap();
+    let mut plans = Vec::new();
+    tokio::time::timeout(PATIENCE, async {
+        while let Some(event) = events.recv().await {
+            match event {
+                Event::Reconciling { plan } => plans.push(plan),
+                Event::Synced { .. } => break,
+                _ => {}
+            }
+        }
+    })
+    .await
+    .expect("client syncs in time");
+    assert_eq!(plans, vec![Plan::Sketch], "one sketch, no fallback");
+
+    let union: BTreeSet<NodeId> = shared
+        .iter()
+        .chain(&relay_only)
+        .chain(&client_only)
+        .map(|n| n.id)
+        .collect();
+    assert_eq!(ids_of(&client), union);
+    // The client's own nodes reach the relay: a fresh client catches up to the union.
+    eventually("the client's nodes are all acknowledged", || {
+        client.with_replica(|r| r.unsynced().count() == 0)
+    })
+    .await;
+    let mut fresh = Raw::connect(&relay, name).await;
+    let caught_up: BTreeSet<NodeId> = fresh
+        .join_and_catch_up()
+        .await
+        .iter()
+        .map(|n| n.id)
+        .collect();
+    assert_eq!(caught_up, union);
+    client.close().await.unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
     relay.shutdown().await;
 }

@@ -623,7 +623,7 @@ impl Sim {
                     conn.synced = true;
                     client.trusted = true;
                 }
-                SyncEvent::Arrived(_) => {}
+                SyncEvent::Arrived(_) | SyncEvent::Plan(_) => {}
                 SyncEvent::Settled { id, outcome } => match outcome {
                     Outcome::Accepted(_) | Outcome::Duplicate(_) => {
                         client.acked.insert(id);

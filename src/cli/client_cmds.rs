@@ -83,6 +83,7 @@ async fn until_synced(
             Some(Event::RelayError(e)) => {
                 tracing::warn!(code = e.code, detail = %e.detail, "relay error")
             }
+            Some(Event::Reconciling { plan }) => tracing::debug!(?plan, "reconciling"),
             Some(Event::Connected | Event::Presence { .. }) => {}
             None => bail!("client stopped"),
         }

@@ -17,6 +17,9 @@ use crate::session::{ClientError, ClientEvent, ClientSession};
 /// Something the application may want to know after a frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SyncEvent {
+    /// The relay chose how this connection reconciles (at `welcome`, and again if a sketch
+    /// falls back to refinement).
+    Plan(Plan),
     /// Reconciliation finished and was verified: the replica holds the relay's set as of `seq`.
     Synced {
         /// The relay arrival number the replica is now complete up to.
@@ -199,6 +202,7 @@ impl Link {
             ClientEvent::Welcome(welcome) => {
                 self.epoch = welcome.epoch;
                 self.limits = welcome.limits;
+                out.events.push(SyncEvent::Plan(welcome.plan));
                 replica.enter_epoch(welcome.epoch);
                 match welcome.plan {
                     Plan::InSync => {
@@ -503,6 +507,9 @@ impl Link {
             what: MessageType::Buckets,
             detail,
         };
+        if self.refine.summaries.is_empty() && self.sketch.key.is_some() {
+            out.events.push(SyncEvent::Plan(Plan::Refine));
+        }
         if std::mem::take(&mut self.sketch.tentative) {
             // The relay did not confirm our decode: nothing it implied can be trusted.
             replica.forget_sync();

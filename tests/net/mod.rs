@@ -36,11 +36,15 @@ impl Relay {
     }
 
     pub async fn start_with(config: ServerConfig) -> Self {
+        Self::start_with_store(config, Arc::new(MemoryStore::new())).await
+    }
+
+    /// A relay over `store`, which may hold rooms already.
+    pub async fn start_with_store(config: ServerConfig, store: Arc<MemoryStore>) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let stats = Arc::new(ServerStats::default());
         let (stop, stopped) = oneshot::channel::<()>();
-        let store = Arc::new(MemoryStore::new());
         let task = tokio::spawn(server::run(listener, config, store, stats.clone(), async {
             let _ = stopped.await;
         }));

@@ -1,0 +1,586 @@
+//! Sketch reconciliation (protocol/README.md §5.6–§5.10) against ground truth: a pure `Hub` and
+//! a `Link` exchange frames in memory until idle, then both sides must hold exactly the union,
+//! with nothing left unsynced, and a second connection must find them in sync.
+//!
+//! Histories are real node DAGs: shared writer chains, plus nodes only one side holds, either
+//! *scattered* (each forks off a random shared node) or *clustered* (one long chain).
+
+use std::collections::HashSet;
+use std::time::Instant;
+
+use bytes::Bytes;
+use proptest::prelude::*;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use weft::node::{Node, NodeId, NodeLimits, RoomId};
+use weft::protocol::{
+    self, Capabilities, CloseCode, ErrorCode, Message, MessageType, Plan, SharedRoot, Sketch, Want,
+};
+use weft::recon::ibf::{self, Cell, Placement, SketchKey};
+use weft::replica::{Link, LinkError, Replica, SyncEvent};
+use weft::room::{Audience, Hub, HubConfig, OrphanLimits, Room};
+
+const EPOCH: u64 = 9;
+const WAVES: usize = 10_000;
+
+/// The hub's clock: only handshake timeouts read it, and these sessions finish at once.
+#[allow(clippy::disallowed_methods)] // one real instant to start the virtual clock from
+fn now() -> Instant {
+    Instant::now()
+}
+
+fn room_id() -> RoomId {
+    RoomId::new("recon").unwrap()
+}
+
+fn key() -> SketchKey {
+    SketchKey::for_room(&room_id(), EPOCH)
+}
+
+/// Who holds a generated node.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Side {
+    Both,
+    Relay,
+    Client,
+}
+
+struct History {
+    /// In a parents-first order.
+    nodes: Vec<(Node, Side)>,
+}
+
+impl History {
+    fn generate(seed: u64, shared: usize, relay: usize, client: usize, clustered: bool) -> Self {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let room = room_id();
+        let mut nodes: Vec<(Node, Side)> = Vec::new();
+        let mut shared_at: Vec<usize> = Vec::new();
+        for i in 0..shared {
+            // Three writer chains that merge now and then.
+            let mut parents: Vec<&Node> = Vec::new();
+            if let Some(p) = i.checked_sub(3) {
+                parents.push(&nodes[shared_at[p]].0);
+            }
+            if i % 50 == 49 {
+                parents.push(&nodes[shared_at[i - 1]].0);
+            }
+            let node = Node::child_of(&room, &parents, "doc", format!("s{seed}-{i}")).unwrap();
+            shared_at.push(nodes.len());
+            nodes.push((node, Side::Both));
+        }
+        for (side, count) in [(Side::Relay, relay), (Side::Client, client)] {
+            let mut last: Option<usize> = None;
+            for i in 0..count {
+                let parent = match (clustered, last) {
+                    (true, Some(l)) => Some(l),
+                    _ if shared_at.is_empty() => None,
+                    _ => Some(shared_at[rng.random_range(0..shared_at.len())]),
+                };
+                let parents: Vec<&Node> = parent.map(|p| &nodes[p].0).into_iter().collect();
+                let payload = format!("{side:?}{seed}-{i}");
+                let node = Node::child_of(&room, &parents, "doc", payload).unwrap();
+                last = Some(nodes.len());
+                nodes.push((node, side));
+            }
+        }
+        Self { nodes }
+    }
+
+    fn held_by(&self, relay: bool) -> impl Iterator<Item = &Node> {
+        let wanted = if relay { Side::Relay } else { Side::Client };
+        self.nodes
+            .iter()
+            .filter(move |(_, s)| *s == Side::Both || *s == wanted)
+            .map(|(n, _)| n)
+    }
+
+    fn union(&self) -> HashSet<NodeId> {
+        self.nodes.iter().map(|(n, _)| n.id).collect()
+    }
+
+    fn room(&self) -> Room {
+        let mut room = Room::new(
+            room_id(),
+            EPOCH,
+            NodeLimits::default(),
+            OrphanLimits::default(),
+        );
+        for n in self.held_by(true) {
+            room.restore(n.clone()).unwrap();
+        }
+        room.warm_indexes();
+        room
+    }
+
+    /// The client's replica: `synced` shared nodes marked synced, with a watermark from an
+    /// earlier epoch; otherwise nothing synced and no watermark (a cold client).
+    fn replica(&self, synced: bool) -> Replica {
+        let mut replica = Replica::new(room_id());
+        for (n, side) in &self.nodes {
+            match side {
+                Side::Both => replica.insert(n.clone(), synced).unwrap(),
+                Side::Client => replica.insert(n.clone(), false).unwrap(),
+                Side::Relay => continue,
+            };
+        }
+        if synced {
+            replica.complete_through(EPOCH - 1, 1);
+        }
+        replica
+    }
+}
+
+/// What one connection did.
+#[derive(Debug, Default)]
+struct Session {
+    plans: Vec<Plan>,
+    sent_up: Vec<MessageType>,
+    relay_errors: Vec<ErrorCode>,
+    closes: Vec<CloseCode>,
+    link_error: Option<String>,
+}
+
+/// Runs one connection until nothing is in flight.
+fn connect(hub: &mut Hub, replica: &mut Replica, sid: u64, caps: Capabilities) -> Session {
+    let now = now();
+    let mut session = Session::default();
+    hub.connect(sid, now);
+    let (mut link, hello) = Link::start(replica, caps, 1 << 20).unwrap();
+    let mut up = vec![hello];
+    for _ in 0..WAVES {
+        if up.is_empty() {
+            break;
+        }
+        let mut down = Vec::new();
+        for frame in std::mem::take(&mut up) {
+            session.sent_up.extend(protocol::peek_type(&frame));
+            let out = hub.handle_frame(sid, &frame, now);
+            session.closes.extend(out.closes.iter().map(|(_, c)| *c));
+            for o in out.frames {
+                let ours = match o.to {
+                    Audience::One(id) => id == sid,
+                    to => hub.recipients(to).any(|id| id == sid),
+                };
+                if ours {
+                    down.push(o.frame);
+                }
+            }
+        }
+        for frame in down {
+            if let Ok(Message::ErrorMessage(e)) = protocol::decode(&frame) {
+                session.relay_errors.extend(ErrorCode::from_code(e.code));
+            }
+            match link.handle_frame(replica, &frame) {
+                Ok(out) => {
+                    for e in out.events {
+                        if let SyncEvent::Plan(plan) = e {
+                            session.plans.push(plan);
+                        }
+                    }
+                    up.extend(out.send);
+                }
+                Err(e) => {
+                    session.link_error = Some(e.to_string());
+                    let _ = hub.disconnect(sid);
+                    return session;
+                }
+            }
+        }
+        up.extend(link.push(replica).unwrap());
+    }
+    assert!(up.is_empty(), "the exchange did not settle");
+    let _ = hub.disconnect(sid);
+    session
+}
+
+const SKETCHES: Capabilities = Capabilities::IBF.union(Capabilities::MST);
+
+/// Reconciles `history` and checks the outcome against ground truth; returns the plans.
+fn reconcile(history: &History, synced: bool) -> Vec<Plan> {
+    let mut hub = Hub::new(history.room(), HubConfig::default());
+    let mut replica = history.replica(synced);
+    let first = connect(&mut hub, &mut replica, 1, SKETCHES);
+    assert_eq!(first.link_error, None);
+    assert!(first.relay_errors.is_empty(), "{:?}", first.relay_errors);
+    assert!(first.closes.is_empty(), "{:?}", first.closes);
+    let union = history.union();
+    let room: HashSet<NodeId> = hub.room().nodes().map(|n| n.id).collect();
+    let held: HashSet<NodeId> = replica.ids().copied().collect();
+    assert_eq!(room.len(), union.len(), "relay holds the union");
+    assert_eq!(room, union);
+    assert_eq!(held, union, "client holds the union");
+    assert_eq!(replica.unsynced().count(), 0, "nothing left unsynced");
+    // Verified: the next connection finds both sides equal.
+    let again = connect(&mut hub, &mut replica, 2, SKETCHES);
+    assert_eq!(again.plans, vec![Plan::InSync]);
+    first.plans
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    /// Any sizes, any split of the difference, clustered or scattered, cold or prev-epoch.
+    #[test]
+    fn sessions_converge_to_the_union(
+        seed in any::<u64>(),
+        shared in 0usize..2_500,
+        relay_share in 0u32..=100,
+        fraction in prop_oneof![0.0f64..0.05, 0.0f64..1.0],
+        clustered in any::<bool>(),
+        synced in any::<bool>(),
+    ) {
+        let d = ((shared.max(1) as f64) * fraction).round() as usize;
+        let relay = d * relay_share as usize / 100;
+        let history = History::generate(seed, shared, relay, d - relay, clustered);
+        let plans = reconcile(&history, synced);
+        prop_assert!(!plans.is_empty());
+    }
+}
+
+/// The sizes of the scenarios, once each, at the top of the range.
+#[test]
+fn large_sets_converge_with_one_sketch() {
+    for (shared, relay, client, clustered) in [
+        (100_000, 0, 0, false),
+        (100_000, 500, 500, false),
+        (100_000, 1_000, 0, true),
+        (100_000, 0, 1_000, false),
+        (20_000, 2_000, 2_000, false),
+    ] {
+        let history = History::generate(7, shared, relay, client, clustered);
+        let plans = reconcile(&history, false);
+        let expected = if relay + client == 0 {
+            Plan::InSync
+        } else {
+            Plan::Sketch
+        };
+        assert_eq!(plans.first(), Some(&expected), "{shared} {relay} {client}");
+    }
+}
+
+#[test]
+fn hard_divergence_refines_and_converges() {
+    // 60% of the union differs: beyond what a sketch is sized for.
+    let history = History::generate(3, 2_000, 1_500, 1_500, false);
+    assert_eq!(reconcile(&history, false), vec![Plan::Refine]);
+    // A client that lost part of what it believed synced: sized from counts, too small.
+    let history = History::generate(4, 3_000, 0, 400, false);
+    let mut hub = Hub::new(history.room(), HubConfig::default());
+    let mut replica = history.replica(true);
+    // Pretend its own nodes were synced too (the relay lost them in an epoch change).
+    let own: Vec<NodeId> = history
+        .nodes
+        .iter()
+        .filter(|(_, s)| *s == Side::Client)
+        .map(|(n, _)| n.id)
+        .collect();
+    for id in &own {
+        replica.mark_synced(id);
+    }
+    let session = connect(&mut hub, &mut replica, 1, SKETCHES);
+    assert_eq!(session.link_error, None);
+    assert_eq!(session.plans, vec![Plan::Sketch, Plan::Refine]);
+    let retries = session.sent_up.iter().filter(|t| **t == MessageType::Retry);
+    assert_eq!(retries.count(), 2, "one extension, then refinement");
+    let room: HashSet<NodeId> = hub.room().nodes().map(|n| n.id).collect();
+    assert_eq!(room, history.union());
+}
+
+/// Relay-only nodes ground so that, under the room's key, all of them share their cells at the
+/// smallest sketch size and still collide after one extension: peeling is stuck twice, the
+/// session refines and still converges.
+#[test]
+fn ids_ground_to_collide_in_the_sketch_fall_back_to_refinement() {
+    let room = room_id();
+    let mut history = History::generate(5, 500, 0, 0, false);
+    let base = history.nodes[17].0.clone();
+    let target = Placement::new(key().short_id(&base.id)).cells(5);
+    let mut grinding = 0u64;
+    while history.nodes.len() < 500 + 12 {
+        grinding += 1;
+        let node = Node::child_of(&room, &[&base], "x", format!("grind {grinding}")).unwrap();
+        if Placement::new(key().short_id(&node.id)).cells(5) == target {
+            history.nodes.push((node, Side::Relay));
+        }
+    }
+    let plans = reconcile(&history, false);
+    assert_eq!(plans, vec![Plan::Sketch, Plan::Refine]);
+}
+
+/// Sketch frames a relay could send that a client must refuse with a typed error, leaving its
+/// replica as it was.
+#[test]
+fn garbage_sketches_are_typed_errors_and_change_nothing() {
+    let history = History::generate(6, 300, 10, 10, false);
+    let welcome_for = |hub: &mut Hub, replica: &mut Replica| {
+        let now = now();
+        hub.connect(1, now);
+        let (mut link, hello) = Link::start(replica, SKETCHES, 1 << 20).unwrap();
+        let out = hub.handle_frame(1, &hello, now);
+        let welcome = out
+            .frames
+            .iter()
+            .find(|o| protocol::peek_type(&o.frame) == Some(MessageType::Welcome))
+            .unwrap()
+            .frame
+            .clone();
+        let _ = link.handle_frame(replica, &welcome).unwrap();
+        link
+    };
+    let good_key = Bytes::copy_from_slice(key().wire());
+    let cells = |n: usize| Bytes::from(ibf::encode_cells(&vec![Cell::default(); n]));
+    let cases: Vec<(&str, Sketch)> = vec![
+        (
+            "short key",
+            Sketch {
+                log2: 4,
+                extension: false,
+                key: Bytes::from_static(&[1; 3]),
+                cells: cells(48),
+            },
+        ),
+        (
+            "partial cell",
+            Sketch {
+                log2: 4,
+                extension: false,
+                key: good_key.clone(),
+                cells: Bytes::from(vec![0u8; 13 * 2 + 5]),
+            },
+        ),
+        (
+            "more cells than the size holds",
+            Sketch {
+                log2: 4,
+                extension: false,
+                key: good_key.clone(),
+                cells: cells(49),
+            },
+        ),
+        (
+            "size beyond the largest",
+            Sketch {
+                log2: 60,
+                extension: false,
+                key: good_key.clone(),
+                cells: cells(3),
+            },
+        ),
+        (
+            "extension without a sketch",
+            Sketch {
+                log2: 5,
+                extension: true,
+                key: good_key.clone(),
+                cells: cells(48),
+            },
+        ),
+    ];
+    for (what, sketch) in cases {
+        let mut hub = Hub::new(history.room(), HubConfig::default());
+        let mut replica = history.replica(false);
+        let before: Vec<(NodeId, bool)> = replica
+            .ids()
+            .map(|id| (*id, replica.is_synced(id)))
+            .collect();
+        let mut link = welcome_for(&mut hub, &mut replica);
+        let frame = Message::Sketch(sketch).encode().unwrap();
+        let result = link.handle_frame(&mut replica, &frame);
+        assert!(
+            matches!(
+                result,
+                Err(LinkError::BadRecon {
+                    what: MessageType::Sketch,
+                    ..
+                })
+            ),
+            "{what}: {result:?}"
+        );
+        let after: Vec<(NodeId, bool)> = replica
+            .ids()
+            .map(|id| (*id, replica.is_synced(id)))
+            .collect();
+        assert_eq!(before, after, "{what}");
+    }
+}
+
+/// A crafted sketch whose "pure" cells name short ids the client does not hold decodes to
+/// nonsense: the client asks for a retry instead of trusting it.
+#[test]
+fn a_sketch_naming_unknown_ids_is_retried_not_trusted() {
+    let history = History::generate(8, 200, 0, 0, false);
+    let mut replica = history.replica(false);
+    let mut sketch = replica.sets(key()).sketch_at(4).unwrap();
+    // One element only the client "holds": a short id it does not have.
+    sketch.remove(0xdead_beef);
+    let (mut link, _hello) = Link::start(&replica, SKETCHES, 1 << 20).unwrap();
+    // A relay holding the same set would answer in sync; play a lying one by hand.
+    let welcome = Message::Welcome(protocol::Welcome {
+        version: protocol::PROTOCOL_VERSION,
+        capabilities: SKETCHES,
+        peer: 1,
+        epoch: EPOCH,
+        seq: 200,
+        plan: Plan::Sketch,
+        limits: protocol::RelayLimits::default(),
+    });
+    let _ = link
+        .handle_frame(&mut replica, &welcome.encode().unwrap())
+        .unwrap();
+    let frame = Message::Sketch(Sketch {
+        log2: 4,
+        extension: false,
+        key: Bytes::copy_from_slice(key().wire()),
+        cells: Bytes::from(ibf::encode_cells(sketch.cells())),
+    })
+    .encode()
+    .unwrap();
+    let out = link.handle_frame(&mut replica, &frame).unwrap();
+    let sent: Vec<Option<MessageType>> = out.send.iter().map(|f| protocol::peek_type(f)).collect();
+    assert_eq!(sent, vec![Some(MessageType::Retry)]);
+    assert_eq!(replica.unsynced().count(), 200, "nothing was marked synced");
+}
+
+/// What a relay does with bad `want` frames: typed errors, a refinement when the claimed root
+/// is wrong, and a close when the list is beyond its bound.
+#[test]
+fn bad_wants_get_typed_errors_or_refinement() {
+    let history = History::generate(9, 1_000, 30, 30, false);
+    let start = |hub: &mut Hub| {
+        let replica = history.replica(false);
+        let now = now();
+        hub.connect(1, now);
+        let (_, hello) = Link::start(&replica, SKETCHES, 1 << 20).unwrap();
+        let out = hub.handle_frame(1, &hello, now);
+        assert!(
+            out.frames
+                .iter()
+                .any(|o| protocol::peek_type(&o.frame) == Some(MessageType::Sketch))
+        );
+    };
+    let send = |hub: &mut Hub, message: Message| {
+        let out = hub.handle_frame(1, &message.encode().unwrap(), now());
+        let types: Vec<MessageType> = out
+            .frames
+            .iter()
+            .filter_map(|o| protocol::peek_type(&o.frame))
+            .collect();
+        let closes: Vec<CloseCode> = out.closes.iter().map(|(_, code)| *code).collect();
+        (types, closes)
+    };
+    // Short ids that are not a whole number of words.
+    let mut hub = Hub::new(history.room(), HubConfig::default());
+    start(&mut hub);
+    let (types, closes) = send(
+        &mut hub,
+        Message::Want(Want {
+            shorts: Bytes::from_static(&[1, 2, 3]),
+            last: true,
+            shared: Some(SharedRoot {
+                count: 1,
+                hash: weft::node::TreeHash([0; 32]),
+            }),
+        }),
+    );
+    assert_eq!((types, closes), (vec![MessageType::ErrorMessage], vec![]));
+    // A shared root on a frame that is not the last.
+    let (types, _) = send(
+        &mut hub,
+        Message::Want(Want {
+            shorts: Bytes::new(),
+            last: false,
+            shared: Some(SharedRoot {
+                count: 1,
+                hash: weft::node::TreeHash([0; 32]),
+            }),
+        }),
+    );
+    assert_eq!(types, vec![MessageType::ErrorMessage]);
+    // Made-up short ids and a wrong root: not trusted, the relay refines.
+    let (types, closes) = send(
+        &mut hub,
+        Message::Want(Want {
+            shorts: protocol::pack_shorts([1, 2, 3]),
+            last: true,
+            shared: Some(SharedRoot {
+                count: 1_030,
+                hash: weft::node::TreeHash([7; 32]),
+            }),
+        }),
+    );
+    assert!(closes.is_empty());
+    assert!(
+        types.iter().all(|t| *t == MessageType::Buckets) && !types.is_empty(),
+        "{types:?}"
+    );
+    // A bitmap of the wrong length for the buckets sent: error, then close.
+    let (types, closes) = send(
+        &mut hub,
+        Message::BucketIds(protocol::BucketIds {
+            differing: Bytes::from_static(&[0xff]),
+            shorts: Bytes::new(),
+            last: true,
+        }),
+    );
+    assert_eq!(types, vec![MessageType::ErrorMessage]);
+    assert_eq!(closes, vec![CloseCode::ProtocolViolation]);
+
+    // A want list beyond the relay's bound closes the session.
+    let mut config = HubConfig::default();
+    config.session.max_total_ids = 10;
+    let mut hub = Hub::new(history.room(), config);
+    start(&mut hub);
+    let (types, closes) = send(
+        &mut hub,
+        Message::Want(Want {
+            shorts: protocol::pack_shorts(0..11),
+            last: false,
+            shared: None,
+        }),
+    );
+    assert_eq!(types, vec![MessageType::ErrorMessage]);
+    assert_eq!(closes, vec![CloseCode::ProtocolViolation]);
+}
+
+/// A client with a current watermark catches up without a sketch, and one whose hello
+/// carries a malformed estimator gets a typed error and still converges.
+#[test]
+fn watermarks_skip_sketches_and_bad_estimators_are_reported() {
+    let history = History::generate(10, 800, 40, 0, true);
+    let mut hub = Hub::new(history.room(), HubConfig::default());
+    let mut replica = history.replica(true);
+    replica.complete_through(EPOCH, 800);
+    let session = connect(&mut hub, &mut replica, 1, SKETCHES);
+    assert_eq!(session.plans, vec![Plan::CatchUp]);
+    assert_eq!(
+        replica.ids().count(),
+        history.union().len(),
+        "caught up by watermark"
+    );
+
+    let history = History::generate(11, 800, 5, 5, false);
+    let mut hub = Hub::new(history.room(), HubConfig::default());
+    let replica = history.replica(false);
+    let mut hints = replica.hints(true);
+    hints.estimator = Some(Bytes::from_static(&[0; 65]));
+    let hello = Message::Hello(protocol::Hello {
+        min_version: 1,
+        max_version: 1,
+        capabilities: SKETCHES,
+        hints,
+        credit: 1 << 20,
+    });
+    let now = now();
+    hub.connect(1, now);
+    let out = hub.handle_frame(1, &hello.encode().unwrap(), now);
+    let first = protocol::decode(&out.frames[0].frame).unwrap();
+    match first {
+        Message::ErrorMessage(e) => {
+            assert_eq!(e.code, ErrorCode::Malformed.code());
+            assert_eq!(e.message_type, MessageType::Hello.code());
+        }
+        other => panic!("expected an error first, got {other:?}"),
+    }
+    assert!(out.closes.is_empty());
+}

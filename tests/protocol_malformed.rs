@@ -20,8 +20,8 @@ use weft::node::{
 use weft::protocol::{
     self, Ack, Batch, Broadcast, BucketIds, Buckets, Capabilities, CatchUpDone, CloseCode, Credit,
     DecodeError, ErrorCode, ErrorMessage, Hello, Ids, Message, MessageType, Missing, Need, Outcome,
-    Pack, Plan, Presence, PresenceUpdate, RelayLimits, Resolved, Retry, SharedRoot, Sketch,
-    SyncHints, Want, Watermark, Welcome,
+    Pack, Plan, Presence, PresenceUpdate, RelayLimits, Resolved, Retry, Sketch, SyncHints,
+    TreeRoot, Want, Watermark, Welcome,
 };
 use weft::recon::SetDigest;
 use weft::room::{Audience, Hub, HubConfig, OrphanLimits, Outbox, Room, SessionId};
@@ -125,7 +125,19 @@ fn valid_messages() -> Vec<Message> {
             through: 4,
             nodes: nodes.clone(),
         }),
-        Message::CatchUpDone(CatchUpDone { seq: 4, digest }),
+        Message::CatchUpDone(CatchUpDone {
+            seq: 4,
+            digest,
+            root: None,
+        }),
+        Message::CatchUpDone(CatchUpDone {
+            seq: 4,
+            digest,
+            root: Some(TreeRoot {
+                count: 4,
+                hash: TreeHash([9; 32]),
+            }),
+        }),
         Message::Credit(Credit { bytes: 65_536 }),
         Message::Pack(Pack {
             number: 1,
@@ -171,10 +183,7 @@ fn valid_messages() -> Vec<Message> {
         Message::Want(Want {
             shorts: protocol::pack_shorts([1, u64::MAX]),
             last: true,
-            shared: Some(SharedRoot {
-                count: 70_000,
-                hash: TreeHash([4; 32]),
-            }),
+            shared: Some(digest),
         }),
         Message::Want(Want {
             shorts: Bytes::new(),
@@ -226,7 +235,8 @@ fn classify(e: &DecodeError) -> Expect {
     }
 }
 
-/// Values no v1 field accepts at the top level (`want.shared`, an option, aside): nil, a
+/// Values no v1 field accepts at the top level (the options `want.shared` and
+/// `catch_up_done.root` aside): nil, a
 /// negative integer, a float, a map, an extension and the never-used marker 0xc1.
 const WRONG_EVERYWHERE: &[&[u8]] = &[
     &[0xc0],
@@ -302,7 +312,10 @@ fn mutations(message: &Message) -> Vec<Case> {
     let fields = common::body_fields(&frame).expect("valid frames have a body array");
     for (i, field) in fields.iter().enumerate() {
         for wrong in WRONG_EVERYWHERE {
-            let option_to_nil = ty == MessageType::Want && i == 2 && *wrong == [0xc0];
+            let option_to_nil = matches!(
+                (ty, i),
+                (MessageType::Want, 2) | (MessageType::CatchUpDone, 2)
+            ) && *wrong == [0xc0];
             cases.push(Case {
                 what: name(format!("field {i} replaced by {}", hex::encode(wrong))),
                 frame: splice(&frame, field.clone(), wrong),

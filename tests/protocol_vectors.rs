@@ -17,8 +17,8 @@ use weft::node::{
 use weft::protocol::{
     self, Ack, Batch, Broadcast, BucketIds, Buckets, Capabilities, CatchUpDone, Credit,
     DecodeError, ErrorCode, ErrorMessage, Hello, Ids, Message, MessageType, Missing, Need, Outcome,
-    Pack, Plan, Presence, PresenceUpdate, RelayLimits, Resolved, Retry, SharedRoot, Sketch,
-    SyncHints, Want, Watermark, Welcome,
+    Pack, Plan, Presence, PresenceUpdate, RelayLimits, Resolved, Retry, Sketch, SyncHints,
+    TreeRoot, Want, Watermark, Welcome,
 };
 use weft::recon::SetDigest;
 
@@ -336,6 +336,18 @@ fn message(mut o: Obj) -> Res<Message> {
         MessageType::CatchUpDone => Message::CatchUpDone(CatchUpDone {
             seq: o.u64("seq")?,
             digest: digest(o.obj("digest")?)?,
+            root: match o.take("root")? {
+                Value::Null => None,
+                v => {
+                    let mut r = Obj::new(v, "catch_up_done.root")?;
+                    let root = TreeRoot {
+                        count: r.u64("count")?,
+                        hash: TreeHash(r.id32("hash")?),
+                    };
+                    r.finish()?;
+                    Some(root)
+                }
+            },
         }),
         MessageType::Credit => Message::Credit(Credit {
             bytes: o.u64("bytes")?,
@@ -385,15 +397,7 @@ fn message(mut o: Obj) -> Res<Message> {
             last: o.bool("last")?,
             shared: match o.take("shared")? {
                 Value::Null => None,
-                v => {
-                    let mut r = Obj::new(v, "want.shared")?;
-                    let root = SharedRoot {
-                        count: r.u64("count")?,
-                        hash: TreeHash(r.id32("hash")?),
-                    };
-                    r.finish()?;
-                    Some(root)
-                }
+                v => Some(digest(Obj::new(v, "want.shared")?)?),
             },
         }),
         MessageType::Retry => Message::Retry(Retry {

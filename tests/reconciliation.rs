@@ -12,10 +12,11 @@ use bytes::Bytes;
 use proptest::prelude::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use weft::node::{Node, NodeId, NodeLimits, RoomId};
+use weft::node::{DigestSum, Node, NodeId, NodeLimits, RoomId};
 use weft::protocol::{
-    self, Capabilities, CloseCode, ErrorCode, Message, MessageType, Plan, SharedRoot, Sketch, Want,
+    self, Capabilities, CloseCode, ErrorCode, Message, MessageType, Plan, Sketch, Want,
 };
+use weft::recon::SetDigest;
 use weft::recon::ibf::{self, Cell, Placement, SketchKey};
 use weft::replica::{Link, LinkError, Replica, SyncEvent};
 use weft::room::{Audience, Hub, HubConfig, OrphanLimits, Room};
@@ -143,6 +144,17 @@ struct Session {
 
 /// Runs one connection until nothing is in flight.
 fn connect(hub: &mut Hub, replica: &mut Replica, sid: u64, caps: Capabilities) -> Session {
+    connect_through(hub, replica, sid, caps, |frame| frame)
+}
+
+/// [`connect`], with every relay frame passed through `tamper` on its way to the client.
+fn connect_through(
+    hub: &mut Hub,
+    replica: &mut Replica,
+    sid: u64,
+    caps: Capabilities,
+    tamper: impl Fn(Bytes) -> Bytes,
+) -> Session {
     let now = now();
     let mut session = Session::default();
     hub.connect(sid, now);
@@ -163,7 +175,7 @@ fn connect(hub: &mut Hub, replica: &mut Replica, sid: u64, caps: Capabilities) -
                     to => hub.recipients(to).any(|id| id == sid),
                 };
                 if ours {
-                    down.push(o.frame);
+                    down.push(tamper(o.frame));
                 }
             }
         }
@@ -477,9 +489,9 @@ fn bad_wants_get_typed_errors_or_refinement() {
         Message::Want(Want {
             shorts: Bytes::from_static(&[1, 2, 3]),
             last: true,
-            shared: Some(SharedRoot {
+            shared: Some(SetDigest {
                 count: 1,
-                hash: weft::node::TreeHash([0; 32]),
+                sum: DigestSum([0; 32]),
             }),
         }),
     );
@@ -490,22 +502,22 @@ fn bad_wants_get_typed_errors_or_refinement() {
         Message::Want(Want {
             shorts: Bytes::new(),
             last: false,
-            shared: Some(SharedRoot {
+            shared: Some(SetDigest {
                 count: 1,
-                hash: weft::node::TreeHash([0; 32]),
+                sum: DigestSum([0; 32]),
             }),
         }),
     );
     assert_eq!(types, vec![MessageType::ErrorMessage]);
-    // Made-up short ids and a wrong root: not trusted, the relay refines.
+    // Made-up short ids and a wrong digest: not trusted, the relay refines.
     let (types, closes) = send(
         &mut hub,
         Message::Want(Want {
             shorts: protocol::pack_shorts([1, 2, 3]),
             last: true,
-            shared: Some(SharedRoot {
+            shared: Some(SetDigest {
                 count: 1_030,
-                hash: weft::node::TreeHash([7; 32]),
+                sum: DigestSum([7; 32]),
             }),
         }),
     );
@@ -583,4 +595,36 @@ fn watermarks_skip_sketches_and_bad_estimators_are_reported() {
         other => panic!("expected an error first, got {other:?}"),
     }
     assert!(out.closes.is_empty());
+}
+
+/// A relay whose `catch_up_done` root disagrees with what it streamed (a decode that went
+/// wrong in a way the digests missed, or a lying relay) is caught by the client: it forgets
+/// its sync state, and its next session reconciles by the exact id list.
+#[test]
+fn a_wrong_root_at_catch_up_done_is_caught_and_resynced_exactly() {
+    let history = History::generate(12, 1_500, 20, 20, false);
+    let mut hub = Hub::new(history.room(), HubConfig::default());
+    let mut replica = history.replica(false);
+    let lie = |frame: Bytes| match protocol::decode(&frame) {
+        Ok(Message::CatchUpDone(mut done)) => {
+            if let Some(root) = done.root.as_mut() {
+                root.hash.0[0] ^= 1;
+            }
+            Message::CatchUpDone(done).encode().unwrap()
+        }
+        _ => frame,
+    };
+    let session = connect_through(&mut hub, &mut replica, 1, SKETCHES, lie);
+    assert_eq!(session.plans, vec![Plan::Sketch]);
+    let error = session.link_error.expect("the client refuses the root");
+    assert!(error.contains("diverged"), "{error}");
+    assert!(replica.needs_exact_resync());
+    assert_eq!(replica.watermark(), None);
+    // Next time: no sketches offered, the exact id list, and the union on both sides.
+    let again = connect(&mut hub, &mut replica, 2, SKETCHES);
+    assert_eq!(again.plans, vec![Plan::SendIds]);
+    assert!(again.sent_up.contains(&MessageType::Ids));
+    let held: HashSet<NodeId> = replica.ids().copied().collect();
+    assert_eq!(held, history.union());
+    assert_eq!(replica.unsynced().count(), 0);
 }

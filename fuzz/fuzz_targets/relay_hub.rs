@@ -21,10 +21,10 @@ use std::time::{Duration, Instant};
 
 use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
-use weft::node::{AuthorKey, BlobHash, BlobRef, Node, NodeId, NodeLimits, RoomId, TreeHash};
+use weft::node::{AuthorKey, BlobHash, BlobRef, DigestSum, Node, NodeId, NodeLimits, RoomId};
 use weft::protocol::{
     self, BucketIds, Capabilities, Credit, Direction, Hello, Ids, Message, Outcome, Pack, Presence,
-    Retry, SharedRoot, SyncHints, Want, Watermark,
+    Retry, SyncHints, Want, Watermark,
 };
 use weft::recon::SetDigest;
 use weft::recon::ibf::SketchKey;
@@ -490,16 +490,15 @@ impl World {
                     .map(|n| key.short_id(&n.id))
                     .collect();
                 shorts.extend(made_up.iter().take(16));
-                // A root that matches the room (as if the client held all of it) or garbage.
+                // The room's own digest (as if the client held all of it) or garbage.
                 let shared = shared.map(|(count, honest)| {
-                    let digest = self.hub.room().digest();
-                    SharedRoot {
-                        count: if honest {
-                            digest.count
-                        } else {
-                            u64::from(count)
-                        },
-                        hash: TreeHash([count; 32]),
+                    if honest {
+                        self.hub.room().digest()
+                    } else {
+                        SetDigest {
+                            count: u64::from(count),
+                            sum: DigestSum([count; 32]),
+                        }
                     }
                 });
                 let message = Message::Want(Want {

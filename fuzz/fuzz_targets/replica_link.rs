@@ -263,6 +263,7 @@ impl World {
                 self.send(Message::CatchUpDone(CatchUpDone {
                     seq: u64::from(*seq),
                     digest,
+                    root: None,
                 }));
             }
             Op::Ack { number, outcomes } => {

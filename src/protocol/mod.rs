@@ -27,7 +27,7 @@ pub use prebuilt::{BATCH_OVERHEAD, batch_frame, broadcast_frame, encode_node};
 pub use presence::{Presence, PresenceUpdate};
 pub use recon::{
     BUCKET_HASH_BYTES, BucketIds, BucketSummary, Buckets, KEY_BYTES, Missing, Retry, SHORT_BYTES,
-    SharedRoot, ShortsLengthError, Sketch, Want, bucket_ids_messages, buckets_messages,
+    ShortsLengthError, Sketch, TreeRoot, Want, bucket_ids_messages, buckets_messages,
     missing_messages, pack_buckets, pack_shorts, unpack_buckets, unpack_shorts, want_messages,
 };
 pub use sync::{Batch, CatchUpDone, Credit, Ids, Need};

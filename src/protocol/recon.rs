@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::Message;
 use crate::node::TreeHash;
+use crate::recon::SetDigest;
 
 /// Bytes per short id in `want`, `bucket_ids` and `missing`: u64 little-endian.
 pub const SHORT_BYTES: usize = 8;
@@ -31,12 +32,12 @@ pub struct Sketch {
     pub cells: Bytes,
 }
 
-/// The client's shared set after a decode: what it holds minus what it alone holds.
+/// A set's prefix-tree root (protocol/README.md §5.8): a collision-resistant digest.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SharedRoot {
-    /// Number of ids in the shared set.
+pub struct TreeRoot {
+    /// Number of ids in the set.
     pub count: u64,
-    /// Prefix-tree root hash of the shared set.
+    /// Prefix-tree root hash of the set.
     pub hash: TreeHash,
 }
 
@@ -47,8 +48,9 @@ pub struct Want {
     pub shorts: Bytes,
     /// True on the final frame.
     pub last: bool,
-    /// On the final frame: the root of the set both sides should now share; absent before.
-    pub shared: Option<SharedRoot>,
+    /// On the final frame: the digest of the set both sides should now share (what the client
+    /// holds minus what it alone holds); absent before.
+    pub shared: Option<SetDigest>,
 }
 
 /// Client to relay: the sketch did not decode.
@@ -141,7 +143,7 @@ pub fn missing_messages(shorts: &[u64], max_frame: usize) -> Vec<Message> {
 
 /// `want` messages for `shorts`, each under `max_frame` bytes; always at least one, the last
 /// carrying `shared`.
-pub fn want_messages(shorts: &[u64], shared: SharedRoot, max_frame: usize) -> Vec<Message> {
+pub fn want_messages(shorts: &[u64], shared: SetDigest, max_frame: usize) -> Vec<Message> {
     short_chunks(shorts, max_frame)
         .map(|(shorts, last)| {
             Message::Want(Want {

@@ -40,6 +40,9 @@ pub struct CatchUpDone {
     pub seq: u64,
     /// Digest of the room at `seq`; the client's synced set must equal it.
     pub digest: SetDigest,
+    /// After plans `sketch` and `refine`: the room's prefix-tree root at `seq`, which the
+    /// client's synced set must also have (protocol/README.md §5.10); absent otherwise.
+    pub root: Option<super::TreeRoot>,
 }
 
 /// Client to relay: grants more catch-up credit, in bytes.

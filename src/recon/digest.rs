@@ -32,6 +32,17 @@ impl SetDigest {
         }
     }
 
+    /// Takes out one id. The caller guarantees the id is in the set.
+    pub fn remove(&mut self, id: &NodeId) {
+        self.count = self.count.wrapping_sub(1);
+        let mut borrow = 0i16;
+        for (acc, sub) in self.sum.0.iter_mut().zip(id.0.iter()) {
+            let total = i16::from(*acc) - i16::from(*sub) - borrow;
+            borrow = i16::from(total < 0);
+            *acc = total.rem_euclid(256).to_le_bytes()[0];
+        }
+    }
+
     /// The digest of a set given by its ids.
     pub fn of<'a>(ids: impl IntoIterator<Item = &'a NodeId>) -> Self {
         let mut digest = Self::default();
@@ -66,6 +77,17 @@ mod tests {
         d.insert(&NodeId(one));
         assert_eq!(d.sum, DigestSum([0; 32]), "2^256 - 1 + 1 wraps to zero");
         assert_eq!(d.count, 2);
+    }
+
+    #[test]
+    fn remove_undoes_insert_with_borrows() {
+        let ids = [NodeId([0xff; 32]), NodeId([1; 32]), NodeId([0x80; 32])];
+        let mut d = SetDigest::of(&ids);
+        d.remove(&ids[0]);
+        assert_eq!(d, SetDigest::of(&ids[1..]));
+        d.remove(&ids[2]);
+        d.remove(&ids[1]);
+        assert_eq!(d, SetDigest::default());
     }
 
     #[test]

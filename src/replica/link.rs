@@ -8,7 +8,7 @@ use super::{InsertError, Replica};
 use crate::node::{NodeId, TreeHash};
 use crate::protocol::{
     self, BucketSummary, Buckets, Capabilities, EncodeError, ErrorMessage, Ids, Message,
-    MessageType, Missing, Outcome, Pack, Plan, RelayLimits, Retry, SharedRoot, Sketch,
+    MessageType, Missing, Outcome, Pack, Plan, RelayLimits, Retry, Sketch, TreeRoot,
 };
 use crate::recon::ibf::{self, Cell, Ibf, K, SketchError, SketchKey};
 use crate::recon::prefix_tree::Prefix;
@@ -252,7 +252,13 @@ impl Link {
                 out.send.extend(self.session.poll_credit()?);
             }
             ClientEvent::CaughtUp(done) => {
-                if replica.synced_digest() != done.digest {
+                let root_differs = match (done.root, self.sketch.key.or(self.refine.key)) {
+                    (Some(root), Some(key)) => synced_root(replica, key) != root,
+                    // A root we cannot check (no sketch key yet) is not trusted either way.
+                    (Some(_), None) => true,
+                    (None, _) => false,
+                };
+                if replica.synced_digest() != done.digest || root_differs {
                     replica.forget_sync();
                     return Err(LinkError::Diverged);
                 }
@@ -470,11 +476,10 @@ impl Link {
                 return Ok(());
             }
         };
-        let root = sets.tree_mut().root_without(&only_ours);
-        let shared = SharedRoot {
-            count: root.count,
-            hash: TreeHash(root.hash),
-        };
+        let mut shared = replica.digest();
+        for id in &only_ours {
+            shared.remove(id);
+        }
         // Everything but what we alone hold is the relay's, as far as the decode says; the
         // relay checks the shared root before streaming, and says `buckets` if it disagrees.
         let only_ours: HashSet<NodeId> = only_ours.into_iter().collect();
@@ -614,6 +619,16 @@ impl Link {
             );
         }
         Ok(())
+    }
+}
+
+/// The prefix-tree root of the replica's synced nodes: its tree minus the unsynced ones.
+fn synced_root(replica: &mut Replica, key: SketchKey) -> TreeRoot {
+    let unsynced: Vec<NodeId> = replica.unsynced().map(|n| n.id).collect();
+    let root = replica.sets(key).tree_mut().root_without(&unsynced);
+    TreeRoot {
+        count: root.count,
+        hash: TreeHash(root.hash),
     }
 }
 

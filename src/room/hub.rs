@@ -10,11 +10,10 @@ use crate::node::NodeId;
 use crate::node::Rejection;
 use crate::protocol::{
     self, Ack, Capabilities, CatchUpDone, CloseCode, ErrorCode, ErrorMessage, Message, MessageType,
-    Need, Outcome, PROTOCOL_VERSION, Pack, Plan, PresenceUpdate, Resolved, SharedRoot, SyncHints,
-    Welcome,
+    Need, Outcome, PROTOCOL_VERSION, Pack, Plan, PresenceUpdate, Resolved, SyncHints, Welcome,
 };
-use crate::recon::ReconPath;
 use crate::recon::ibf::MAX_LOG2_CELLS;
+use crate::recon::{ReconPath, SetDigest};
 use crate::session::{Reaction, RelaySession, RelaySessionConfig, Request};
 
 /// Policy for every session of a hub.
@@ -94,6 +93,8 @@ struct Member {
     session: RelaySession,
     cursor: Option<Cursor>,
     recon: Recon,
+    /// The session reconciles by sketch or refinement: `catch_up_done` carries the root.
+    verify_root: bool,
     presence: Bytes,
     /// Set until `hello` arrives.
     handshake_deadline: Option<Instant>,
@@ -141,6 +142,7 @@ impl Hub {
                 session: RelaySession::new(self.config.session),
                 cursor: None,
                 recon: Recon::Idle,
+                verify_root: false,
                 presence: Bytes::new(),
                 handshake_deadline: deadline,
             },
@@ -304,6 +306,7 @@ impl Hub {
         member.session.welcome(plan);
         member.cursor = cursor;
         member.recon = recon;
+        member.verify_root = matches!(plan, Plan::Sketch | Plan::Refine);
         member.handshake_deadline = None;
         self.send(Audience::One(id), Message::Welcome(welcome), out);
         match recon {
@@ -380,7 +383,7 @@ impl Hub {
     }
 
     /// The client decoded the sketch: verify its shared root, then stream what it lacks.
-    fn settle_want(&mut self, id: SessionId, shorts: &[u64], shared: SharedRoot, out: &mut Outbox) {
+    fn settle_want(&mut self, id: SessionId, shorts: &[u64], shared: SetDigest, out: &mut Outbox) {
         let Some(Recon::Sketch { at_seq, .. }) = self.members.get(&id).map(|m| m.recon) else {
             return;
         };
@@ -512,9 +515,13 @@ impl Hub {
                 BatchStep::Done => {
                     member.cursor = None;
                     member.session.caught_up();
+                    // Sketch and refine sessions decided what to send from short ids and
+                    // digests; the root makes the result collision-resistant (§5.10).
+                    let root = member.verify_root.then(|| self.room.root());
                     let done = CatchUpDone {
                         seq: self.room.seq(),
                         digest: self.room.digest(),
+                        root,
                     };
                     self.send(Audience::One(id), Message::CatchUpDone(done), out);
                     return;

@@ -10,10 +10,11 @@ use std::collections::HashSet;
 use bytes::Bytes;
 
 use super::{Cursor, Room};
-use crate::node::{NodeId, TreeHash};
+use crate::node::TreeHash;
 use crate::protocol::{
-    BUCKET_HASH_BYTES, BucketSummary, Capabilities, Message, SharedRoot, Sketch, SyncHints,
+    BUCKET_HASH_BYTES, BucketSummary, Capabilities, Message, Sketch, SyncHints, TreeRoot,
 };
+use crate::recon::SetDigest;
 use crate::recon::estimator::{Estimator, EstimatorError};
 use crate::recon::ibf::{self, Ibf, SketchError};
 use crate::recon::prefix_tree::Prefix;
@@ -120,17 +121,16 @@ impl Room {
     }
 
     /// Settles a decoded sketch: the client lacks the nodes behind `shorts` and believes both
-    /// sides share `shared`. Returns the catch-up cursor if the room's set as of `at_seq`,
-    /// minus those nodes, has exactly that root; `None` if not (the decode was wrong, or the
-    /// client is): the caller refines instead.
-    pub fn settle_want(
-        &mut self,
-        shorts: &[u64],
-        shared: SharedRoot,
-        at_seq: u64,
-    ) -> Option<Cursor> {
+    /// sides share a set with digest `shared`. Returns the catch-up cursor if the room's set as
+    /// of `at_seq`, minus those nodes, has exactly that digest; `None` if not (the decode was
+    /// wrong, or the client is): the caller refines instead. Costs O(shorts + nodes admitted
+    /// since `at_seq`); the collision-resistant check follows at `catch_up_done`.
+    pub fn settle_want(&self, shorts: &[u64], shared: SetDigest, at_seq: u64) -> Option<Cursor> {
+        let mut expected = self.digest;
+        for seq in at_seq.saturating_add(1)..=self.seq() {
+            expected.remove(&self.node_at(seq)?.id);
+        }
         let mut lacking = Vec::with_capacity(shorts.len());
-        let mut excluded = Vec::with_capacity(shorts.len());
         for short in shorts {
             let id = self.sets.resolve(*short)?;
             let seq = self.seq_of(&id)?;
@@ -138,15 +138,13 @@ impl Room {
                 return None;
             }
             lacking.push(seq);
-            excluded.push(id);
-        }
-        excluded.extend(self.ids_after(at_seq));
-        let root = self.sets.tree_mut().root_without(&excluded);
-        if root.count != shared.count || TreeHash(root.hash) != shared.hash {
-            return None;
+            expected.remove(&id);
         }
         lacking.sort_unstable();
-        lacking.dedup();
+        // A short id listed twice would have been subtracted twice.
+        if lacking.windows(2).any(|w| w.first() == w.get(1)) || expected != shared {
+            return None;
+        }
         Some(Cursor {
             explicit: lacking,
             pos: 0,
@@ -154,10 +152,14 @@ impl Room {
         })
     }
 
-    fn ids_after(&self, at_seq: u64) -> Vec<NodeId> {
-        (at_seq.saturating_add(1)..=self.seq())
-            .filter_map(|seq| self.node_at(seq).map(|n| n.id))
-            .collect()
+    /// The room's prefix-tree root, for `catch_up_done` after a sketch or a refinement. Cached
+    /// between admissions: a session pays only for the paths changed since the last call.
+    pub fn root(&mut self) -> TreeRoot {
+        let root = self.sets.root();
+        TreeRoot {
+            count: root.count,
+            hash: TreeHash(root.hash),
+        }
     }
 
     /// Summaries of every prefix of `depth` hex digits, in order, as they travel in

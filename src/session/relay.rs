@@ -5,8 +5,9 @@ use bytes::Bytes;
 use crate::node::NodeId;
 use crate::protocol::{
     self, Capabilities, CloseCode, ErrorCode, ErrorMessage, Hello, Message, MessageType,
-    PROTOCOL_VERSION, Pack, RelayLimits, SharedRoot, SyncHints,
+    PROTOCOL_VERSION, Pack, RelayLimits, SyncHints,
 };
+use crate::recon::SetDigest;
 
 /// Errors tolerated before a session is closed with [`CloseCode::ProtocolViolation`].
 pub const MAX_ERRORS: u32 = 8;
@@ -45,13 +46,13 @@ pub enum Request {
     },
     /// The client's complete id list (plan `SendIds`).
     Ids(Vec<NodeId>),
-    /// The client decoded the sketch (plan `Sketch`): the short ids it lacks and the root of
-    /// the set it believes both sides share.
+    /// The client decoded the sketch (plan `Sketch`): the short ids it lacks and the digest
+    /// of the set it believes both sides share.
     Want {
         /// Short ids of room nodes the client lacks.
         shorts: Vec<u64>,
-        /// The client's shared set.
-        shared: SharedRoot,
+        /// Digest of the client's shared set.
+        shared: SetDigest,
     },
     /// The client could not decode the sketch: extend it, or refine.
     Retry,
@@ -271,7 +272,7 @@ impl RelaySession {
                     }
                     _ => self.complain(malformed(
                         ty,
-                        "the shared root comes with the last want frame, and only then".into(),
+                        "the shared digest comes with the last want frame, and only then".into(),
                     )),
                 }
             }

@@ -26,7 +26,8 @@
 //! - *CPU*: wall time on this one thread (the crate forbids `unsafe`, so no thread CPU clock)
 //!   of the `Hub` calls that handle the client's reconciliation messages (the relay plans,
 //!   answers, verifies, builds the catch-up cursor and sends at most one batch: the client's
-//!   credit window is one byte) and of the `Link` calls that start the session and handle the
+//!   credit window is one byte) or send `catch_up_done` (with the prefix-tree root), and of
+//!   the `Link` calls that start the session and handle the
 //!   relay's reconciliation messages and `catch_up_done`. Index building (room and replica
 //!   indexes, prefix-tree hashes, negentropy storage) is not counted, as a relay and a client
 //!   keep them across sessions;
@@ -819,13 +820,16 @@ impl Engine for WeftCurrent {
                 t.frame(Dir::Up, &frame);
                 let ty = protocol::peek_type(&frame);
                 let recon = ty.is_some_and(is_exchange);
-                let mut scratch = Duration::ZERO;
-                let acc = if recon && !t.done {
-                    &mut t.m.relay_cpu
-                } else {
-                    &mut scratch
-                };
-                let out = timed(acc, || hub.handle_frame(sid, &frame, t0));
+                let mut spent = Duration::ZERO;
+                let out = timed(&mut spent, || hub.handle_frame(sid, &frame, t0));
+                // The call that finishes catch-up (with the root check's input) counts too.
+                let finishes = out
+                    .frames
+                    .iter()
+                    .any(|o| protocol::peek_type(&o.frame) == Some(MessageType::CatchUpDone));
+                if (recon || finishes) && !t.done {
+                    t.m.relay_cpu += spent;
+                }
                 if !out.closes.is_empty() {
                     t.m.fail(format!("relay closed the session: {:?}", out.closes));
                 }

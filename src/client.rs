@@ -247,8 +247,14 @@ impl Client {
     /// Creates a node at `path` on top of the replica's heads and waits for the relay's ack.
     pub async fn push(&self, path: &str, payload: impl Into<Bytes>) -> Result<NodeId, PushError> {
         let (tx, rx) = oneshot::channel();
-        let id = self.shared.replica().create(path, payload)?;
-        self.waiters().insert(id, tx);
+        // The waiter is registered before the driver can see the node: otherwise it might push
+        // it and settle its ack (with nobody waiting) in between, and this push would hang.
+        let id = {
+            let mut waiters = self.waiters();
+            let id = self.shared.replica().create(path, payload)?;
+            waiters.insert(id, tx);
+            id
+        };
         self.commands
             .send(Command::Push)
             .map_err(|_| PushError::Closed)?;

@@ -21,8 +21,7 @@
 //! rather than [`Cell`]'s 24. At a million ids that is 2 × 3 × 2^17 × 16 B ≈ 12.6 MB, ~13 bytes
 //! per id, next to ~86 for the short-id map and ~50 for the prefix tree (measured).
 
-use std::collections::HashMap;
-
+use super::FastMap;
 use super::ibf::{Cell, Ibf, K, MAX_LOG2_CELLS, Placement, SketchError, SketchKey};
 use super::prefix_tree::{PrefixTree, Summary};
 use crate::node::NodeId;
@@ -114,7 +113,7 @@ pub struct SetIndex {
     key: SketchKey,
     /// Level `MIN_LOG2 + i` at index `i`, up to the top level; never empty.
     levels: Vec<Vec<PackedCell>>,
-    shorts: HashMap<u64, NodeId>,
+    shorts: FastMap<u64, NodeId>,
     /// Ids whose short id was already taken by another id. Such an id cannot be named by a
     /// sketch; sessions that meet one fall back to the prefix tree.
     collisions: u64,
@@ -142,7 +141,7 @@ impl SetIndex {
         Self {
             key,
             levels: vec![build_level(std::iter::empty(), MIN_LOG2)],
-            shorts: HashMap::new(),
+            shorts: FastMap::default(),
             collisions: 0,
             tree: PrefixTree::new(),
         }
@@ -241,7 +240,13 @@ impl SetIndex {
         }
     }
 
-    /// The id behind a decoded short id.
+    /// Whether `id`, which is in the set and has short id `short`, is the id that short id
+    /// names (no other id took it first). Free while the set has no collisions.
+    pub fn names(&self, id: &NodeId, short: u64) -> bool {
+        self.collisions == 0 || self.shorts.get(&short) == Some(id)
+    }
+
+    /// The id behind a short id, if any.
     pub fn resolve(&self, short: u64) -> Option<NodeId> {
         self.shorts.get(&short).copied()
     }

@@ -25,6 +25,14 @@ pub mod prefix_tree;
 
 pub use digest::SetDigest;
 
+/// A hash map with a fast, randomly seeded hasher, for the hot maps keyed by ids and short ids
+/// (std's SipHash costs several times more per lookup; the random seed keeps crafted keys from
+/// piling into one bucket).
+pub type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+
+/// The set counterpart of [`FastMap`].
+pub type FastSet<T> = std::collections::HashSet<T, foldhash::fast::RandomState>;
+
 use crate::node::NodeId;
 use crate::protocol::{Capabilities, SyncHints, Watermark};
 

@@ -490,22 +490,31 @@ impl PrefixTree {
         out.sort_unstable();
         out
     }
+
+    /// Calls `f` with every id under `prefix`, in no particular order, without allocating.
+    pub fn for_each_under(&self, prefix: &Prefix, mut f: impl FnMut(&NodeId)) {
+        visit(&self.root, prefix, 0, &mut f);
+    }
 }
 
 fn collect(node: &Subtree, prefix: &Prefix, depth: u8, out: &mut Vec<NodeId>) {
+    visit(node, prefix, depth, &mut |id| out.push(*id));
+}
+
+fn visit(node: &Subtree, prefix: &Prefix, depth: u8, f: &mut impl FnMut(&NodeId)) {
     match &node.tree {
-        Tree::Leaf(ids) => out.extend(ids.iter().filter(|id| prefix.covers(id))),
+        Tree::Leaf(ids) => ids.iter().filter(|id| prefix.covers(id)).for_each(f),
         Tree::Branch(children) => {
             if depth < prefix.nibbles {
                 let child = prefix
                     .digit(depth)
                     .and_then(|d| children.get(usize::from(d)));
                 if let Some(child) = child {
-                    collect(child, prefix, depth + 1, out);
+                    visit(child, prefix, depth + 1, f);
                 }
             } else {
                 for child in children.iter() {
-                    collect(child, prefix, depth + 1, out);
+                    visit(child, prefix, depth + 1, f);
                 }
             }
         }

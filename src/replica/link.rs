@@ -483,13 +483,14 @@ impl Link {
         // Everything but what we alone hold is the relay's, as far as the decode says; the
         // relay checks the shared root before streaming, and says `buckets` if it disagrees.
         let only_ours: HashSet<NodeId> = only_ours.into_iter().collect();
-        if only_ours.iter().any(|id| replica.is_synced(id)) {
+        let unsynced = replica.unsynced_before(replica.len());
+        // Marking node by node costs a tree update each: fine for a few unsynced nodes, while a
+        // replica that trusted nothing is re-derived in one pass.
+        if unsynced.len() > replica.len() / 8 || only_ours.iter().any(|id| replica.is_synced(id)) {
             replica.reset_sync(|id| !only_ours.contains(id));
         } else {
-            for id in replica.unsynced_before(replica.len()) {
-                if !only_ours.contains(&id) {
-                    replica.mark_synced(&id);
-                }
+            for id in unsynced.iter().filter(|id| !only_ours.contains(*id)) {
+                replica.mark_synced(id);
             }
         }
         self.sketch.tentative = true;

@@ -12,17 +12,17 @@
 mod link;
 pub mod replay;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::node::{Node, NodeId, NodeLimits, Rejection, RoomId};
 use crate::protocol::{SyncHints, Watermark};
-use crate::recon::SetDigest;
 use crate::recon::estimator::Estimator;
 use crate::recon::ibf::SketchKey;
 use crate::recon::index::SetIndex;
+use crate::recon::{FastMap, FastSet, SetDigest};
 
 pub use link::{Link, LinkError, LinkOutput, SyncEvent};
 
@@ -44,7 +44,7 @@ struct Entry {
 /// positions of the nodes that are not synced.
 pub struct Replica {
     room: RoomId,
-    entries: HashMap<NodeId, Entry>,
+    entries: FastMap<NodeId, Entry>,
     order: Vec<NodeId>,
     heads: BTreeSet<NodeId>,
     digest: SetDigest,
@@ -86,7 +86,7 @@ impl Replica {
     pub fn new(room: RoomId) -> Self {
         Self {
             room,
-            entries: HashMap::new(),
+            entries: FastMap::default(),
             order: Vec::new(),
             heads: BTreeSet::new(),
             digest: SetDigest::default(),
@@ -333,25 +333,46 @@ impl Replica {
         }
     }
 
-    /// Re-derives every sync flag from `synced(id)`, which must describe an ancestor-closed set.
-    /// Used when a whole-set answer arrives (in sync, or the relay's `need` list). O(n).
+    /// Re-derives every sync flag: a node is synced if `synced(id)` says so, or if a synced
+    /// node descends from it (the relay holds the ancestors of whatever it holds). Used when a
+    /// whole-set answer arrives (in sync, `need`, a sketch decode, `missing`). One pass back
+    /// and one forward over the node order: O(n), no per-node tree updates.
     pub fn reset_sync(&mut self, synced: impl Fn(&NodeId) -> bool) {
         self.resync = false;
         self.generation = self.generation.wrapping_add(1);
         self.synced_digest = SetDigest::default();
         self.synced_heads.clear();
-        let ids = self.order.clone();
-        for (pos, id) in ids.iter().enumerate() {
+        // Backwards, children before parents: parents of synced nodes are synced too, and a
+        // synced node no synced child named is a head of the synced subset.
+        let mut named_by_synced_child: FastSet<NodeId> = FastSet::default();
+        let mut flags = vec![false; self.order.len()];
+        for (pos, id) in self.order.iter().enumerate().rev() {
+            let by_child = named_by_synced_child.remove(id);
+            if !(by_child || synced(id)) {
+                continue;
+            }
+            if let Some(flag) = flags.get_mut(pos) {
+                *flag = true;
+            }
+            if !by_child {
+                self.synced_heads.insert(*id);
+            }
+            if let Some(entry) = self.entries.get(id) {
+                named_by_synced_child.extend(entry.node.parents.iter().copied());
+            }
+        }
+        let mut unsynced = BTreeMap::new();
+        for ((pos, id), synced) in self.order.iter().enumerate().zip(flags) {
             if let Some(entry) = self.entries.get_mut(id) {
-                entry.synced = false;
+                entry.synced = synced;
             }
-            self.unsynced.insert(pos, *id);
-        }
-        for id in ids.iter().rev() {
-            if synced(id) {
-                self.mark_synced(id);
+            if synced {
+                self.synced_digest.insert(id);
+            } else {
+                unsynced.insert(pos, *id);
             }
         }
+        self.unsynced = unsynced;
     }
 
     /// Forgets everything learned about the relay (after a verification mismatch). The next

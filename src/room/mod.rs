@@ -12,17 +12,17 @@ mod hub;
 mod orphans;
 mod recon;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::time::Instant;
 
 use crate::node::{Node, NodeId, NodeLimits, Rejection, RoomId};
 use bytes::Bytes;
 
 use crate::protocol::{self, Outcome};
-use crate::recon::SetDigest;
 use crate::recon::estimator::Estimator;
 use crate::recon::ibf::SketchKey;
 use crate::recon::index::SetIndex;
+use crate::recon::{FastMap, SetDigest};
 
 pub use hub::{Audience, Hub, HubConfig, Outbox, Outgoing};
 pub use orphans::OrphanLimits;
@@ -62,7 +62,7 @@ pub struct Room {
     epoch: u64,
     limits: NodeLimits,
     log: Vec<Entry>,
-    index: HashMap<NodeId, u64>,
+    index: FastMap<NodeId, u64>,
     heads: HashSet<NodeId>,
     digest: SetDigest,
     /// Sketch, short ids and prefix tree of the logged set, for sketch reconciliation.
@@ -124,7 +124,7 @@ impl Room {
             epoch,
             limits,
             log: Vec::new(),
-            index: HashMap::new(),
+            index: FastMap::default(),
             heads: HashSet::new(),
             digest: SetDigest::default(),
             sets: SetIndex::new(key),

@@ -5,20 +5,19 @@
 //! buckets were made: nodes admitted later are left out of extensions and of the verified
 //! root, and reach the client through the catch-up tail instead.
 
-use std::collections::HashSet;
-
 use bytes::Bytes;
 
 use super::{Cursor, Room};
+use crate::node::NodeId;
 use crate::node::TreeHash;
 use crate::protocol::{
     BUCKET_HASH_BYTES, BucketSummary, Capabilities, Message, Sketch, SyncHints, TreeRoot,
 };
-use crate::recon::SetDigest;
 use crate::recon::estimator::{Estimator, EstimatorError};
 use crate::recon::ibf::{self, Ibf, SketchError};
 use crate::recon::prefix_tree::Prefix;
 use crate::recon::{self, ReconPath, RelaySide};
+use crate::recon::{FastSet, SetDigest};
 
 /// Frame overhead budget for the envelope and the fixed fields of a `sketch` frame.
 const FRAME_SLACK: usize = 64;
@@ -195,47 +194,42 @@ impl Room {
                 depth,
             });
         }
-        let listed: HashSet<u64> = shorts.iter().copied().collect();
-        let mut missing: Vec<u64> = listed
+        let listed: FastSet<u64> = shorts.iter().copied().collect();
+        let mut missing: Vec<u64> = shorts
             .iter()
             .filter(|short| self.sets.resolve(**short).is_none())
             .copied()
             .collect();
-        // Deterministic frames: the answer must not depend on hash-set iteration order.
+        // Deterministic frames: the answer must not depend on the order of the list.
         missing.sort_unstable();
+        missing.dedup();
+        let key = *self.sets.key();
+        // Whether the client holds `id` by its own account. An id whose short id another id
+        // took cannot be named, so it counts as not held: sent, never lost.
+        let held = |id: &NodeId| {
+            let short = key.short_id(id);
+            listed.contains(&short) && self.sets.names(id, short)
+        };
         let mut lacking = Vec::new();
         for bucket in 0..buckets {
             let set = differing
                 .get(bucket / 8)
                 .is_some_and(|byte| byte & (1 << (bucket % 8)) != 0);
-            if !set {
-                continue;
-            }
-            let Some(prefix) = Prefix::from_index(depth, bucket) else {
+            let Some(prefix) = Prefix::from_index(depth, bucket).filter(|_| set) else {
                 continue;
             };
-            for id in self.sets.tree().ids_under(&prefix) {
-                let short = self.sets.key().short_id(&id);
-                // An id whose short id another id took cannot be named; send it anyway.
-                let named = self.sets.resolve(short) == Some(id);
-                if named && listed.contains(&short) {
-                    continue;
+            self.sets.tree().for_each_under(&prefix, |id| {
+                if !held(id)
+                    && let Some(seq) = self.seq_of(id).filter(|seq| *seq <= at_seq)
+                {
+                    lacking.push(seq);
                 }
-                match self.seq_of(&id) {
-                    Some(seq) if seq <= at_seq => lacking.push(seq),
-                    _ => {}
-                }
-            }
+            });
         }
         // Nodes admitted since the buckets were made: the client holds one only if it listed
         // it (in an equal bucket it would have made the bucket differ).
         for seq in at_seq.saturating_add(1)..=self.seq() {
-            let Some(node) = self.node_at(seq) else {
-                continue;
-            };
-            let short = self.sets.key().short_id(&node.id);
-            let named = self.sets.resolve(short) == Some(node.id);
-            if !(named && listed.contains(&short)) {
+            if self.node_at(seq).is_some_and(|node| !held(&node.id)) {
                 lacking.push(seq);
             }
         }

@@ -155,6 +155,28 @@ fn connect_through(
     caps: Capabilities,
     tamper: impl Fn(Bytes) -> Bytes,
 ) -> Session {
+    run(hub, replica, sid, caps, |frame| frame, tamper)
+}
+
+/// [`connect`], with every client frame passed through `tamper` on its way to the relay.
+fn connect_up_through(
+    hub: &mut Hub,
+    replica: &mut Replica,
+    sid: u64,
+    caps: Capabilities,
+    tamper: impl FnMut(Bytes) -> Bytes,
+) -> Session {
+    run(hub, replica, sid, caps, tamper, |frame| frame)
+}
+
+fn run(
+    hub: &mut Hub,
+    replica: &mut Replica,
+    sid: u64,
+    caps: Capabilities,
+    mut up_tamper: impl FnMut(Bytes) -> Bytes,
+    tamper: impl Fn(Bytes) -> Bytes,
+) -> Session {
     let now = now();
     let mut session = Session::default();
     hub.connect(sid, now);
@@ -166,6 +188,7 @@ fn connect_through(
         }
         let mut down = Vec::new();
         for frame in std::mem::take(&mut up) {
+            let frame = up_tamper(frame);
             session.sent_up.extend(protocol::peek_type(&frame));
             let out = hub.handle_frame(sid, &frame, now);
             session.closes.extend(out.closes.iter().map(|(_, c)| *c));
@@ -627,4 +650,62 @@ fn a_wrong_root_at_catch_up_done_is_caught_and_resynced_exactly() {
     let held: HashSet<NodeId> = replica.ids().copied().collect();
     assert_eq!(held, history.union());
     assert_eq!(replica.unsynced().count(), 0);
+}
+
+/// Hints whose counts contradict each other (more unsynced nodes than nodes, a count far from
+/// the digest's set) only mis-size the plan: the session still converges, with no error.
+#[test]
+fn inconsistent_counts_in_hints_cannot_break_a_session() {
+    let history = History::generate(13, 2_000, 30, 30, false);
+    for (unsynced, count) in [
+        (u64::MAX, None),
+        (0, Some(u64::MAX)),
+        (5, Some(1)),
+        (0, Some(0)),
+    ] {
+        let mut hub = Hub::new(history.room(), HubConfig::default());
+        let mut replica = history.replica(true);
+        let mut hints = replica.hints(true);
+        hints.unsynced = unsynced;
+        if let Some(count) = count {
+            hints.digest.count = count;
+        }
+        let hello = Message::Hello(protocol::Hello {
+            min_version: 1,
+            max_version: 1,
+            capabilities: SKETCHES,
+            hints,
+            credit: 1 << 20,
+        });
+        // Replay the doctored hello through a link-driven session: swap it in for the real one.
+        let session = connect_with_hello(&mut hub, &mut replica, hello.encode().unwrap());
+        assert_eq!(session.link_error, None, "{unsynced} {count:?}");
+        assert!(session.closes.is_empty());
+        let room: HashSet<NodeId> = hub.room().nodes().map(|n| n.id).collect();
+        let held: HashSet<NodeId> = replica.ids().copied().collect();
+        assert_eq!(
+            room,
+            history.union(),
+            "{unsynced} {count:?}: {:?}",
+            session.plans
+        );
+        assert_eq!(
+            held,
+            history.union(),
+            "{unsynced} {count:?}: {:?}",
+            session.plans
+        );
+    }
+}
+
+/// [`connect`] with the hello replaced by `hello`.
+fn connect_with_hello(hub: &mut Hub, replica: &mut Replica, hello: Bytes) -> Session {
+    let mut first = true;
+    connect_up_through(hub, replica, 1, SKETCHES, move |frame| {
+        if std::mem::take(&mut first) {
+            hello.clone()
+        } else {
+            frame
+        }
+    })
 }

@@ -113,7 +113,9 @@ pub struct SetIndex {
     key: SketchKey,
     /// Level `MIN_LOG2 + i` at index `i`, up to the top level; never empty.
     levels: Vec<Vec<PackedCell>>,
-    shorts: FastMap<u64, NodeId>,
+    /// Short id → (id, ordinal): the ordinal is the number of ids inserted before it, so a
+    /// set filled in arrival order (a room) finds an id's arrival number in the same lookup.
+    shorts: FastMap<u64, (NodeId, u64)>,
     /// Ids whose short id was already taken by another id. Such an id cannot be named by a
     /// sketch; sessions that meet one fall back to the prefix tree.
     collisions: u64,
@@ -176,6 +178,7 @@ impl SetIndex {
 
     /// Adds an id; returns whether it was new. O(K × levels + prefix-tree depth), amortized.
     pub fn insert(&mut self, id: NodeId) -> bool {
+        let ordinal = self.tree.len();
         if !self.tree.insert(id) {
             return false;
         }
@@ -183,7 +186,7 @@ impl SetIndex {
         match self.shorts.entry(short) {
             std::collections::hash_map::Entry::Occupied(_) => self.collisions += 1,
             std::collections::hash_map::Entry::Vacant(slot) => {
-                slot.insert(id);
+                slot.insert((id, ordinal));
                 let placement = Placement::new(short);
                 for (log2, level) in (MIN_LOG2..).zip(self.levels.iter_mut()) {
                     toggle_level(level, log2, &placement, 1);
@@ -243,11 +246,20 @@ impl SetIndex {
     /// Whether `id`, which is in the set and has short id `short`, is the id that short id
     /// names (no other id took it first). Free while the set has no collisions.
     pub fn names(&self, id: &NodeId, short: u64) -> bool {
-        self.collisions == 0 || self.shorts.get(&short) == Some(id)
+        self.collisions == 0
+            || self
+                .shorts
+                .get(&short)
+                .is_some_and(|(named, _)| named == id)
     }
 
     /// The id behind a short id, if any.
     pub fn resolve(&self, short: u64) -> Option<NodeId> {
+        self.shorts.get(&short).map(|(id, _)| *id)
+    }
+
+    /// The id behind a short id and its ordinal (how many ids were inserted before it).
+    pub fn locate(&self, short: u64) -> Option<(NodeId, u64)> {
         self.shorts.get(&short).copied()
     }
 

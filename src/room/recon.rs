@@ -8,14 +8,13 @@
 use bytes::Bytes;
 
 use super::{Cursor, Room};
-use crate::node::NodeId;
 use crate::node::TreeHash;
 use crate::protocol::{
     BUCKET_HASH_BYTES, BucketSummary, Capabilities, Message, Sketch, SyncHints, TreeRoot,
 };
 use crate::recon::estimator::{Estimator, EstimatorError};
 use crate::recon::ibf::{self, Ibf, SketchError};
-use crate::recon::prefix_tree::Prefix;
+use crate::recon::prefix_tree;
 use crate::recon::{self, ReconPath, RelaySide};
 use crate::recon::{FastSet, SetDigest};
 
@@ -131,11 +130,9 @@ impl Room {
         }
         let mut lacking = Vec::with_capacity(shorts.len());
         for short in shorts {
-            let id = self.sets.resolve(*short)?;
-            let seq = self.seq_of(&id)?;
-            if seq > at_seq {
-                return None;
-            }
+            // The room fills its index in arrival order: ordinal + 1 is the arrival number.
+            let (id, ordinal) = self.sets.locate(*short)?;
+            let seq = ordinal.checked_add(1).filter(|seq| *seq <= at_seq)?;
             lacking.push(seq);
             expected.remove(&id);
         }
@@ -194,46 +191,33 @@ impl Room {
                 depth,
             });
         }
-        let listed: FastSet<u64> = shorts.iter().copied().collect();
-        let mut missing: Vec<u64> = shorts
-            .iter()
-            .filter(|short| self.sets.resolve(**short).is_none())
-            .copied()
-            .collect();
-        // Deterministic frames: the answer must not depend on the order of the list.
-        missing.sort_unstable();
-        missing.dedup();
+        // One pass over the log, in arrival order: a node in a differing bucket (or admitted
+        // since the buckets were made: had the client held one in a bucket it found equal,
+        // that bucket would have differed) is sent unless the client listed it. Matching takes
+        // the short id out of the list, so what is left is what the room lacks. No lookup by
+        // id, and the cursor comes out sorted.
+        let mut unmatched: FastSet<u64> = shorts.iter().copied().collect();
         let key = *self.sets.key();
-        // Whether the client holds `id` by its own account. An id whose short id another id
-        // took cannot be named, so it counts as not held: sent, never lost.
-        let held = |id: &NodeId| {
-            let short = key.short_id(id);
-            listed.contains(&short) && self.sets.names(id, short)
-        };
         let mut lacking = Vec::new();
-        for bucket in 0..buckets {
-            let set = differing
+        for (seq, entry) in (1u64..).zip(&self.log) {
+            let id = &entry.node.id;
+            let bucket = prefix_tree::prefix_of(id, depth);
+            let differs = differing
                 .get(bucket / 8)
                 .is_some_and(|byte| byte & (1 << (bucket % 8)) != 0);
-            let Some(prefix) = Prefix::from_index(depth, bucket).filter(|_| set) else {
+            if !differs && seq <= at_seq {
                 continue;
-            };
-            self.sets.tree().for_each_under(&prefix, |id| {
-                if !held(id)
-                    && let Some(seq) = self.seq_of(id).filter(|seq| *seq <= at_seq)
-                {
-                    lacking.push(seq);
-                }
-            });
-        }
-        // Nodes admitted since the buckets were made: the client holds one only if it listed
-        // it (in an equal bucket it would have made the bucket differ).
-        for seq in at_seq.saturating_add(1)..=self.seq() {
-            if self.node_at(seq).is_some_and(|node| !held(&node.id)) {
+            }
+            let short = key.short_id(id);
+            // An id whose short id another id took cannot be named: sent anyway, never lost.
+            let held = unmatched.remove(&short) && self.sets.names(id, short);
+            if !held {
                 lacking.push(seq);
             }
         }
-        lacking.sort_unstable();
+        let mut missing: Vec<u64> = unmatched.into_iter().collect();
+        // Deterministic frames: the answer must not depend on hash-set iteration order.
+        missing.sort_unstable();
         Ok((
             missing,
             Cursor {

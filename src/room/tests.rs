@@ -1565,3 +1565,20 @@ fn disconnect_forgets_the_session() {
     assert!(sent.frames.is_empty());
     assert_eq!(relay.hub.room().seq(), 1);
 }
+
+#[test]
+fn the_sketch_index_numbers_ids_in_arrival_order() {
+    let mut room = empty_room();
+    let mut parents: Vec<Node> = Vec::new();
+    for i in 0..200 {
+        let refs: Vec<&Node> = parents.iter().rev().take(2).collect();
+        let node = node(&refs, "p", &format!("{i}"));
+        room.restore(node.clone()).unwrap();
+        parents.push(node);
+    }
+    let key = *room.sets.key();
+    for (seq, node) in (1u64..).zip(room.nodes()) {
+        let (id, ordinal) = room.sets.locate(key.short_id(&node.id)).unwrap();
+        assert_eq!((id, ordinal + 1), (node.id, seq));
+    }
+}

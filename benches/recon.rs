@@ -1,7 +1,8 @@
 //! Reconciliation benchmark (issue 3, item 7): weft's engine and the `negentropy` crate on the
 //! *same* sets in the *same* run.
 //!
-//! `cargo bench --bench recon -- [--n N] [--json] [--smoke]`
+//! `cargo bench --bench recon -- [--n N] [--json] [--smoke] [--only SCENARIO]` (`--only`
+//! runs the scenarios whose key contains SCENARIO, e.g. `d1000`).
 //!
 //! Every scenario is a real room history: `Node`s on a few parallel writer chains with
 //! occasional merges (the *backbone*), plus, where the scenario has a symmetric difference,
@@ -23,6 +24,9 @@
 //! - *bytes*: every reconciliation message in full (and `catch_up_done`), plus the framing of
 //!   `batch` and `pack` frames (not the encoded nodes inside) and `credit` frames, until the
 //!   client is steady and has queued its pushes; acks after that are not counted;
+//! - the client (its `Link` and `Replica`) runs on a thread of its own, and builds its replica
+//!   there, as a separate process would: otherwise freeing the client's memory on the relay's
+//!   thread makes the allocator's housekeeping land in relay calls (up to ~10 ms at 1M);
 //! - *CPU*: wall time on this one thread (the crate forbids `unsafe`, so no thread CPU clock)
 //!   of the `Hub` calls that handle the client's reconciliation messages (the relay plans,
 //!   answers, verifies, builds the catch-up cursor and sends at most one batch: the client's
@@ -58,6 +62,7 @@
 use std::collections::HashSet;
 use std::fmt::Write as _;
 use std::process::ExitCode;
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -88,6 +93,8 @@ struct Args {
     n: usize,
     json: bool,
     smoke: bool,
+    /// Run only the scenarios whose key contains this.
+    only: Option<String>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -95,6 +102,7 @@ fn parse_args() -> Result<Args, String> {
         n: 1_000_000,
         json: false,
         smoke: false,
+        only: None,
     };
     let mut n = None;
     let mut it = std::env::args().skip(1);
@@ -102,6 +110,7 @@ fn parse_args() -> Result<Args, String> {
         match arg.as_str() {
             "--json" => args.json = true,
             "--smoke" => args.smoke = true,
+            "--only" => args.only = Some(it.next().ok_or("--only needs a scenario key")?),
             // `cargo bench` passes this to harness-less benches.
             "--bench" => {}
             "--n" => {
@@ -716,36 +725,44 @@ impl WeftCurrent {
         room
     }
 
-    fn build_replica(sc: &Scenario, state: ClientState, room: &Room) -> Replica {
+    /// The client's replica, from the scenario alone (the relay numbers its nodes in the
+    /// scenario's order, so arrival numbers follow from it).
+    fn build_replica(sc: &Scenario, state: ClientState) -> Replica {
         let mut replica = Replica::new(room_id());
         if state == ClientState::Empty {
             return replica;
         }
-        let mut last_relay_seq = 0;
-        for (_, node) in sc.client_items() {
-            let shared = room.seq_of(&node.id);
+        let mut relay_seq = 0u64;
+        let mut last_shared_seq = 0u64;
+        // The relay's arrival number just before the first node the client lacks.
+        let mut complete_through: Option<u64> = None;
+        for (r, side) in &sc.items {
+            if *side != Side::ClientOnly {
+                relay_seq += 1;
+            }
+            match side {
+                Side::RelayOnly => {
+                    complete_through.get_or_insert(relay_seq - 1);
+                    continue;
+                }
+                Side::Both => last_shared_seq = relay_seq,
+                Side::ClientOnly => {}
+            }
             let synced = match state {
                 ClientState::Synced => true,
-                ClientState::PrevEpoch => shared.is_some(),
+                ClientState::PrevEpoch => *side == Side::Both,
                 ClientState::Cold | ClientState::Empty => false,
             };
-            if let Some(seq) = shared {
-                last_relay_seq = last_relay_seq.max(seq);
-            }
             replica
-                .insert(node.clone(), synced)
+                .insert(sc.node(*r).clone(), synced)
                 .unwrap_or_else(|e| panic!("client node refused: {e}"));
         }
         match state {
             ClientState::Synced => {
-                // Complete up to the relay node just before the first one it lacks.
-                let through = (1..=room.seq())
-                    .find(|&s| room.node_at(s).is_some_and(|n| !replica.contains(&n.id)))
-                    .map_or(room.seq(), |s| s - 1);
-                replica.complete_through(EPOCH, through);
+                replica.complete_through(EPOCH, complete_through.unwrap_or(relay_seq));
             }
             ClientState::PrevEpoch => {
-                replica.complete_through(EPOCH - 1, last_relay_seq);
+                replica.complete_through(EPOCH - 1, last_shared_seq);
                 replica.sets(SketchKey::for_room(&room_id(), EPOCH - 1));
             }
             ClientState::Cold => {
@@ -757,14 +774,115 @@ impl WeftCurrent {
     }
 }
 
+/// The client's `Link` and `Replica` on a thread of their own: the relay's core and caches are
+/// not the client's, as when they run in different processes.
+struct ClientThread<'scope> {
+    jobs: mpsc::Sender<Bytes>,
+    replies: mpsc::Receiver<ClientReply>,
+    thread: std::thread::ScopedJoinHandle<'scope, Replica>,
+}
+
+/// What the client thread did with one frame.
+struct ClientReply {
+    spent: Duration,
+    result: Result<(Vec<SyncEvent>, Vec<Bytes>), String>,
+    became_steady: bool,
+}
+
+impl<'scope> ClientThread<'scope> {
+    /// Builds the replica (untimed, so its memory belongs to that thread, as in a client
+    /// process) and starts the link (timed) on a new thread; returns the `hello` and its cost.
+    fn start<'env>(
+        scope: &'scope std::thread::Scope<'scope, 'env>,
+        build: impl FnOnce() -> Replica + Send + 'scope,
+    ) -> (Self, Result<(Bytes, Duration), String>) {
+        let (jobs, job_rx) = mpsc::channel::<Bytes>();
+        let (reply_tx, replies) = mpsc::channel::<ClientReply>();
+        let (start_tx, start_rx) = mpsc::channel();
+        let thread = scope.spawn(move || {
+            let mut replica = build();
+            let mut spent = Duration::ZERO;
+            let started = timed(&mut spent, || Link::start(&replica, SKETCHES, WINDOW));
+            let mut link = match started {
+                Ok((link, hello)) => {
+                    let _ = start_tx.send(Ok((hello, spent)));
+                    link
+                }
+                Err(e) => {
+                    let _ = start_tx.send(Err(e.to_string()));
+                    return replica;
+                }
+            };
+            for frame in job_rx {
+                let was_steady = link.is_steady();
+                let mut spent = Duration::ZERO;
+                let result = timed(&mut spent, || link.handle_frame(&mut replica, &frame))
+                    .map(|out| (out.events, out.send))
+                    .map_err(|e| e.to_string());
+                let became_steady = !was_steady && link.is_steady();
+                let reply = ClientReply {
+                    spent,
+                    result,
+                    became_steady,
+                };
+                if reply_tx.send(reply).is_err() {
+                    break;
+                }
+            }
+            replica
+        });
+        let started = start_rx
+            .recv()
+            .unwrap_or_else(|_| Err("client thread died".into()));
+        (
+            Self {
+                jobs,
+                replies,
+                thread,
+            },
+            started,
+        )
+    }
+
+    fn handle(&mut self, frame: Bytes) -> ClientReply {
+        let died = || ClientReply {
+            spent: Duration::ZERO,
+            result: Err("client thread died".into()),
+            became_steady: false,
+        };
+        if self.jobs.send(frame).is_err() {
+            return died();
+        }
+        self.replies.recv().unwrap_or_else(|_| died())
+    }
+
+    /// Stops the thread and hands back the replica.
+    fn finish(self) -> Replica {
+        drop(self.jobs);
+        self.thread
+            .join()
+            .unwrap_or_else(|_| panic!("client thread panicked"))
+    }
+}
+
 impl Engine for WeftCurrent {
     fn name(&self) -> &'static str {
         "weft"
     }
 
     fn run(&self, sc: &Scenario, state: ClientState, throughput: Option<Duration>) -> Measured {
+        std::thread::scope(|scope| Self::session(scope, sc, state, throughput))
+    }
+}
+
+impl WeftCurrent {
+    fn session<'scope>(
+        scope: &'scope std::thread::Scope<'scope, '_>,
+        sc: &'scope Scenario,
+        state: ClientState,
+        throughput: Option<Duration>,
+    ) -> Measured {
         let room = Self::build_room(sc);
-        let mut replica = Self::build_replica(sc, state, &room);
         let mut hub = Hub::new(room, HubConfig::default());
         let t0 = now();
         let sid = 1;
@@ -776,11 +894,15 @@ impl Engine for WeftCurrent {
             ..Default::default()
         };
         hub.connect(sid, t0);
-        let started = timed(&mut t.m.client_cpu, || {
-            Link::start(&replica, SKETCHES, WINDOW)
-        });
-        let (mut link, hello) = match started {
-            Ok(x) => x,
+        let (mut client, started) =
+            ClientThread::start(scope, move || Self::build_replica(sc, state));
+        // The session starts once the client holds its replica.
+        let session_start = now();
+        let hello = match started {
+            Ok((hello, spent)) => {
+                t.m.client_cpu += spent;
+                hello
+            }
             Err(e) => {
                 t.m.fail(format!("link start: {e}"));
                 return t.m;
@@ -860,17 +982,13 @@ impl Engine for WeftCurrent {
                     t.m.redundant_nodes += dups.count() as u64;
                 }
                 let recon = ty.is_some_and(|ty| is_exchange(ty) || ty == MessageType::CatchUpDone);
-                let mut scratch = Duration::ZERO;
-                let acc = if recon && !t.done {
-                    &mut t.m.client_cpu
-                } else {
-                    &mut scratch
-                };
-                let was_steady = link.is_steady();
-                let out = timed(acc, || link.handle_frame(&mut replica, &frame));
-                match out {
-                    Ok(out) => {
-                        for e in &out.events {
+                let reply = client.handle(frame);
+                if recon && !t.done {
+                    t.m.client_cpu += reply.spent;
+                }
+                match reply.result {
+                    Ok((events, send)) => {
+                        for e in &events {
                             match e {
                                 SyncEvent::Arrived(_) => t.arrived += 1,
                                 SyncEvent::RelayError(e) => t.m.fail(format!("relay error {e:?}")),
@@ -881,13 +999,14 @@ impl Engine for WeftCurrent {
                                 _ => {}
                             }
                         }
-                        if !was_steady && link.is_steady() {
+                        if reply.became_steady {
                             pushes_now = true;
                         }
-                        up.extend(out.send);
+                        up.extend(send);
                     }
                     Err(e) => {
                         t.m.fail(format!("link error: {e}"));
+                        let _ = client.finish();
                         return t.m;
                     }
                 }
@@ -905,8 +1024,9 @@ impl Engine for WeftCurrent {
         if !t.done {
             t.m.fail("the client never became steady");
         }
+        let replica = client.finish();
         // Less the relay-side replay, which ran in the middle.
-        t.m.session = t0.elapsed().saturating_sub(replay_time);
+        t.m.session = session_start.elapsed().saturating_sub(replay_time);
         t.m.rtt = t.answers;
         t.m.flights = t.flights;
         t.m.redundant_nodes += t.nodes_down.saturating_sub(t.arrived);
@@ -1192,7 +1312,8 @@ fn main() -> ExitCode {
         Ok(a) => a,
         Err(e) => {
             eprintln!(
-                "recon bench: {e}\nusage: cargo bench --bench recon -- [--n N] [--json] [--smoke]"
+                "recon bench: {e}\nusage: cargo bench --bench recon -- [--n N] [--json] [--smoke] \
+                 [--only SCENARIO]"
             );
             return ExitCode::from(2);
         }
@@ -1242,6 +1363,13 @@ fn main() -> ExitCode {
     let mut rows: Vec<Row> = Vec::new();
     for make in &makers {
         let sc = make();
+        if args
+            .only
+            .as_ref()
+            .is_some_and(|only| !sc.key.contains(only.as_str()))
+        {
+            continue;
+        }
         let d = sc.d();
         let tp = sc.throughput.then_some(budget);
         progress(&format!("{}: {}", sc.title, engines.1.name()));

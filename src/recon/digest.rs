@@ -24,23 +24,29 @@ impl SetDigest {
     /// Adds one id. The caller guarantees the id is not already in the set.
     pub fn insert(&mut self, id: &NodeId) {
         self.count = self.count.wrapping_add(1);
-        let mut carry = 0u16;
-        for (acc, add) in self.sum.0.iter_mut().zip(id.0.iter()) {
-            let total = u16::from(*acc) + u16::from(*add) + carry;
-            *acc = total.to_le_bytes()[0];
-            carry = total >> 8;
+        let (mut sum, add) = (limbs(&self.sum.0), limbs(&id.0));
+        let mut carry = false;
+        for (acc, add) in sum.iter_mut().zip(add) {
+            let (partial, overflow_a) = acc.overflowing_add(add);
+            let (total, overflow_b) = partial.overflowing_add(u64::from(carry));
+            *acc = total;
+            carry = overflow_a || overflow_b;
         }
+        self.sum.0 = bytes(sum);
     }
 
     /// Takes out one id. The caller guarantees the id is in the set.
     pub fn remove(&mut self, id: &NodeId) {
         self.count = self.count.wrapping_sub(1);
-        let mut borrow = 0i16;
-        for (acc, sub) in self.sum.0.iter_mut().zip(id.0.iter()) {
-            let total = i16::from(*acc) - i16::from(*sub) - borrow;
-            borrow = i16::from(total < 0);
-            *acc = total.rem_euclid(256).to_le_bytes()[0];
+        let (mut sum, sub) = (limbs(&self.sum.0), limbs(&id.0));
+        let mut borrow = false;
+        for (acc, sub) in sum.iter_mut().zip(sub) {
+            let (partial, under_a) = acc.overflowing_sub(sub);
+            let (total, under_b) = partial.overflowing_sub(u64::from(borrow));
+            *acc = total;
+            borrow = under_a || under_b;
         }
+        self.sum.0 = bytes(sum);
     }
 
     /// The digest of a set given by its ids.
@@ -51,6 +57,25 @@ impl SetDigest {
         }
         digest
     }
+}
+
+/// A 256-bit little-endian number as four 64-bit limbs, least significant first.
+fn limbs(bytes: &[u8; 32]) -> [u64; 4] {
+    let mut out = [0u64; 4];
+    for (limb, chunk) in out.iter_mut().zip(bytes.chunks_exact(8)) {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        *limb = u64::from_le_bytes(word);
+    }
+    out
+}
+
+fn bytes(limbs: [u64; 4]) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    for (chunk, limb) in out.chunks_exact_mut(8).zip(limbs) {
+        chunk.copy_from_slice(&limb.to_le_bytes());
+    }
+    out
 }
 
 #[cfg(test)]

@@ -197,6 +197,34 @@ impl SetIndex {
         true
     }
 
+    /// The same set under another key (a new room epoch): short ids and sketch levels are
+    /// rebuilt in one pass over `ids`, which must list the set's ids in insertion order; the
+    /// prefix tree does not depend on the key and is kept. O(n), about a third of inserting
+    /// every id again.
+    pub fn rekey<'a>(&mut self, key: SketchKey, ids: impl Iterator<Item = &'a NodeId>) {
+        self.key = key;
+        self.collisions = 0;
+        let mut shorts = FastMap::default();
+        shorts.reserve(usize::try_from(self.len()).unwrap_or(0));
+        for (ordinal, id) in (0u64..).zip(ids) {
+            match shorts.entry(key.short_id(id)) {
+                std::collections::hash_map::Entry::Occupied(_) => self.collisions += 1,
+                std::collections::hash_map::Entry::Vacant(slot) => {
+                    slot.insert((*id, ordinal));
+                }
+            }
+        }
+        self.shorts = shorts;
+        let top = self.top_log2();
+        let mut levels = vec![build_level(self.shorts.keys().copied(), top)];
+        for log2 in (MIN_LOG2.saturating_add(1)..=top).rev() {
+            let below = levels.last().map(|cells| fold_level(cells, log2));
+            levels.extend(below);
+        }
+        levels.reverse();
+        self.levels = levels;
+    }
+
     fn grow_if_needed(&mut self) {
         let top = self.top_log2();
         let wanted = log2_for((self.len() as f64 * MAX_SKETCH_FRACTION) as u64);
@@ -294,6 +322,30 @@ mod tests {
 
     fn ids(rng: &mut StdRng, n: usize) -> Vec<NodeId> {
         (0..n).map(|_| NodeId(rng.random())).collect()
+    }
+
+    #[test]
+    fn rekeying_equals_building_under_the_new_key() {
+        let mut rng = StdRng::seed_from_u64(11);
+        let all = ids(&mut rng, 30_000);
+        let mut index = SetIndex::new(key());
+        for id in &all {
+            index.insert(*id);
+        }
+        let other = SketchKey([9; crate::recon::ibf::KEY_BYTES]);
+        index.rekey(other, all.iter());
+        let mut fresh = SetIndex::new(other);
+        for id in &all {
+            fresh.insert(*id);
+        }
+        assert_eq!(index.top_log2(), fresh.top_log2());
+        for log2 in 0..=fresh.top_log2() {
+            assert_eq!(index.sketch_at(log2), fresh.sketch_at(log2), "level {log2}");
+        }
+        for (ordinal, id) in (0u64..).zip(&all) {
+            assert_eq!(index.locate(other.short_id(id)), Some((*id, ordinal)));
+        }
+        assert_eq!(index.root(), fresh.root());
     }
 
     #[test]

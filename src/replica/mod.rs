@@ -237,14 +237,21 @@ impl Replica {
     /// The replica's sketch index under `key`, built from every node held if it is new or the
     /// key changed (O(n) then, O(1) otherwise).
     pub fn sets(&mut self, key: SketchKey) -> &mut SetIndex {
-        let sets = self.sets.take().filter(|sets| *sets.key() == key);
-        let sets = sets.unwrap_or_else(|| {
-            let mut fresh = SetIndex::new(key);
-            for id in &self.order {
-                fresh.insert(*id);
+        let sets = match self.sets.take() {
+            Some(sets) if *sets.key() == key => sets,
+            // A new epoch's key: the prefix tree is kept, short ids and sketches rebuilt.
+            Some(mut sets) => {
+                sets.rekey(key, self.order.iter());
+                sets
             }
-            fresh
-        });
+            None => {
+                let mut fresh = SetIndex::new(key);
+                for id in &self.order {
+                    fresh.insert(*id);
+                }
+                fresh
+            }
+        };
         self.sets.insert(sets)
     }
 

@@ -52,6 +52,10 @@
 //! wall time of `initiate`/`reconcile_with_ids` (client) and `reconcile` (relay); correct means
 //! the have/need ids equal the ground truth.
 //!
+//! Round trips at d = 1,000 (`d1000_rtt_spread`): a cold client's session on 300 different
+//! difference sets of n = min(N, 20,000) (20 with `--smoke`), for the distribution and p99 of
+//! round trips (a sketch sized from an estimate fails to decode now and then).
+//!
 //! Sessions per second at d = 1,000: the relay side of the d = 1,000 session (the recorded
 //! client messages replayed against the same relay state, a fresh session each time) repeated
 //! for about two seconds (half a second with `--smoke`).
@@ -344,10 +348,22 @@ impl Scenario<'_> {
         key: &'static str,
         title: String,
     ) -> Scenario<'b> {
+        Self::scattered_seeded(backbone, n, d, key, title, 0)
+    }
+
+    /// [`scattered`](Self::scattered) with other differences for each `seed`.
+    fn scattered_seeded<'b>(
+        backbone: &'b Backbone,
+        n: usize,
+        d: usize,
+        key: &'static str,
+        title: String,
+        seed: u64,
+    ) -> Scenario<'b> {
         let half = (d / 2).min(n);
         let common = n - half;
         let room = room_id();
-        let mut rng = Rng(0xd1ff ^ d as u64);
+        let mut rng = Rng(0xd1ff ^ d as u64 ^ seed.rotate_left(32));
         // Labels of every slot in global order: shuffle which slots are differences.
         let mut labels: Vec<Side> = Vec::with_capacity(common + 2 * half);
         labels.extend(std::iter::repeat_n(Side::Both, common));
@@ -378,7 +394,8 @@ impl Scenario<'_> {
                         parents.push(&extra[p]);
                     }
                     let path = if s == 0 { "doc/relay" } else { "doc/client" };
-                    let node = child(&room, &parents, path, extra.len() as u64, 1 + s as u64);
+                    let tag = 1 + s as u64 + 2 * seed;
+                    let node = child(&room, &parents, path, extra.len() as u64, tag);
                     last_own[s] = Some(extra.len());
                     items.push(((base + extra.len()) as Ref, side));
                     extra.push(node);
@@ -1071,6 +1088,103 @@ impl WeftCurrent {
 }
 
 // -------------------------------------------------------------------------------------------------
+// Round trips at d = 1,000 over many difference sets
+
+/// How often a cold client's d = 1,000 session needed more than one round trip: the sketch is
+/// sized from an estimate, and a decode fails now and then (then the extension, or refinement,
+/// costs a round trip each).
+struct Spread {
+    n: usize,
+    trials: usize,
+    by_rtt: std::collections::BTreeMap<u64, usize>,
+    wrong: usize,
+    max_ratio: f64,
+}
+
+impl Spread {
+    fn p99(&self) -> u64 {
+        let mut seen = 0;
+        for (rtt, count) in &self.by_rtt {
+            seen += count;
+            if seen * 100 >= self.trials * 99 {
+                return *rtt;
+            }
+        }
+        0
+    }
+
+    fn line(&self) -> String {
+        let counts: Vec<String> = self
+            .by_rtt
+            .iter()
+            .map(|(rtt, count)| format!("{count}× {rtt} RTT"))
+            .collect();
+        format!(
+            "round trips at d = 1,000, cold client, {} difference sets of n = {}: {} (p99 {}), \
+             worst {:.2}× d·32, wrong {}",
+            self.trials,
+            thousands(self.n as u64),
+            counts.join(", "),
+            self.p99(),
+            self.max_ratio,
+            self.wrong
+        )
+    }
+
+    fn json(&self) -> serde_json::Value {
+        let by_rtt: serde_json::Map<String, serde_json::Value> = self
+            .by_rtt
+            .iter()
+            .map(|(rtt, count)| (rtt.to_string(), (*count).into()))
+            .collect();
+        serde_json::json!({
+            "scenario": "d1000_rtt_spread",
+            "n": self.n,
+            "d": 1000,
+            "trials": self.trials,
+            "rtt_counts": by_rtt,
+            "rtt_p99": self.p99(),
+            "max_ratio_d32": self.max_ratio,
+            "correct": self.wrong == 0,
+        })
+    }
+}
+
+fn rtt_spread(args: &Args, progress: &dyn Fn(&str)) -> Spread {
+    let n = args.n.min(20_000);
+    let wanted = args
+        .only
+        .as_ref()
+        .is_none_or(|only| "d1000_rtt_spread".contains(only.as_str()));
+    let trials = match (wanted, args.smoke) {
+        (false, _) => 0,
+        (true, true) => 20,
+        (true, false) => 300,
+    };
+    progress(&format!(
+        "d = 1,000 round trips over {trials} difference sets (n = {})",
+        thousands(n as u64)
+    ));
+    let backbone = Backbone::build(n);
+    let mut spread = Spread {
+        n,
+        trials,
+        by_rtt: Default::default(),
+        wrong: 0,
+        max_ratio: 0.0,
+    };
+    for seed in 1..=trials as u64 {
+        let sc = Scenario::scattered_seeded(&backbone, n, 1_000, "spread", String::new(), seed);
+        let m = WeftCurrent.run(&sc, ClientState::Cold, None);
+        *spread.by_rtt.entry(m.rtt).or_default() += 1;
+        spread.wrong += usize::from(!m.correct);
+        let ratio = ratio_d32(m.bytes(), sc.d()).unwrap_or(0.0);
+        spread.max_ratio = spread.max_ratio.max(ratio);
+    }
+    spread
+}
+
+// -------------------------------------------------------------------------------------------------
 // Output
 
 /// One printed row: an engine's result on a scenario (with negentropy's beside it).
@@ -1401,9 +1515,17 @@ fn main() -> ExitCode {
             rows.push(row);
         }
     }
+    let spread = rtt_spread(&args, &progress);
     progress("done");
     if !args.json {
-        print_table(&rows, n);
+        if !rows.is_empty() {
+            print_table(&rows, n);
+        }
+        if spread.trials > 0 {
+            println!("{}", spread.line());
+        }
+    } else if spread.trials > 0 {
+        println!("{}", spread.json());
     }
     let wrong: Vec<String> = rows
         .iter()
@@ -1412,6 +1534,7 @@ fn main() -> ExitCode {
             let g = (!r.neg.correct).then(|| format!("{} negentropy", r.title));
             w.into_iter().chain(g)
         })
+        .chain((spread.wrong > 0).then(|| format!("{} d = 1,000 spread sessions", spread.wrong)))
         .collect();
     if wrong.is_empty() {
         ExitCode::SUCCESS

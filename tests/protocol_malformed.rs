@@ -107,7 +107,10 @@ fn valid_messages() -> Vec<Message> {
             epoch: 1,
             seq: 500,
             plan: Plan::SendIds,
-            limits: RelayLimits::default(),
+            limits: Some(RelayLimits {
+                max_frame: 70_000,
+                ..RelayLimits::default()
+            }),
         }),
         Message::Ids(Ids {
             ids: ids.clone(),
@@ -235,8 +238,8 @@ fn classify(e: &DecodeError) -> Expect {
     }
 }
 
-/// Values no v1 field accepts at the top level (the options `want.shared` and
-/// `catch_up_done.root` aside): nil, a
+/// Values no v1 field accepts at the top level (the options `want.shared`,
+/// `catch_up_done.root` and `welcome.limits` aside): nil, a
 /// negative integer, a float, a map, an extension and the never-used marker 0xc1.
 const WRONG_EVERYWHERE: &[&[u8]] = &[
     &[0xc0],
@@ -314,7 +317,7 @@ fn mutations(message: &Message) -> Vec<Case> {
         for wrong in WRONG_EVERYWHERE {
             let option_to_nil = matches!(
                 (ty, i),
-                (MessageType::Want, 2) | (MessageType::CatchUpDone, 2)
+                (MessageType::Want, 2) | (MessageType::CatchUpDone, 2) | (MessageType::Welcome, 6)
             ) && *wrong == [0xc0];
             cases.push(Case {
                 what: name(format!("field {i} replaced by {}", hex::encode(wrong))),

@@ -286,7 +286,10 @@ fn message(mut o: Obj) -> Res<Message> {
                 }
             };
             let hints = SyncHints {
-                digest: digest(h.obj("digest")?)?,
+                digest: match h.take("digest")? {
+                    Value::Null => SetDigest::default(),
+                    v => digest(Obj::new(v, "hints.digest")?)?,
+                },
                 watermark,
                 heads: h.ids("heads")?,
                 unsynced: h.u64("unsynced")?,
@@ -319,7 +322,10 @@ fn message(mut o: Obj) -> Res<Message> {
                 "refine" => Plan::Refine,
                 other => return Err(format!("unknown plan {other:?}")),
             },
-            limits: limits(o.obj("limits")?)?,
+            limits: match o.take("limits")? {
+                Value::Null => None,
+                v => Some(limits(Obj::new(v, "welcome.limits")?)?),
+            },
         }),
         MessageType::Ids => Message::Ids(Ids {
             ids: o.ids("ids")?,

@@ -458,7 +458,7 @@ fn a_sketch_naming_unknown_ids_is_retried_not_trusted() {
         epoch: EPOCH,
         seq: 200,
         plan: Plan::Sketch,
-        limits: protocol::RelayLimits::default(),
+        limits: None,
     });
     let _ = link
         .handle_frame(&mut replica, &welcome.encode().unwrap())

@@ -233,7 +233,7 @@ impl World {
                     epoch: u64::from(*epoch),
                     seq: u64::from(*seq),
                     plan: [Plan::InSync, Plan::CatchUp, Plan::SendIds][usize::from(*plan) % 3],
-                    limits,
+                    limits: Some(limits),
                 }));
             }
             Op::Need { picks, last } => {

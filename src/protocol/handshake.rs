@@ -65,7 +65,9 @@ pub struct Watermark {
 /// What the client tells the relay about its replica so the relay can pick one path.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SyncHints {
-    /// Digest of every node the client holds, synced or not.
+    /// Digest of every node the client holds, synced or not. The empty set's digest travels
+    /// as nil (protocol/README.md §4.1), so a fresh client's `hello` stays small.
+    #[serde(with = "empty_digest_as_nil")]
     pub digest: SetDigest,
     /// The client's watermark in the room's current epoch, if it has synced before.
     pub watermark: Option<Watermark>,
@@ -175,6 +177,38 @@ pub struct Welcome {
     pub seq: u64,
     /// The chosen reconciliation path.
     pub plan: Plan,
-    /// Limits the relay enforces.
-    pub limits: RelayLimits,
+    /// Limits the relay enforces; `None` when they are the defaults of
+    /// [`RelayLimits::default`] (protocol/README.md §4.2), which is what a `welcome` costs
+    /// most of the time.
+    pub limits: Option<RelayLimits>,
+}
+
+impl Welcome {
+    /// The limits in effect: the ones sent, or the defaults.
+    pub fn limits(&self) -> RelayLimits {
+        self.limits.unwrap_or_default()
+    }
+}
+
+/// `SyncHints::digest` on the wire: nil for the empty set, `[count, sum]` otherwise. The empty
+/// digest written out is refused, so every value keeps exactly one encoding.
+mod empty_digest_as_nil {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use crate::recon::SetDigest;
+
+    pub fn serialize<S: Serializer>(digest: &SetDigest, serializer: S) -> Result<S::Ok, S::Error> {
+        let empty = *digest == SetDigest::default();
+        (!empty).then_some(digest).serialize(serializer)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<SetDigest, D::Error> {
+        match Option::<SetDigest>::deserialize(deserializer)? {
+            None => Ok(SetDigest::default()),
+            Some(digest) if digest == SetDigest::default() => Err(serde::de::Error::custom(
+                "the empty set's digest is sent as nil",
+            )),
+            Some(digest) => Ok(digest),
+        }
+    }
 }

@@ -201,7 +201,7 @@ impl Link {
         match self.session.handle_frame(frame)? {
             ClientEvent::Welcome(welcome) => {
                 self.epoch = welcome.epoch;
-                self.limits = welcome.limits;
+                self.limits = welcome.limits();
                 out.events.push(SyncEvent::Plan(welcome.plan));
                 replica.enter_epoch(welcome.epoch);
                 match welcome.plan {

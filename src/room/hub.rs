@@ -10,7 +10,8 @@ use crate::node::NodeId;
 use crate::node::Rejection;
 use crate::protocol::{
     self, Ack, Capabilities, CatchUpDone, CloseCode, ErrorCode, ErrorMessage, Message, MessageType,
-    Need, Outcome, PROTOCOL_VERSION, Pack, Plan, PresenceUpdate, Resolved, SyncHints, Welcome,
+    Need, Outcome, PROTOCOL_VERSION, Pack, Plan, PresenceUpdate, RelayLimits, Resolved, SyncHints,
+    Welcome,
 };
 use crate::recon::ibf::MAX_LOG2_CELLS;
 use crate::recon::{ReconPath, SetDigest};
@@ -298,7 +299,8 @@ impl Hub {
             epoch: self.room.epoch(),
             seq: self.room.seq(),
             plan,
-            limits: self.config.session.limits,
+            limits: (self.config.session.limits != RelayLimits::default())
+                .then_some(self.config.session.limits),
         };
         let Some(member) = self.members.get_mut(&id) else {
             return;

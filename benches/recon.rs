@@ -30,7 +30,8 @@
 //! - *CPU*: wall time on this one thread (the crate forbids `unsafe`, so no thread CPU clock)
 //!   of the `Hub` calls that handle the client's reconciliation messages (the relay plans,
 //!   answers, verifies, builds the catch-up cursor and sends at most one batch: the client's
-//!   credit window is one byte) or send `catch_up_done` (with the prefix-tree root), and of
+//!   credit window is one byte) or, after a sketch or refinement, send `catch_up_done` (with
+//!   the prefix-tree root), and of
 //!   the `Link` calls that start the session and handle the
 //!   relay's reconciliation messages and `catch_up_done`. Index building (room and replica
 //!   indexes, prefix-tree hashes, negentropy storage) is not counted, as a relay and a client
@@ -961,11 +962,14 @@ impl WeftCurrent {
                 let recon = ty.is_some_and(is_exchange);
                 let mut spent = Duration::ZERO;
                 let out = timed(&mut spent, || hub.handle_frame(sid, &frame, t0));
-                // The call that finishes catch-up (with the root check's input) counts too.
-                let finishes = out
-                    .frames
-                    .iter()
-                    .any(|o| protocol::peek_type(&o.frame) == Some(MessageType::CatchUpDone));
+                // After a sketch or refinement, the call that finishes catch-up computes the
+                // root for the final check: it counts too.
+                let verified_plan = matches!(t.plan, Some(Plan::Sketch | Plan::Refine));
+                let finishes = verified_plan
+                    && out
+                        .frames
+                        .iter()
+                        .any(|o| protocol::peek_type(&o.frame) == Some(MessageType::CatchUpDone));
                 if (recon || finishes) && !t.done {
                     t.m.relay_cpu += spent;
                 }

@@ -135,10 +135,23 @@ impl Received {
 }
 
 /// A persistent estimator over a set of node ids, updated in O(1) per insert.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Estimator {
-    strata: [Stratum; STRATA_MAX],
+    /// Allocated on the first insert: an idle empty room or replica costs a pointer, not
+    /// 1.25 KiB.
+    strata: Option<Box<[Stratum; STRATA_MAX]>>,
 }
+
+/// The strata of the empty set.
+static EMPTY: [Stratum; STRATA_MAX] = [[0; CELLS]; STRATA_MAX];
+
+impl PartialEq for Estimator {
+    fn eq(&self, other: &Self) -> bool {
+        self.strata() == other.strata()
+    }
+}
+
+impl Eq for Estimator {}
 
 impl Default for Estimator {
     fn default() -> Self {
@@ -221,15 +234,18 @@ pub fn strata_for(set_len: u64) -> usize {
 impl Estimator {
     /// An empty estimator (the estimator of the empty set).
     pub fn new() -> Self {
-        Self {
-            strata: [[0; CELLS]; STRATA_MAX],
-        }
+        Self { strata: None }
+    }
+
+    fn strata(&self) -> &[Stratum; STRATA_MAX] {
+        self.strata.as_deref().unwrap_or(&EMPTY)
     }
 
     /// Adds an id. O(1). Inserting an id already present removes it (cells are XORs).
     pub fn insert(&mut self, id: &NodeId) {
         let (stratum, cell, value) = place(id);
-        if let Some(c) = self.strata.get_mut(stratum).and_then(|s| s.get_mut(cell)) {
+        let strata = self.strata.get_or_insert_with(|| Box::new(EMPTY));
+        if let Some(c) = strata.get_mut(stratum).and_then(|s| s.get_mut(cell)) {
             *c ^= value;
         }
     }
@@ -242,7 +258,7 @@ impl Estimator {
     /// The wire form with `strata` strata (clamped to `1..=STRATA_MAX`): `strata × 64` bytes,
     /// the last stratum the XOR of all strata from it up. See [`strata_for`].
     pub fn encode(&self, strata: usize) -> Vec<u8> {
-        merged(&self.strata, strata).concat()
+        merged(self.strata(), strata).concat()
     }
 
     /// Parses a peer's wire form.
@@ -268,7 +284,7 @@ impl Estimator {
     /// Estimates `|A Δ B|` between this estimator's set and the one `received` was built from.
     /// O(strata × cells) whatever the received bytes.
     pub fn estimate(&self, received: &Received) -> Estimate {
-        let mine = merged(&self.strata, received.strata.len());
+        let mine = merged(self.strata(), received.strata.len());
         let nonzero: Vec<usize> = mine
             .iter()
             .zip(&received.strata)
@@ -347,13 +363,16 @@ mod tests {
         let e = estimator(&ids);
         let full = e.encode(STRATA_MAX);
         assert_eq!(full.len(), STRATA_MAX * CELLS);
-        assert_eq!(Estimator::decode(&full).unwrap().strata, e.strata.to_vec());
+        assert_eq!(
+            Estimator::decode(&full).unwrap().strata,
+            e.strata().to_vec()
+        );
         for s in 1..=STRATA_MAX {
             let bytes = e.encode(s);
             assert_eq!(bytes.len(), s * CELLS);
             // By hand: strata 0..s-1 verbatim, then the XOR of strata s-1.. in the last one.
-            let mut expected: Vec<Stratum> = e.strata[..s].to_vec();
-            for stratum in &e.strata[s..] {
+            let mut expected: Vec<Stratum> = e.strata()[..s].to_vec();
+            for stratum in &e.strata()[s..] {
                 for (cell, value) in expected[s - 1].iter_mut().zip(stratum) {
                     *cell ^= value;
                 }

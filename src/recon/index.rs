@@ -111,7 +111,8 @@ fn fold_level(cells: &[PackedCell], log2: u8) -> Vec<PackedCell> {
 /// Reconciliation state for one set of ids.
 pub struct SetIndex {
     key: SketchKey,
-    /// Level `MIN_LOG2 + i` at index `i`, up to the top level; never empty.
+    /// Level `MIN_LOG2 + i` at index `i`, up to the top level. Empty until the first insert, so
+    /// an empty set (an idle room) holds no cells.
     levels: Vec<Vec<PackedCell>>,
     /// Short id → (id, ordinal): the ordinal is the number of ids inserted before it, so a
     /// set filled in arrival order (a room) finds an id's arrival number in the same lookup.
@@ -142,7 +143,7 @@ impl SetIndex {
     pub fn new(key: SketchKey) -> Self {
         Self {
             key,
-            levels: vec![build_level(std::iter::empty(), MIN_LOG2)],
+            levels: Vec::new(),
             shorts: FastMap::default(),
             collisions: 0,
             tree: PrefixTree::new(),
@@ -187,6 +188,9 @@ impl SetIndex {
             std::collections::hash_map::Entry::Occupied(_) => self.collisions += 1,
             std::collections::hash_map::Entry::Vacant(slot) => {
                 slot.insert((id, ordinal));
+                if self.levels.is_empty() {
+                    self.levels.push(build_level(std::iter::empty(), MIN_LOG2));
+                }
                 let placement = Placement::new(short);
                 for (log2, level) in (MIN_LOG2..).zip(self.levels.iter_mut()) {
                     toggle_level(level, log2, &placement, 1);

@@ -22,10 +22,14 @@ use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
 use weft::node::{Node, NodeId, NodeLimits, Rejection, RoomId};
 use weft::protocol::{
-    self, Ack, Batch, Broadcast, Capabilities, CatchUpDone, Direction, ErrorCode, ErrorMessage,
-    Message, Need, Outcome, Plan, PresenceUpdate, RelayLimits, Resolved, Welcome,
+    self, Ack, Batch, Broadcast, Buckets, Capabilities, CatchUpDone, Direction, ErrorCode,
+    ErrorMessage, Message, Missing, Need, Outcome, Plan, PresenceUpdate, RelayLimits, Resolved,
+    Sketch, Welcome,
 };
 use weft::recon::SetDigest;
+use weft::recon::ibf::{self, SketchKey};
+use weft::recon::index::SetIndex;
+use weft::recon::prefix_tree::PrefixTree;
 use weft::replica::{Link, MAX_HELLO_HEADS, Replica};
 
 #[derive(Arbitrary, Debug)]
@@ -78,6 +82,26 @@ enum Op {
         state: Vec<u8>,
     },
     Error(u16),
+    /// The relay's real sketch of its nodes (or garbage cells), whole or as an extension.
+    Sketch {
+        log2: u8,
+        extension: bool,
+        honest: bool,
+        garbage: Vec<u8>,
+        foreign_key: bool,
+    },
+    /// The relay's real bucket summaries (or garbage).
+    Buckets {
+        depth: u8,
+        honest: bool,
+        garbage: Vec<u8>,
+        last: bool,
+    },
+    Missing {
+        picks: Vec<u8>,
+        made_up: Vec<u64>,
+        last: bool,
+    },
 }
 
 #[derive(Arbitrary, Debug, Clone, Copy)]
@@ -146,10 +170,14 @@ impl World {
         self.known[usize::from(pick) % self.known.len()]
     }
 
+    fn key(&self) -> SketchKey {
+        SketchKey::for_room(&room_id(), 1)
+    }
+
     fn ensure_link(&mut self) {
         if self.link.is_none() {
             let (link, hello) =
-                Link::start(&self.replica, Capabilities::PRESENCE, 4096).expect("hello encodes");
+                Link::start(&self.replica, Capabilities::SUPPORTED, 4096).expect("hello encodes");
             check_sent(&[hello]);
             self.link = Some(link);
         }
@@ -232,8 +260,93 @@ impl World {
                     peer: 1,
                     epoch: u64::from(*epoch),
                     seq: u64::from(*seq),
-                    plan: [Plan::InSync, Plan::CatchUp, Plan::SendIds][usize::from(*plan) % 3],
+                    plan: [
+                        Plan::InSync,
+                        Plan::CatchUp,
+                        Plan::SendIds,
+                        Plan::Sketch,
+                        Plan::Refine,
+                    ][usize::from(*plan) % 5],
                     limits: Some(limits),
+                }));
+            }
+            Op::Sketch {
+                log2,
+                extension,
+                honest,
+                garbage,
+                foreign_key,
+            } => {
+                let key = if *foreign_key {
+                    SketchKey([7; 16])
+                } else {
+                    self.key()
+                };
+                let log2 = log2 % 7;
+                let cells = if *honest {
+                    let mut sets = SetIndex::new(key);
+                    self.relay.iter().for_each(|n| {
+                        sets.insert(n.id);
+                    });
+                    let sketch = sets.sketch_at(log2).expect("small sizes exist");
+                    let cells = if *extension {
+                        sketch.lower_halves().unwrap_or_default()
+                    } else {
+                        sketch.cells().to_vec()
+                    };
+                    Bytes::from(ibf::encode_cells(&cells))
+                } else {
+                    Bytes::from(garbage.clone())
+                };
+                self.send(Message::Sketch(Sketch {
+                    log2,
+                    extension: *extension,
+                    key: Bytes::copy_from_slice(key.wire()),
+                    cells,
+                }));
+            }
+            Op::Buckets {
+                depth,
+                honest,
+                garbage,
+                last,
+            } => {
+                let depth = 1 + depth % 2;
+                let summaries = if *honest {
+                    let mut tree = PrefixTree::new();
+                    self.relay.iter().for_each(|n| {
+                        tree.insert(n.id);
+                    });
+                    let level: Vec<protocol::BucketSummary> = tree
+                        .level(depth)
+                        .iter()
+                        .map(|s| (s.count, s.hash.first_chunk().copied().unwrap_or_default()))
+                        .collect();
+                    protocol::pack_buckets(&level)
+                } else {
+                    Bytes::from(garbage.clone())
+                };
+                self.send(Message::Buckets(Buckets {
+                    depth,
+                    key: Bytes::copy_from_slice(self.key().wire()),
+                    summaries,
+                    last: *last || *honest,
+                }));
+            }
+            Op::Missing {
+                picks,
+                made_up,
+                last,
+            } => {
+                let key = self.key();
+                let shorts = picks
+                    .iter()
+                    .take(8)
+                    .map(|p| key.short_id(&self.pick_known(*p)))
+                    .chain(made_up.iter().take(8).copied());
+                self.send(Message::Missing(Missing {
+                    shorts: protocol::pack_shorts(shorts),
+                    last: *last,
                 }));
             }
             Op::Need { picks, last } => {

@@ -103,6 +103,36 @@ bytes32!(
     NodeId,
     "node id"
 );
+
+impl NodeId {
+    /// Bytes 0..8 and 8..16 as little-endian words: the uniform bits that short ids, sketch
+    /// cells and the difference estimator are mixed from.
+    pub fn leading_words(&self) -> (u64, u64) {
+        let [
+            a0,
+            a1,
+            a2,
+            a3,
+            a4,
+            a5,
+            a6,
+            a7,
+            b0,
+            b1,
+            b2,
+            b3,
+            b4,
+            b5,
+            b6,
+            b7,
+            ..,
+        ] = self.0;
+        (
+            u64::from_le_bytes([a0, a1, a2, a3, a4, a5, a6, a7]),
+            u64::from_le_bytes([b0, b1, b2, b3, b4, b5, b6, b7]),
+        )
+    }
+}
 bytes32!(
     /// The `blake3` hash of a blob's bytes.
     BlobHash,

@@ -599,13 +599,7 @@ fn watermarks_skip_sketches_and_bad_estimators_are_reported() {
     let replica = history.replica(false);
     let mut hints = replica.hints(true);
     hints.estimator = Some(Bytes::from_static(&[0; 65]));
-    let hello = Message::Hello(protocol::Hello {
-        min_version: 1,
-        max_version: 1,
-        capabilities: SKETCHES,
-        hints,
-        credit: 1 << 20,
-    });
+    let hello = sketch_hello(hints);
     let now = now();
     hub.connect(1, now);
     let out = hub.handle_frame(1, &hello.encode().unwrap(), now);
@@ -670,13 +664,7 @@ fn inconsistent_counts_in_hints_cannot_break_a_session() {
         if let Some(count) = count {
             hints.digest.count = count;
         }
-        let hello = Message::Hello(protocol::Hello {
-            min_version: 1,
-            max_version: 1,
-            capabilities: SKETCHES,
-            hints,
-            credit: 1 << 20,
-        });
+        let hello = sketch_hello(hints);
         // Replay the doctored hello through a link-driven session: swap it in for the real one.
         let session = connect_with_hello(&mut hub, &mut replica, hello.encode().unwrap());
         assert_eq!(session.link_error, None, "{unsynced} {count:?}");
@@ -696,6 +684,17 @@ fn inconsistent_counts_in_hints_cannot_break_a_session() {
             session.plans
         );
     }
+}
+
+/// A `hello` offering sketches with `hints`.
+fn sketch_hello(hints: protocol::SyncHints) -> Message {
+    Message::Hello(protocol::Hello {
+        min_version: 1,
+        max_version: 1,
+        capabilities: SKETCHES,
+        hints,
+        credit: 1 << 20,
+    })
 }
 
 /// [`connect`] with the hello replaced by `hello`.

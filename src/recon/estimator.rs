@@ -161,27 +161,7 @@ impl Default for Estimator {
 
 /// Where an id lands: (stratum, cell, value). See the module doc.
 fn place(id: &NodeId) -> (usize, usize, u8) {
-    let [
-        a0,
-        a1,
-        a2,
-        a3,
-        a4,
-        a5,
-        a6,
-        a7,
-        b0,
-        b1,
-        b2,
-        b3,
-        b4,
-        b5,
-        b6,
-        b7,
-        ..,
-    ] = *id.as_bytes();
-    let a = u64::from_le_bytes([a0, a1, a2, a3, a4, a5, a6, a7]);
-    let b = u64::from_le_bytes([b0, b1, b2, b3, b4, b5, b6, b7]);
+    let (a, b) = id.leading_words();
     let h = mix(mix(a ^ SEED_0) ^ b ^ SEED_1);
     // trailing_zeros ≤ 64, so these conversions cannot fail; the fallbacks are unreachable.
     let stratum = usize::try_from(h.trailing_zeros())

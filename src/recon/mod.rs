@@ -274,16 +274,21 @@ mod tests {
         );
     }
 
-    #[test]
-    fn sketch_size_follows_the_estimate_and_hard_cases_refine() {
-        let relay_side = RelaySide {
+    /// A relay of `count` nodes (the digest's sum does not matter to sizing).
+    fn relay_of(count: u64) -> RelaySide {
+        RelaySide {
             digest: SetDigest {
-                count: 1_000_000,
+                count,
                 ..SetDigest::default()
             },
             epoch: 7,
-            seq: 1_000_000,
-        };
+            seq: count,
+        }
+    }
+
+    #[test]
+    fn sketch_size_follows_the_estimate_and_hard_cases_refine() {
+        let relay_side = relay_of(1_000_000);
         let mut h = hints(digest_of(2), None, vec![]);
         h.digest.count = 1_000_000;
         let plan = |estimate| choose_path(&h, relay_side, SKETCHES, Some(estimate), |_| false);
@@ -310,14 +315,7 @@ mod tests {
 
     #[test]
     fn a_previous_epoch_watermark_sizes_from_counts() {
-        let relay_side = RelaySide {
-            digest: SetDigest {
-                count: 10_500,
-                ..SetDigest::default()
-            },
-            epoch: 7,
-            seq: 10_500,
-        };
+        let relay_side = relay_of(10_500);
         // 10,000 synced nodes (held by the relay) and 300 unsynced: 500 + 300 differ.
         let mut h = hints(digest_of(2), Some(Watermark { epoch: 6, seq: 9 }), vec![]);
         h.digest.count = 10_300;

@@ -83,7 +83,7 @@ pub const MAX_REFINE_DEPTH: u8 = 4;
 const REFINE_BUCKET_TARGET: u64 = 512;
 
 /// Bucket depth for refining sets of up to `larger` ids: the shallowest level whose buckets
-/// hold at most [`REFINE_BUCKET_TARGET`] ids on average (at least 1, at most
+/// hold at most 512 ids on average (at least 1, at most
 /// [`MAX_REFINE_DEPTH`]).
 pub fn refine_depth(larger: u64) -> u8 {
     let mut depth = 1u8;

@@ -521,50 +521,6 @@ fn visit(node: &Subtree, prefix: &Prefix, depth: u8, f: &mut impl FnMut(&NodeId)
     }
 }
 
-/// The outcome of comparing two trees level by level, as a peer exchange would.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct TreeDiff {
-    /// Ids only the first tree holds, ascending.
-    pub only_first: Vec<NodeId>,
-    /// Ids only the second tree holds, ascending.
-    pub only_second: Vec<NodeId>,
-    /// Levels compared (each is one request/response exchange).
-    pub rounds: u32,
-    /// Prefix summaries compared.
-    pub summaries: u64,
-}
-
-/// Finds the symmetric difference by descending only into prefixes whose summaries differ.
-/// A prefix where either side holds at most `settle_at` ids is settled by listing the ids.
-pub fn diff(first: &mut PrefixTree, second: &mut PrefixTree, settle_at: u64) -> TreeDiff {
-    let mut out = TreeDiff::default();
-    let mut level = vec![Prefix::ROOT];
-    while !level.is_empty() {
-        out.rounds += 1;
-        let mut next = Vec::new();
-        for prefix in level {
-            out.summaries += 1;
-            let (a, b) = (first.summary(&prefix), second.summary(&prefix));
-            if a == b {
-                continue;
-            }
-            if a.count.min(b.count) <= settle_at || prefix.len() >= 64 {
-                let (mine, theirs) = (first.ids_under(&prefix), second.ids_under(&prefix));
-                out.only_first
-                    .extend(mine.iter().filter(|id| theirs.binary_search(id).is_err()));
-                out.only_second
-                    .extend(theirs.iter().filter(|id| mine.binary_search(id).is_err()));
-                continue;
-            }
-            next.extend((0..16).filter_map(|d| prefix.child(d)));
-        }
-        level = next;
-    }
-    out.only_first.sort_unstable();
-    out.only_second.sort_unstable();
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeSet;
@@ -657,36 +613,6 @@ mod tests {
     }
 
     #[test]
-    fn diff_matches_ground_truth() {
-        let mut rng = StdRng::seed_from_u64(4);
-        for (n, d_first, d_second) in [
-            (0, 0, 5),
-            (10, 3, 0),
-            (5_000, 40, 25),
-            (20_000, 2_000, 3_000),
-        ] {
-            let common = ids(&mut rng, n);
-            let only_a = ids(&mut rng, d_first);
-            let only_b = ids(&mut rng, d_second);
-            let a: Vec<NodeId> = common.iter().chain(&only_a).copied().collect();
-            let b: Vec<NodeId> = common.iter().chain(&only_b).copied().collect();
-            let result = diff(&mut tree(&a), &mut tree(&b), 8);
-            let expect_a: BTreeSet<NodeId> = only_a.iter().copied().collect();
-            let expect_b: BTreeSet<NodeId> = only_b.iter().copied().collect();
-            assert_eq!(
-                result.only_first.iter().copied().collect::<BTreeSet<_>>(),
-                expect_a
-            );
-            assert_eq!(
-                result.only_second.iter().copied().collect::<BTreeSet<_>>(),
-                expect_b
-            );
-            // Uniform ids keep the tree shallow: a handful of levels.
-            assert!(result.rounds <= 6, "{} rounds", result.rounds);
-        }
-    }
-
-    #[test]
     fn ids_sharing_long_prefixes_still_split_and_compare() {
         // Adversarial ids: all share 30 bytes, so the tree must go deep.
         let base = [0xabu8; 32];
@@ -702,10 +628,20 @@ mod tests {
             .collect();
         let mut a = tree(&set);
         let mut b = tree(&set[1..]);
-        let result = diff(&mut a, &mut b, 4);
-        assert_eq!(result.only_first, vec![set[0]]);
-        assert!(result.only_second.is_empty());
-        assert!(result.rounds <= 65);
+        assert_ne!(a.root(), b.root());
+        assert_eq!(a.root_without(&set[..1]), b.root());
+        // The one differing bucket at every depth is the one holding set[0].
+        for depth in 1..=MAX_LEVEL_DEPTH {
+            let differing: Vec<usize> = a
+                .level(depth)
+                .iter()
+                .zip(b.level(depth))
+                .enumerate()
+                .filter(|(_, (x, y))| *x != y)
+                .map(|(i, _)| i)
+                .collect();
+            assert_eq!(differing, vec![prefix_of(&set[0], depth)]);
+        }
     }
 
     /// Random ids; with `narrow`, all share their first two bytes, so the tree goes deeper.

@@ -317,11 +317,8 @@ impl World {
                     self.relay.iter().for_each(|n| {
                         tree.insert(n.id);
                     });
-                    let level: Vec<protocol::BucketSummary> = tree
-                        .level(depth)
-                        .iter()
-                        .map(|s| (s.count, s.hash.first_chunk().copied().unwrap_or_default()))
-                        .collect();
+                    let level: Vec<protocol::BucketSummary> =
+                        tree.level(depth).iter().map(|s| s.truncated()).collect();
                     protocol::pack_buckets(&level)
                 } else {
                     Bytes::from(garbage.clone())

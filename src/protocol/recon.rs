@@ -159,16 +159,15 @@ pub fn want_messages(shorts: &[u64], shared: SetDigest, max_frame: usize) -> Vec
 /// for no ids.
 fn short_chunks(shorts: &[u64], max_frame: usize) -> impl Iterator<Item = (Bytes, bool)> + '_ {
     let per_frame = (max_frame.saturating_sub(FRAME_SLACK) / SHORT_BYTES).max(1);
-    let count = shorts.len().div_ceil(per_frame).max(1);
-    (0..count).map(move |i| {
-        let chunk = shorts
-            .get(i * per_frame..)
-            .unwrap_or_default()
-            .iter()
-            .take(per_frame)
-            .copied();
-        (pack_shorts(chunk), i + 1 == count)
-    })
+    frame_chunks(shorts, per_frame).map(|(chunk, last)| (pack_shorts(chunk.iter().copied()), last))
+}
+
+/// `items` in chunks of `per_frame`, each with a `last` flag; one empty chunk for no items, so
+/// that a list always ends with a frame that says `last`.
+fn frame_chunks<T>(items: &[T], per_frame: usize) -> impl Iterator<Item = (&[T], bool)> {
+    let count = items.len().div_ceil(per_frame).max(1);
+    let mut chunks = items.chunks(per_frame);
+    (1..=count).map(move |i| (chunks.next().unwrap_or_default(), i == count))
 }
 
 /// LEB128: seven bits per byte, least significant first, high bit set on all but the last.
@@ -221,21 +220,13 @@ pub fn buckets_messages(
 ) -> Vec<Message> {
     // A summary takes at most 10 + 16 bytes.
     let per_frame = (max_frame.saturating_sub(FRAME_SLACK) / (10 + BUCKET_HASH_BYTES)).max(1);
-    let count = summaries.len().div_ceil(per_frame).max(1);
-    (0..count)
-        .map(|i| {
-            let chunk = summaries
-                .get(i * per_frame..)
-                .unwrap_or_default()
-                .iter()
-                .take(per_frame)
-                .copied()
-                .collect::<Vec<_>>();
+    frame_chunks(summaries, per_frame)
+        .map(|(chunk, last)| {
             Message::Buckets(Buckets {
                 depth,
                 key: key.clone(),
-                summaries: pack_buckets(&chunk),
-                last: i + 1 == count,
+                summaries: pack_buckets(chunk),
+                last,
             })
         })
         .collect()

@@ -207,13 +207,7 @@ mod tests {
         let wm = Some(Watermark { epoch: 7, seq: 40 });
         let h = hints(SetDigest::default(), wm, vec![NodeId([1; 32])]);
         assert_eq!(
-            choose_path(
-                &h,
-                relay(relay_digest),
-                Capabilities::PRESENCE,
-                None,
-                |_| true
-            ),
+            baseline(&h, relay(relay_digest), |_| true),
             ReconPath::CatchUp { after: 40 }
         );
         // Another epoch's watermark is ignored, not trusted.
@@ -223,13 +217,7 @@ mod tests {
             vec![NodeId([1; 32])],
         );
         assert_eq!(
-            choose_path(
-                &h,
-                relay(relay_digest),
-                Capabilities::PRESENCE,
-                None,
-                |_| true
-            ),
+            baseline(&h, relay(relay_digest), |_| true),
             ReconPath::CatchUp { after: 0 }
         );
     }
@@ -240,15 +228,14 @@ mod tests {
         relay_digest.insert(&NodeId([1; 32]));
         let h = hints(SetDigest::default(), None, vec![]);
         assert_eq!(
-            choose_path(
-                &h,
-                relay(relay_digest),
-                Capabilities::PRESENCE,
-                None,
-                |_| false
-            ),
+            baseline(&h, relay(relay_digest), |_| false),
             ReconPath::CatchUp { after: 0 }
         );
+    }
+
+    /// The plan for a client without sketch capabilities.
+    fn baseline(h: &SyncHints, relay: RelaySide, knows: impl Fn(&NodeId) -> bool) -> ReconPath {
+        choose_path(h, relay, Capabilities::PRESENCE, None, knows)
     }
 
     fn digest_of(n: u8) -> SetDigest {
@@ -343,13 +330,7 @@ mod tests {
         let mut relay_digest = SetDigest::default();
         relay_digest.insert(&NodeId([1; 32]));
         assert_eq!(
-            choose_path(
-                &h,
-                relay(relay_digest),
-                Capabilities::PRESENCE,
-                None,
-                |_| false
-            ),
+            baseline(&h, relay(relay_digest), |_| false),
             ReconPath::IdList
         );
         // A watermark without heads claims a synced set it does not describe.
@@ -359,13 +340,7 @@ mod tests {
             vec![],
         );
         assert_eq!(
-            choose_path(
-                &h,
-                relay(relay_digest),
-                Capabilities::PRESENCE,
-                None,
-                |_| true
-            ),
+            baseline(&h, relay(relay_digest), |_| true),
             ReconPath::IdList
         );
     }

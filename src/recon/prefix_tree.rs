@@ -135,6 +135,17 @@ pub struct Summary {
     pub hash: [u8; 32],
 }
 
+impl Summary {
+    /// The summary as `buckets` carries it: the count and the first 16 hash bytes
+    /// (protocol/README.md §5.9).
+    pub fn truncated(&self) -> crate::protocol::BucketSummary {
+        (
+            self.count,
+            self.hash.first_chunk().copied().unwrap_or_default(),
+        )
+    }
+}
+
 enum Tree {
     Leaf(Vec<NodeId>),
     Branch(Box<[Subtree; 16]>),

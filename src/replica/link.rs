@@ -550,10 +550,7 @@ impl Link {
         let mut differing = vec![0u8; buckets.div_ceil(8)];
         let mut shorts = Vec::new();
         for (bucket, (summary, theirs)) in mine.iter().zip(&theirs).enumerate() {
-            let hash = summary
-                .hash
-                .first_chunk::<{ protocol::BUCKET_HASH_BYTES }>();
-            if (summary.count, hash.copied().unwrap_or_default()) == *theirs {
+            if summary.truncated() == *theirs {
                 continue;
             }
             if let Some(byte) = differing.get_mut(bucket / 8) {

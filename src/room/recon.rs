@@ -9,9 +9,7 @@ use bytes::Bytes;
 
 use super::{Cursor, Room};
 use crate::node::TreeHash;
-use crate::protocol::{
-    BUCKET_HASH_BYTES, BucketSummary, Capabilities, Message, Sketch, SyncHints, TreeRoot,
-};
+use crate::protocol::{BucketSummary, Capabilities, Message, Sketch, SyncHints, TreeRoot};
 use crate::recon::estimator::{Estimator, EstimatorError};
 use crate::recon::ibf::{self, Ibf, SketchError};
 use crate::recon::prefix_tree;
@@ -165,10 +163,7 @@ impl Room {
             .tree_mut()
             .level(depth)
             .iter()
-            .map(|summary| {
-                let hash = summary.hash.first_chunk::<BUCKET_HASH_BYTES>();
-                (summary.count, hash.copied().unwrap_or_default())
-            })
+            .map(prefix_tree::Summary::truncated)
             .collect()
     }
 

@@ -196,6 +196,7 @@ fn valid_messages() -> Vec<Message> {
         Message::Retry(Retry { cells_left: 300 }),
         Message::Buckets(Buckets {
             depth: 1,
+            expected: 1_000,
             key: Bytes::from(vec![9u8; 16]),
             summaries: Bytes::from(vec![0u8; 17 * 16]),
             last: true,
@@ -203,11 +204,18 @@ fn valid_messages() -> Vec<Message> {
         Message::BucketIds(BucketIds {
             differing: Bytes::from(vec![0xff, 0x01]),
             shorts: protocol::pack_shorts([5]),
+            sketches: protocol::pack_bucket_sketches(&[protocol::BucketSketch {
+                bucket: 9,
+                count: 40,
+                log2: 1,
+                cells: Bytes::from(vec![3u8; 6 * 13]),
+            }]),
             last: true,
         }),
         Message::Missing(Missing {
             shorts: protocol::pack_shorts([6, 7]),
             last: false,
+            relist: Bytes::new(),
         }),
     ]
 }

@@ -411,6 +411,7 @@ fn message(mut o: Obj) -> Res<Message> {
         }),
         MessageType::Buckets => Message::Buckets(Buckets {
             depth: o.narrow("depth")?,
+            expected: o.u64("expected")?,
             key: Bytes::from(o.hex("key")?),
             summaries: Bytes::from(o.hex("summaries")?),
             last: o.bool("last")?,
@@ -418,11 +419,13 @@ fn message(mut o: Obj) -> Res<Message> {
         MessageType::BucketIds => Message::BucketIds(BucketIds {
             differing: Bytes::from(o.hex("differing")?),
             shorts: Bytes::from(o.hex("shorts")?),
+            sketches: Bytes::from(o.hex("sketches")?),
             last: o.bool("last")?,
         }),
         MessageType::Missing => Message::Missing(Missing {
             shorts: Bytes::from(o.hex("shorts")?),
             last: o.bool("last")?,
+            relist: Bytes::from(o.hex("relist")?),
         }),
         MessageType::ErrorMessage => Message::ErrorMessage(ErrorMessage {
             code: o.narrow("code")?,

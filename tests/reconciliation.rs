@@ -140,6 +140,10 @@ struct Session {
     relay_errors: Vec<ErrorCode>,
     closes: Vec<CloseCode>,
     link_error: Option<String>,
+    /// `bucket_ids` rounds the client sent (a round ends with a `last` frame).
+    bucket_rounds: usize,
+    /// Buckets the client settled by a sketch rather than its id list.
+    bucket_sketches: usize,
 }
 
 /// Runs one connection until nothing is in flight.
@@ -190,6 +194,12 @@ fn run(
         for frame in std::mem::take(&mut up) {
             let frame = up_tamper(frame);
             session.sent_up.extend(protocol::peek_type(&frame));
+            if let Ok(Message::BucketIds(ids)) = protocol::decode(&frame) {
+                session.bucket_rounds += usize::from(ids.last);
+                session.bucket_sketches += protocol::unpack_bucket_sketches(&ids.sketches)
+                    .unwrap()
+                    .len();
+            }
             let out = hub.handle_frame(sid, &frame, now);
             session.closes.extend(out.closes.iter().map(|(_, c)| *c));
             for o in out.frames {
@@ -318,8 +328,166 @@ fn hard_divergence_refines_and_converges() {
     assert_eq!(session.plans, vec![Plan::Sketch, Plan::Refine]);
     let retries = session.sent_up.iter().filter(|t| **t == MessageType::Retry);
     assert_eq!(retries.count(), 2, "one extension, then refinement");
+    // ~200 ids per bucket and ~25 differences each: sketches are smaller than the lists.
+    assert!(session.bucket_sketches >= 8, "{session:?}");
+    assert_eq!(session.bucket_rounds, 1, "every bucket sketch settled");
     let room: HashSet<NodeId> = hub.room().nodes().map(|n| n.id).collect();
     assert_eq!(room, history.union());
+    let held: HashSet<NodeId> = replica.ids().copied().collect();
+    assert_eq!(held, history.union());
+    assert_eq!(replica.unsynced().count(), 0);
+    let again = connect(&mut hub, &mut replica, 2, SKETCHES);
+    assert_eq!(again.plans, vec![Plan::InSync]);
+}
+
+/// The client that lost nodes it believed synced (see above), with its bucket sketches
+/// emptied on the way: the relay cannot settle those buckets, asks for their lists in a
+/// second round, and the session still converges and verifies.
+#[test]
+fn bucket_sketches_that_do_not_settle_are_relisted() {
+    let history = History::generate(4, 3_000, 0, 400, false);
+    let mut hub = Hub::new(history.room(), HubConfig::default());
+    let mut replica = history.replica(true);
+    for (n, side) in &history.nodes {
+        if *side == Side::Client {
+            replica.mark_synced(&n.id);
+        }
+    }
+    let emptied = std::cell::Cell::new(0usize);
+    let blank_sketches = |frame: Bytes| -> Bytes {
+        let Ok(Message::BucketIds(mut ids)) = protocol::decode(&frame) else {
+            return frame;
+        };
+        let mut entries = protocol::unpack_bucket_sketches(&ids.sketches).unwrap();
+        if entries.is_empty() {
+            return frame;
+        }
+        for entry in &mut entries {
+            entry.cells = Bytes::from(vec![0u8; entry.cells.len()]);
+        }
+        emptied.set(emptied.get() + entries.len());
+        ids.sketches = protocol::pack_bucket_sketches(&entries);
+        Message::BucketIds(ids).encode().unwrap()
+    };
+    let session = connect_up_through(&mut hub, &mut replica, 1, SKETCHES, blank_sketches);
+    assert_eq!(session.link_error, None);
+    assert!(
+        session.relay_errors.is_empty(),
+        "{:?}",
+        session.relay_errors
+    );
+    assert!(emptied.get() >= 8);
+    assert_eq!(
+        session.bucket_rounds, 2,
+        "one round of sketches, one of lists"
+    );
+    let room: HashSet<NodeId> = hub.room().nodes().map(|n| n.id).collect();
+    assert_eq!(room, history.union());
+    let held: HashSet<NodeId> = replica.ids().copied().collect();
+    assert_eq!(held, history.union());
+    assert_eq!(replica.unsynced().count(), 0);
+    let again = connect(&mut hub, &mut replica, 2, SKETCHES);
+    assert_eq!(again.plans, vec![Plan::InSync]);
+}
+
+/// `bucket_ids` a relay must refuse: sketches for buckets not marked as differing, twice for
+/// one bucket, truncated; a second round that is not exactly the relisted buckets by lists.
+#[test]
+fn bad_bucket_sketches_get_typed_errors() {
+    let history = History::generate(12, 1_000, 30, 30, false);
+    let replica = history.replica(false);
+    let send = |hub: &mut Hub, message: Message| {
+        let out = hub.handle_frame(1, &message.encode().unwrap(), now());
+        let frames: Vec<Message> = out
+            .frames
+            .iter()
+            .map(|o| protocol::decode(&o.frame).unwrap())
+            .collect();
+        let closes: Vec<CloseCode> = out.closes.iter().map(|(_, code)| *code).collect();
+        (frames, closes)
+    };
+    // Two failed decodes take the session to refinement at depth 1: 16 buckets.
+    let refining = || {
+        let mut hub = Hub::new(history.room(), HubConfig::default());
+        hub.connect(1, now());
+        let (_, hello) = Link::start(&replica, SKETCHES, 1 << 20).unwrap();
+        let _ = hub.handle_frame(1, &hello, now());
+        let _ = send(&mut hub, Message::Retry(protocol::Retry { cells_left: 1 }));
+        let (frames, _) = send(&mut hub, Message::Retry(protocol::Retry { cells_left: 1 }));
+        assert!(matches!(frames.first(), Some(Message::Buckets(b)) if b.depth == 1));
+        hub
+    };
+    let entry = |bucket: u64, fill: u8| protocol::BucketSketch {
+        bucket,
+        count: 60,
+        log2: 2,
+        cells: Bytes::from(vec![fill; 12 * ibf::CELL_BYTES]),
+    };
+    let bucket_ids = |differing: &'static [u8], entries: &[protocol::BucketSketch]| {
+        Message::BucketIds(protocol::BucketIds {
+            differing: Bytes::from_static(differing),
+            shorts: Bytes::new(),
+            sketches: protocol::pack_bucket_sketches(entries),
+            last: true,
+        })
+    };
+    let is_error_and_close = |(frames, closes): (Vec<Message>, Vec<CloseCode>)| {
+        assert!(
+            matches!(frames.as_slice(), [Message::ErrorMessage(e)] if e.code == ErrorCode::Malformed.code()),
+            "{frames:?}"
+        );
+        assert_eq!(closes, vec![CloseCode::ProtocolViolation]);
+    };
+    // A sketch for bucket 3, which the bitmap does not mark.
+    let mut hub = refining();
+    is_error_and_close(send(&mut hub, bucket_ids(&[0x01, 0], &[entry(3, 0)])));
+    // Two sketches for bucket 0.
+    let mut hub = refining();
+    is_error_and_close(send(
+        &mut hub,
+        bucket_ids(&[0x01, 0], &[entry(0, 0), entry(0, 1)]),
+    ));
+    // A truncated entry: a typed error; the session stays open.
+    let mut hub = refining();
+    let (frames, closes) = send(
+        &mut hub,
+        Message::BucketIds(protocol::BucketIds {
+            differing: Bytes::from_static(&[0x01, 0]),
+            shorts: Bytes::new(),
+            sketches: Bytes::from_static(&[0, 60, 2, 9, 9]),
+            last: true,
+        }),
+    );
+    assert!(matches!(frames.as_slice(), [Message::ErrorMessage(_)]));
+    assert!(closes.is_empty());
+    // A garbage sketch does not settle: the relay asks for that bucket's list...
+    let mut hub = refining();
+    let (frames, closes) = send(&mut hub, bucket_ids(&[0x01, 0], &[entry(0, 0x5a)]));
+    assert!(closes.is_empty());
+    let Some(Message::Missing(missing)) = frames.last() else {
+        panic!("expected missing, got {frames:?}");
+    };
+    assert!(missing.last);
+    assert_eq!(&missing.relist[..], &[0x01, 0]);
+    // ...and refuses a second round that covers other buckets, or sketches again.
+    let mut second = refining();
+    let _ = send(&mut second, bucket_ids(&[0x01, 0], &[entry(0, 0x5a)]));
+    is_error_and_close(send(&mut second, bucket_ids(&[0x03, 0], &[])));
+    is_error_and_close(send(&mut hub, bucket_ids(&[0x01, 0], &[entry(0, 0x5a)])));
+    // Sketch bytes count against the session's id bound.
+    let mut config = HubConfig::default();
+    config.session.max_total_ids = 10;
+    let mut hub = Hub::new(history.room(), config);
+    hub.connect(1, now());
+    let (_, hello) = Link::start(&replica, SKETCHES, 1 << 20).unwrap();
+    let _ = hub.handle_frame(1, &hello, now());
+    let _ = send(&mut hub, Message::Retry(protocol::Retry { cells_left: 1 }));
+    let _ = send(&mut hub, Message::Retry(protocol::Retry { cells_left: 1 }));
+    let (frames, closes) = send(&mut hub, bucket_ids(&[0x01, 0], &[entry(0, 0)]));
+    assert!(
+        matches!(frames.as_slice(), [Message::ErrorMessage(e)] if e.code == ErrorCode::LimitExceeded.code())
+    );
+    assert_eq!(closes, vec![CloseCode::ProtocolViolation]);
 }
 
 /// Relay-only nodes ground so that, under the room's key, all of them share their cells at the
@@ -555,6 +723,7 @@ fn bad_wants_get_typed_errors_or_refinement() {
         Message::BucketIds(protocol::BucketIds {
             differing: Bytes::from_static(&[0xff]),
             shorts: Bytes::new(),
+            sketches: Bytes::new(),
             last: true,
         }),
     );

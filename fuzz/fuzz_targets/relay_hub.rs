@@ -82,6 +82,9 @@ enum Op {
         slot: u8,
         differing: Vec<u8>,
         shorts: Vec<u64>,
+        /// Bucket sketch entries: (bucket, count, log2, cell fill), or raw bytes.
+        sketches: Vec<(u16, u16, u8, u8)>,
+        raw_sketches: Option<Vec<u8>>,
         last: bool,
     },
     /// A valid frame with one byte changed.
@@ -516,12 +519,34 @@ impl World {
                 slot,
                 differing,
                 shorts,
+                sketches,
+                raw_sketches,
                 last,
             } => {
                 let slot = self.slot(*slot);
+                let sketches = match raw_sketches {
+                    Some(raw) => bytes::Bytes::from(raw.clone()),
+                    None => {
+                        let entries: Vec<protocol::BucketSketch> = sketches
+                            .iter()
+                            .take(8)
+                            .map(|(bucket, count, log2, fill)| {
+                                let log2 = log2 % 4;
+                                protocol::BucketSketch {
+                                    bucket: u64::from(*bucket),
+                                    count: u64::from(*count),
+                                    log2,
+                                    cells: bytes::Bytes::from(vec![*fill; (3usize << log2) * 13]),
+                                }
+                            })
+                            .collect();
+                        protocol::pack_bucket_sketches(&entries)
+                    }
+                };
                 let message = Message::BucketIds(BucketIds {
                     differing: bytes::Bytes::from(differing.clone()),
                     shorts: protocol::pack_shorts(shorts.iter().take(64).copied()),
+                    sketches,
                     last: *last,
                 });
                 self.send(slot, &message);

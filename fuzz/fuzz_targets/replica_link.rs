@@ -93,6 +93,7 @@ enum Op {
     /// The relay's real bucket summaries (or garbage).
     Buckets {
         depth: u8,
+        expected: u32,
         honest: bool,
         garbage: Vec<u8>,
         last: bool,
@@ -101,6 +102,7 @@ enum Op {
         picks: Vec<u8>,
         made_up: Vec<u64>,
         last: bool,
+        relist: Vec<u8>,
     },
 }
 
@@ -307,6 +309,7 @@ impl World {
             }
             Op::Buckets {
                 depth,
+                expected,
                 honest,
                 garbage,
                 last,
@@ -325,6 +328,7 @@ impl World {
                 };
                 self.send(Message::Buckets(Buckets {
                     depth,
+                    expected: u64::from(*expected),
                     key: Bytes::copy_from_slice(self.key().wire()),
                     summaries,
                     last: *last || *honest,
@@ -334,6 +338,7 @@ impl World {
                 picks,
                 made_up,
                 last,
+                relist,
             } => {
                 let key = self.key();
                 let shorts = picks
@@ -344,6 +349,7 @@ impl World {
                 self.send(Message::Missing(Missing {
                     shorts: protocol::pack_shorts(shorts),
                     last: *last,
+                    relist: Bytes::from(relist.clone()),
                 }));
             }
             Op::Need { picks, last } => {

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use super::Message;
 use crate::node::TreeHash;
 use crate::recon::SetDigest;
+use crate::recon::ibf::CELL_BYTES;
 
 /// Bytes per short id in `want`, `bucket_ids` and `missing`: u64 little-endian.
 pub const SHORT_BYTES: usize = 8;
@@ -66,6 +67,9 @@ pub struct Retry {
 pub struct Buckets {
     /// Prefix length in hex digits: there are 16^depth buckets.
     pub depth: u8,
+    /// The relay's expectation of the whole difference (ids in one set only), from which the
+    /// client sizes bucket sketches (§5.9).
+    pub expected: u64,
     /// The room's sketch key (16 bytes): the client names its ids in `bucket_ids` by the
     /// short ids it gives.
     pub key: Bytes,
@@ -83,13 +87,94 @@ pub struct BucketIds {
     /// On the first frame: a bitmap of 16^depth bits (bucket `i` is bit `i % 8` of byte
     /// `i / 8`), set for every bucket whose summary differs. Empty on later frames.
     pub differing: Bytes,
-    /// Packed short ids of the client's nodes in differing buckets (8 bytes each).
+    /// Packed short ids of the client's nodes in the differing buckets it lists (8 bytes
+    /// each).
     pub shorts: Bytes,
+    /// Packed bucket sketches for the differing buckets it does not list (§5.9): see
+    /// [`BucketSketch`].
+    pub sketches: Bytes,
     /// True on the final frame.
     pub last: bool,
 }
 
-/// Relay to client, after the last `bucket_ids`: short ids the client listed that the relay
+/// One differing bucket settled by a small sketch instead of an id list. On the wire: the
+/// bucket index and the client's id count in it as LEB128 varints, `log2` as one byte, then
+/// `3 · 2^log2` cells of 13 bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BucketSketch {
+    /// Bucket index at the depth of the `buckets` being answered.
+    pub bucket: u64,
+    /// Ids the client holds in the bucket.
+    pub count: u64,
+    /// Cells per sub-table, as a power of two.
+    pub log2: u8,
+    /// Packed cells, 13 bytes each.
+    pub cells: Bytes,
+}
+
+/// Largest `log2` a bucket sketch may have: 3 · 2^16 cells is far beyond any frame.
+pub const MAX_BUCKET_SKETCH_LOG2: u8 = 16;
+
+impl BucketSketch {
+    /// Bytes this entry takes on the wire.
+    pub fn wire_len(&self) -> usize {
+        varint_len(self.bucket) + varint_len(self.count) + 1 + self.cells.len()
+    }
+
+    fn pack_into(&self, out: &mut Vec<u8>) {
+        put_varint(out, self.bucket);
+        put_varint(out, self.count);
+        out.push(self.log2);
+        out.extend_from_slice(&self.cells);
+    }
+}
+
+/// Packs bucket sketches, one entry after the other.
+pub fn pack_bucket_sketches(sketches: &[BucketSketch]) -> Bytes {
+    let mut out = Vec::with_capacity(sketches.iter().map(BucketSketch::wire_len).sum());
+    for sketch in sketches {
+        sketch.pack_into(&mut out);
+    }
+    Bytes::from(out)
+}
+
+/// Why packed bucket sketches could not be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum BucketSketchError {
+    /// The bytes end inside an entry.
+    #[error("bucket sketch entry truncated")]
+    Truncated,
+    /// `log2` is beyond [`MAX_BUCKET_SKETCH_LOG2`].
+    #[error("bucket sketch log2 {0} too large")]
+    TooLarge(u8),
+}
+
+/// Reads packed bucket sketches.
+pub fn unpack_bucket_sketches(mut bytes: &[u8]) -> Result<Vec<BucketSketch>, BucketSketchError> {
+    let mut out = Vec::new();
+    while !bytes.is_empty() {
+        let bucket = take_varint(&mut bytes).ok_or(BucketSketchError::Truncated)?;
+        let count = take_varint(&mut bytes).ok_or(BucketSketchError::Truncated)?;
+        let (&log2, rest) = bytes.split_first().ok_or(BucketSketchError::Truncated)?;
+        if log2 > MAX_BUCKET_SKETCH_LOG2 {
+            return Err(BucketSketchError::TooLarge(log2));
+        }
+        let len = (3usize << log2) * CELL_BYTES;
+        let (cells, rest) = rest
+            .split_at_checked(len)
+            .ok_or(BucketSketchError::Truncated)?;
+        out.push(BucketSketch {
+            bucket,
+            count,
+            log2,
+            cells: Bytes::copy_from_slice(cells),
+        });
+        bytes = rest;
+    }
+    Ok(out)
+}
+
+/// Relay to client, after the last `bucket_ids`: short ids of the client's nodes the relay
 /// lacks; the client pushes those nodes once steady.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Missing {
@@ -97,6 +182,9 @@ pub struct Missing {
     pub shorts: Bytes,
     /// True on the final frame.
     pub last: bool,
+    /// On the final frame: a bitmap of the buckets whose sketch did not decode, which the
+    /// client lists in a second `bucket_ids` round; empty when every bucket is settled.
+    pub relist: Bytes,
 }
 
 /// Why packed short ids could not be read.
@@ -134,10 +222,21 @@ const FRAME_SLACK: usize = 64;
 /// Bytes of a bucket hash on the wire: the first 16 bytes of the prefix-tree hash.
 pub const BUCKET_HASH_BYTES: usize = 16;
 
-/// `missing` messages for `shorts`, each under `max_frame` bytes; always at least one.
-pub fn missing_messages(shorts: &[u64], max_frame: usize) -> Vec<Message> {
-    short_chunks(shorts, max_frame)
-        .map(|(shorts, last)| Message::Missing(Missing { shorts, last }))
+/// `missing` messages for `shorts`, each under `max_frame` bytes; always at least one, the
+/// last carrying `relist`.
+pub fn missing_messages(shorts: &[u64], relist: &[u8], max_frame: usize) -> Vec<Message> {
+    short_chunks(shorts, max_frame.saturating_sub(relist.len()))
+        .map(|(shorts, last)| {
+            Message::Missing(Missing {
+                shorts,
+                last,
+                relist: if last {
+                    Bytes::copy_from_slice(relist)
+                } else {
+                    Bytes::new()
+                },
+            })
+        })
         .collect()
 }
 
@@ -168,6 +267,11 @@ fn frame_chunks<T>(items: &[T], per_frame: usize) -> impl Iterator<Item = (&[T],
     let count = items.len().div_ceil(per_frame).max(1);
     let mut chunks = items.chunks(per_frame);
     (1..=count).map(move |i| (chunks.next().unwrap_or_default(), i == count))
+}
+
+/// Bytes `value` takes as LEB128.
+fn varint_len(value: u64) -> usize {
+    (64 - value.leading_zeros() as usize).div_ceil(7).max(1)
 }
 
 /// LEB128: seven bits per byte, least significant first, high bit set on all but the last.
@@ -214,6 +318,7 @@ pub fn pack_buckets(summaries: &[BucketSummary]) -> Bytes {
 /// `buckets` messages for every bucket at `depth`, in order, each under `max_frame` bytes.
 pub fn buckets_messages(
     depth: u8,
+    expected: u64,
     key: Bytes,
     summaries: &[BucketSummary],
     max_frame: usize,
@@ -224,6 +329,7 @@ pub fn buckets_messages(
         .map(|(chunk, last)| {
             Message::Buckets(Buckets {
                 depth,
+                expected,
                 key: key.clone(),
                 summaries: pack_buckets(chunk),
                 last,
@@ -246,13 +352,42 @@ pub fn unpack_buckets(mut bytes: &[u8]) -> Option<Vec<BucketSummary>> {
     Some(out)
 }
 
-/// `bucket_ids` messages for `differing` and `shorts`, each under `max_frame` bytes; always
-/// at least one, the first carrying the bitmap.
-pub fn bucket_ids_messages(differing: &[u8], shorts: &[u64], max_frame: usize) -> Vec<Message> {
+/// `bucket_ids` messages for `differing`, `shorts` and `sketches`, each under `max_frame`
+/// bytes; always at least one, the first carrying the bitmap. Sketches come first, as many
+/// whole entries per frame as fit (an entry larger than a frame travels alone), then shorts.
+pub fn bucket_ids_messages(
+    differing: &[u8],
+    shorts: &[u64],
+    sketches: &[BucketSketch],
+    max_frame: usize,
+) -> Vec<Message> {
     // The bitmap travels once, in the first frame; size every frame as if it carried it.
-    short_chunks(shorts, max_frame.saturating_sub(differing.len()))
+    let budget = max_frame
+        .saturating_sub(differing.len())
+        .saturating_sub(FRAME_SLACK);
+    let mut bodies: Vec<(Bytes, Bytes)> = Vec::new();
+    let mut packed = Vec::new();
+    for sketch in sketches {
+        if !packed.is_empty() && packed.len() + sketch.wire_len() > budget {
+            bodies.push((Bytes::new(), Bytes::from(std::mem::take(&mut packed))));
+        }
+        sketch.pack_into(&mut packed);
+    }
+    if !packed.is_empty() {
+        bodies.push((Bytes::new(), Bytes::from(packed)));
+    }
+    if !shorts.is_empty() || bodies.is_empty() {
+        let per_frame = (budget / SHORT_BYTES).max(1);
+        bodies.extend(
+            frame_chunks(shorts, per_frame)
+                .map(|(chunk, _)| (pack_shorts(chunk.iter().copied()), Bytes::new())),
+        );
+    }
+    let count = bodies.len();
+    bodies
+        .into_iter()
         .enumerate()
-        .map(|(i, (shorts, last))| {
+        .map(|(i, (shorts, sketches))| {
             Message::BucketIds(BucketIds {
                 differing: if i == 0 {
                     Bytes::copy_from_slice(differing)
@@ -260,7 +395,8 @@ pub fn bucket_ids_messages(differing: &[u8], shorts: &[u64], max_frame: usize) -
                     Bytes::new()
                 },
                 shorts,
-                last,
+                sketches,
+                last: i + 1 == count,
             })
         })
         .collect()
@@ -279,5 +415,59 @@ mod tests {
         assert_eq!(unpack_shorts(&packed).unwrap(), shorts);
         assert_eq!(unpack_shorts(&packed[..7]), Err(ShortsLengthError(7)));
         assert_eq!(unpack_shorts(&[]).unwrap(), Vec::<u64>::new());
+    }
+
+    fn entry(bucket: u64, log2: u8) -> BucketSketch {
+        BucketSketch {
+            bucket,
+            count: 300,
+            log2,
+            cells: Bytes::from(vec![7u8; (3usize << log2) * CELL_BYTES]),
+        }
+    }
+
+    #[test]
+    fn bucket_sketches_round_trip_and_reject_bad_entries() {
+        let entries = vec![entry(0, 0), entry(4095, 2)];
+        let packed = pack_bucket_sketches(&entries);
+        assert_eq!(
+            packed.len(),
+            entries.iter().map(BucketSketch::wire_len).sum::<usize>()
+        );
+        // Bucket 0, count 300 (ac 02), log2 0, then 3 cells.
+        assert_eq!(&packed[..4], &[0x00, 0xac, 0x02, 0x00]);
+        assert_eq!(unpack_bucket_sketches(&packed).unwrap(), entries);
+        assert_eq!(
+            unpack_bucket_sketches(&packed[..packed.len() - 1]),
+            Err(BucketSketchError::Truncated)
+        );
+        assert_eq!(
+            unpack_bucket_sketches(&[0, 1, MAX_BUCKET_SKETCH_LOG2 + 1]),
+            Err(BucketSketchError::TooLarge(MAX_BUCKET_SKETCH_LOG2 + 1))
+        );
+    }
+
+    #[test]
+    fn bucket_ids_frames_stay_under_the_frame_limit_and_keep_everything() {
+        let differing = vec![0xffu8; 512];
+        let shorts: Vec<u64> = (0..3000).collect();
+        let sketches: Vec<BucketSketch> = (0..40).map(|b| entry(b, 3)).collect();
+        let max_frame = 4096;
+        let messages = bucket_ids_messages(&differing, &shorts, &sketches, max_frame);
+        let (mut got_shorts, mut got_sketches) = (Vec::new(), Vec::new());
+        for (i, message) in messages.iter().enumerate() {
+            assert!(message.encode().unwrap().len() <= max_frame);
+            let Message::BucketIds(frame) = message else {
+                panic!("not bucket_ids: {message:?}");
+            };
+            assert_eq!(frame.differing.is_empty(), i > 0);
+            assert_eq!(frame.last, i + 1 == messages.len());
+            got_shorts.extend(unpack_shorts(&frame.shorts).unwrap());
+            got_sketches.extend(unpack_bucket_sketches(&frame.sketches).unwrap());
+        }
+        assert_eq!(got_shorts, shorts);
+        assert_eq!(got_sketches, sketches);
+        let empty = bucket_ids_messages(&[1], &[], &[], max_frame);
+        assert_eq!(empty.len(), 1);
     }
 }

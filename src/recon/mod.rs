@@ -1,29 +1,27 @@
 //! Set reconciliation: how a session learns what the client and the relay each lack.
 //!
-//! This version carries the baseline every peer supports (protocol/README.md §5):
+//! [`choose_path`] picks exactly one path per session (protocol/README.md §5.1):
 //!
 //! 1. **In sync** — equal [`SetDigest`]s, nothing to send.
-//! 2. **Catch-up** — the client's synced heads are all known to the relay, so the client's synced
-//!    set is exactly their ancestry; the relay streams the rest, starting after the client's
-//!    watermark when it has one.
-//! 3. **Id list** — anything else: the client lists its ids, the relay answers with what it needs
-//!    and streams what the client lacks.
+//! 2. **Catch-up** — the client's synced set is known (its heads' ancestry, or everything up to
+//!    a watermark of this epoch); the relay streams the rest.
+//! 3. **Id list** — the baseline for clients without sketches: the client lists its ids.
+//! 4. **Sketch** (capabilities `ibf` + `mst`) — the room's invertible Bloom filter ([`ibf`],
+//!    kept per room by [`index`]), sized from a watermark or the client's [`estimator`].
+//! 5. **Refine** — hard divergence: compare [`prefix_tree`] buckets and settle each differing
+//!    one by an id list or a small sketch ([`refine`]).
 //!
-//! [`choose_path`] is the planner seam: sketch-based paths join it as new [`ReconPath`] variants
-//! gated on negotiated capabilities, without touching the session phases. Their building blocks
-//! are here already, not yet negotiated on the wire: [`ibf`] (a foldable invertible Bloom
-//! filter over keyed short ids), [`estimator`] (a compact difference estimator to size it on
-//! first contact) and [`prefix_tree`] (a 16-ary Merkle tree by id prefix, for hard divergence
-//! and for verifying a decoded result against a collision-resistant root). Pure: no I/O, no
-//! clock.
+//! Pure: no I/O, no clock.
 
 mod digest;
 pub mod estimator;
 pub mod ibf;
 pub mod index;
 pub mod prefix_tree;
+pub mod refine;
 
 pub use digest::SetDigest;
+pub use refine::{MAX_REFINE_DEPTH, refine_depth};
 
 /// A hash map with a fast, randomly seeded hasher, for the hot maps keyed by ids and short ids
 /// (std's SipHash costs several times more per lookup; the random seed keeps crafted keys from
@@ -61,6 +59,8 @@ pub enum ReconPath {
     Refine {
         /// Prefix length in hex digits.
         depth: u8,
+        /// Expected size of the difference, from which the client sizes bucket sketches.
+        expected: u64,
     },
 }
 
@@ -73,26 +73,6 @@ pub struct RelaySide {
     pub epoch: u64,
     /// The room's latest arrival sequence number.
     pub seq: u64,
-}
-
-/// Deepest bucket level a refinement uses: 16^4 = 65,536 buckets.
-pub const MAX_REFINE_DEPTH: u8 = 4;
-
-/// Ids per bucket a refinement aims for at most: small enough that a differing bucket costs
-/// little to list, large enough that summaries stay a small fraction of the id lists.
-const REFINE_BUCKET_TARGET: u64 = 512;
-
-/// Bucket depth for refining sets of up to `larger` ids: the shallowest level whose buckets
-/// hold at most 512 ids on average (at least 1, at most
-/// [`MAX_REFINE_DEPTH`]).
-pub fn refine_depth(larger: u64) -> u8 {
-    let mut depth = 1u8;
-    let mut buckets = 16u64;
-    while depth < MAX_REFINE_DEPTH && buckets.saturating_mul(REFINE_BUCKET_TARGET) < larger {
-        depth += 1;
-        buckets = buckets.saturating_mul(16);
-    }
-    depth
 }
 
 /// Picks the reconciliation path (protocol/README.md §5.1). `knows` tells whether the room
@@ -152,9 +132,17 @@ fn plan_with_sketches(
     // The digests differ, so something does.
     let difference = difference.max(1);
     let smaller = ours.min(theirs) as f64;
-    if beyond_estimator || difference as f64 > MAX_SKETCH_FRACTION * smaller {
+    let larger = ours.max(theirs);
+    if beyond_estimator {
+        // Past what the estimator measures: expect everything to differ, so buckets are listed.
         ReconPath::Refine {
-            depth: refine_depth(ours.max(theirs)),
+            depth: refine_depth(larger),
+            expected: larger,
+        }
+    } else if difference as f64 > MAX_SKETCH_FRACTION * smaller {
+        ReconPath::Refine {
+            depth: refine_depth(larger),
+            expected: difference,
         }
     } else {
         ReconPath::Sketch {
@@ -284,9 +272,18 @@ mod tests {
         // Above 20% of the smaller set, or beyond what the estimator measures: refine.
         assert_eq!(
             plan(Estimate::About(300_000)),
-            ReconPath::Refine { depth: 3 }
+            ReconPath::Refine {
+                depth: 3,
+                expected: 300_000
+            }
         );
-        assert_eq!(plan(Estimate::AtLeast(10)), ReconPath::Refine { depth: 3 });
+        assert_eq!(
+            plan(Estimate::AtLeast(10)),
+            ReconPath::Refine {
+                depth: 3,
+                expected: 1_000_000
+            }
+        );
         // Only one of the two capabilities: the baseline.
         assert_eq!(
             choose_path(
@@ -313,15 +310,6 @@ mod tests {
                 log2: index::log2_for(800)
             }
         );
-    }
-
-    #[test]
-    fn refine_depth_keeps_buckets_small() {
-        assert_eq!(refine_depth(0), 1);
-        assert_eq!(refine_depth(8_192), 1);
-        assert_eq!(refine_depth(100_000), 2);
-        assert_eq!(refine_depth(1_000_000), 3);
-        assert_eq!(refine_depth(u64::MAX), MAX_REFINE_DEPTH);
     }
 
     #[test]

@@ -7,11 +7,12 @@ use bytes::Bytes;
 use super::{InsertError, Replica};
 use crate::node::{NodeId, TreeHash};
 use crate::protocol::{
-    self, BucketSummary, Buckets, Capabilities, EncodeError, ErrorMessage, Ids, Message,
-    MessageType, Missing, Outcome, Pack, Plan, RelayLimits, Retry, Sketch, TreeRoot,
+    self, BucketSketch, BucketSummary, Buckets, Capabilities, EncodeError, ErrorMessage, Ids,
+    Message, MessageType, Missing, Outcome, Pack, Plan, RelayLimits, Retry, Sketch, TreeRoot,
 };
 use crate::recon::ibf::{self, Cell, Ibf, K, SketchError, SketchKey};
 use crate::recon::prefix_tree::Prefix;
+use crate::recon::refine::BucketView;
 use crate::session::{ClientError, ClientEvent, ClientSession};
 
 /// Something the application may want to know after a frame.
@@ -135,9 +136,12 @@ struct SketchState {
 #[derive(Default)]
 struct RefineState {
     depth: u8,
+    expected: u64,
     key: Option<SketchKey>,
     summaries: Vec<BucketSummary>,
     missing: Vec<u64>,
+    /// The relay asked for a second round (some bucket sketch did not settle).
+    relisted: bool,
 }
 
 impl Link {
@@ -226,7 +230,7 @@ impl Link {
             }
             ClientEvent::Sketch(sketch) => self.on_sketch(replica, sketch, &mut out)?,
             ClientEvent::Buckets(buckets) => self.on_buckets(replica, buckets, &mut out)?,
-            ClientEvent::Missing(missing) => self.on_missing(replica, missing)?,
+            ClientEvent::Missing(missing) => self.on_missing(replica, missing, &mut out)?,
             ClientEvent::Need(need) => {
                 self.need.extend(need.ids);
                 if need.last {
@@ -526,9 +530,13 @@ impl Link {
         }
         if self.refine.summaries.is_empty() {
             self.refine.depth = frame.depth;
+            self.refine.expected = frame.expected;
             self.refine.key = Some(key);
-        } else if self.refine.depth != frame.depth || self.refine.key != Some(key) {
-            return Err(bad("depth or key changed between frames".into()));
+        } else if self.refine.depth != frame.depth
+            || self.refine.expected != frame.expected
+            || self.refine.key != Some(key)
+        {
+            return Err(bad("depth, expected or key changed between frames".into()));
         }
         let buckets = 1usize << (4 * usize::from(frame.depth));
         let summaries = protocol::unpack_buckets(&frame.summaries)
@@ -545,10 +553,17 @@ impl Link {
         }
         let theirs = std::mem::take(&mut self.refine.summaries);
         let depth = self.refine.depth;
+        let relay_total = theirs
+            .iter()
+            .fold(0u64, |sum, (count, _)| sum.saturating_add(*count));
+        let larger_total = relay_total.max(replica.len() as u64);
+        let max_frame = self.limits.max_frame as usize;
         let sets = replica.sets(key);
         let mine = sets.tree_mut().level(depth);
+        let tree = sets.tree();
         let mut differing = vec![0u8; buckets.div_ceil(8)];
         let mut shorts = Vec::new();
+        let mut sketches = Vec::new();
         for (bucket, (summary, theirs)) in mine.iter().zip(&theirs).enumerate() {
             if summary.truncated() == *theirs {
                 continue;
@@ -556,38 +571,88 @@ impl Link {
             if let Some(byte) = differing.get_mut(bucket / 8) {
                 *byte |= 1 << (bucket % 8);
             }
-            if let Some(prefix) = Prefix::from_index(depth, bucket) {
-                let tree = sets.tree();
-                shorts.extend(tree.ids_under(&prefix).iter().map(|id| key.short_id(id)));
+            let Some(prefix) = Prefix::from_index(depth, bucket) else {
+                continue;
+            };
+            let view = BucketView {
+                relay_count: theirs.0,
+                client_count: summary.count,
+                expected: self.refine.expected,
+                larger_total,
+            };
+            // Whichever is smaller: the bucket's sketch, or our short ids in it.
+            match view.sketch_log2(max_frame.saturating_sub(differing.len() + 64)) {
+                Some(log2) => {
+                    let mut sketch = Ibf::new_clamped(log2);
+                    tree.for_each_under(&prefix, |id| sketch.insert(key.short_id(id)));
+                    sketches.push(BucketSketch {
+                        bucket: bucket as u64,
+                        count: summary.count,
+                        log2,
+                        cells: Bytes::from(ibf::encode_cells(sketch.cells())),
+                    });
+                }
+                None => tree.for_each_under(&prefix, |id| shorts.push(key.short_id(id))),
             }
         }
         // The relay's `missing` answer is about the nodes held now; later ones stay unsynced.
         self.ids_sent = replica.ids().copied().collect();
-        let max_frame = self.limits.max_frame as usize;
-        for message in protocol::bucket_ids_messages(&differing, &shorts, max_frame) {
+        for message in protocol::bucket_ids_messages(&differing, &shorts, &sketches, max_frame) {
             out.send.push(message.encode()?);
         }
         Ok(())
     }
 
     /// A `missing` frame: after the last, every node we held at `bucket_ids` time except the
-    /// missing ones is the relay's.
-    fn on_missing(&mut self, replica: &mut Replica, frame: Missing) -> Result<(), LinkError> {
-        let shorts = protocol::unpack_shorts(&frame.shorts).map_err(|e| LinkError::BadRecon {
+    /// missing ones is the relay's — unless the relay asks us to list the buckets whose
+    /// sketches it could not settle first (one second round, by lists).
+    fn on_missing(
+        &mut self,
+        replica: &mut Replica,
+        frame: Missing,
+        out: &mut LinkOutput,
+    ) -> Result<(), LinkError> {
+        let bad = |detail: String| LinkError::BadRecon {
             what: MessageType::Missing,
-            detail: e.to_string(),
-        })?;
+            detail,
+        };
+        let shorts = protocol::unpack_shorts(&frame.shorts).map_err(|e| bad(e.to_string()))?;
         self.refine.missing.extend(shorts);
         if !frame.last {
+            return Ok(());
+        }
+        let Some(key) = self.refine.key else {
+            return Ok(());
+        };
+        if !frame.relist.is_empty() {
+            let buckets = 1usize << (4 * usize::from(self.refine.depth));
+            if self.refine.relisted || frame.relist.len() != buckets.div_ceil(8) {
+                return Err(bad("a relist the session cannot follow".into()));
+            }
+            self.refine.relisted = true;
+            let tree = replica.sets(key).tree();
+            let mut shorts = Vec::new();
+            for bucket in 0..buckets {
+                let listed = frame
+                    .relist
+                    .get(bucket / 8)
+                    .is_some_and(|byte| byte & (1 << (bucket % 8)) != 0);
+                if let Some(prefix) = Prefix::from_index(self.refine.depth, bucket)
+                    && listed
+                {
+                    tree.for_each_under(&prefix, |id| shorts.push(key.short_id(id)));
+                }
+            }
+            let max_frame = self.limits.max_frame as usize;
+            for message in protocol::bucket_ids_messages(&frame.relist, &shorts, &[], max_frame) {
+                out.send.push(message.encode()?);
+            }
             return Ok(());
         }
         let missing: HashSet<u64> = std::mem::take(&mut self.refine.missing)
             .into_iter()
             .collect();
         let covered = std::mem::take(&mut self.ids_sent);
-        let Some(key) = self.refine.key else {
-            return Ok(());
-        };
         replica.reset_sync(|id| covered.contains(id) && !missing.contains(&key.short_id(id)));
         Ok(())
     }

@@ -5,13 +5,15 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use super::{Admitted, BatchStep, Cursor, Room, SessionId, Submission};
+use super::{
+    Admitted, BatchStep, BucketIdsError, BucketRound, Cursor, Room, SessionId, Settled, Submission,
+};
 use crate::node::NodeId;
 use crate::node::Rejection;
 use crate::protocol::{
-    self, Ack, Capabilities, CatchUpDone, CloseCode, ErrorCode, ErrorMessage, Message, MessageType,
-    Need, Outcome, PROTOCOL_VERSION, Pack, Plan, PresenceUpdate, RelayLimits, Resolved, SyncHints,
-    Welcome,
+    self, Ack, BucketSketch, Capabilities, CatchUpDone, CloseCode, ErrorCode, ErrorMessage,
+    Message, MessageType, Need, Outcome, PROTOCOL_VERSION, Pack, Plan, PresenceUpdate, RelayLimits,
+    Resolved, SyncHints, Welcome,
 };
 use crate::recon::ibf::MAX_LOG2_CELLS;
 use crate::recon::{ReconPath, SetDigest};
@@ -86,14 +88,29 @@ enum Recon {
         at_seq: u64,
         extended: bool,
     },
-    /// Buckets at `depth` are out, made at arrival number `at_seq`.
-    Refine { depth: u8, at_seq: u64 },
+    /// Buckets at `depth` are out, made at arrival number `at_seq`; `expected` is the
+    /// difference they announce.
+    Refine {
+        depth: u8,
+        at_seq: u64,
+        expected: u64,
+    },
+}
+
+/// A refinement whose first round left buckets to relist.
+#[derive(Debug)]
+struct Relisting {
+    /// The buckets the second round must cover.
+    buckets: Bytes,
+    /// What the first round settled.
+    cursor: Cursor,
 }
 
 struct Member {
     session: RelaySession,
     cursor: Option<Cursor>,
     recon: Recon,
+    relisting: Option<Relisting>,
     /// The session reconciles by sketch or refinement: `catch_up_done` carries the root.
     verify_root: bool,
     presence: Bytes,
@@ -143,6 +160,7 @@ impl Hub {
                 session: RelaySession::new(self.config.session),
                 cursor: None,
                 recon: Recon::Idle,
+                relisting: None,
                 verify_root: false,
                 presence: Bytes::new(),
                 handshake_deadline: deadline,
@@ -241,9 +259,11 @@ impl Hub {
             }
             Request::Want { shorts, shared } => self.settle_want(id, &shorts, shared, out),
             Request::Retry => self.retry(id, out),
-            Request::BucketIds { differing, shorts } => {
-                self.settle_bucket_ids(id, &differing, &shorts, out)
-            }
+            Request::BucketIds {
+                differing,
+                shorts,
+                sketches,
+            } => self.settle_bucket_ids(id, differing, &shorts, &sketches, out),
             Request::Pump => self.pump(id, out),
             Request::Pack(pack) => self.submit(id, pack, now, out),
             Request::Presence(state) => {
@@ -290,7 +310,15 @@ impl Hub {
                     extended: false,
                 },
             ),
-            ReconPath::Refine { depth } => (Plan::Refine, None, Recon::Refine { depth, at_seq }),
+            ReconPath::Refine { depth, expected } => (
+                Plan::Refine,
+                None,
+                Recon::Refine {
+                    depth,
+                    at_seq,
+                    expected,
+                },
+            ),
         };
         let welcome = Welcome {
             version: PROTOCOL_VERSION,
@@ -313,7 +341,9 @@ impl Hub {
         self.send(Audience::One(id), Message::Welcome(welcome), out);
         match recon {
             Recon::Sketch { log2, at_seq, .. } => self.send_sketch(id, log2, false, at_seq, out),
-            Recon::Refine { depth, .. } => self.send_buckets(id, depth, out),
+            Recon::Refine {
+                depth, expected, ..
+            } => self.send_buckets(id, depth, expected, out),
             Recon::Idle => {}
         }
         if capabilities.contains(Capabilities::PRESENCE) {
@@ -357,13 +387,14 @@ impl Hub {
             }
             Err(e) => {
                 tracing::debug!(error = %e, "no sketch at that size; refining");
-                self.start_refine(id, out);
+                self.start_refine(id, sketch_capacity(log2), out);
             }
         }
     }
 
-    /// Abandons the sketch path for a session and sends bucket summaries.
-    fn start_refine(&mut self, id: SessionId, out: &mut Outbox) {
+    /// Abandons the sketch path for a session and sends bucket summaries, announcing an
+    /// `expected` difference: what the abandoned sketch could not hold.
+    fn start_refine(&mut self, id: SessionId, expected: u64, out: &mut Outbox) {
         let larger = self.room.seq();
         let depth = crate::recon::refine_depth(larger);
         let at_seq = self.room.seq();
@@ -371,29 +402,34 @@ impl Hub {
             return;
         };
         member.session.refine();
-        member.recon = Recon::Refine { depth, at_seq };
-        self.send_buckets(id, depth, out);
+        member.recon = Recon::Refine {
+            depth,
+            at_seq,
+            expected,
+        };
+        self.send_buckets(id, depth, expected, out);
     }
 
-    fn send_buckets(&mut self, id: SessionId, depth: u8, out: &mut Outbox) {
+    fn send_buckets(&mut self, id: SessionId, depth: u8, expected: u64, out: &mut Outbox) {
         let max_frame = self.config.session.limits.max_frame as usize;
         let summaries = self.room.bucket_summaries(depth);
         let key = self.room.sketch_key_wire();
-        for message in protocol::buckets_messages(depth, key, &summaries, max_frame) {
+        for message in protocol::buckets_messages(depth, expected, key, &summaries, max_frame) {
             self.send(Audience::One(id), message, out);
         }
     }
 
     /// The client decoded the sketch: verify its shared root, then stream what it lacks.
     fn settle_want(&mut self, id: SessionId, shorts: &[u64], shared: SetDigest, out: &mut Outbox) {
-        let Some(Recon::Sketch { at_seq, .. }) = self.members.get(&id).map(|m| m.recon) else {
+        let Some(Recon::Sketch { log2, at_seq, .. }) = self.members.get(&id).map(|m| m.recon)
+        else {
             return;
         };
         match self.room.settle_want(shorts, shared, at_seq) {
             Some(cursor) => self.start_stream(id, cursor, out),
             None => {
                 tracing::debug!("shared root mismatch after a sketch decode; refining");
-                self.start_refine(id, out);
+                self.start_refine(id, sketch_capacity(log2), out);
             }
         }
     }
@@ -409,7 +445,8 @@ impl Hub {
             return;
         };
         if extended || log2 >= MAX_LOG2_CELLS {
-            self.start_refine(id, out);
+            // The difference did not fit this sketch: at least its cell count is a fair guess.
+            self.start_refine(id, sketch_capacity(log2), out);
             return;
         }
         let log2 = log2 + 1;
@@ -423,26 +460,54 @@ impl Hub {
         self.send_sketch(id, log2, true, at_seq, out);
     }
 
+    /// A round of `bucket_ids` is in: answer `missing`, then stream, or (first round, some
+    /// bucket sketch did not settle) ask for those buckets' lists.
     fn settle_bucket_ids(
         &mut self,
         id: SessionId,
-        differing: &[u8],
+        differing: Bytes,
         shorts: &[u64],
+        sketches: &[BucketSketch],
         out: &mut Outbox,
     ) {
-        let Some(Recon::Refine { depth, at_seq }) = self.members.get(&id).map(|m| m.recon) else {
+        let Some(member) = self.members.get_mut(&id) else {
             return;
         };
-        match self
-            .room
-            .settle_bucket_ids(depth, at_seq, differing, shorts)
-        {
-            Ok((missing, cursor)) => {
+        let Recon::Refine { depth, at_seq, .. } = member.recon else {
+            return;
+        };
+        let relisting = member.relisting.take();
+        let round = BucketRound {
+            depth,
+            at_seq,
+            differing: &differing,
+            shorts,
+            sketches,
+        };
+        let settled = match relisting {
+            Some(Relisting { buckets, .. }) if buckets != differing => Err(BucketIdsError::Relist),
+            Some(Relisting { cursor, .. }) => self.room.settle_bucket_ids(round, Some(cursor)),
+            None => self.room.settle_bucket_ids(round, None),
+        };
+        match settled {
+            Ok(Settled {
+                missing,
+                cursor,
+                relist,
+            }) => {
                 let max_frame = self.config.session.limits.max_frame as usize;
-                for message in protocol::missing_messages(&missing, max_frame) {
+                for message in protocol::missing_messages(&missing, &relist, max_frame) {
                     self.send(Audience::One(id), message, out);
                 }
-                self.start_stream(id, cursor, out);
+                if relist.is_empty() {
+                    self.start_stream(id, cursor, out);
+                } else if let Some(member) = self.members.get_mut(&id) {
+                    member.relisting = Some(Relisting {
+                        buckets: Bytes::from(relist),
+                        cursor,
+                    });
+                    member.session.refine();
+                }
             }
             Err(e) => {
                 let error = ErrorMessage::new(
@@ -643,4 +708,11 @@ impl Hub {
         }
         true
     }
+}
+
+/// Differences a sketch at `2^log2` cells per sub-table was sized for (§5.7.4): what a
+/// refinement after it announces as `expected`.
+fn sketch_capacity(log2: u8) -> u64 {
+    let cells = (crate::recon::ibf::K as u64) << log2.min(MAX_LOG2_CELLS);
+    (cells as f64 / crate::recon::index::CELLS_PER_DIFFERENCE) as u64
 }

@@ -26,7 +26,7 @@ use crate::recon::{FastMap, SetDigest};
 
 pub use hub::{Audience, Hub, HubConfig, Outbox, Outgoing};
 pub use orphans::OrphanLimits;
-pub use recon::BitmapError;
+pub use recon::{BucketIdsError, BucketRound, Settled};
 
 /// Identifies one connection to a room; also its presence peer number.
 pub type SessionId = u64;

@@ -9,26 +9,68 @@ use bytes::Bytes;
 
 use super::{Cursor, Room};
 use crate::node::TreeHash;
-use crate::protocol::{BucketSummary, Capabilities, Message, Sketch, SyncHints, TreeRoot};
+use crate::protocol::{
+    BucketSketch, BucketSummary, Capabilities, Message, Sketch, SyncHints, TreeRoot,
+};
 use crate::recon::estimator::{Estimator, EstimatorError};
 use crate::recon::ibf::{self, Ibf, SketchError};
 use crate::recon::prefix_tree;
-use crate::recon::{self, ReconPath, RelaySide};
-use crate::recon::{FastSet, SetDigest};
+use crate::recon::{self, ReconPath, RelaySide, refine};
+use crate::recon::{FastMap, FastSet, SetDigest};
 
 /// Frame overhead budget for the envelope and the fixed fields of a `sketch` frame.
 const FRAME_SLACK: usize = 64;
 
 /// The client's `bucket_ids` cannot be read against the buckets the room sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("bucket bitmap of {got} bytes, expected {expected} for depth {depth}")]
-pub struct BitmapError {
-    /// Bytes received.
-    pub got: usize,
-    /// Bytes a bitmap of that depth has.
-    pub expected: usize,
-    /// The depth the room sent.
+pub enum BucketIdsError {
+    /// The differing-bucket bitmap has the wrong length.
+    #[error("bucket bitmap of {got} bytes, expected {expected} for depth {depth}")]
+    Bitmap {
+        /// Bytes received.
+        got: usize,
+        /// Bytes a bitmap of that depth has.
+        expected: usize,
+        /// The depth the room sent.
+        depth: u8,
+    },
+    /// A bucket sketch names a bucket that is not marked as differing (or does not exist).
+    #[error("bucket sketch for bucket {0}, which is not marked as differing")]
+    NotDiffering(u64),
+    /// Two bucket sketches name the same bucket.
+    #[error("two bucket sketches for bucket {0}")]
+    Duplicate(u64),
+    /// The second round re-lists buckets: it must list exactly the ones the room asked for,
+    /// by short ids only.
+    #[error("the second bucket_ids round must list exactly the relisted buckets, without sketches")]
+    Relist,
+}
+
+/// One round of the client's `bucket_ids`, collected.
+#[derive(Debug, Clone, Copy)]
+pub struct BucketRound<'a> {
+    /// Depth of the buckets the room sent.
     pub depth: u8,
+    /// Arrival number at which the buckets were made.
+    pub at_seq: u64,
+    /// Bitmap of the buckets the round covers.
+    pub differing: &'a [u8],
+    /// The client's short ids in the buckets it lists.
+    pub shorts: &'a [u64],
+    /// The client's sketches of the buckets it does not list.
+    pub sketches: &'a [BucketSketch],
+}
+
+/// How a round of `bucket_ids` was settled.
+#[derive(Debug)]
+pub struct Settled {
+    /// Short ids of the client's nodes the room lacks.
+    pub missing: Vec<u64>,
+    /// The room's nodes the client lacks, as far as settled, then everything admitted since.
+    pub cursor: Cursor,
+    /// Bitmap of the buckets whose sketch did not settle (the client lists them next);
+    /// empty when none.
+    pub relist: Vec<u8>,
 }
 
 impl Room {
@@ -167,43 +209,86 @@ impl Room {
             .collect()
     }
 
-    /// Settles the client's `bucket_ids`: returns the short ids it listed that the room lacks
-    /// and a cursor over the room's nodes it did not list: those it held at `at_seq` in
-    /// differing buckets, and every one admitted since.
+    /// Settles a round of the client's `bucket_ids` (protocol/README.md §5.9). In the first
+    /// round (`earlier` is `None`) the room sends every node it held at `at_seq` in a
+    /// differing bucket and every one admitted since, except those the client listed or
+    /// whose bucket sketch says the client holds them; a bucket whose sketch does not settle
+    /// goes into `relist`. The second round (`earlier`: the first round's cursor) covers
+    /// exactly the relisted buckets, by lists only, and adds to that cursor.
     pub fn settle_bucket_ids(
         &self,
-        depth: u8,
-        at_seq: u64,
-        differing: &[u8],
-        shorts: &[u64],
-    ) -> Result<(Vec<u64>, Cursor), BitmapError> {
+        round: BucketRound<'_>,
+        earlier: Option<Cursor>,
+    ) -> Result<Settled, BucketIdsError> {
+        let BucketRound {
+            depth,
+            at_seq,
+            differing,
+            shorts,
+            sketches,
+        } = round;
         let buckets = 1usize << (4 * usize::from(depth));
         let expected = buckets.div_ceil(8);
         if differing.len() != expected {
-            return Err(BitmapError {
+            return Err(BucketIdsError::Bitmap {
                 got: differing.len(),
                 expected,
                 depth,
             });
         }
+        let relisting = earlier.is_some();
+        if relisting && !sketches.is_empty() {
+            return Err(BucketIdsError::Relist);
+        }
+        let is_set = |bitmap: &[u8], bucket: usize| {
+            bitmap
+                .get(bucket / 8)
+                .is_some_and(|byte| byte & (1 << (bucket % 8)) != 0)
+        };
+        // Per sketched bucket: the client's sketch, and the room's (short id, arrival number)
+        // pairs in the bucket as of `at_seq`.
+        type Sketched<'a> = (&'a BucketSketch, Vec<(u64, u64)>);
+        let mut sketched: FastMap<usize, Sketched<'_>> = FastMap::default();
+        for sketch in sketches {
+            let bucket = usize::try_from(sketch.bucket)
+                .ok()
+                .filter(|b| *b < buckets && is_set(differing, *b))
+                .ok_or(BucketIdsError::NotDiffering(sketch.bucket))?;
+            if sketched.insert(bucket, (sketch, Vec::new())).is_some() {
+                return Err(BucketIdsError::Duplicate(sketch.bucket));
+            }
+        }
         // One pass over the log, in arrival order: a node in a differing bucket (or admitted
         // since the buckets were made: had the client held one in a bucket it found equal,
         // that bucket would have differed) is sent unless the client listed it. Matching takes
-        // the short id out of the list, so what is left is what the room lacks. No lookup by
-        // id, and the cursor comes out sorted.
+        // the short id out of the list, so what is left is what the room lacks. A second
+        // round only revisits its buckets as of `at_seq`: the first sent everything later.
         let mut unmatched: FastSet<u64> = shorts.iter().copied().collect();
         let key = *self.sets.key();
         let mut lacking = Vec::new();
         for (seq, entry) in (1u64..).zip(&self.log) {
             let id = &entry.node.id;
             let bucket = prefix_tree::prefix_of(id, depth);
-            let differs = differing
-                .get(bucket / 8)
-                .is_some_and(|byte| byte & (1 << (bucket % 8)) != 0);
-            if !differs && seq <= at_seq {
+            let differs = is_set(differing, bucket);
+            let settled_before = seq <= at_seq;
+            let visit = if relisting {
+                differs && settled_before
+            } else {
+                differs || !settled_before
+            };
+            if !visit {
                 continue;
             }
             let short = key.short_id(id);
+            if let Some((_, ours)) = sketched.get_mut(&bucket) {
+                // Sketches are of the buckets as of `at_seq`; later nodes are sent anyway.
+                if settled_before {
+                    ours.push((short, seq));
+                } else {
+                    lacking.push(seq);
+                }
+                continue;
+            }
             // An id whose short id another id took cannot be named: sent anyway, never lost.
             let held = unmatched.remove(&short) && self.sets.names(id, short);
             if !held {
@@ -211,15 +296,54 @@ impl Room {
             }
         }
         let mut missing: Vec<u64> = unmatched.into_iter().collect();
-        // Deterministic frames: the answer must not depend on hash-set iteration order.
+        let mut relist = Vec::new();
+        for (bucket, (sketch, mut ours)) in sketched {
+            ours.sort_unstable();
+            let shorts: Vec<u64> = ours.iter().map(|(short, _)| *short).collect();
+            let settled = ibf::decode_cells(&sketch.cells)
+                .and_then(|cells| Ibf::from_cells(sketch.log2, cells))
+                .and_then(|theirs| refine::settle_bucket(&shorts, theirs, sketch.count));
+            match settled {
+                Ok(difference) => {
+                    missing.extend(difference.client_only);
+                    for short in difference.relay_only {
+                        if let Ok(at) = shorts.binary_search(&short)
+                            && let Some((_, seq)) = ours.get(at)
+                        {
+                            lacking.push(*seq);
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(bucket, error = %e, "bucket sketch did not settle; relisting");
+                    if relist.is_empty() {
+                        relist = vec![0u8; expected];
+                    }
+                    if let Some(byte) = relist.get_mut(bucket / 8) {
+                        *byte |= 1 << (bucket % 8);
+                    }
+                }
+            }
+        }
+        // Deterministic frames: the answer must not depend on hash-map iteration order.
         missing.sort_unstable();
-        Ok((
-            missing,
-            Cursor {
+        lacking.sort_unstable();
+        let cursor = match earlier {
+            Some(mut cursor) => {
+                cursor.explicit.extend(lacking);
+                cursor.explicit.sort_unstable();
+                cursor
+            }
+            None => Cursor {
                 explicit: lacking,
                 pos: 0,
                 tail_next: self.seq().saturating_add(1),
             },
-        ))
+        };
+        Ok(Settled {
+            missing,
+            cursor,
+            relist,
+        })
     }
 }

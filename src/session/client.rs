@@ -146,7 +146,8 @@ impl ClientSession {
                 ClientEvent::Buckets(buckets)
             }
             (Phase::AwaitMissing, Message::Missing(missing)) => {
-                if missing.last {
+                // A relist asks for a second `bucket_ids` round; its `missing` follows.
+                if missing.last && missing.relist.is_empty() {
                     self.phase = Phase::CatchingUp;
                 }
                 ClientEvent::Missing(missing)

@@ -4,8 +4,8 @@ use bytes::Bytes;
 
 use crate::node::NodeId;
 use crate::protocol::{
-    self, Capabilities, CloseCode, ErrorCode, ErrorMessage, Hello, Message, MessageType,
-    PROTOCOL_VERSION, Pack, RelayLimits, SyncHints,
+    self, BucketSketch, Capabilities, CloseCode, ErrorCode, ErrorMessage, Hello, Message,
+    MessageType, PROTOCOL_VERSION, Pack, RelayLimits, SyncHints,
 };
 use crate::recon::SetDigest;
 
@@ -25,12 +25,26 @@ enum Phase {
     CollectingBucketIds {
         differing: Option<Bytes>,
         shorts: Vec<u64>,
+        sketches: Vec<BucketSketch>,
+        /// Bytes of bucket sketches so far: they count against the id-list bound.
+        sketch_bytes: usize,
     },
     /// Waiting for the room to answer the collected ids.
     AwaitNeed,
     CatchingUp,
     Steady,
     Closed,
+}
+
+impl Phase {
+    fn collecting_bucket_ids() -> Self {
+        Phase::CollectingBucketIds {
+            differing: None,
+            shorts: Vec::new(),
+            sketches: Vec::new(),
+            sketch_bytes: 0,
+        }
+    }
 }
 
 /// What the room must do for a session after a frame.
@@ -60,8 +74,10 @@ pub enum Request {
     BucketIds {
         /// Bitmap of the buckets whose summaries differ.
         differing: Bytes,
-        /// Short ids of the client's nodes in those buckets.
+        /// Short ids of the client's nodes in the buckets it lists.
         shorts: Vec<u64>,
+        /// Its sketches of the buckets it does not list.
+        sketches: Vec<BucketSketch>,
     },
     /// Credit grew; send more catch-up if any is due.
     Pump,
@@ -169,20 +185,15 @@ impl RelaySession {
             protocol::Plan::CatchUp => Phase::CatchingUp,
             protocol::Plan::SendIds => Phase::CollectingIds(Vec::new()),
             protocol::Plan::Sketch => Phase::AwaitWant(Vec::new()),
-            protocol::Plan::Refine => Phase::CollectingBucketIds {
-                differing: None,
-                shorts: Vec::new(),
-            },
+            protocol::Plan::Refine => Phase::collecting_bucket_ids(),
         };
     }
 
-    /// The sketch path gave up (a second failed decode, or a shared root that did not match):
-    /// `buckets` are queued and the session collects `bucket_ids`.
+    /// `buckets` are queued after the sketch path gave up (a second failed decode, or a
+    /// shared root that did not match), or a second round of `bucket_ids` is due: the
+    /// session collects `bucket_ids`.
     pub fn refine(&mut self) {
-        self.phase = Phase::CollectingBucketIds {
-            differing: None,
-            shorts: Vec::new(),
-        };
+        self.phase = Phase::collecting_bucket_ids();
     }
 
     /// The `need` frames are queued; catch-up streaming starts.
@@ -280,9 +291,21 @@ impl RelaySession {
                 collected.clear();
                 Reaction::Request(Request::Retry)
             }
-            (Phase::CollectingBucketIds { differing, shorts }, Message::BucketIds(chunk)) => {
+            (
+                Phase::CollectingBucketIds {
+                    differing,
+                    shorts,
+                    sketches,
+                    sketch_bytes,
+                },
+                Message::BucketIds(chunk),
+            ) => {
                 let total = self.config.max_total_ids;
                 let more = match protocol::unpack_shorts(&chunk.shorts) {
+                    Ok(more) => more,
+                    Err(e) => return self.complain(malformed(ty, e.to_string())),
+                };
+                let more_sketches = match protocol::unpack_bucket_sketches(&chunk.sketches) {
                     Ok(more) => more,
                     Err(e) => return self.complain(malformed(ty, e.to_string())),
                 };
@@ -302,18 +325,30 @@ impl RelaySession {
                     (false, false) => *differing = Some(chunk.differing),
                     (true, true) => {}
                 }
-                if shorts.len().saturating_add(more.len()) > total {
+                // Sketch bytes count as that many bytes of short ids.
+                *sketch_bytes = sketch_bytes.saturating_add(chunk.sketches.len());
+                let size = shorts
+                    .len()
+                    .saturating_add(more.len())
+                    .saturating_add(*sketch_bytes / protocol::SHORT_BYTES);
+                if size > total {
                     return self.fatal(
                         CloseCode::ProtocolViolation,
                         limit(ty, format!("bucket id list longer than {total}")),
                     );
                 }
                 shorts.extend(more);
+                sketches.extend(more_sketches);
                 if chunk.last {
                     let differing = differing.take().unwrap_or_default();
                     let shorts = std::mem::take(shorts);
+                    let sketches = std::mem::take(sketches);
                     self.phase = Phase::AwaitNeed;
-                    Reaction::Request(Request::BucketIds { differing, shorts })
+                    Reaction::Request(Request::BucketIds {
+                        differing,
+                        shorts,
+                        sketches,
+                    })
                 } else {
                     Reaction::None
                 }

@@ -460,6 +460,10 @@ struct Measured {
     /// Relay to client.
     bytes_down: u64,
     relay_cpu: Duration,
+    /// weft only: the relay's reconciliation calls replayed with no catch-up credit, so that
+    /// no `batch` is assembled in them (mean over repeats). `relay_cpu` includes the first
+    /// batch the credit releases; this isolates the reconciliation work.
+    relay_no_batch: Option<Duration>,
     client_cpu: Duration,
     correct: bool,
     /// Why the result is wrong, or anything else worth a note.
@@ -577,6 +581,53 @@ impl Engine for NegentropyPeer {
         }
         m
     }
+}
+
+/// Replays the relay side of a finished reconciliation on fresh sessions (the room is as it
+/// was at `hello`): sessions per second if `throughput` gives a budget, and the relay's time
+/// without catch-up credit. Returns the wall time spent.
+fn replay_relay_side(
+    hub: &mut Hub,
+    m: &mut Measured,
+    frames: &[Bytes],
+    throughput: Option<Duration>,
+    t0: Instant,
+) -> Duration {
+    let mut next_sid = 1_000u64;
+    let start = now();
+    let mut replay = |frames: &[Bytes]| {
+        next_sid += 1;
+        hub.connect(next_sid, t0);
+        for f in frames {
+            let _ = hub.handle_frame(next_sid, f, t0);
+        }
+        let _ = hub.disconnect(next_sid);
+    };
+    m.sessions_per_s = throughput.map(|budget| repeat_for(budget, || replay(frames)));
+    let no_credit = without_credit(frames);
+    let rate = repeat_for(NO_BATCH_BUDGET, || replay(&no_credit));
+    m.relay_no_batch = Some(Duration::from_secs_f64(1.0 / rate));
+    start.elapsed()
+}
+
+/// Time spent replaying a session's reconciliation frames without credit.
+const NO_BATCH_BUDGET: Duration = Duration::from_millis(50);
+
+/// A session's client frames with the `hello`'s catch-up credit set to zero: replayed, they
+/// make the relay reconcile without assembling any `batch`.
+fn without_credit(frames: &[Bytes]) -> Vec<Bytes> {
+    frames
+        .iter()
+        .map(|frame| match protocol::decode(frame) {
+            Ok(Message::Hello(mut hello)) => {
+                hello.credit = 0;
+                Message::Hello(hello)
+                    .encode()
+                    .unwrap_or_else(|_| frame.clone())
+            }
+            _ => frame.clone(),
+        })
+        .collect()
 }
 
 /// Runs `session` repeatedly for about `budget` (at least three times); sessions per second.
@@ -928,7 +979,7 @@ impl WeftCurrent {
         };
         let mut up: Vec<Bytes> = vec![hello];
         let mut down: Vec<Bytes> = Vec::new();
-        let mut replayed = throughput.is_none();
+        let mut replayed = false;
         let mut replay_time = Duration::ZERO;
         let mut waves = 0;
         while !(up.is_empty() && down.is_empty()) {
@@ -941,20 +992,7 @@ impl WeftCurrent {
             // replay the relay side of this session there.
             if t.done && !replayed {
                 replayed = true;
-                let frames = t.recon_up.clone();
-                let mut next_sid = 1_000u64;
-                let replay_start = now();
-                t.m.sessions_per_s = throughput.map(|budget| {
-                    repeat_for(budget, || {
-                        next_sid += 1;
-                        hub.connect(next_sid, t0);
-                        for f in &frames {
-                            let _ = hub.handle_frame(next_sid, f, t0);
-                        }
-                        let _ = hub.disconnect(next_sid);
-                    })
-                });
-                replay_time = replay_start.elapsed();
+                replay_time = replay_relay_side(&mut hub, &mut t.m, &t.recon_up, throughput, t0);
             }
             for frame in std::mem::take(&mut up) {
                 t.frame(Dir::Up, &frame);
@@ -1044,6 +1082,10 @@ impl WeftCurrent {
         }
         if !t.done {
             t.m.fail("the client never became steady");
+        }
+        if !replayed {
+            // Nothing to push: the session went idle as soon as the client was steady.
+            replay_time = replay_relay_side(&mut hub, &mut t.m, &t.recon_up, throughput, t0);
         }
         let replica = client.finish();
         // Less the relay-side replay, which ran in the middle.
@@ -1262,6 +1304,7 @@ fn row_json(r: &Row) -> serde_json::Value {
         "bytes": w.bytes(),
         "ratio_d32": json_f64(ratio_d32(w.bytes(), r.d)),
         "relay_cpu_ms": w.relay_cpu.as_secs_f64() * 1e3,
+        "relay_cpu_no_batch_ms": json_f64(w.relay_no_batch.map(|d| d.as_secs_f64() * 1e3)),
         "client_cpu_ms": w.client_cpu.as_secs_f64() * 1e3,
         "correct": w.correct,
         "redundant_nodes": w.redundant_nodes,
@@ -1320,6 +1363,7 @@ fn cells(r: &Row, m: &Measured, versus: Option<&Measured>) -> Vec<String> {
         thousands(m.bytes()),
         fmt_ratio(ratio_d32(m.bytes(), r.d)),
         ms(m.relay_cpu),
+        m.relay_no_batch.map_or(String::new(), ms),
         ms(m.client_cpu),
         if m.correct { "yes" } else { "NO" }.into(),
         vs(&|x| x.bytes() as f64),
@@ -1338,7 +1382,8 @@ fn print_table(rows: &[Row], n: usize) {
     );
     println!(
         "bytes exclude node content (weft counts batch/pack/credit framing); relay/client ms = \
-         reconciliation calls only; session ms = weft's whole session to idle (streaming, \
+         reconciliation calls only; no-batch = the relay's calls replayed without catch-up \
+         credit (no batch assembled); session ms = weft's whole session to idle (streaming, \
          pushes, acks); redund. = nodes sent to a side that had them"
     );
     let headers = [
@@ -1353,6 +1398,7 @@ fn print_table(rows: &[Row], n: usize) {
         "total B",
         "×d·32",
         "relay ms",
+        "no-batch",
         "client ms",
         "ok",
         "bytes ×neg",

@@ -216,8 +216,9 @@ pub fn unpack_shorts(bytes: &[u8]) -> Result<Vec<u64>, ShortsLengthError> {
         .collect())
 }
 
-/// Frame overhead budget for the envelope and the fixed fields of a bulk frame.
-const FRAME_SLACK: usize = 64;
+/// Frame overhead budget for the envelope and the fixed fields of a bulk frame: what a
+/// sender keeps free of `max_frame` when it fills a frame with cells, ids or entries.
+pub const FRAME_SLACK: usize = 64;
 
 /// Bytes of a bucket hash on the wire: the first 16 bytes of the prefix-tree hash.
 pub const BUCKET_HASH_BYTES: usize = 16;

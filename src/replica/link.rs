@@ -581,7 +581,9 @@ impl Link {
                 larger_total,
             };
             // Whichever is smaller: the bucket's sketch, or our short ids in it.
-            match view.sketch_log2(max_frame.saturating_sub(differing.len() + 64)) {
+            // An entry never spans frames: it must fit beside the bitmap in one.
+            let room = max_frame.saturating_sub(differing.len() + protocol::FRAME_SLACK);
+            match view.sketch_log2(room) {
                 Some(log2) => {
                     let mut sketch = Ibf::new_clamped(log2);
                     tree.for_each_under(&prefix, |id| sketch.insert(key.short_id(id)));

@@ -10,16 +10,13 @@ use bytes::Bytes;
 use super::{Cursor, Room};
 use crate::node::TreeHash;
 use crate::protocol::{
-    BucketSketch, BucketSummary, Capabilities, Message, Sketch, SyncHints, TreeRoot,
+    self, BucketSketch, BucketSummary, Capabilities, Message, Sketch, SyncHints, TreeRoot,
 };
 use crate::recon::estimator::{Estimator, EstimatorError};
 use crate::recon::ibf::{self, Ibf, SketchError};
 use crate::recon::prefix_tree;
 use crate::recon::{self, ReconPath, RelaySide, refine};
 use crate::recon::{FastMap, FastSet, SetDigest};
-
-/// Frame overhead budget for the envelope and the fixed fields of a `sketch` frame.
-const FRAME_SLACK: usize = 64;
 
 /// The client's `bucket_ids` cannot be read against the buckets the room sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -140,7 +137,7 @@ impl Room {
         } else {
             sketch.cells().to_vec()
         };
-        let per_frame = (max_frame.saturating_sub(FRAME_SLACK) / ibf::CELL_BYTES).max(1);
+        let per_frame = (max_frame.saturating_sub(protocol::FRAME_SLACK) / ibf::CELL_BYTES).max(1);
         let key = self.sketch_key_wire();
         let mut frames = Vec::new();
         for chunk in cells.chunks(per_frame) {

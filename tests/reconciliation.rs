@@ -310,19 +310,7 @@ fn hard_divergence_refines_and_converges() {
     let history = History::generate(3, 2_000, 1_500, 1_500, false);
     assert_eq!(reconcile(&history, false), vec![Plan::Refine]);
     // A client that lost part of what it believed synced: sized from counts, too small.
-    let history = History::generate(4, 3_000, 0, 400, false);
-    let mut hub = Hub::new(history.room(), HubConfig::default());
-    let mut replica = history.replica(true);
-    // Pretend its own nodes were synced too (the relay lost them in an epoch change).
-    let own: Vec<NodeId> = history
-        .nodes
-        .iter()
-        .filter(|(_, s)| *s == Side::Client)
-        .map(|(n, _)| n.id)
-        .collect();
-    for id in &own {
-        replica.mark_synced(id);
-    }
+    let (history, mut hub, mut replica) = relay_lost_synced_nodes();
     let session = connect(&mut hub, &mut replica, 1, SKETCHES);
     assert_eq!(session.link_error, None);
     assert_eq!(session.plans, vec![Plan::Sketch, Plan::Refine]);
@@ -331,12 +319,31 @@ fn hard_divergence_refines_and_converges() {
     // ~200 ids per bucket and ~25 differences each: sketches are smaller than the lists.
     assert!(session.bucket_sketches >= 8, "{session:?}");
     assert_eq!(session.bucket_rounds, 1, "every bucket sketch settled");
+    assert_converged(&history, &mut hub, &mut replica);
+}
+
+/// 3,000 shared nodes and 400 the client believes synced (the relay lost them in an epoch
+/// change): sized from counts, the sketch is far too small.
+fn relay_lost_synced_nodes() -> (History, Hub, Replica) {
+    let history = History::generate(4, 3_000, 0, 400, false);
+    let hub = Hub::new(history.room(), HubConfig::default());
+    let mut replica = history.replica(true);
+    for (n, side) in &history.nodes {
+        if *side == Side::Client {
+            replica.mark_synced(&n.id);
+        }
+    }
+    (history, hub, replica)
+}
+
+/// Both sides hold the union, the client trusts all of it, and the next session agrees.
+fn assert_converged(history: &History, hub: &mut Hub, replica: &mut Replica) {
     let room: HashSet<NodeId> = hub.room().nodes().map(|n| n.id).collect();
     assert_eq!(room, history.union());
     let held: HashSet<NodeId> = replica.ids().copied().collect();
     assert_eq!(held, history.union());
     assert_eq!(replica.unsynced().count(), 0);
-    let again = connect(&mut hub, &mut replica, 2, SKETCHES);
+    let again = connect(hub, replica, 2, SKETCHES);
     assert_eq!(again.plans, vec![Plan::InSync]);
 }
 
@@ -345,14 +352,7 @@ fn hard_divergence_refines_and_converges() {
 /// second round, and the session still converges and verifies.
 #[test]
 fn bucket_sketches_that_do_not_settle_are_relisted() {
-    let history = History::generate(4, 3_000, 0, 400, false);
-    let mut hub = Hub::new(history.room(), HubConfig::default());
-    let mut replica = history.replica(true);
-    for (n, side) in &history.nodes {
-        if *side == Side::Client {
-            replica.mark_synced(&n.id);
-        }
-    }
+    let (history, mut hub, mut replica) = relay_lost_synced_nodes();
     let emptied = std::cell::Cell::new(0usize);
     let blank_sketches = |frame: Bytes| -> Bytes {
         let Ok(Message::BucketIds(mut ids)) = protocol::decode(&frame) else {
@@ -381,13 +381,7 @@ fn bucket_sketches_that_do_not_settle_are_relisted() {
         session.bucket_rounds, 2,
         "one round of sketches, one of lists"
     );
-    let room: HashSet<NodeId> = hub.room().nodes().map(|n| n.id).collect();
-    assert_eq!(room, history.union());
-    let held: HashSet<NodeId> = replica.ids().copied().collect();
-    assert_eq!(held, history.union());
-    assert_eq!(replica.unsynced().count(), 0);
-    let again = connect(&mut hub, &mut replica, 2, SKETCHES);
-    assert_eq!(again.plans, vec![Plan::InSync]);
+    assert_converged(&history, &mut hub, &mut replica);
 }
 
 /// `bucket_ids` a relay must refuse: sketches for buckets not marked as differing, twice for

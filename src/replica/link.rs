@@ -390,10 +390,7 @@ impl Link {
         frame: Sketch,
         out: &mut LinkOutput,
     ) -> Result<(), LinkError> {
-        let bad = |detail: String| LinkError::BadRecon {
-            what: MessageType::Sketch,
-            detail,
-        };
+        let bad = bad_frame(MessageType::Sketch);
         let key = SketchKey::from_wire(&frame.key).ok_or_else(|| bad("bad key".into()))?;
         if self.sketch.key.is_some_and(|k| k != key) {
             return Err(bad("the key changed within the session".into()));
@@ -453,10 +450,7 @@ impl Link {
         let sets = replica.sets(key);
         let ours = sets
             .sketch_at(relay.log2())
-            .map_err(|e| LinkError::BadRecon {
-                what: MessageType::Sketch,
-                detail: e.to_string(),
-            })?;
+            .map_err(|e| bad_frame(MessageType::Sketch)(e.to_string()))?;
         let decoded = relay.subtract(&ours).and_then(Ibf::decode);
         // Short ids we alone hold must name our nodes; otherwise the decode is garbage.
         let outcome = decoded.map(|diff| {
@@ -513,10 +507,7 @@ impl Link {
         frame: Buckets,
         out: &mut LinkOutput,
     ) -> Result<(), LinkError> {
-        let bad = |detail: String| LinkError::BadRecon {
-            what: MessageType::Buckets,
-            detail,
-        };
+        let bad = bad_frame(MessageType::Buckets);
         if self.refine.summaries.is_empty() && self.sketch.key.is_some() {
             out.events.push(SyncEvent::Plan(Plan::Refine));
         }
@@ -614,10 +605,7 @@ impl Link {
         frame: Missing,
         out: &mut LinkOutput,
     ) -> Result<(), LinkError> {
-        let bad = |detail: String| LinkError::BadRecon {
-            what: MessageType::Missing,
-            detail,
-        };
+        let bad = bad_frame(MessageType::Missing);
         let shorts = protocol::unpack_shorts(&frame.shorts).map_err(|e| bad(e.to_string()))?;
         self.refine.missing.extend(shorts);
         if !frame.last {
@@ -706,4 +694,9 @@ fn bad_node(replica: &mut Replica, id: NodeId, error: InsertError) -> LinkError 
         replica.forget_sync();
     }
     LinkError::BadNode { id, error }
+}
+
+/// The error for an unusable reconciliation frame of type `what`, from its detail.
+fn bad_frame(what: MessageType) -> impl Fn(String) -> LinkError {
+    move |detail| LinkError::BadRecon { what, detail }
 }

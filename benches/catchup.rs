@@ -56,7 +56,7 @@ use weft::node::{Node, NodeId, RoomId};
 use weft::protocol::{self, Credit, Message, Outcome, Pack, Plan};
 use weft::recon::SetDigest;
 use weft::server::{ServerConfig, ServerStats};
-use weft::store::MemoryStore;
+use weft::store::PackStore;
 
 use common::{Flags, Output, median, si};
 
@@ -167,7 +167,7 @@ fn run(flags: &Flags, out: &Output) -> anyhow::Result<()> {
     let client_pinned = common::pin_current_thread(CLIENT_CPU);
     let relay = ServerThread::start("relay", |listener, stop| async move {
         let stats = Arc::new(ServerStats::default());
-        let store = Arc::new(MemoryStore::new());
+        let store = Arc::new(PackStore::memory());
         let shutdown = async move {
             let _stopped = stop.await;
         };

@@ -12,12 +12,17 @@ const WEFT: &str = env!("CARGO_BIN_EXE_weft");
 struct Serve {
     child: Child,
     url: String,
+    /// The relay's store directory, removed when the test ends.
+    _data: tempfile::TempDir,
 }
 
 impl Serve {
     fn start() -> Self {
+        let data = tempfile::tempdir().unwrap();
         let mut child = Command::new(WEFT)
             .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "text"])
+            .arg("--store")
+            .arg(data.path())
             .env("WEFT_LOG", "info")
             .stderr(Stdio::piped())
             .stdout(Stdio::null())
@@ -35,7 +40,11 @@ impl Serve {
         };
         // Keep draining stderr so the relay never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
-        Self { child, url }
+        Self {
+            child,
+            url,
+            _data: data,
+        }
     }
 
     fn weft(&self, args: &[&str]) -> std::process::Output {
@@ -149,11 +158,11 @@ fn bad_arguments_are_refused() {
         .unwrap();
     assert!(!output.status.success());
     let output = Command::new(WEFT)
-        .args(["serve", "--store", "s3://bucket"])
+        .args(["serve", "--store", "bogus://bucket"])
         .output()
         .unwrap();
     assert!(!output.status.success());
-    assert!(String::from_utf8_lossy(&output.stderr).contains("not supported"));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("bad store location"));
     for command in ["serve", "push", "tail", "pull"] {
         let help = Command::new(WEFT)
             .args([command, "--help"])

@@ -20,7 +20,7 @@ use weft::protocol::{
 };
 use weft::replica::{Replica, replay};
 use weft::server::ServerConfig;
-use weft::store::{MemoryStore, Store};
+use weft::store::{PackStore, Store};
 
 fn ids_of(client: &Client) -> BTreeSet<NodeId> {
     client.with_replica(|r| r.ids().copied().collect())
@@ -727,7 +727,7 @@ async fn a_thousand_differences_against_a_large_room_converge_by_sketch() {
     let relay_only: Vec<_> = (0..EACH_SIDE).map(|i| fork("relay", i)).collect();
     let client_only: Vec<_> = (0..EACH_SIDE).map(|i| fork("client", i)).collect();
 
-    let store = Arc::new(MemoryStore::new());
+    let store = Arc::new(PackStore::memory());
     let mut history = shared.clone();
     history.extend(relay_only.iter().cloned());
     store.append(&room(name), 1, &history).await.unwrap();

@@ -7,7 +7,6 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::Args;
 use weft::server::{self, ServerConfig, ServerStats};
-use weft::store::MemoryStore;
 
 /// Flags of `weft serve`.
 #[derive(Debug, Args)]
@@ -15,9 +14,15 @@ pub struct ServeArgs {
     /// Address to listen on. Loopback by default; use 0.0.0.0:7788 to accept remote clients.
     #[arg(long, env = "WEFT_LISTEN", default_value = "127.0.0.1:7788")]
     listen: SocketAddr,
-    /// Where rooms are stored. This version keeps rooms in memory only (`memory://`).
-    #[arg(long, env = "WEFT_STORE", default_value = "memory://")]
+    /// Where rooms are stored: a directory (created if missing), `memory://` (gone on exit),
+    /// or `s3://bucket/prefix`, `gs://…`, `az://…` configured from the standard environment
+    /// variables.
+    #[arg(long, env = "WEFT_STORE", default_value = "./weft-data")]
     store: String,
+    /// Milliseconds a room gathers accepted nodes from all its sessions into one durable
+    /// write; acks and broadcasts follow the write.
+    #[arg(long, env = "WEFT_COMMIT_WINDOW_MS", default_value_t = 2)]
+    commit_window_ms: u64,
     /// Largest WebSocket frame accepted, in bytes; larger ones close with 1009.
     #[arg(long, env = "WEFT_MAX_FRAME", default_value_t = 1024 * 1024)]
     max_frame: u32,
@@ -70,6 +75,7 @@ impl ServeArgs {
         config.rooms.hub.handshake_timeout = Duration::from_secs(self.handshake_timeout);
         config.rooms.orphans.max_nodes = self.orphan_limit;
         config.rooms.orphans.ttl = Duration::from_secs(self.orphan_ttl);
+        config.rooms.commit_window = Duration::from_millis(self.commit_window_ms);
         config.connection.queue_limit = self.queue_limit;
         config.connection.max_lag = Duration::from_secs(self.max_lag.max(1));
         config.connection.ping_interval = Duration::from_secs(self.ping_interval.max(1));
@@ -80,13 +86,8 @@ impl ServeArgs {
 
 /// Binds, serves until SIGINT or SIGTERM, then drains.
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
-    if args.store != "memory://" {
-        bail!(
-            "store {:?} is not supported yet: this version keeps rooms in memory (memory://)",
-            args.store
-        );
-    }
     let config = args.config()?;
+    let store = weft::store::open(&args.store)?;
     let shutdown = shutdown_signal()?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -94,14 +95,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     tracing::info!(%addr, store = %args.store, "weft relay listening on ws://{addr}/v1/rooms/{{room}}");
     let stats = Arc::new(ServerStats::default());
-    server::run(
-        listener,
-        config,
-        Arc::new(MemoryStore::new()),
-        stats,
-        shutdown,
-    )
-    .await?;
+    server::run(listener, config, Arc::new(store), stats, shutdown).await?;
     tracing::info!("relay stopped");
     Ok(())
 }

@@ -58,6 +58,10 @@ code_table! {
         UnsupportedVersion = 5, "unsupported protocol version";
         /// The relay failed internally; the session is closed after it.
         Internal = 6, "internal relay error";
+        /// The relay could not make accepted nodes durable: nothing after the last ack is
+        /// stored. The session is closed after it (4006); reconnect with backoff and push
+        /// again.
+        StoreUnavailable = 7, "store unavailable";
     }
 }
 
@@ -82,6 +86,9 @@ code_table! {
         IdleTimeout = 4004, "idle timeout";
         /// The relay failed internally.
         Internal = 4005, "internal relay error";
+        /// The relay's store is failing: nothing unacked was kept. Reconnect with backoff and
+        /// push again.
+        StoreUnavailable = 4006, "store unavailable";
     }
 }
 

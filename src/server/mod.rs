@@ -27,7 +27,7 @@ use tokio_util::task::TaskTracker;
 
 pub use connection::ConnectionSettings;
 pub use outbound::QueueStats;
-pub use rooms::RoomSettings;
+pub use rooms::{RoomSettings, StoreHealth};
 
 use crate::node::RoomId;
 use crate::store::Store;
@@ -60,6 +60,8 @@ pub struct ServerStats {
     pub connections: AtomicU64,
     /// Outbound queue totals.
     pub queues: Arc<QueueStats>,
+    /// Whether the store is failing (then `/readyz` answers 503).
+    pub store: Arc<StoreHealth>,
 }
 
 /// Per-connection socket read buffer.
@@ -86,7 +88,13 @@ pub async fn run(
     let tracker = TaskTracker::new();
     let cancel = CancellationToken::new();
     let state = Arc::new(AppState {
-        rooms: rooms::Rooms::new(store, config.rooms, tracker.clone(), cancel.clone()),
+        rooms: rooms::Rooms::new(
+            store,
+            config.rooms,
+            stats.store.clone(),
+            tracker.clone(),
+            cancel.clone(),
+        ),
         permits: Arc::new(Semaphore::new(config.max_connections)),
         config,
         stats,
@@ -97,7 +105,7 @@ pub async fn run(
     let app = Router::new()
         .route("/v1/rooms/{room}", get(upgrade))
         .route("/livez", get(|| async { "ok" }))
-        .route("/readyz", get(|| async { "ready" }))
+        .route("/readyz", get(ready))
         .with_state(state);
     let stop = cancel.clone();
     // Receivers rarely send, so Nagle's algorithm would hold small broadcasts back until a
@@ -118,6 +126,15 @@ pub async fn run(
     tracker.close();
     tracker.wait().await;
     result
+}
+
+/// 503 while the store is failing: a balancer should send new clients elsewhere.
+async fn ready(State(state): State<Arc<AppState>>) -> Response {
+    if state.stats.store.is_failing() {
+        (StatusCode::SERVICE_UNAVAILABLE, "store failing").into_response()
+    } else {
+        "ready".into_response()
+    }
 }
 
 async fn upgrade(

@@ -1,8 +1,17 @@
 //! One task per room: it owns the room's [`Hub`], applies frames in order, makes new nodes
 //! durable through the [`Store`] and only then delivers acks and broadcasts.
+//!
+//! **Group commit.** Nodes admitted by any session of the room within a short window are
+//! written to the store together. Until that write succeeded, every frame the hub produces is
+//! held back in order (acks, broadcasts, and also catch-up batches that might carry the new
+//! nodes), so nothing a client hears about can be lost by a crash. A write that keeps failing
+//! closes every session of the room with `StoreUnavailable` and reloads the room from the
+//! store, which drops the uncommitted nodes: they were never acked.
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
 
 use bytes::Bytes;
 use dashmap::DashMap;
@@ -14,7 +23,7 @@ use tracing::Instrument;
 
 use super::outbound::Outbound;
 use crate::node::{Node, RoomId};
-use crate::protocol::CloseCode;
+use crate::protocol::{CloseCode, ErrorCode, ErrorMessage, Message};
 use crate::room::{Hub, HubConfig, OrphanLimits, Outbox, Room, SessionId};
 use crate::store::{Store, StoreError};
 
@@ -43,23 +52,74 @@ pub enum RoomCommand {
 }
 
 /// Room-wide settings.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug)]
 pub struct RoomSettings {
     /// Session policy.
     pub hub: HubConfig,
     /// Orphan buffer bounds.
     pub orphans: OrphanLimits,
+    /// How long a room gathers admitted nodes before writing them in one commit.
+    pub commit_window: Duration,
+    /// A commit starts at once when this many nodes wait.
+    pub commit_max_nodes: u64,
 }
+
+impl Default for RoomSettings {
+    fn default() -> Self {
+        Self {
+            hub: HubConfig::default(),
+            orphans: OrphanLimits::default(),
+            commit_window: Duration::from_millis(2),
+            commit_max_nodes: 4096,
+        }
+    }
+}
+
+/// Whether the store answered the last write or load: `/readyz` reports it.
+#[derive(Debug)]
+pub struct StoreHealth {
+    failing: AtomicBool,
+}
+
+impl Default for StoreHealth {
+    fn default() -> Self {
+        Self {
+            failing: AtomicBool::new(false),
+        }
+    }
+}
+
+impl StoreHealth {
+    /// True after a store call failed, until one succeeds.
+    pub fn is_failing(&self) -> bool {
+        self.failing.load(Ordering::Relaxed)
+    }
+
+    fn record<T>(&self, result: &Result<T, StoreError>) {
+        self.failing.store(result.is_err(), Ordering::Relaxed);
+    }
+}
+
+/// Attempts of one commit before the room gives up on it.
+const COMMIT_ATTEMPTS: u32 = 3;
+
+/// Pause before the second attempt of a commit; doubled for each further one.
+const COMMIT_BACKOFF: Duration = Duration::from_millis(50);
 
 /// Live room tasks by room id. Creating a task happens under the map's entry lock, so
 /// concurrent first connects share one task and one load (single-flight).
 pub struct Rooms {
-    tasks: DashMap<RoomId, mpsc::Sender<RoomCommand>>,
+    tasks: Registry,
+    next_task: AtomicU64,
     store: Arc<dyn Store>,
     settings: RoomSettings,
+    health: Arc<StoreHealth>,
     tracker: TaskTracker,
     shutdown: CancellationToken,
 }
+
+/// Room tasks by room, each with a number that tells a task's own entry from a successor's.
+type Registry = Arc<DashMap<RoomId, (u64, mpsc::Sender<RoomCommand>)>>;
 
 /// Commands a room task may have waiting before senders feel backpressure.
 const ROOM_QUEUE: usize = 1024;
@@ -69,13 +129,16 @@ impl Rooms {
     pub fn new(
         store: Arc<dyn Store>,
         settings: RoomSettings,
+        health: Arc<StoreHealth>,
         tracker: TaskTracker,
         shutdown: CancellationToken,
     ) -> Self {
         Self {
-            tasks: DashMap::new(),
+            tasks: Arc::new(DashMap::new()),
+            next_task: AtomicU64::new(1),
             store,
             settings,
+            health,
             tracker,
             shutdown,
         }
@@ -87,72 +150,102 @@ impl Rooms {
             .entry(room.clone())
             .or_insert_with(|| {
                 let (tx, rx) = mpsc::channel(ROOM_QUEUE);
+                let number = self.next_task.fetch_add(1, Ordering::Relaxed);
                 let task = RoomTask {
                     room: room.clone(),
+                    number,
+                    registry: self.tasks.clone(),
                     store: self.store.clone(),
                     settings: self.settings,
+                    health: self.health.clone(),
                     queues: HashMap::new(),
+                    held: Vec::new(),
+                    durable_seq: 0,
+                    commit_at: None,
                 };
                 let span = tracing::info_span!("room", room = %room);
                 self.tracker
                     .spawn(task.run(rx, self.shutdown.clone()).instrument(span));
-                tx
+                (number, tx)
             })
+            .1
             .clone()
     }
 }
 
 struct RoomTask {
     room: RoomId,
+    number: u64,
+    registry: Registry,
     store: Arc<dyn Store>,
     settings: RoomSettings,
+    health: Arc<StoreHealth>,
     queues: HashMap<SessionId, Outbound>,
+    /// Outboxes produced since the last commit, in order, waiting for it.
+    held: Vec<Outbox>,
+    /// Nodes up to this arrival number are stored.
+    durable_seq: u64,
+    /// When the pending commit is due.
+    commit_at: Option<Instant>,
 }
 
 impl RoomTask {
     async fn run(mut self, mut commands: mpsc::Receiver<RoomCommand>, shutdown: CancellationToken) {
         // Commands wait in the channel while the room loads, so nobody sees a partial room.
         let Some(mut hub) = self.load().await else {
-            return self.refuse_all(commands).await;
+            return self.retire(commands).await;
         };
         loop {
             let deadline = hub.poll_timeout().map(Instant::from_std);
             tokio::select! {
                 command = commands.recv() => {
                     let Some(command) = command else { return };
-                    if self.handle(&mut hub, command).await.is_err() {
-                        // The in-memory room may now hold nodes that are not durable. Nothing
-                        // was said about them; drop every session and start over from the store.
-                        for (_, mut queue) in self.queues.drain() {
-                            queue.close(CloseCode::Internal);
-                        }
-                        match self.load().await {
-                            Some(reloaded) => hub = reloaded,
-                            None => return self.refuse_all(commands).await,
-                        }
-                    }
+                    self.handle(&mut hub, command);
                 }
                 () = sleep_until(deadline) => {
                     let outbox = hub.handle_timeout(Instant::now().into_std());
-                    self.deliver(&mut hub, outbox);
+                    self.emit(&mut hub, outbox);
                 }
-                () = shutdown.cancelled() => return,
+                () = sleep_until(self.commit_at) => {
+                    if let Err(e) = self.commit(&mut hub).await {
+                        tracing::error!(error = %e, "commit failed; closing the room's sessions");
+                        self.abandon_sessions();
+                        match self.load().await {
+                            Some(reloaded) => hub = reloaded,
+                            None => return self.retire(commands).await,
+                        }
+                    }
+                }
+                () = shutdown.cancelled() => {
+                    // Whatever is committed may still be delivered; the rest was never acked.
+                    if self.commit(&mut hub).await.is_err() {
+                        self.abandon_sessions();
+                    }
+                    return;
+                }
             }
         }
     }
 
-    /// Without its history the room cannot serve anyone; close whoever arrives.
-    async fn refuse_all(self, mut commands: mpsc::Receiver<RoomCommand>) {
+    /// Without its history the room cannot serve anyone: leave the registry, so the next
+    /// connection starts a fresh task that tries to load again, and turn away whoever is
+    /// already queued.
+    async fn retire(self, mut commands: mpsc::Receiver<RoomCommand>) {
+        self.registry
+            .remove_if(&self.room, |_, (number, _)| *number == self.number);
+        commands.close();
         while let Some(command) = commands.recv().await {
             if let RoomCommand::Connect { mut queue, .. } = command {
-                queue.close(CloseCode::Internal);
+                queue.close(CloseCode::StoreUnavailable);
             }
         }
     }
 
-    async fn load(&self) -> Option<Hub> {
+    async fn load(&mut self) -> Option<Hub> {
         let limits = self.settings.hub.session.limits.node;
-        match self.store.load(&self.room).await {
+        let result = self.store.load(&self.room).await;
+        self.health.record(&result);
+        match result {
             Ok(stored) => {
                 let (epoch, nodes) = match stored {
                     Some(stored) => (stored.epoch, stored.nodes),
@@ -166,6 +259,7 @@ impl RoomTask {
                     }
                 }
                 room.warm_indexes();
+                self.durable_seq = room.seq();
                 tracing::info!(nodes = room.seq(), epoch, "room loaded");
                 Some(Hub::new(room, self.settings.hub))
             }
@@ -176,43 +270,97 @@ impl RoomTask {
         }
     }
 
-    /// Applies one command. An error means the store failed and nothing was delivered.
-    async fn handle(&mut self, hub: &mut Hub, command: RoomCommand) -> Result<(), StoreError> {
+    /// Applies one command.
+    fn handle(&mut self, hub: &mut Hub, command: RoomCommand) {
         match command {
             RoomCommand::Connect { session, queue } => {
                 hub.connect(session, Instant::now().into_std());
                 self.queues.insert(session, queue);
             }
             RoomCommand::Frame { session, bytes } => {
-                let before = hub.room().seq();
                 let outbox = hub.handle_frame(session, &bytes, Instant::now().into_std());
-                let after = hub.room().seq();
-                if after > before {
-                    // Durable before anyone hears about it.
-                    let fresh: Vec<Node> = (before + 1..=after)
-                        .filter_map(|seq| hub.room().node_at(seq))
-                        .cloned()
-                        .collect();
-                    if let Err(e) = self
-                        .store
-                        .append(&self.room, hub.room().epoch(), &fresh)
-                        .await
-                    {
-                        tracing::error!(error = %e, "store append failed; reloading the room");
-                        return Err(e);
-                    }
-                }
-                self.deliver(hub, outbox);
+                self.emit(hub, outbox);
             }
             RoomCommand::Disconnect { session } => {
                 self.queues.remove(&session);
                 let outbox = hub.disconnect(session);
-                self.deliver(hub, outbox);
+                self.emit(hub, outbox);
             }
+        }
+    }
+
+    /// Delivers an outbox, or holds it (and everything after it) until the nodes admitted so
+    /// far are committed.
+    fn emit(&mut self, hub: &mut Hub, outbox: Outbox) {
+        let uncommitted = hub.room().seq().saturating_sub(self.durable_seq);
+        if uncommitted == 0 && self.held.is_empty() {
+            self.deliver(hub, outbox);
+            return;
+        }
+        self.held.push(outbox);
+        let now = Instant::now();
+        if uncommitted >= self.settings.commit_max_nodes {
+            self.commit_at = Some(now);
+        } else if self.commit_at.is_none() {
+            self.commit_at = Some(now + self.settings.commit_window);
+        }
+    }
+
+    /// Writes every admitted node not yet stored in one append (retrying a failing store a
+    /// few times), then delivers what was held for it.
+    async fn commit(&mut self, hub: &mut Hub) -> Result<(), StoreError> {
+        self.commit_at = None;
+        let from = self.durable_seq.saturating_add(1);
+        let to = hub.room().seq();
+        if to >= from {
+            let fresh: Vec<Node> = (from..=to)
+                .filter_map(|seq| hub.room().node_at(seq))
+                .cloned()
+                .collect();
+            let mut pause = COMMIT_BACKOFF;
+            let mut attempt = 1;
+            loop {
+                let result = self
+                    .store
+                    .append(&self.room, hub.room().epoch(), &fresh)
+                    .await;
+                self.health.record(&result);
+                match result {
+                    Ok(()) => break,
+                    Err(StoreError::Backend(e)) if attempt < COMMIT_ATTEMPTS => {
+                        tracing::warn!(error = %e, attempt, "commit failed; retrying");
+                        tokio::time::sleep(pause).await;
+                        pause *= 2;
+                        attempt += 1;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            self.durable_seq = to;
+        }
+        for outbox in std::mem::take(&mut self.held) {
+            self.deliver(hub, outbox);
         }
         Ok(())
     }
 
+    /// The store failed: tell every session, close it, and forget what was held for it.
+    fn abandon_sessions(&mut self) {
+        self.held.clear();
+        self.commit_at = None;
+        let error = Message::ErrorMessage(ErrorMessage::new(
+            ErrorCode::StoreUnavailable,
+            None,
+            "the relay could not store accepted nodes; reconnect and push again",
+        ));
+        let frame = error.encode().ok();
+        for (_, mut queue) in self.queues.drain() {
+            if let Some(frame) = &frame {
+                let _ = queue.push(frame.clone(), Some(Instant::now()));
+            }
+            queue.close(CloseCode::StoreUnavailable);
+        }
+    }
     /// Queues an outbox's frames; a recipient whose queue overflows is closed with
     /// "resync required" and removed from the hub (which may produce more frames).
     fn deliver(&mut self, hub: &mut Hub, outbox: Outbox) {

@@ -17,7 +17,7 @@ use weft::client::{Client, ClientConfig, Event};
 use weft::node::{Node, RoomId};
 use weft::protocol::{self, Capabilities, Hello, Message, PROTOCOL_VERSION, SyncHints};
 use weft::server::{self, ServerConfig, ServerStats};
-use weft::store::MemoryStore;
+use weft::store::PackStore;
 
 /// Upper bound for anything a test waits for; tests finish far sooner when healthy.
 pub const PATIENCE: Duration = Duration::from_secs(20);
@@ -36,11 +36,11 @@ impl Relay {
     }
 
     pub async fn start_with(config: ServerConfig) -> Self {
-        Self::start_with_store(config, Arc::new(MemoryStore::new())).await
+        Self::start_with_store(config, Arc::new(PackStore::memory())).await
     }
 
     /// A relay over `store`, which may hold rooms already.
-    pub async fn start_with_store(config: ServerConfig, store: Arc<MemoryStore>) -> Self {
+    pub async fn start_with_store(config: ServerConfig, store: Arc<PackStore>) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let stats = Arc::new(ServerStats::default());

@@ -18,7 +18,7 @@ macro_rules! code_table {
             pub const ALL: &'static [$name] = &[$($name::$variant),*];
 
             /// The numeric code on the wire.
-            pub fn code(self) -> $repr {
+            pub const fn code(self) -> $repr {
                 self as $repr
             }
 

@@ -75,7 +75,14 @@ pub async fn run(
         .await
         .is_err()
     {
-        CloseCode::GoingAway
+        // Outside a shutdown, a room task only goes away when its store failed to load it.
+        let code = if shutdown.is_cancelled() {
+            CloseCode::GoingAway
+        } else {
+            CloseCode::StoreUnavailable
+        };
+        refuse(socket, code, settings).await;
+        code
     } else {
         pump(
             socket,
@@ -222,6 +229,21 @@ async fn pump(
         tracing::debug!(error = %e, "close handshake failed");
     }
     code
+}
+
+/// Closes a connection that never reached its room.
+async fn refuse(mut socket: WebSocket, code: CloseCode, settings: ConnectionSettings) {
+    let close = CloseFrame {
+        code: code.code(),
+        reason: code.meaning().into(),
+    };
+    let sent = tokio::time::timeout(
+        settings.close_timeout,
+        socket.send(WsMessage::Close(Some(close))),
+    );
+    if let Ok(Err(e)) = sent.await {
+        tracing::debug!(error = %e, "close handshake failed");
+    }
 }
 
 fn is_too_big(error: &axum::Error) -> bool {

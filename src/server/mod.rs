@@ -13,6 +13,7 @@ mod rooms;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{Path, State, WebSocketUpgrade};
@@ -69,6 +70,7 @@ const READ_BUFFER: usize = 1024;
 
 struct AppState {
     rooms: rooms::Rooms,
+    store: Arc<dyn Store>,
     config: ServerConfig,
     stats: Arc<ServerStats>,
     permits: Arc<Semaphore>,
@@ -88,6 +90,7 @@ pub async fn run(
     let tracker = TaskTracker::new();
     let cancel = CancellationToken::new();
     let state = Arc::new(AppState {
+        store: store.clone(),
         rooms: rooms::Rooms::new(
             store,
             config.rooms,
@@ -128,13 +131,27 @@ pub async fn run(
     result
 }
 
-/// 503 while the store is failing: a balancer should send new clients elsewhere.
+/// How long `/readyz` waits for a store probe.
+const READY_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// 503 while the store is failing, so a balancer sends new clients elsewhere. Once a store
+/// call failed, each request probes the store (a small write, read and delete) until one
+/// succeeds.
 async fn ready(State(state): State<Arc<AppState>>) -> Response {
     if state.stats.store.is_failing() {
-        (StatusCode::SERVICE_UNAVAILABLE, "store failing").into_response()
-    } else {
-        "ready".into_response()
+        let probe = tokio::time::timeout(READY_PROBE_TIMEOUT, state.store.check()).await;
+        let probe = probe
+            .unwrap_or_else(|_| Err(crate::store::StoreError::Backend("probe timed out".into())));
+        state.stats.store.record(&probe);
+        if let Err(e) = probe {
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("store failing: {e}"),
+            )
+                .into_response();
+        }
     }
+    "ready".into_response()
 }
 
 async fn upgrade(

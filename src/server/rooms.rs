@@ -8,7 +8,7 @@
 //! closes every session of the room with `StoreUnavailable` and reloads the room from the
 //! store, which drops the uncommitted nodes: they were never acked.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -75,7 +75,8 @@ impl Default for RoomSettings {
     }
 }
 
-/// Whether the store answered the last write or load: `/readyz` reports it.
+/// Whether the store answered the last call (a load, a commit, or a `/readyz` probe):
+/// `/readyz` reports it, and probes the store again while it is failing.
 #[derive(Debug)]
 pub struct StoreHealth {
     failing: AtomicBool,
@@ -95,7 +96,8 @@ impl StoreHealth {
         self.failing.load(Ordering::Relaxed)
     }
 
-    fn record<T>(&self, result: &Result<T, StoreError>) {
+    /// Notes how a store call went.
+    pub fn record<T>(&self, result: &Result<T, StoreError>) {
         self.failing.store(result.is_err(), Ordering::Relaxed);
     }
 }
@@ -159,7 +161,7 @@ impl Rooms {
                     settings: self.settings,
                     health: self.health.clone(),
                     queues: HashMap::new(),
-                    held: Vec::new(),
+                    held: VecDeque::new(),
                     durable_seq: 0,
                     commit_at: None,
                 };
@@ -182,7 +184,7 @@ struct RoomTask {
     health: Arc<StoreHealth>,
     queues: HashMap<SessionId, Outbound>,
     /// Outboxes produced since the last commit, in order, waiting for it.
-    held: Vec<Outbox>,
+    held: VecDeque<Resolved>,
     /// Nodes up to this arrival number are stored.
     durable_seq: u64,
     /// When the pending commit is due.
@@ -244,7 +246,10 @@ impl RoomTask {
     async fn load(&mut self) -> Option<Hub> {
         let limits = self.settings.hub.session.limits.node;
         let result = self.store.load(&self.room).await;
-        self.health.record(&result);
+        if result.is_err() {
+            // A load that works says nothing about writes: only failures are noted here.
+            self.health.record(&result);
+        }
         match result {
             Ok(stored) => {
                 let (epoch, nodes) = match stored {
@@ -297,7 +302,7 @@ impl RoomTask {
             self.deliver(hub, outbox);
             return;
         }
-        self.held.push(outbox);
+        self.held.push_back(Resolved::of(hub, outbox));
         let now = Instant::now();
         if uncommitted >= self.settings.commit_max_nodes {
             self.commit_at = Some(now);
@@ -338,8 +343,9 @@ impl RoomTask {
             }
             self.durable_seq = to;
         }
-        for outbox in std::mem::take(&mut self.held) {
-            self.deliver(hub, outbox);
+        // Outboxes that delivering causes (an overflow's disconnect) queue up behind.
+        while let Some(resolved) = self.held.pop_front() {
+            self.send(hub, resolved);
         }
         Ok(())
     }
@@ -364,37 +370,61 @@ impl RoomTask {
     /// Queues an outbox's frames; a recipient whose queue overflows is closed with
     /// "resync required" and removed from the hub (which may produce more frames).
     fn deliver(&mut self, hub: &mut Hub, outbox: Outbox) {
-        let mut pending = vec![outbox];
-        while let Some(outbox) = pending.pop() {
-            let mut overflowed = Vec::new();
-            let now = Instant::now();
-            for outgoing in &outbox.frames {
-                let queued_at = (!outgoing.paced).then_some(now);
-                for session in hub.recipients(outgoing.to) {
-                    let Some(queue) = self.queues.get(&session) else {
-                        continue;
-                    };
-                    let pushed = queue.push(outgoing.frame.clone(), queued_at);
-                    if pushed.is_err() && !overflowed.contains(&session) {
-                        overflowed.push(session);
-                    }
+        let resolved = Resolved::of(hub, outbox);
+        self.send(hub, resolved);
+    }
+
+    fn send(&mut self, hub: &mut Hub, resolved: Resolved) {
+        let mut overflowed = Vec::new();
+        let now = Instant::now();
+        for (recipients, frame, paced) in resolved.frames {
+            let queued_at = (!paced).then_some(now);
+            for session in recipients {
+                let Some(queue) = self.queues.get(&session) else {
+                    continue;
+                };
+                let pushed = queue.push(frame.clone(), queued_at);
+                if pushed.is_err() && !overflowed.contains(&session) {
+                    overflowed.push(session);
                 }
             }
-            for (session, code) in outbox.closes {
-                if let Some(mut queue) = self.queues.remove(&session) {
-                    queue.close(code);
-                }
+        }
+        for (session, code) in resolved.closes {
+            if let Some(mut queue) = self.queues.remove(&session) {
+                queue.close(code);
             }
-            for session in overflowed {
-                if let Some(mut queue) = self.queues.remove(&session) {
-                    tracing::info!(
-                        session,
-                        "outbound queue overflow; closing with resync required"
-                    );
-                    queue.close(CloseCode::ResyncRequired);
-                }
-                pending.push(hub.disconnect(session));
+        }
+        for session in overflowed {
+            if let Some(mut queue) = self.queues.remove(&session) {
+                tracing::info!(
+                    session,
+                    "outbound queue overflow; closing with resync required"
+                );
+                queue.close(CloseCode::ResyncRequired);
             }
+            let outbox = hub.disconnect(session);
+            self.emit(hub, outbox);
+        }
+    }
+}
+
+/// An outbox with its recipients fixed when the hub produced it: a frame held for a commit
+/// goes to the sessions it was meant for then, not to whoever joined since.
+struct Resolved {
+    /// Recipients, frame, and whether the frame is paced by credit.
+    frames: Vec<(Vec<SessionId>, Bytes, bool)>,
+    closes: Vec<(SessionId, CloseCode)>,
+}
+
+impl Resolved {
+    fn of(hub: &Hub, outbox: Outbox) -> Self {
+        Self {
+            frames: outbox
+                .frames
+                .into_iter()
+                .map(|o| (hub.recipients(o.to).collect(), o.frame, o.paced))
+                .collect(),
+            closes: outbox.closes,
         }
     }
 }

@@ -17,7 +17,7 @@ use weft::client::{Client, ClientConfig, Event};
 use weft::node::{Node, RoomId};
 use weft::protocol::{self, Capabilities, Hello, Message, PROTOCOL_VERSION, SyncHints};
 use weft::server::{self, ServerConfig, ServerStats};
-use weft::store::PackStore;
+use weft::store::{PackStore, Store};
 
 /// Upper bound for anything a test waits for; tests finish far sooner when healthy.
 pub const PATIENCE: Duration = Duration::from_secs(20);
@@ -40,7 +40,7 @@ impl Relay {
     }
 
     /// A relay over `store`, which may hold rooms already.
-    pub async fn start_with_store(config: ServerConfig, store: Arc<PackStore>) -> Self {
+    pub async fn start_with_store(config: ServerConfig, store: Arc<dyn Store>) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let stats = Arc::new(ServerStats::default());

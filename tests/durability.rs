@@ -1,0 +1,277 @@
+//! Durability over real WebSocket: no ack without a successful store write, typed errors and
+//! recovery when the store fails (errors, torn and partial writes), group commit, and one load
+//! for concurrent first connects. The relay runs on a fault-injecting object store.
+
+mod faults;
+mod net;
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use faults::{Faults, Faulty};
+use net::{PATIENCE, Raw, RawEvent, Relay, node, room};
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use weft::node::{Node, NodeId};
+use weft::protocol::{CloseCode, ErrorCode, Message, Outcome, Pack};
+use weft::server::ServerConfig;
+use weft::store::{PackStore, Store};
+
+/// A relay over a faulty in-memory object store; also returns the underlying objects and the
+/// fault switches.
+async fn faulty_relay() -> (Relay, Arc<dyn ObjectStore>, Arc<Faults>) {
+    let objects: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+    let faults = Arc::new(Faults::default());
+    let store = faulty_store(&objects, &faults);
+    let relay = Relay::start_with_store(ServerConfig::default(), Arc::new(store)).await;
+    (relay, objects, faults)
+}
+
+fn faulty_store(objects: &Arc<dyn ObjectStore>, faults: &Arc<Faults>) -> PackStore {
+    let faulty = Faulty {
+        inner: objects.clone(),
+        faults: faults.clone(),
+    };
+    PackStore::new(Arc::new(faulty), Path::from("relay"), "faulty".into())
+}
+
+/// The ids stored for `room_name`, as a relay starting now would load them.
+async fn stored_ids(objects: &Arc<dyn ObjectStore>, room_name: &str) -> Vec<NodeId> {
+    let store = PackStore::new(objects.clone(), Path::from("relay"), "check".into());
+    match store.load(&room(room_name)).await.unwrap() {
+        Some(stored) => stored.nodes.iter().map(|n| n.id).collect(),
+        None => Vec::new(),
+    }
+}
+
+/// Pushes one pack of `nodes` and returns the relay's answer: the ack's outcomes, or the
+/// error code and close code if the relay gave up.
+async fn push(client: &mut Raw, number: u64, nodes: Vec<Node>) -> Result<Vec<Outcome>, Failure> {
+    client.send(Message::Pack(Pack { number, nodes })).await;
+    let mut error = None;
+    loop {
+        match client.next_event().await {
+            RawEvent::Frame(Message::Ack(ack)) => {
+                assert_eq!(ack.number, number);
+                return Ok(ack.outcomes);
+            }
+            RawEvent::Frame(Message::ErrorMessage(e)) => error = Some(e.code),
+            RawEvent::Frame(_) => {}
+            RawEvent::Closed(close) => return Err(Failure { error, close }),
+        }
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+struct Failure {
+    error: Option<u16>,
+    close: Option<u16>,
+}
+
+const STORE_FAILED: Failure = Failure {
+    error: Some(ErrorCode::StoreUnavailable.code()),
+    close: Some(CloseCode::StoreUnavailable.code()),
+};
+
+/// `GET path` on the relay; the HTTP status code.
+async fn http_status(relay: &Relay, path: &str) -> u16 {
+    let mut tcp = tokio::net::TcpStream::connect(relay.addr).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: relay\r\nConnection: close\r\n\r\n");
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    tokio::time::timeout(PATIENCE, tcp.read_to_string(&mut response))
+        .await
+        .unwrap()
+        .unwrap();
+    response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0)
+}
+
+async fn steady_client(relay: &Relay, room_name: &str) -> Raw {
+    let mut client = Raw::connect(relay, room_name).await;
+    client.join_and_catch_up().await;
+    client
+}
+
+/// For each way a write can fail: the pushed node is not acked, the client gets
+/// `StoreUnavailable` and close 4006, nothing of it is stored (the room stays loadable), and
+/// once the store works again the same push is acked and stored. `/readyz` says 503 while
+/// its own probe write fails, and 200 again after recovery.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_ack_without_a_durable_write_and_recovery_after() {
+    let (relay, objects, faults) = faulty_relay().await;
+    let r = "durable";
+    let mut client = steady_client(&relay, r).await;
+    let first = node(r, &[], "doc", "first");
+    let outcomes = push(&mut client, 1, vec![first.clone()]).await.unwrap();
+    assert!(matches!(outcomes.as_slice(), [Outcome::Accepted(1)]));
+    assert_eq!(stored_ids(&objects, r).await, vec![first.id]);
+    assert_eq!(http_status(&relay, "/readyz").await, 200);
+
+    let switches = [
+        ("write errors", &faults.fail_writes),
+        ("pack written, manifest failed", &faults.fail_manifests),
+        ("torn pack", &faults.tear_packs),
+    ];
+    let mut parent = first;
+    for (number, (what, switch)) in (2u64..).zip(switches) {
+        Faults::set(switch, true);
+        let next = node(r, &[&parent], "doc", what);
+        let answer = push(&mut client, number, vec![next.clone()]).await;
+        assert_eq!(answer, Err(STORE_FAILED), "{what}");
+        if switch.load(Ordering::SeqCst) && std::ptr::eq(switch, &faults.fail_writes) {
+            assert_eq!(http_status(&relay, "/readyz").await, 503, "{what}");
+        }
+        assert!(
+            !stored_ids(&objects, r).await.contains(&next.id),
+            "{what}: an unacked node must not count as stored"
+        );
+
+        Faults::set(switch, false);
+        client = steady_client(&relay, r).await;
+        let outcomes = push(&mut client, number, vec![next.clone()]).await.unwrap();
+        assert!(
+            matches!(outcomes.as_slice(), [Outcome::Accepted(_)]),
+            "{what}: {outcomes:?}"
+        );
+        assert!(stored_ids(&objects, r).await.contains(&next.id), "{what}");
+        assert_eq!(http_status(&relay, "/readyz").await, 200, "{what}");
+        parent = next;
+    }
+    assert_eq!(stored_ids(&objects, r).await.len(), 4);
+    relay.shutdown().await;
+}
+
+/// With a slow store, an ack arrives only once its node is stored, and nodes from many
+/// sessions share commits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acks_follow_the_write_and_sessions_share_commits() {
+    let (relay, objects, faults) = faulty_relay().await;
+    let r = "grouped";
+    let root = node(r, &[], "doc", "root");
+    let mut first = steady_client(&relay, r).await;
+    push(&mut first, 1, vec![root.clone()]).await.unwrap();
+    faults.write_latency_ms.store(40, Ordering::SeqCst);
+    let before = faults.manifests_written.load(Ordering::SeqCst);
+    let sessions = 16;
+    let mut tasks = Vec::new();
+    for i in 0..sessions {
+        let relay_url = relay.room_url(r);
+        let objects = objects.clone();
+        let child = node(r, &[&root], "doc", &format!("child {i}"));
+        tasks.push(tokio::spawn(async move {
+            let mut client = Raw::connect_url(&relay_url).await;
+            client.join_and_catch_up().await;
+            let outcomes = push(&mut client, 1, vec![child.clone()]).await.unwrap();
+            assert!(matches!(outcomes.as_slice(), [Outcome::Accepted(_)]));
+            // Acked means stored, right now.
+            assert!(stored_ids(&objects, "grouped").await.contains(&child.id));
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let commits = faults.manifests_written.load(Ordering::SeqCst) - before;
+    assert!(
+        commits < sessions / 2,
+        "{commits} commits for {sessions} concurrent packs"
+    );
+    assert_eq!(stored_ids(&objects, r).await.len(), 1 + sessions as usize);
+    relay.shutdown().await;
+}
+
+/// Many clients connecting at once to a room that is not loaded yet share one load, and each
+/// sees the whole room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_first_connects_share_one_load() {
+    let objects: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+    let r = "cold";
+    let writer = PackStore::new(objects.clone(), Path::from("relay"), "setup".into());
+    let mut nodes: Vec<Node> = Vec::new();
+    for i in 0..300 {
+        let parents: Vec<&Node> = nodes.last().into_iter().collect();
+        nodes.push(node(r, &parents, "doc", &format!("n{i}")));
+        if i % 100 == 99 {
+            writer
+                .append(&room(r), 3, &nodes[i - 99..=i])
+                .await
+                .unwrap();
+        }
+    }
+    let faults = Arc::new(Faults::default());
+    faults.read_latency_ms.store(100, Ordering::SeqCst);
+    let store = faulty_store(&objects, &faults);
+    let relay = Relay::start_with_store(ServerConfig::default(), Arc::new(store)).await;
+    let mut tasks = Vec::new();
+    for _ in 0..12 {
+        let url = relay.room_url(r);
+        tasks.push(tokio::spawn(async move {
+            let mut client = Raw::connect_url(&url).await;
+            client.join_and_catch_up().await
+        }));
+    }
+    for task in tasks {
+        let seen = tokio::time::timeout(PATIENCE, task).await.unwrap().unwrap();
+        assert_eq!(seen.len(), nodes.len(), "a client saw a partial room");
+        let ids: Vec<NodeId> = seen.iter().map(|n| n.id).collect();
+        let expected: Vec<NodeId> = nodes.iter().map(|n| n.id).collect();
+        assert_eq!(ids, expected);
+    }
+    assert_eq!(
+        faults.manifest_listings.load(Ordering::SeqCst),
+        1,
+        "one load"
+    );
+    relay.shutdown().await;
+}
+
+/// A room whose store cannot be read turns clients away with 4006 instead of serving an
+/// empty room, and serves them once the store is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_store_is_not_an_empty_room() {
+    let objects: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+    let r = "unreadable";
+    let writer = PackStore::new(objects.clone(), Path::from("relay"), "setup".into());
+    let stored = node(r, &[], "doc", "kept");
+    writer
+        .append(&room(r), 9, std::slice::from_ref(&stored))
+        .await
+        .unwrap();
+    // Tear the stored pack: the load must fail, not return a room without it.
+    let packs: Vec<_> = futures::StreamExt::collect::<Vec<_>>(
+        objects.list(Some(&Path::from("relay/rooms/r-unreadable/packs"))),
+    )
+    .await;
+    let pack = packs[0].as_ref().unwrap().location.clone();
+    let original = objects.get(&pack).await.unwrap().bytes().await.unwrap();
+    objects
+        .put(&pack, original.slice(..original.len() - 3).into())
+        .await
+        .unwrap();
+    let faults = Arc::new(Faults::default());
+    let relay = Relay::start_with_store(
+        ServerConfig::default(),
+        Arc::new(faulty_store(&objects, &faults)),
+    )
+    .await;
+    let mut client = Raw::connect(&relay, r).await;
+    assert_eq!(
+        client.closed().await,
+        Some(CloseCode::StoreUnavailable.code())
+    );
+    // The operator restores the object; the next connection loads the room.
+    objects.put(&pack, original.into()).await.unwrap();
+    let mut client = Raw::connect(&relay, r).await;
+    let seen = client.join_and_catch_up().await;
+    assert_eq!(
+        seen.iter().map(|n| n.id).collect::<Vec<_>>(),
+        vec![stored.id]
+    );
+    // The store itself stayed reachable and writable all along.
+    assert_eq!(http_status(&relay, "/readyz").await, 200);
+    relay.shutdown().await;
+}

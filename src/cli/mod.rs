@@ -2,6 +2,7 @@
 
 mod client_cmds;
 mod serve;
+mod store_cmds;
 
 use std::path::PathBuf;
 
@@ -41,6 +42,12 @@ enum Command {
     Tail(client_cmds::TailArgs),
     /// Save the room's history into a local replica file.
     Pull(client_cmds::PullArgs),
+    /// Work on a store directly: `weft store check`.
+    Store(store_cmds::StoreArgs),
+    /// Write a room from a store into a single file.
+    Export(store_cmds::ExportArgs),
+    /// Add a room's nodes from a file written by `weft export` to a store.
+    Import(store_cmds::ImportArgs),
 }
 
 /// Where and which room a client command talks to.
@@ -82,5 +89,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Push(args) => client_cmds::push(args).await,
         Command::Tail(args) => client_cmds::tail(args).await,
         Command::Pull(args) => client_cmds::pull(args).await,
+        Command::Store(args) => store_cmds::store(args).await,
+        Command::Export(args) => store_cmds::export(args).await,
+        Command::Import(args) => store_cmds::import(args).await,
     }
 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::Args;
 use weft::server::{self, ServerConfig, ServerStats};
+use weft::store::Store;
 
 /// Flags of `weft serve`.
 #[derive(Debug, Args)]
@@ -88,6 +89,12 @@ impl ServeArgs {
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let config = args.config()?;
     let store = weft::store::open(&args.store)?;
+    // Fail fast on a store that is unreachable, read-only or of another layout version.
+    let report = store
+        .check()
+        .await
+        .with_context(|| format!("store {} is not usable", args.store))?;
+    tracing::info!(store = %report.description, layout = report.layout, "store ready");
     let shutdown = shutdown_signal()?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await

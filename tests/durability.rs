@@ -275,3 +275,40 @@ async fn an_unreadable_store_is_not_an_empty_room() {
     assert_eq!(http_status(&relay, "/readyz").await, 200);
     relay.shutdown().await;
 }
+
+/// A room without sessions is unloaded after the idle time, and the next connection loads it
+/// again, whole, from the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_rooms_are_unloaded_and_reload_whole() {
+    let objects: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+    let faults = Arc::new(Faults::default());
+    let mut config = ServerConfig::default();
+    config.rooms.idle_eviction = std::time::Duration::from_millis(50);
+    let relay = Relay::start_with_store(config, Arc::new(faulty_store(&objects, &faults))).await;
+    let r = "idle";
+    let mut client = steady_client(&relay, r).await;
+    let kept = node(r, &[], "doc", "kept");
+    push(&mut client, 1, vec![kept.clone()]).await.unwrap();
+    assert_eq!(relay.stats.rooms.load(Ordering::SeqCst), 1);
+    drop(client);
+    // Bounded: up to 10 s for the room to go.
+    let mut unloaded = false;
+    for _ in 0..200 {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        if relay.stats.rooms.load(Ordering::SeqCst) == 0 {
+            unloaded = true;
+            break;
+        }
+    }
+    assert!(unloaded, "the idle room stayed loaded");
+    let listings = faults.manifest_listings.load(Ordering::SeqCst);
+    let mut client = Raw::connect(&relay, r).await;
+    let seen = client.join_and_catch_up().await;
+    assert_eq!(seen.iter().map(|n| n.id).collect::<Vec<_>>(), vec![kept.id]);
+    assert_eq!(
+        faults.manifest_listings.load(Ordering::SeqCst),
+        listings + 1,
+        "loaded again"
+    );
+    relay.shutdown().await;
+}

@@ -24,6 +24,9 @@ pub struct ServeArgs {
     /// write; acks and broadcasts follow the write.
     #[arg(long, env = "WEFT_COMMIT_WINDOW_MS", default_value_t = 2)]
     commit_window_ms: u64,
+    /// Seconds a room without sessions stays loaded.
+    #[arg(long, env = "WEFT_ROOM_IDLE_SECS", default_value_t = 60)]
+    room_idle_secs: u64,
     /// Largest WebSocket frame accepted, in bytes; larger ones close with 1009.
     #[arg(long, env = "WEFT_MAX_FRAME", default_value_t = 1024 * 1024)]
     max_frame: u32,
@@ -77,6 +80,7 @@ impl ServeArgs {
         config.rooms.orphans.max_nodes = self.orphan_limit;
         config.rooms.orphans.ttl = Duration::from_secs(self.orphan_ttl);
         config.rooms.commit_window = Duration::from_millis(self.commit_window_ms);
+        config.rooms.idle_eviction = Duration::from_secs(self.room_idle_secs);
         config.connection.queue_limit = self.queue_limit;
         config.connection.max_lag = Duration::from_secs(self.max_lag.max(1));
         config.connection.ping_interval = Duration::from_secs(self.ping_interval.max(1));

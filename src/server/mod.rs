@@ -63,6 +63,8 @@ pub struct ServerStats {
     pub queues: Arc<QueueStats>,
     /// Whether the store is failing (then `/readyz` answers 503).
     pub store: Arc<StoreHealth>,
+    /// Rooms loaded (or loading) now.
+    pub rooms: AtomicU64,
 }
 
 /// Per-connection socket read buffer.
@@ -94,7 +96,7 @@ pub async fn run(
         rooms: rooms::Rooms::new(
             store,
             config.rooms,
-            stats.store.clone(),
+            stats.clone(),
             tracker.clone(),
             cancel.clone(),
         ),

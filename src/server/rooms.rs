@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+use super::ServerStats;
 use super::outbound::Outbound;
 use crate::node::{Node, RoomId};
 use crate::protocol::{CloseCode, ErrorCode, ErrorMessage, Message};
@@ -62,6 +63,9 @@ pub struct RoomSettings {
     pub commit_window: Duration,
     /// A commit starts at once when this many nodes wait.
     pub commit_max_nodes: u64,
+    /// A room without sessions is unloaded after this long; the next connection loads it
+    /// again from the store.
+    pub idle_eviction: Duration,
 }
 
 impl Default for RoomSettings {
@@ -71,6 +75,7 @@ impl Default for RoomSettings {
             orphans: OrphanLimits::default(),
             commit_window: Duration::from_millis(2),
             commit_max_nodes: 4096,
+            idle_eviction: Duration::from_secs(60),
         }
     }
 }
@@ -115,7 +120,7 @@ pub struct Rooms {
     next_task: AtomicU64,
     store: Arc<dyn Store>,
     settings: RoomSettings,
-    health: Arc<StoreHealth>,
+    stats: Arc<ServerStats>,
     tracker: TaskTracker,
     shutdown: CancellationToken,
 }
@@ -131,7 +136,7 @@ impl Rooms {
     pub fn new(
         store: Arc<dyn Store>,
         settings: RoomSettings,
-        health: Arc<StoreHealth>,
+        stats: Arc<ServerStats>,
         tracker: TaskTracker,
         shutdown: CancellationToken,
     ) -> Self {
@@ -140,7 +145,7 @@ impl Rooms {
             next_task: AtomicU64::new(1),
             store,
             settings,
-            health,
+            stats,
             tracker,
             shutdown,
         }
@@ -159,15 +164,23 @@ impl Rooms {
                     registry: self.tasks.clone(),
                     store: self.store.clone(),
                     settings: self.settings,
-                    health: self.health.clone(),
+                    health: self.stats.store.clone(),
                     queues: HashMap::new(),
                     held: VecDeque::new(),
                     durable_seq: 0,
                     commit_at: None,
                 };
                 let span = tracing::info_span!("room", room = %room);
-                self.tracker
-                    .spawn(task.run(rx, self.shutdown.clone()).instrument(span));
+                let stats = self.stats.clone();
+                let shutdown = self.shutdown.clone();
+                stats.rooms.fetch_add(1, Ordering::Relaxed);
+                self.tracker.spawn(
+                    async move {
+                        task.run(rx, shutdown).await;
+                        stats.rooms.fetch_sub(1, Ordering::Relaxed);
+                    }
+                    .instrument(span),
+                );
                 (number, tx)
             })
             .1
@@ -197,8 +210,18 @@ impl RoomTask {
         let Some(mut hub) = self.load().await else {
             return self.retire(commands).await;
         };
+        let mut idle_since: Option<Instant> = None;
         loop {
             let deadline = hub.poll_timeout().map(Instant::from_std);
+            let idle = hub.session_count() == 0
+                && self.held.is_empty()
+                && hub.room().seq() == self.durable_seq;
+            idle_since = if idle {
+                Some(idle_since.unwrap_or_else(Instant::now))
+            } else {
+                None
+            };
+            let evict_at = idle_since.map(|since| since + self.settings.idle_eviction);
             tokio::select! {
                 command = commands.recv() => {
                     let Some(command) = command else { return };
@@ -218,6 +241,14 @@ impl RoomTask {
                         }
                     }
                 }
+                () = sleep_until(evict_at) => {
+                    if self.evict() {
+                        tracing::info!("idle room unloaded");
+                        return;
+                    }
+                    // A connection holds a handle and is about to join: stay.
+                    idle_since = None;
+                }
                 () = shutdown.cancelled() => {
                     // Whatever is committed may still be delivered; the rest was never acked.
                     if self.commit(&mut hub).await.is_err() {
@@ -227,6 +258,17 @@ impl RoomTask {
                 }
             }
         }
+    }
+
+    /// Leaves the registry if no connection holds a handle on this task. The check and the
+    /// removal happen under the registry's lock, which is also where connections get their
+    /// handle, so no connection can reach an unloaded room; the next one starts a new task.
+    fn evict(&self) -> bool {
+        self.registry
+            .remove_if(&self.room, |_, (number, sender)| {
+                *number == self.number && sender.strong_count() == 1
+            })
+            .is_some()
     }
 
     /// Without its history the room cannot serve anyone: leave the registry, so the next

@@ -243,3 +243,64 @@ fn store_check_reports_reachability_and_layout() {
         })
     });
 }
+
+/// The newest manifest of `room`, read straight from the objects.
+async fn newest_manifest(
+    objects: &Arc<dyn ObjectStore>,
+    room: &RoomId,
+) -> weft::store::pack::Manifest {
+    let dir = Path::from(format!("suite/rooms/r-{}/manifest", room.as_str()));
+    let listed: Vec<_> = objects.list(Some(&dir)).collect::<Vec<_>>().await;
+    let newest = listed
+        .into_iter()
+        .map(|meta| meta.unwrap().location)
+        .filter(|path| path.as_ref().ends_with(".json"))
+        .max_by_key(|path| path.as_ref().to_owned())
+        .unwrap();
+    let bytes = objects.get(&newest).await.unwrap().bytes().await.unwrap();
+    weft::store::pack::Manifest::decode(&bytes, room).unwrap()
+}
+
+/// Many small commits are merged in the background into one pack; the room loads the same,
+/// the merged packs are deleted, and appends go on meanwhile.
+#[test]
+fn small_packs_are_compacted_in_the_background() {
+    each_backend(|backend| {
+        Box::pin(async move {
+            let r = room("compacted");
+            let store = backend.store();
+            let nodes = chain(&r, None, 40, "c");
+            for node in &nodes {
+                store
+                    .append(&r, 4, std::slice::from_ref(node))
+                    .await
+                    .unwrap();
+            }
+            let objects = backend.objects();
+            // Bounded: up to 10 s for the background merge to land.
+            let mut packs = usize::MAX;
+            for _ in 0..200 {
+                packs = newest_manifest(&objects, &r).await.packs.len();
+                if packs < 16 {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            assert!(packs < 16, "{}: still {packs} packs", backend.name());
+            let loaded = backend.store().load(&r).await.unwrap().unwrap();
+            assert_eq!(loaded.nodes, nodes, "{}", backend.name());
+            let stored_packs = objects
+                .list(Some(&Path::from("suite/rooms/r-compacted/packs")))
+                .collect::<Vec<_>>()
+                .await
+                .len();
+            // Deleting the merged packs trails the manifest by a moment.
+            assert!(stored_packs <= 40, "{stored_packs} pack objects");
+            // Appending goes on after compaction.
+            let more = chain(&r, nodes.last(), 2, "after");
+            store.append(&r, 4, &more).await.unwrap();
+            let loaded = backend.store().load(&r).await.unwrap().unwrap();
+            assert_eq!(loaded.nodes.len(), 42);
+        })
+    });
+}

@@ -3,6 +3,7 @@
 //! does not exist, which fences out a second relay writing the same room.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use futures::future::BoxFuture;
@@ -17,24 +18,48 @@ use crate::node::{Node, RoomId};
 /// Packs of one room read at the same time during a load.
 const LOAD_CONCURRENCY: usize = 8;
 
-/// Rooms stored as packs and manifests in any [`ObjectStore`].
+/// Consecutive packs of one size tier are merged into one pack of the next tier once there
+/// are this many: a room is a logarithmic number of objects, and each byte is rewritten about
+/// once per tier.
+const COMPACT_RUN: usize = 16;
+
+/// Packs this large are left as they are.
+const LARGE_PACK_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Rooms stored as packs and manifests in any [`ObjectStore`]. Cheap to clone.
+#[derive(Clone)]
 pub struct PackStore {
+    inner: Arc<Packs>,
+}
+
+struct Packs {
     objects: Arc<dyn ObjectStore>,
     prefix: Path,
     /// What the store is, for logs and `weft store check`.
     description: String,
-    /// The last manifest read or written per room: the next append creates its successor.
-    manifests: Mutex<HashMap<RoomId, Manifest>>,
+    rooms: Mutex<HashMap<RoomId, Arc<RoomSlot>>>,
+}
+
+/// What this process knows of one stored room.
+#[derive(Default)]
+struct RoomSlot {
+    /// The last manifest read or written: the next change creates its successor. Held across
+    /// a manifest write, so an append and a compaction never race for a generation.
+    manifest: tokio::sync::Mutex<Option<Manifest>>,
+    /// A compaction of this room is running.
+    compacting: AtomicBool,
 }
 
 impl PackStore {
     /// Rooms under `prefix` in `objects`.
     pub fn new(objects: Arc<dyn ObjectStore>, prefix: Path, description: String) -> Self {
         Self {
-            objects,
-            prefix,
-            description,
-            manifests: Mutex::new(HashMap::new()),
+            inner: Arc::new(Packs {
+                objects,
+                prefix,
+                description,
+                rooms: Mutex::new(HashMap::new()),
+            }),
         }
     }
 
@@ -46,7 +71,9 @@ impl PackStore {
             "memory://".into(),
         )
     }
+}
 
+impl Packs {
     fn room_dir(&self, room: &RoomId) -> Path {
         // Room ids may be "." or "..", which are not valid path segments on their own.
         self.prefix
@@ -61,19 +88,17 @@ impl PackStore {
             .join(format!("{generation:020}.json"))
     }
 
+    fn pack_path(&self, room: &RoomId, name: &str) -> Path {
+        self.room_dir(room).join("packs").join(name)
+    }
+
     fn layout_path(&self) -> Path {
         self.prefix.clone().join("weft-layout.json")
     }
 
-    fn cached(&self, room: &RoomId) -> Result<Option<Manifest>, StoreError> {
-        let manifests = self.manifests.lock().map_err(|_| poisoned())?;
-        Ok(manifests.get(room).cloned())
-    }
-
-    fn remember(&self, room: &RoomId, manifest: Manifest) -> Result<(), StoreError> {
-        let mut manifests = self.manifests.lock().map_err(|_| poisoned())?;
-        manifests.insert(room.clone(), manifest);
-        Ok(())
+    fn slot(&self, room: &RoomId) -> Result<Arc<RoomSlot>, StoreError> {
+        let mut rooms = self.rooms.lock().map_err(|_| poisoned())?;
+        Ok(rooms.entry(room.clone()).or_default().clone())
     }
 
     /// The newest manifest of a room, or `None` if the room was never written.
@@ -121,7 +146,7 @@ impl PackStore {
         entry: &PackEntry,
         epoch: u64,
     ) -> Result<Vec<Node>, StoreError> {
-        let path = self.room_dir(room).join("packs").join(entry.name.as_str());
+        let path = self.pack_path(room, &entry.name);
         let bytes = self
             .objects
             .get(&path)
@@ -146,7 +171,7 @@ impl PackStore {
             .buffered(LOAD_CONCURRENCY)
             .try_collect()
             .await?;
-        self.remember(room, manifest)?;
+        *self.slot(room)?.manifest.lock().await = Some(manifest);
         Ok(Some(StoredRoom {
             epoch,
             nodes: packs.into_iter().flatten().collect(),
@@ -154,7 +179,7 @@ impl PackStore {
     }
 
     async fn append_nodes(
-        &self,
+        self: &Arc<Self>,
         room: &RoomId,
         epoch: u64,
         nodes: &[Node],
@@ -162,7 +187,9 @@ impl PackStore {
         if nodes.is_empty() {
             return Ok(());
         }
-        let current = match self.cached(room)? {
+        let slot = self.slot(room)?;
+        let mut cached = slot.manifest.lock().await;
+        let current = match cached.take() {
             Some(manifest) => manifest,
             None => self
                 .newest_manifest(room)
@@ -177,33 +204,142 @@ impl PackStore {
         }
         let first = current.next_seq();
         let (bytes, _) = pack::encode_pack(epoch, first, nodes);
-        let name = format!("{first:020}-{:016x}.pack", rand::random::<u64>());
-        let size = bytes.len() as u64;
-        let path = self.room_dir(room).join("packs").join(name.as_str());
+        let entry = PackEntry {
+            name: pack_name(first),
+            first,
+            count: u32::try_from(nodes.len()).unwrap_or(u32::MAX),
+            bytes: bytes.len() as u64,
+        };
+        let path = self.pack_path(room, &entry.name);
         if !self.create(&path, bytes).await? {
+            *cached = Some(current);
             return Err(StoreError::Backend(format!("{path} exists already")));
         }
         let mut next = current.clone();
-        next.generation += 1;
-        next.packs.push(PackEntry {
-            name,
-            first,
-            count: u32::try_from(nodes.len()).unwrap_or(u32::MAX),
-            bytes: size,
-        });
-        let manifest_path = self.manifest_path(room, next.generation);
-        if !self.create(&manifest_path, next.encode()).await? {
-            // Someone else wrote this room since we read it. Forget our view so a reload
-            // starts from theirs.
-            self.manifests.lock().map_err(|_| poisoned())?.remove(room);
+        next.packs.push(entry);
+        let next = match self.publish(room, &current, next).await {
+            Ok(next) => next,
+            Err(e) => {
+                // On a conflict the view is stale: leave the cache empty so the next call
+                // reads what the other writer made. On other errors keep it.
+                if !matches!(e, StoreError::Conflict(_)) {
+                    *cached = Some(current);
+                }
+                return Err(e);
+            }
+        };
+        let compact = compaction_run(&next).is_some();
+        *cached = Some(next);
+        drop(cached);
+        if compact && !slot.compacting.swap(true, Ordering::AcqRel) {
+            let packs = self.clone();
+            let room = room.clone();
+            tokio::spawn(async move {
+                // Appends that came in meanwhile may have made another run: merge until none.
+                loop {
+                    match packs.compact(&room).await {
+                        Ok(true) => continue,
+                        Ok(false) => break,
+                        Err(e) => {
+                            tracing::warn!(error = %e, %room, "compaction failed; retried later");
+                            break;
+                        }
+                    }
+                }
+                if let Ok(slot) = packs.slot(&room) {
+                    slot.compacting.store(false, Ordering::Release);
+                }
+            });
+        }
+        Ok(())
+    }
+
+    /// Creates manifest generation `current + 1` with `next`'s packs; the caller holds the
+    /// room's manifest lock. A generation that exists already means another writer: conflict.
+    async fn publish(
+        &self,
+        room: &RoomId,
+        current: &Manifest,
+        mut next: Manifest,
+    ) -> Result<Manifest, StoreError> {
+        next.generation = current.generation + 1;
+        let path = self.manifest_path(room, next.generation);
+        if !self.create(&path, next.encode()).await? {
             return Err(StoreError::Conflict(format!(
-                "{manifest_path} was created by another writer"
+                "{path} was created by another writer"
             )));
         }
-        let generation = next.generation;
-        self.remember(room, next)?;
-        self.forget_manifest(room, generation.saturating_sub(2));
-        Ok(())
+        self.forget_manifest(room, next.generation.saturating_sub(2));
+        Ok(next)
+    }
+
+    /// Merges the room's trailing run of small packs into one, in the background of the room:
+    /// the reading and writing happen outside the manifest lock, which is only taken to
+    /// publish the new manifest. The merged packs are deleted afterwards. `Ok(true)` if it
+    /// merged a run.
+    async fn compact(&self, room: &RoomId) -> Result<bool, StoreError> {
+        let slot = self.slot(room)?;
+        let (epoch, run) = {
+            let cached = slot.manifest.lock().await;
+            let Some(manifest) = cached.as_ref() else {
+                return Ok(false);
+            };
+            let Some(run) = compaction_run(manifest) else {
+                return Ok(false);
+            };
+            (manifest.epoch, run.to_vec())
+        };
+        let mut nodes = Vec::new();
+        for entry in &run {
+            nodes.extend(self.read_pack(room, entry, epoch).await?);
+        }
+        let first = run.first().map_or(1, |entry| entry.first);
+        let (bytes, _) = pack::encode_pack(epoch, first, &nodes);
+        let merged = PackEntry {
+            name: pack_name(first),
+            first,
+            count: u32::try_from(nodes.len()).unwrap_or(u32::MAX),
+            bytes: bytes.len() as u64,
+        };
+        let merged_path = self.pack_path(room, &merged.name);
+        if !self.create(&merged_path, bytes).await? {
+            return Err(StoreError::Backend(format!("{merged_path} exists already")));
+        }
+        let mut cached = slot.manifest.lock().await;
+        let Some(current) = cached.take() else {
+            return Ok(false);
+        };
+        // Appends only add packs at the end, so the run is still where it was.
+        let start = run
+            .first()
+            .and_then(|head| current.packs.iter().position(|p| p.name == head.name));
+        let still_there = start.is_some_and(|start| {
+            current.packs.get(start..start + run.len()) == Some(run.as_slice())
+        });
+        let Some(start) = start.filter(|_| still_there) else {
+            *cached = Some(current);
+            return Ok(false);
+        };
+        let mut next = current.clone();
+        next.packs.splice(start..start + run.len(), [merged]);
+        match self.publish(room, &current, next).await {
+            Ok(next) => *cached = Some(next),
+            Err(e) => {
+                if !matches!(e, StoreError::Conflict(_)) {
+                    *cached = Some(current);
+                }
+                return Err(e);
+            }
+        }
+        drop(cached);
+        for entry in &run {
+            let path = self.pack_path(room, &entry.name);
+            if let Err(e) = self.objects.delete(&path).await {
+                tracing::debug!(error = %e, %path, "merged pack not deleted");
+            }
+        }
+        tracing::debug!(%room, packs = run.len(), nodes = nodes.len(), "compacted");
+        Ok(true)
     }
 
     /// Creates an object that must not exist yet; `Ok(false)` if it does.
@@ -300,7 +436,7 @@ impl super::Store for PackStore {
         &'a self,
         room: &'a RoomId,
     ) -> BoxFuture<'a, Result<Option<StoredRoom>, StoreError>> {
-        Box::pin(self.load_room(room))
+        Box::pin(self.inner.load_room(room))
     }
 
     fn append<'a>(
@@ -309,16 +445,47 @@ impl super::Store for PackStore {
         epoch: u64,
         nodes: &'a [Node],
     ) -> BoxFuture<'a, Result<(), StoreError>> {
-        Box::pin(self.append_nodes(room, epoch, nodes))
+        Box::pin(self.inner.append_nodes(room, epoch, nodes))
     }
 
     fn check(&self) -> BoxFuture<'_, Result<StoreReport, StoreError>> {
-        Box::pin(self.check_store())
+        Box::pin(self.inner.check_store())
     }
 
     fn describe(&self) -> String {
-        self.description.clone()
+        self.inner.description.clone()
     }
+}
+
+/// A fresh pack name starting at arrival number `first`.
+fn pack_name(first: u64) -> String {
+    format!("{first:020}-{:016x}.pack", rand::random::<u64>())
+}
+
+/// A pack's size tier: under 4 KiB, under 64 KiB, under 1 MiB, … (factors of 16); `None`
+/// for packs that are never merged again.
+fn tier(bytes: u64) -> Option<u32> {
+    let units = bytes / 4096;
+    (bytes < LARGE_PACK_BYTES).then(|| if units == 0 { 0 } else { units.ilog(16) + 1 })
+}
+
+/// The newest run of at least [`COMPACT_RUN`] consecutive packs of one tier, if any.
+fn compaction_run(manifest: &Manifest) -> Option<&[PackEntry]> {
+    let packs = &manifest.packs;
+    let mut end = packs.len();
+    while let Some(before) = packs.get(..end).filter(|before| !before.is_empty()) {
+        let last = before.last().and_then(|p| tier(p.bytes));
+        let len = before
+            .iter()
+            .rev()
+            .take_while(|p| tier(p.bytes) == last)
+            .count();
+        if last.is_some() && len >= COMPACT_RUN {
+            return before.get(end - len..);
+        }
+        end -= len;
+    }
+    None
 }
 
 fn backend(e: object_store::Error) -> StoreError {
@@ -327,4 +494,55 @@ fn backend(e: object_store::Error) -> StoreError {
 
 fn poisoned() -> StoreError {
     StoreError::Backend("manifest cache lock poisoned".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest(sizes: &[u64]) -> Manifest {
+        let mut manifest = Manifest::new(&RoomId::new("t").unwrap(), 1);
+        for (i, bytes) in sizes.iter().enumerate() {
+            manifest.packs.push(PackEntry {
+                name: format!("p{i}"),
+                first: i as u64 + 1,
+                count: 1,
+                bytes: *bytes,
+            });
+        }
+        manifest
+    }
+
+    fn run_names(sizes: &[u64]) -> Option<(String, usize)> {
+        let manifest = manifest(sizes);
+        compaction_run(&manifest).map(|run| (run[0].name.clone(), run.len()))
+    }
+
+    #[test]
+    fn tiers_grow_by_sixteen() {
+        assert_eq!(tier(0), Some(0));
+        assert_eq!(tier(4095), Some(0));
+        assert_eq!(tier(4096), Some(1));
+        assert_eq!(tier(65_535), Some(1));
+        assert_eq!(tier(65_536), Some(2));
+        assert_eq!(tier(LARGE_PACK_BYTES), None);
+    }
+
+    #[test]
+    fn the_newest_long_run_of_one_tier_is_merged() {
+        // Fifteen small packs: not yet.
+        assert_eq!(run_names(&[100; 15]), None);
+        // Sixteen: all of them.
+        assert_eq!(run_names(&[100; 16]), Some(("p0".into(), 16)));
+        // A larger pack, then sixteen small ones: only the small ones.
+        let mut sizes = vec![200_000];
+        sizes.extend([100; 16]);
+        assert_eq!(run_names(&sizes), Some(("p1".into(), 16)));
+        // Sixteen mid-size packs followed by a few small ones: the mid-size run.
+        let mut sizes = vec![10_000; 16];
+        sizes.extend([100; 3]);
+        assert_eq!(run_names(&sizes), Some(("p0".into(), 16)));
+        // Large packs are never merged.
+        assert_eq!(run_names(&[LARGE_PACK_BYTES; 20]), None);
+    }
 }

@@ -20,9 +20,10 @@ pub struct ServeArgs {
     /// variables.
     #[arg(long, env = "WEFT_STORE", default_value = "./weft-data")]
     store: String,
-    /// Milliseconds a room gathers accepted nodes from all its sessions into one durable
-    /// write; acks and broadcasts follow the write.
-    #[arg(long, env = "WEFT_COMMIT_WINDOW_MS", default_value_t = 2)]
+    /// Milliseconds a room waits for more accepted nodes before writing them in one commit
+    /// (acks and broadcasts follow the write). With 0, a commit starts as soon as the room is
+    /// idle, and nodes accepted while it is in flight form the next one.
+    #[arg(long, env = "WEFT_COMMIT_WINDOW_MS", default_value_t = 0)]
     commit_window_ms: u64,
     /// Seconds a room without sessions stays loaded.
     #[arg(long, env = "WEFT_ROOM_IDLE_SECS", default_value_t = 60)]

@@ -73,7 +73,10 @@ impl Default for RoomSettings {
         Self {
             hub: HubConfig::default(),
             orphans: OrphanLimits::default(),
-            commit_window: Duration::from_millis(2),
+            // A commit starts as soon as the room has nothing else to do; nodes admitted while
+            // one is in flight form the next, so sessions share commits under load without
+            // paying a fixed delay when the room is quiet.
+            commit_window: Duration::ZERO,
             commit_max_nodes: 4096,
             idle_eviction: Duration::from_secs(60),
         }

@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use futures::future::BoxFuture;
 use futures::{StreamExt, TryStreamExt};
@@ -22,6 +23,9 @@ const LOAD_CONCURRENCY: usize = 8;
 /// are this many: a room is a logarithmic number of objects, and each byte is rewritten about
 /// once per tier.
 const COMPACT_RUN: usize = 16;
+
+/// How long merged packs stay readable after the manifest that replaced them.
+const MERGED_PACK_GRACE: Duration = Duration::from_secs(30);
 
 /// Packs this large are left as they are.
 const LARGE_PACK_BYTES: u64 = 64 * 1024 * 1024;
@@ -332,12 +336,19 @@ impl Packs {
             }
         }
         drop(cached);
-        for entry in &run {
-            let path = self.pack_path(room, &entry.name);
-            if let Err(e) = self.objects.delete(&path).await {
-                tracing::debug!(error = %e, %path, "merged pack not deleted");
+        // A reader that listed the previous manifest a moment ago may still be reading these
+        // packs: delete them only after a grace period. (A relay that stops before leaves
+        // them unreferenced, which readers ignore.)
+        let objects = self.objects.clone();
+        let paths: Vec<Path> = run.iter().map(|e| self.pack_path(room, &e.name)).collect();
+        tokio::spawn(async move {
+            tokio::time::sleep(MERGED_PACK_GRACE).await;
+            for path in paths {
+                if let Err(e) = objects.delete(&path).await {
+                    tracing::debug!(error = %e, %path, "merged pack not deleted");
+                }
             }
-        }
+        });
         tracing::debug!(%room, packs = run.len(), nodes = nodes.len(), "compacted");
         Ok(true)
     }

@@ -317,7 +317,9 @@ pub struct Relay {
 
 impl Relay {
     /// Starts `weft serve` on a free loopback port with `extra` flags, pinned to `cpu` when
-    /// `taskset` is available, and waits until it accepts connections.
+    /// `taskset` is available, and waits until it accepts connections. Without a `--store`
+    /// in `extra` the relay keeps rooms in memory: the other benches measure the relay, and
+    /// `storage` measures what durability costs.
     pub fn spawn(extra: &[String], cpu: Option<usize>) -> anyhow::Result<Self> {
         let port = StdListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
@@ -338,8 +340,11 @@ impl Relay {
             None => Command::new(&binary),
         };
         let log = std::env::temp_dir().join(format!("weft-bench-relay-{port}.log"));
-        cmd.args(["serve", "--listen", &addr.to_string()])
-            .args(extra)
+        cmd.args(["serve", "--listen", &addr.to_string()]).args(extra);
+        if !extra.iter().any(|flag| flag == "--store") {
+            cmd.args(["--store", "memory://"]);
+        }
+        cmd
             .env("WEFT_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -340,12 +340,12 @@ impl Relay {
             None => Command::new(&binary),
         };
         let log = std::env::temp_dir().join(format!("weft-bench-relay-{port}.log"));
-        cmd.args(["serve", "--listen", &addr.to_string()]).args(extra);
+        cmd.args(["serve", "--listen", &addr.to_string()])
+            .args(extra);
         if !extra.iter().any(|flag| flag == "--store") {
             cmd.args(["--store", "memory://"]);
         }
-        cmd
-            .env("WEFT_LOG", "info")
+        cmd.env("WEFT_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(File::create(&log)?);

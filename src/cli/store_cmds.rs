@@ -103,7 +103,7 @@ pub async fn export(args: ExportArgs) -> anyhow::Result<()> {
 pub async fn import(args: ImportArgs) -> anyhow::Result<()> {
     let bytes = std::fs::read(&args.input)
         .with_context(|| format!("cannot read {}", args.input.display()))?;
-    let (header, nodes) = pack::decode_pack(&bytes, &args.room).with_context(|| {
+    let (header, nodes) = pack::decode_pack(&bytes).with_context(|| {
         format!(
             "{} is not an export of room {}",
             args.input.display(),

@@ -160,7 +160,7 @@ impl Packs {
             .await
             .map_err(backend)?;
         let corrupt = |e: pack::FormatError| StoreError::Corrupt(format!("{path}: {e}"));
-        let (header, nodes) = pack::decode_pack(&bytes, room).map_err(corrupt)?;
+        let (header, nodes) = pack::decode_pack(&bytes).map_err(corrupt)?;
         pack::check_pack(header, entry, epoch).map_err(corrupt)?;
         Ok(nodes)
     }

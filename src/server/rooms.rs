@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use dashmap::DashMap;
+use futures::StreamExt;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -289,35 +290,49 @@ impl RoomTask {
     }
 
     async fn load(&mut self) -> Option<Hub> {
-        let limits = self.settings.hub.session.limits.node;
-        let result = self.store.load(&self.room).await;
-        if result.is_err() {
-            // A load that works says nothing about writes: only failures are noted here.
-            self.health.record(&result);
-        }
-        match result {
-            Ok(stored) => {
-                let (epoch, nodes) = match stored {
-                    Some(stored) => (stored.epoch, stored.nodes),
-                    None => (rand::random::<u64>(), Vec::new()),
-                };
-                let mut room = Room::new(self.room.clone(), epoch, limits, self.settings.orphans);
-                for node in nodes {
-                    if let Err(reason) = room.restore(node) {
-                        tracing::error!(%reason, "stored node failed validation; room not loaded");
-                        return None;
-                    }
-                }
-                room.warm_indexes();
+        match self.read().await {
+            Ok(room) => {
                 self.durable_seq = room.seq();
-                tracing::info!(nodes = room.seq(), epoch, "room loaded");
+                tracing::info!(nodes = room.seq(), epoch = room.epoch(), "room loaded");
                 Some(Hub::new(room, self.settings.hub))
             }
             Err(e) => {
                 tracing::error!(error = %e, "room failed to load");
+                // A load that works says nothing about writes: only failures are noted.
+                self.health.record::<()>(&Err(e));
                 None
             }
         }
+    }
+
+    /// Reads the stored room pack by pack, restoring each node (fully checked) as it comes.
+    async fn read(&self) -> Result<Room, StoreError> {
+        let limits = self.settings.hub.session.limits.node;
+        let Some(mut reader) = self.store.read(&self.room).await? else {
+            let epoch = rand::random::<u64>();
+            return Ok(Room::new(
+                self.room.clone(),
+                epoch,
+                limits,
+                self.settings.orphans,
+            ));
+        };
+        let mut room = Room::new(
+            self.room.clone(),
+            reader.epoch,
+            limits,
+            self.settings.orphans,
+        );
+        while let Some(batch) = reader.nodes.next().await {
+            for node in batch? {
+                let id = node.id;
+                room.restore(node).map_err(|reason| {
+                    StoreError::Corrupt(format!("stored node {id} failed validation: {reason}"))
+                })?;
+            }
+        }
+        room.warm_indexes();
+        Ok(room)
     }
 
     /// Applies one command.

@@ -10,7 +10,9 @@ pub mod pack;
 
 use std::sync::Arc;
 
+use futures::TryStreamExt;
 use futures::future::BoxFuture;
+use futures::stream::BoxStream;
 
 pub use objects::PackStore;
 
@@ -55,13 +57,40 @@ pub struct StoreReport {
     pub layout: u32,
 }
 
+/// A stored room being read: its epoch, then its nodes in arrival order, a batch (a pack) at
+/// a time, so a reader never holds the whole stored form and the loaded room at once.
+pub struct RoomReader<'a> {
+    /// Epoch of the arrival numbering.
+    pub epoch: u64,
+    /// Nodes in arrival order, parents before children, in batches. An error ends the read:
+    /// the room must not be used.
+    pub nodes: BoxStream<'a, Result<Vec<Node>, StoreError>>,
+}
+
 /// Where rooms live.
 pub trait Store: Send + Sync + 'static {
-    /// The stored room, or `None` if it has never been written.
+    /// Starts reading a stored room, or `None` if it has never been written.
+    fn read<'a>(
+        &'a self,
+        room: &'a RoomId,
+    ) -> BoxFuture<'a, Result<Option<RoomReader<'a>>, StoreError>>;
+
+    /// The whole stored room at once, or `None` if it has never been written.
     fn load<'a>(
         &'a self,
         room: &'a RoomId,
-    ) -> BoxFuture<'a, Result<Option<StoredRoom>, StoreError>>;
+    ) -> BoxFuture<'a, Result<Option<StoredRoom>, StoreError>> {
+        Box::pin(async move {
+            let Some(reader) = self.read(room).await? else {
+                return Ok(None);
+            };
+            let batches: Vec<Vec<Node>> = reader.nodes.try_collect().await?;
+            Ok(Some(StoredRoom {
+                epoch: reader.epoch,
+                nodes: batches.into_iter().flatten().collect(),
+            }))
+        })
+    }
 
     /// Makes `nodes` (new, in arrival order, following what is stored) part of the room.
     /// Returns only once they are as durable as this store gets; on an error none of them

@@ -13,7 +13,7 @@ use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 
 use super::pack::{self, LAYOUT_VERSION, Manifest, PackEntry};
-use super::{StoreError, StoreReport, StoredRoom};
+use super::{RoomReader, StoreError, StoreReport};
 use crate::node::{Node, RoomId};
 
 /// Packs of one room read at the same time during a load.
@@ -165,20 +165,22 @@ impl Packs {
         Ok(nodes)
     }
 
-    async fn load_room(&self, room: &RoomId) -> Result<Option<StoredRoom>, StoreError> {
+    async fn read_room<'a>(
+        &'a self,
+        room: &'a RoomId,
+    ) -> Result<Option<RoomReader<'a>>, StoreError> {
         let Some(manifest) = self.newest_manifest(room).await? else {
             return Ok(None);
         };
         let epoch = manifest.epoch;
-        let packs: Vec<Vec<Node>> = futures::stream::iter(manifest.packs.clone())
-            .map(|entry| async move { self.read_pack(room, &entry, epoch).await })
-            .buffered(LOAD_CONCURRENCY)
-            .try_collect()
-            .await?;
+        let entries = manifest.packs.clone();
         *self.slot(room)?.manifest.lock().await = Some(manifest);
-        Ok(Some(StoredRoom {
+        let nodes = futures::stream::iter(entries)
+            .map(move |entry| async move { self.read_pack(room, &entry, epoch).await })
+            .buffered(LOAD_CONCURRENCY);
+        Ok(Some(RoomReader {
             epoch,
-            nodes: packs.into_iter().flatten().collect(),
+            nodes: Box::pin(nodes),
         }))
     }
 
@@ -238,24 +240,39 @@ impl Packs {
         if compact && !slot.compacting.swap(true, Ordering::AcqRel) {
             let packs = self.clone();
             let room = room.clone();
-            tokio::spawn(async move {
-                // Appends that came in meanwhile may have made another run: merge until none.
-                loop {
-                    match packs.compact(&room).await {
-                        Ok(true) => continue,
-                        Ok(false) => break,
-                        Err(e) => {
-                            tracing::warn!(error = %e, %room, "compaction failed; retried later");
-                            break;
-                        }
-                    }
-                }
-                if let Ok(slot) = packs.slot(&room) {
-                    slot.compacting.store(false, Ordering::Release);
-                }
-            });
+            tokio::spawn(async move { packs.compact_while_needed(&room, &slot).await });
         }
         Ok(())
+    }
+
+    /// Runs compactions of a room until none is due; the caller set `slot.compacting`.
+    async fn compact_while_needed(&self, room: &RoomId, slot: &RoomSlot) {
+        loop {
+            // Appends that came in meanwhile may have made another run: merge until none.
+            loop {
+                match self.compact(room).await {
+                    Ok(true) => continue,
+                    Ok(false) => break,
+                    Err(e) => {
+                        tracing::warn!(error = %e, %room, "compaction failed; retried later");
+                        slot.compacting.store(false, Ordering::Release);
+                        return;
+                    }
+                }
+            }
+            slot.compacting.store(false, Ordering::Release);
+            // An append that made a run after the last check saw the flag still set and left
+            // it to us: look once more, and carry on unless someone else took over.
+            let due = slot
+                .manifest
+                .lock()
+                .await
+                .as_ref()
+                .is_some_and(|m| compaction_run(m).is_some());
+            if !due || slot.compacting.swap(true, Ordering::AcqRel) {
+                return;
+            }
+        }
     }
 
     /// Creates manifest generation `current + 1` with `next`'s packs; the caller holds the
@@ -443,11 +460,11 @@ impl Packs {
 }
 
 impl super::Store for PackStore {
-    fn load<'a>(
+    fn read<'a>(
         &'a self,
         room: &'a RoomId,
-    ) -> BoxFuture<'a, Result<Option<StoredRoom>, StoreError>> {
-        Box::pin(self.inner.load_room(room))
+    ) -> BoxFuture<'a, Result<Option<RoomReader<'a>>, StoreError>> {
+        Box::pin(self.inner.read_room(room))
     }
 
     fn append<'a>(

@@ -2,76 +2,13 @@
 
 #![allow(clippy::disallowed_methods)] // Tests keep real time.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 mod s3;
+mod serve;
 
-const WEFT: &str = env!("CARGO_BIN_EXE_weft");
-
-/// A `weft serve` process on an ephemeral port.
-struct Serve {
-    child: Child,
-    url: String,
-    /// The relay's store directory if the relay owns it, removed when the test ends.
-    _data: Option<tempfile::TempDir>,
-}
-
-impl Serve {
-    /// A relay over a fresh store directory of its own.
-    fn start() -> Self {
-        let data = tempfile::tempdir().unwrap();
-        let mut serve = Self::start_at(data.path());
-        serve._data = Some(data);
-        serve
-    }
-
-    /// A relay over the store in `store`.
-    fn start_at(store: &std::path::Path) -> Self {
-        let mut child = Command::new(WEFT)
-            .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "text"])
-            .arg("--store")
-            .arg(store)
-            .env("WEFT_LOG", "info")
-            .stderr(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let mut lines = BufReader::new(stderr).lines();
-        // The first log line names the bound address: "... listening on ws://127.0.0.1:PORT/v1/...".
-        let url = loop {
-            let line = lines.next().expect("serve printed its address").unwrap();
-            if let Some(start) = line.find("ws://") {
-                let rest = &line[start..];
-                break rest[..rest.find("/v1").unwrap()].to_owned();
-            }
-        };
-        // Keep draining stderr so the relay never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
-        Self {
-            child,
-            url,
-            _data: None,
-        }
-    }
-
-    fn weft(&self, args: &[&str]) -> std::process::Output {
-        Command::new(WEFT)
-            .args(args)
-            .args(["--server", &self.url, "--timeout", "20"])
-            .output()
-            .unwrap()
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use serve::{Serve, WEFT};
 
 fn stdout(output: &std::process::Output) -> String {
     assert!(

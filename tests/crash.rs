@@ -4,9 +4,9 @@
 
 #![cfg(unix)]
 
+mod serve;
+
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -17,53 +17,9 @@ use weft::client::{Client, ClientConfig};
 use weft::node::{NodeId, RoomId};
 use weft::store::Store;
 
-const WEFT: &str = env!("CARGO_BIN_EXE_weft");
 const CYCLES: usize = 20;
 const WRITERS: usize = 3;
 const ROOM: &str = "crash";
-
-/// A relay process on an ephemeral port over `store`.
-struct Relay {
-    child: Child,
-    url: String,
-}
-
-impl Relay {
-    fn start(store: &std::path::Path) -> Self {
-        let mut child = Command::new(WEFT)
-            .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "text"])
-            .arg("--store")
-            .arg(store)
-            .env("WEFT_LOG", "info")
-            .stderr(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let mut lines = BufReader::new(stderr).lines();
-        let url = loop {
-            let line = lines.next().expect("serve printed its address").unwrap();
-            if let Some(start) = line.find("ws://") {
-                let rest = &line[start..];
-                break rest[..rest.find("/v1").unwrap()].to_owned();
-            }
-        };
-        std::thread::spawn(move || {
-            for line in lines.map_while(Result::ok) {
-                if line.contains("ERROR") || line.contains("WARN") || line.contains("loaded") {
-                    eprintln!("relay: {line}");
-                }
-            }
-        });
-        Self { child, url }
-    }
-
-    /// SIGKILL: no draining, no flushing, no goodbye.
-    fn kill(mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-}
 
 /// Pushes nodes one after another until `stop`, recording each acked id.
 async fn write(url: String, writer: usize, acked: Arc<Mutex<Vec<NodeId>>>, stop: Arc<AtomicBool>) {
@@ -104,7 +60,7 @@ fn nothing_acked_is_lost_across_twenty_kill_9_restarts() {
     // Kill times vary per cycle, reproducibly.
     let mut rng = StdRng::seed_from_u64(0x9e37_79b9);
     for cycle in 0..CYCLES {
-        let relay = Relay::start(data.path());
+        let relay = serve::Serve::start_at(data.path());
         let acked = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
         let writers: Vec<_> = (0..WRITERS)

@@ -208,19 +208,16 @@ impl Packs {
                 current.epoch
             )));
         }
-        let first = current.next_seq();
-        let (bytes, _) = pack::encode_pack(epoch, first, nodes);
-        let entry = PackEntry {
-            name: pack_name(first),
-            first,
-            count: u32::try_from(nodes.len()).unwrap_or(u32::MAX),
-            bytes: bytes.len() as u64,
+        let entry = match self
+            .write_pack(room, epoch, current.next_seq(), nodes)
+            .await
+        {
+            Ok(entry) => entry,
+            Err(e) => {
+                *cached = Some(current);
+                return Err(e);
+            }
         };
-        let path = self.pack_path(room, &entry.name);
-        if !self.create(&path, bytes).await? {
-            *cached = Some(current);
-            return Err(StoreError::Backend(format!("{path} exists already")));
-        }
         let mut next = current.clone();
         next.packs.push(entry);
         let next = match self.publish(room, &current, next).await {
@@ -275,6 +272,28 @@ impl Packs {
         }
     }
 
+    /// Writes `nodes`, numbered from `first`, as a new pack; returns its manifest entry.
+    async fn write_pack(
+        &self,
+        room: &RoomId,
+        epoch: u64,
+        first: u64,
+        nodes: &[Node],
+    ) -> Result<PackEntry, StoreError> {
+        let (bytes, _) = pack::encode_pack(epoch, first, nodes);
+        let entry = PackEntry {
+            name: pack_name(first),
+            first,
+            count: u32::try_from(nodes.len()).unwrap_or(u32::MAX),
+            bytes: bytes.len() as u64,
+        };
+        let path = self.pack_path(room, &entry.name);
+        if !self.create(&path, bytes).await? {
+            return Err(StoreError::Backend(format!("{path} exists already")));
+        }
+        Ok(entry)
+    }
+
     /// Creates manifest generation `current + 1` with `next`'s packs; the caller holds the
     /// room's manifest lock. A generation that exists already means another writer: conflict.
     async fn publish(
@@ -315,17 +334,7 @@ impl Packs {
             nodes.extend(self.read_pack(room, entry, epoch).await?);
         }
         let first = run.first().map_or(1, |entry| entry.first);
-        let (bytes, _) = pack::encode_pack(epoch, first, &nodes);
-        let merged = PackEntry {
-            name: pack_name(first),
-            first,
-            count: u32::try_from(nodes.len()).unwrap_or(u32::MAX),
-            bytes: bytes.len() as u64,
-        };
-        let merged_path = self.pack_path(room, &merged.name);
-        if !self.create(&merged_path, bytes).await? {
-            return Err(StoreError::Backend(format!("{merged_path} exists already")));
-        }
+        let merged = self.write_pack(room, epoch, first, &nodes).await?;
         let mut cached = slot.manifest.lock().await;
         let Some(current) = cached.take() else {
             return Ok(false);

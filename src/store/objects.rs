@@ -125,14 +125,7 @@ impl Packs {
             return Ok(None);
         };
         let path = self.manifest_path(room, generation);
-        let bytes = self
-            .objects
-            .get(&path)
-            .await
-            .map_err(backend)?
-            .bytes()
-            .await
-            .map_err(backend)?;
+        let bytes = self.read_object(&path).await?;
         let manifest = Manifest::decode(&bytes, room)
             .map_err(|e| StoreError::Corrupt(format!("{path}: {e}")))?;
         if manifest.generation != generation {
@@ -144,6 +137,12 @@ impl Packs {
         Ok(Some(manifest))
     }
 
+    /// An object's whole contents.
+    async fn read_object(&self, path: &Path) -> Result<bytes::Bytes, StoreError> {
+        let found = self.objects.get(path).await.map_err(backend)?;
+        found.bytes().await.map_err(backend)
+    }
+
     async fn read_pack(
         &self,
         room: &RoomId,
@@ -151,14 +150,7 @@ impl Packs {
         epoch: u64,
     ) -> Result<Vec<Node>, StoreError> {
         let path = self.pack_path(room, &entry.name);
-        let bytes = self
-            .objects
-            .get(&path)
-            .await
-            .map_err(backend)?
-            .bytes()
-            .await
-            .map_err(backend)?;
+        let bytes = self.read_object(&path).await?;
         let corrupt = |e: pack::FormatError| StoreError::Corrupt(format!("{path}: {e}"));
         let (header, nodes) = pack::decode_pack(&bytes).map_err(corrupt)?;
         pack::check_pack(header, entry, epoch).map_err(corrupt)?;
@@ -421,14 +413,7 @@ impl Packs {
         if !self.create(&probe, payload.clone()).await? {
             return Err(StoreError::Backend(format!("{probe} exists already")));
         }
-        let read = self
-            .objects
-            .get(&probe)
-            .await
-            .map_err(backend)?
-            .bytes()
-            .await
-            .map_err(backend)?;
+        let read = self.read_object(&probe).await?;
         self.objects.delete(&probe).await.map_err(backend)?;
         if read.as_ref() != payload.as_slice() {
             return Err(StoreError::Corrupt(

@@ -27,6 +27,11 @@ const COMPACT_RUN: usize = 16;
 /// How long merged packs stay readable after the manifest that replaced them.
 const MERGED_PACK_GRACE: Duration = Duration::from_secs(30);
 
+/// An unreferenced pack older than this is garbage: left by a writer that stopped between its
+/// pack and its manifest, or during a merge's grace period. Younger ones may be a commit in
+/// flight.
+const GARBAGE_AGE: Duration = Duration::from_secs(3600);
+
 /// Packs this large are left as they are.
 const LARGE_PACK_BYTES: u64 = 64 * 1024 * 1024;
 
@@ -264,6 +269,36 @@ impl Packs {
         }
     }
 
+    /// Deletes the room's unreferenced packs older than [`GARBAGE_AGE`]. Best effort: runs
+    /// after compactions, and a failure only leaves garbage for the next one.
+    #[allow(clippy::disallowed_methods)] // The store is runtime code: it owns the clock.
+    async fn collect_garbage(&self, room: &RoomId) {
+        let referenced: Vec<String> = match self.slot(room) {
+            Ok(slot) => match slot.manifest.lock().await.as_ref() {
+                Some(manifest) => manifest.packs.iter().map(|p| p.name.clone()).collect(),
+                None => return,
+            },
+            Err(_) => return,
+        };
+        let dir = self.room_dir(room).join("packs");
+        let Ok(listed) = self.objects.list(Some(&dir)).try_collect::<Vec<_>>().await else {
+            return;
+        };
+        let listed: Vec<(String, std::time::SystemTime)> = listed
+            .into_iter()
+            .filter_map(|meta| {
+                let name = meta.location.filename()?.to_owned();
+                Some((name, std::time::SystemTime::from(meta.last_modified)))
+            })
+            .collect();
+        for name in garbage(&listed, &referenced, std::time::SystemTime::now()) {
+            let path = self.pack_path(room, &name);
+            if let Err(e) = self.objects.delete(&path).await {
+                tracing::debug!(error = %e, %path, "garbage pack not deleted");
+            }
+        }
+    }
+
     /// Writes `nodes`, numbered from `first`, as a new pack; returns its manifest entry.
     async fn write_pack(
         &self,
@@ -368,6 +403,7 @@ impl Packs {
             }
         });
         tracing::debug!(%room, packs = run.len(), nodes = nodes.len(), "compacted");
+        self.collect_garbage(room).await;
         Ok(true)
     }
 
@@ -479,6 +515,26 @@ impl super::Store for PackStore {
     }
 }
 
+/// Packs in `listed` (name, last modified) that `referenced` does not name and that are older
+/// than [`GARBAGE_AGE`] at `now`.
+fn garbage(
+    listed: &[(String, std::time::SystemTime)],
+    referenced: &[String],
+    now: std::time::SystemTime,
+) -> Vec<String> {
+    listed
+        .iter()
+        .filter(|(name, modified)| {
+            name.ends_with(".pack")
+                && !referenced.contains(name)
+                && now
+                    .duration_since(*modified)
+                    .is_ok_and(|age| age > GARBAGE_AGE)
+        })
+        .map(|(name, _)| name.clone())
+        .collect()
+}
+
 /// A fresh pack name starting at arrival number `first`.
 fn pack_name(first: u64) -> String {
     format!("{first:020}-{:016x}.pack", rand::random::<u64>())
@@ -538,6 +594,21 @@ mod tests {
     fn run_names(sizes: &[u64]) -> Option<(String, usize)> {
         let manifest = manifest(sizes);
         compaction_run(&manifest).map(|run| (run[0].name.clone(), run.len()))
+    }
+
+    #[test]
+    fn only_old_unreferenced_packs_are_garbage() {
+        let now = std::time::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let old = now - GARBAGE_AGE - Duration::from_secs(1);
+        let young = now - Duration::from_secs(5);
+        let listed = vec![
+            ("kept.pack".to_owned(), old),
+            ("orphan.pack".to_owned(), old),
+            ("in-flight.pack".to_owned(), young),
+            ("notes.txt".to_owned(), old),
+        ];
+        let referenced = vec!["kept.pack".to_owned()];
+        assert_eq!(garbage(&listed, &referenced, now), vec!["orphan.pack"]);
     }
 
     #[test]

@@ -121,6 +121,9 @@ pub struct SetIndex {
     /// sketch; sessions that meet one fall back to the prefix tree.
     collisions: u64,
     tree: PrefixTree,
+    /// Bulk loading: inserts skip the sketch levels, which [`build_levels`](Self::build_levels)
+    /// makes in one pass at the end (a fraction of the cost of maintaining them per insert).
+    deferred: bool,
 }
 
 /// Sub-table size (power of two) for decoding `difference` elements.
@@ -147,6 +150,7 @@ impl SetIndex {
             shorts: FastMap::default(),
             collisions: 0,
             tree: PrefixTree::new(),
+            deferred: false,
         }
     }
 
@@ -188,6 +192,9 @@ impl SetIndex {
             std::collections::hash_map::Entry::Occupied(_) => self.collisions += 1,
             std::collections::hash_map::Entry::Vacant(slot) => {
                 slot.insert((id, ordinal));
+                if self.deferred {
+                    return true;
+                }
                 if self.levels.is_empty() {
                     self.levels.push(build_level(std::iter::empty(), MIN_LOG2));
                 }
@@ -220,16 +227,48 @@ impl SetIndex {
         }
         self.shorts = shorts;
         let top = self.top_log2();
+        self.levels = self.pyramid(top);
+        self.deferred = false;
+    }
+
+    /// Starts a bulk load: until [`build_levels`](Self::build_levels), inserts leave the sketch
+    /// levels alone (sketches are then built from the short ids: right, but O(set)).
+    pub fn defer_levels(&mut self) {
+        if !self.deferred {
+            self.deferred = true;
+            self.levels.clear();
+        }
+    }
+
+    /// Ends a bulk load: builds every level, from the short ids once. O(set).
+    pub fn build_levels(&mut self) {
+        if !self.deferred {
+            return;
+        }
+        self.deferred = false;
+        if self.shorts.is_empty() {
+            return;
+        }
+        let wanted = log2_for((self.len() as f64 * MAX_SKETCH_FRACTION) as u64);
+        self.levels = self.pyramid(wanted.max(MIN_LOG2));
+    }
+
+    /// Every level from `MIN_LOG2` to `top`: the top built from the short ids, the rest
+    /// folded from it.
+    fn pyramid(&self, top: u8) -> Vec<Vec<PackedCell>> {
         let mut levels = vec![build_level(self.shorts.keys().copied(), top)];
         for log2 in (MIN_LOG2.saturating_add(1)..=top).rev() {
             let below = levels.last().map(|cells| fold_level(cells, log2));
             levels.extend(below);
         }
         levels.reverse();
-        self.levels = levels;
+        levels
     }
 
     fn grow_if_needed(&mut self) {
+        if self.deferred {
+            return;
+        }
         let top = self.top_log2();
         let wanted = log2_for((self.len() as f64 * MAX_SKETCH_FRACTION) as u64);
         if wanted <= top {
@@ -417,6 +456,36 @@ mod tests {
         }
         assert!(growths >= 6, "{growths} growths");
         assert_eq!(index.top_log2(), log2_for(8_000));
+    }
+
+    /// A bulk load (levels deferred, then built once) ends with the same levels as inserting
+    /// one by one, answers right while deferred, and goes on incrementally afterwards.
+    #[test]
+    fn bulk_loads_build_the_same_levels() {
+        let mut rng = StdRng::seed_from_u64(8);
+        let all = ids(&mut rng, 30_000);
+        let mut one_by_one = SetIndex::new(key());
+        let mut bulk = SetIndex::new(key());
+        bulk.defer_levels();
+        for id in &all[..20_000] {
+            one_by_one.insert(*id);
+            bulk.insert(*id);
+        }
+        // Deferred: sketches come from the short ids, and are right.
+        assert_eq!(bulk.sketch_at(6).unwrap(), fresh(6, &all[..20_000]));
+        bulk.build_levels();
+        assert_eq!(bulk.top_log2(), one_by_one.top_log2());
+        for id in &all[20_000..] {
+            one_by_one.insert(*id);
+            bulk.insert(*id);
+        }
+        assert_eq!(bulk.top_log2(), one_by_one.top_log2());
+        for log2 in MIN_LOG2..=bulk.top_log2() {
+            assert_eq!(
+                bulk.sketch_at(log2).unwrap(),
+                one_by_one.sketch_at(log2).unwrap()
+            );
+        }
     }
 
     #[test]

@@ -133,7 +133,9 @@ pub struct Hub {
 
 impl Hub {
     /// Serves `room`.
-    pub fn new(room: Room, config: HubConfig) -> Self {
+    pub fn new(mut room: Room, config: HubConfig) -> Self {
+        // A room fresh from a bulk load must not answer sketches the slow way.
+        room.warm_indexes();
         Self {
             room,
             config,

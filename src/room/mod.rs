@@ -303,6 +303,9 @@ impl Room {
     }
 
     /// Loads an already-accepted node (from storage): checks it fully, then appends it.
+    /// Restoring is a bulk load: the sketch levels are built once, by
+    /// [`warm_indexes`](Self::warm_indexes), which the loader calls at the end (and
+    /// [`Hub::new`](super::Hub::new) calls again, in case it did not).
     pub fn restore(&mut self, node: Node) -> Result<u64, Rejection> {
         node.check(&self.id, &self.limits)?;
         if let Some(seq) = self.seq_of(&node.id) {
@@ -319,6 +322,7 @@ impl Room {
         if Node::expected_depth(parent_depths) != Some(node.depth) {
             return Err(Rejection::DepthMismatch);
         }
+        self.sets.defer_levels();
         Ok(self.append(node))
     }
 

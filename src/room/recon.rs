@@ -94,9 +94,11 @@ impl Room {
         (path, error)
     }
 
-    /// Hashes the prefix tree where it changed, so that the next session's verification only
-    /// pays for its own difference. The server calls it after loading a room.
+    /// Builds the sketch levels after a bulk load (see [`Room::restore`]) and hashes the
+    /// prefix tree where it changed, so that the next session pays only for its own
+    /// difference. The server calls it after loading a room.
     pub fn warm_indexes(&mut self) {
+        self.sets.build_levels();
         self.sets.root();
     }
 

@@ -28,9 +28,9 @@ pub use presence::{Presence, PresenceUpdate};
 pub use recon::{
     BUCKET_HASH_BYTES, BucketIds, BucketSketch, BucketSketchError, BucketSummary, Buckets,
     FRAME_SLACK, KEY_BYTES, MAX_BUCKET_SKETCH_LOG2, Missing, Retry, SHORT_BYTES, ShortsLengthError,
-    Sketch, TreeRoot, Want, bucket_ids_messages, buckets_messages, missing_messages,
-    pack_bucket_sketches, pack_buckets, pack_shorts, unpack_bucket_sketches, unpack_buckets,
-    unpack_shorts, want_messages,
+    Sketch, TreeRoot, Want, bucket_bitmap_len, bucket_ids_messages, bucket_marked,
+    buckets_messages, mark_bucket, missing_messages, pack_bucket_sketches, pack_buckets,
+    pack_shorts, unpack_bucket_sketches, unpack_buckets, unpack_shorts, want_messages,
 };
 pub use sync::{Batch, CatchUpDone, Credit, Ids, Need};
 

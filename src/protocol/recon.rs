@@ -187,6 +187,25 @@ pub struct Missing {
     pub relist: Bytes,
 }
 
+/// Bytes of a bucket bitmap (`differing`, `relist`) at `depth`: one bit per bucket.
+pub fn bucket_bitmap_len(depth: u8) -> usize {
+    (1usize << (4 * usize::from(depth))).div_ceil(8)
+}
+
+/// Whether `bucket` is marked in a bucket bitmap (bucket `i` is bit `i % 8` of byte `i / 8`).
+pub fn bucket_marked(bitmap: &[u8], bucket: usize) -> bool {
+    bitmap
+        .get(bucket / 8)
+        .is_some_and(|byte| byte & (1 << (bucket % 8)) != 0)
+}
+
+/// Marks `bucket` in a bucket bitmap; a bucket beyond it is ignored.
+pub fn mark_bucket(bitmap: &mut [u8], bucket: usize) {
+    if let Some(byte) = bitmap.get_mut(bucket / 8) {
+        *byte |= 1 << (bucket % 8);
+    }
+}
+
 /// Why packed short ids could not be read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("{0} bytes is not a whole number of 8-byte short ids")]

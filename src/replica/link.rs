@@ -552,16 +552,14 @@ impl Link {
         let sets = replica.sets(key);
         let mine = sets.tree_mut().level(depth);
         let tree = sets.tree();
-        let mut differing = vec![0u8; buckets.div_ceil(8)];
+        let mut differing = vec![0u8; protocol::bucket_bitmap_len(depth)];
         let mut shorts = Vec::new();
         let mut sketches = Vec::new();
         for (bucket, (summary, theirs)) in mine.iter().zip(&theirs).enumerate() {
             if summary.truncated() == *theirs {
                 continue;
             }
-            if let Some(byte) = differing.get_mut(bucket / 8) {
-                *byte |= 1 << (bucket % 8);
-            }
+            protocol::mark_bucket(&mut differing, bucket);
             let Some(prefix) = Prefix::from_index(depth, bucket) else {
                 continue;
             };
@@ -616,17 +614,15 @@ impl Link {
         };
         if !frame.relist.is_empty() {
             let buckets = 1usize << (4 * usize::from(self.refine.depth));
-            if self.refine.relisted || frame.relist.len() != buckets.div_ceil(8) {
+            let expected = protocol::bucket_bitmap_len(self.refine.depth);
+            if self.refine.relisted || frame.relist.len() != expected {
                 return Err(bad("a relist the session cannot follow".into()));
             }
             self.refine.relisted = true;
             let tree = replica.sets(key).tree();
             let mut shorts = Vec::new();
             for bucket in 0..buckets {
-                let listed = frame
-                    .relist
-                    .get(bucket / 8)
-                    .is_some_and(|byte| byte & (1 << (bucket % 8)) != 0);
+                let listed = protocol::bucket_marked(&frame.relist, bucket);
                 if let Some(prefix) = Prefix::from_index(self.refine.depth, bucket)
                     && listed
                 {

@@ -227,7 +227,7 @@ impl Room {
             sketches,
         } = round;
         let buckets = 1usize << (4 * usize::from(depth));
-        let expected = buckets.div_ceil(8);
+        let expected = protocol::bucket_bitmap_len(depth);
         if differing.len() != expected {
             return Err(BucketIdsError::Bitmap {
                 got: differing.len(),
@@ -239,11 +239,6 @@ impl Room {
         if relisting && !sketches.is_empty() {
             return Err(BucketIdsError::Relist);
         }
-        let is_set = |bitmap: &[u8], bucket: usize| {
-            bitmap
-                .get(bucket / 8)
-                .is_some_and(|byte| byte & (1 << (bucket % 8)) != 0)
-        };
         // Per sketched bucket: the client's sketch, and the room's (short id, arrival number)
         // pairs in the bucket as of `at_seq`.
         type Sketched<'a> = (&'a BucketSketch, Vec<(u64, u64)>);
@@ -251,7 +246,7 @@ impl Room {
         for sketch in sketches {
             let bucket = usize::try_from(sketch.bucket)
                 .ok()
-                .filter(|b| *b < buckets && is_set(differing, *b))
+                .filter(|b| *b < buckets && protocol::bucket_marked(differing, *b))
                 .ok_or(BucketIdsError::NotDiffering(sketch.bucket))?;
             if sketched.insert(bucket, (sketch, Vec::new())).is_some() {
                 return Err(BucketIdsError::Duplicate(sketch.bucket));
@@ -268,7 +263,7 @@ impl Room {
         for (seq, entry) in (1u64..).zip(&self.log) {
             let id = &entry.node.id;
             let bucket = prefix_tree::prefix_of(id, depth);
-            let differs = is_set(differing, bucket);
+            let differs = protocol::bucket_marked(differing, bucket);
             let settled_before = seq <= at_seq;
             let visit = if relisting {
                 differs && settled_before
@@ -318,9 +313,7 @@ impl Room {
                     if relist.is_empty() {
                         relist = vec![0u8; expected];
                     }
-                    if let Some(byte) = relist.get_mut(bucket / 8) {
-                        *byte |= 1 << (bucket % 8);
-                    }
+                    protocol::mark_bucket(&mut relist, bucket);
                 }
             }
         }

@@ -1106,7 +1106,7 @@ impl WeftCurrent {
         .to_owned();
         // Ground truth: both hold the union, and the client trusts all of it.
         let union: HashSet<NodeId> = sc.items.iter().map(|(r, _)| sc.node(*r).id).collect();
-        let room_ids: HashSet<NodeId> = hub.room().nodes().map(|n| n.id).collect();
+        let room_ids: HashSet<NodeId> = hub.room().nodes().map(|n| *n.id()).collect();
         let replica_ids: HashSet<NodeId> = replica.ids().copied().collect();
         if room_ids != union {
             t.m.fail(format!(

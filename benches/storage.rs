@@ -323,7 +323,7 @@ async fn write_chain(store: &PackStore, room: &RoomId, n: usize) -> anyhow::Resu
         parent = Some(node.clone());
         batch.push(node);
         if batch.len() == LOAD_COMMIT || i + 1 == n {
-            store.append(room, epoch, &batch).await?;
+            store.append_nodes(room, epoch, &batch).await?;
             batch.clear();
         }
     }

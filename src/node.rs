@@ -362,6 +362,13 @@ impl Node {
         Some(Self::new(room, ids, depth, None, path, Vec::new(), payload))
     }
 
+    /// Decodes a node's wire encoding read back on its own (a stored record), if it decodes
+    /// and its id matches its content in `room`.
+    pub fn decode_checked(encoding: &[u8], room: &RoomId) -> Option<Self> {
+        let node: Node = rmp_serde::from_slice(encoding).ok()?;
+        (node.content_id(room) == node.id).then_some(node)
+    }
+
     /// The id this node's content hashes to in `room` (ignores the claimed `id`).
     pub fn content_id(&self, room: &RoomId) -> NodeId {
         let mut h = blake3::Hasher::new();

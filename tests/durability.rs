@@ -197,7 +197,7 @@ async fn concurrent_first_connects_share_one_load() {
         nodes.push(node(r, &parents, "doc", &format!("n{i}")));
         if i % 100 == 99 {
             writer
-                .append(&room(r), 3, &nodes[i - 99..=i])
+                .append_nodes(&room(r), 3, &nodes[i - 99..=i])
                 .await
                 .unwrap();
         }
@@ -238,7 +238,7 @@ async fn an_unreadable_store_is_not_an_empty_room() {
     let writer = PackStore::new(objects.clone(), Path::from("relay"), "setup".into());
     let stored = node(r, &[], "doc", "kept");
     writer
-        .append(&room(r), 9, std::slice::from_ref(&stored))
+        .append_nodes(&room(r), 9, std::slice::from_ref(&stored))
         .await
         .unwrap();
     // Tear the stored pack: the load must fail, not return a room without it.

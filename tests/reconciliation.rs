@@ -250,7 +250,7 @@ fn reconcile(history: &History, synced: bool) -> Vec<Plan> {
     assert!(first.relay_errors.is_empty(), "{:?}", first.relay_errors);
     assert!(first.closes.is_empty(), "{:?}", first.closes);
     let union = history.union();
-    let room: HashSet<NodeId> = hub.room().nodes().map(|n| n.id).collect();
+    let room: HashSet<NodeId> = hub.room().nodes().map(|n| *n.id()).collect();
     let held: HashSet<NodeId> = replica.ids().copied().collect();
     assert_eq!(room.len(), union.len(), "relay holds the union");
     assert_eq!(room, union);
@@ -338,7 +338,7 @@ fn relay_lost_synced_nodes() -> (History, Hub, Replica) {
 
 /// Both sides hold the union, the client trusts all of it, and the next session agrees.
 fn assert_converged(history: &History, hub: &mut Hub, replica: &mut Replica) {
-    let room: HashSet<NodeId> = hub.room().nodes().map(|n| n.id).collect();
+    let room: HashSet<NodeId> = hub.room().nodes().map(|n| *n.id()).collect();
     assert_eq!(room, history.union());
     let held: HashSet<NodeId> = replica.ids().copied().collect();
     assert_eq!(held, history.union());
@@ -832,7 +832,7 @@ fn inconsistent_counts_in_hints_cannot_break_a_session() {
         let session = connect_with_hello(&mut hub, &mut replica, hello.encode().unwrap());
         assert_eq!(session.link_error, None, "{unsynced} {count:?}");
         assert!(session.closes.is_empty());
-        let room: HashSet<NodeId> = hub.room().nodes().map(|n| n.id).collect();
+        let room: HashSet<NodeId> = hub.room().nodes().map(|n| *n.id()).collect();
         let held: HashSet<NodeId> = replica.ids().copied().collect();
         assert_eq!(
             room,

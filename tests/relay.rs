@@ -730,7 +730,7 @@ async fn a_thousand_differences_against_a_large_room_converge_by_sketch() {
     let store = Arc::new(PackStore::memory());
     let mut history = shared.clone();
     history.extend(relay_only.iter().cloned());
-    store.append(&room(name), 1, &history).await.unwrap();
+    store.append_nodes(&room(name), 1, &history).await.unwrap();
     let relay = Relay::start_with_store(ServerConfig::default(), store).await;
 
     let mut replica = Replica::new(room(name));

@@ -114,8 +114,8 @@ fn appends_survive_a_restart_in_order() {
             assert!(store.load(&r).await.unwrap().is_none(), "never written");
             let first = chain(&r, None, 5, "a");
             let second = chain(&r, first.last(), 3, "b");
-            store.append(&r, 77, &first).await.unwrap();
-            store.append(&r, 77, &second).await.unwrap();
+            store.append_nodes(&r, 77, &first).await.unwrap();
+            store.append_nodes(&r, 77, &second).await.unwrap();
             // A new relay process over the same objects.
             let loaded = backend.store().load(&r).await.unwrap().unwrap();
             assert_eq!(loaded.epoch, 77);
@@ -145,12 +145,12 @@ fn a_second_writer_is_fenced_by_conditional_puts() {
             let a = backend.store();
             let b = backend.store();
             let base = chain(&r, None, 2, "base");
-            a.append(&r, 5, &base).await.unwrap();
+            a.append_nodes(&r, 5, &base).await.unwrap();
             assert_eq!(b.load(&r).await.unwrap().unwrap().nodes, base);
             let from_a = chain(&r, base.last(), 2, "a");
-            a.append(&r, 5, &from_a).await.unwrap();
+            a.append_nodes(&r, 5, &from_a).await.unwrap();
             let from_b = chain(&r, base.last(), 2, "b");
-            let refused = b.append(&r, 5, &from_b).await;
+            let refused = b.append_nodes(&r, 5, &from_b).await;
             assert!(
                 matches!(refused, Err(StoreError::Conflict(_))),
                 "{}: {refused:?}",
@@ -159,11 +159,11 @@ fn a_second_writer_is_fenced_by_conditional_puts() {
             // B reloads, sees A's nodes, and its next write lands after them.
             let seen = b.load(&r).await.unwrap().unwrap();
             assert_eq!(seen.nodes.len(), 4);
-            b.append(&r, 5, &from_b).await.unwrap();
+            b.append_nodes(&r, 5, &from_b).await.unwrap();
             // Now A is the stale one.
             let late = chain(&r, from_a.last(), 1, "late");
             assert!(matches!(
-                a.append(&r, 5, &late).await,
+                a.append_nodes(&r, 5, &late).await,
                 Err(StoreError::Conflict(_))
             ));
             let all = backend.store().load(&r).await.unwrap().unwrap().nodes;
@@ -184,7 +184,7 @@ fn torn_packs_are_detected_and_unreferenced_packs_ignored() {
             let r = room("torn");
             let store = backend.store();
             let nodes = chain(&r, None, 4, "t");
-            store.append(&r, 1, &nodes).await.unwrap();
+            store.append_nodes(&r, 1, &nodes).await.unwrap();
             // A pack nobody references, as if the relay died before writing the manifest.
             let orphan = Path::from("suite/rooms/r-torn/packs/00000000000000000005-00.pack");
             objects
@@ -272,7 +272,7 @@ fn small_packs_are_compacted_in_the_background() {
             let nodes = chain(&r, None, 40, "c");
             for node in &nodes {
                 store
-                    .append(&r, 4, std::slice::from_ref(node))
+                    .append_nodes(&r, 4, std::slice::from_ref(node))
                     .await
                     .unwrap();
             }
@@ -298,9 +298,82 @@ fn small_packs_are_compacted_in_the_background() {
             assert!(stored_packs <= 40 + 3, "{stored_packs} pack objects");
             // Appending goes on after compaction.
             let more = chain(&r, nodes.last(), 2, "after");
-            store.append(&r, 4, &more).await.unwrap();
+            store.append_nodes(&r, 4, &more).await.unwrap();
             let loaded = backend.store().load(&r).await.unwrap().unwrap();
             assert_eq!(loaded.nodes.len(), 42);
+        })
+    });
+}
+
+/// Stored records come back by arrival number with range reads: through a store that wrote
+/// them, through a fresh one, after the packs were merged, and through a store whose cached
+/// manifest still names packs that were merged and deleted since.
+#[test]
+fn stored_records_are_read_back_by_arrival_number() {
+    each_backend(|backend| {
+        Box::pin(async move {
+            let name = backend.name();
+            let r = room("read-back");
+            let writer = backend.store();
+            let nodes = chain(&r, None, 40, "rb");
+            let record = |seq: u64| weft::protocol::encode_node(&nodes[seq as usize - 1]);
+            for node in &nodes[..15] {
+                writer
+                    .append_nodes(&r, 4, std::slice::from_ref(node))
+                    .await
+                    .unwrap();
+            }
+            // A second process reads some records now and keeps its view of the packs.
+            let stale = backend.store();
+            let early: Vec<u64> = (1..=15).collect();
+            let got = stale.fetch(&r, &early).await.unwrap();
+            assert_eq!(got, early.iter().map(|s| record(*s)).collect::<Vec<_>>());
+
+            for node in &nodes[15..] {
+                writer
+                    .append_nodes(&r, 4, std::slice::from_ref(node))
+                    .await
+                    .unwrap();
+            }
+            let objects = backend.objects();
+            let mut manifest = newest_manifest(&objects, &r).await;
+            for _ in 0..200 {
+                if manifest.packs.len() < 16 {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                manifest = newest_manifest(&objects, &r).await;
+            }
+            assert!(manifest.packs.len() < 16, "{name}: not compacted");
+
+            let wanted = [1, 2, 17, 33, 40];
+            let expected: Vec<Bytes> = wanted.iter().map(|s| record(*s)).collect();
+            assert_eq!(writer.fetch(&r, &wanted).await.unwrap(), expected, "{name}");
+            assert_eq!(backend.store().fetch(&r, &wanted).await.unwrap(), expected);
+            writer.release(&r);
+            assert_eq!(writer.fetch(&r, &wanted).await.unwrap(), expected, "{name}");
+
+            // The merged packs' grace period is over: only the packs the manifest names remain.
+            let dir = Path::from("suite/rooms/r-read-back/packs");
+            let listed: Vec<_> = objects.list(Some(&dir)).collect().await;
+            for meta in listed {
+                let path = meta.unwrap().location;
+                let file = path.filename().unwrap().to_owned();
+                if !manifest.packs.iter().any(|p| p.name == file) {
+                    objects.delete(&path).await.unwrap();
+                }
+            }
+            assert_eq!(
+                stale.fetch(&r, &[2, 30]).await.unwrap(),
+                [record(2), record(30)]
+            );
+
+            // Numbers the room does not have, and a room that was never stored.
+            assert!(matches!(
+                writer.fetch(&r, &[41]).await,
+                Err(StoreError::Corrupt(_))
+            ));
+            assert!(writer.fetch(&room("never-stored"), &[1]).await.is_err());
         })
     });
 }

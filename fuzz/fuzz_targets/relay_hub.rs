@@ -362,11 +362,11 @@ impl World {
                     for (id, outcome) in pack.iter().zip(&ack.outcomes) {
                         match outcome {
                             Outcome::Accepted(seq) => {
-                                assert_eq!(room.node_at(*seq).map(|n| n.id), Some(*id));
+                                assert_eq!(room.node_at(*seq).map(|n| *n.id()), Some(*id));
                                 admitted_for_sender.insert(*id);
                             }
                             Outcome::Duplicate(seq) => {
-                                assert_eq!(room.node_at(*seq).map(|n| n.id), Some(*id));
+                                assert_eq!(room.node_at(*seq).map(|n| *n.id()), Some(*id));
                             }
                             Outcome::Pending | Outcome::Rejected(_) => {}
                         }
@@ -376,7 +376,7 @@ impl World {
                     assert!(!b.nodes.is_empty());
                     for (k, node) in b.nodes.iter().enumerate() {
                         let seq = b.first_seq + k as u64;
-                        assert_eq!(room.node_at(seq).map(|n| n.id), Some(node.id));
+                        assert_eq!(room.node_at(seq).map(|n| *n.id()), Some(node.id));
                         if let Some(s) = sender {
                             assert!(
                                 !(to.contains(&s) && admitted_for_sender.contains(&node.id)),
@@ -389,7 +389,7 @@ impl World {
                     for (id, outcome) in &r.outcomes {
                         match outcome {
                             Outcome::Accepted(seq) => {
-                                assert_eq!(room.node_at(*seq).map(|n| n.id), Some(*id));
+                                assert_eq!(room.node_at(*seq).map(|n| *n.id()), Some(*id));
                             }
                             Outcome::Rejected(_) => {}
                             other => panic!("resolved carries {other:?}"),
@@ -623,7 +623,21 @@ impl World {
 
     fn check_room(&self) {
         let room = self.hub.room();
-        let nodes: Vec<&Node> = room.nodes().collect();
+        let nodes: Vec<Node> = room
+            .nodes()
+            .map(|logged| {
+                let node = logged.node().expect("the fuzzed room keeps every encoding");
+                let kept = (logged.id(), logged.parents(), logged.depth(), logged.path());
+                let decoded = (
+                    &node.id,
+                    node.parents.as_slice(),
+                    node.depth,
+                    node.path.as_str(),
+                );
+                assert_eq!(kept, decoded, "what the room keeps is the node's");
+                node
+            })
+            .collect();
         assert_eq!(room.seq(), nodes.len() as u64);
         assert_eq!(room.digest(), SetDigest::of(nodes.iter().map(|n| &n.id)));
         let mut named_as_parent = HashSet::new();

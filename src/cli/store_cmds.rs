@@ -4,8 +4,10 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, bail};
+use bytes::Bytes;
 use clap::{Args, Subcommand};
 use weft::node::{NodeLimits, RoomId};
+use weft::protocol;
 use weft::room::{OrphanLimits, Room};
 use weft::store::{self, Store, pack};
 
@@ -81,7 +83,8 @@ pub async fn export(args: ExportArgs) -> anyhow::Result<()> {
     let Some(stored) = store.load(&args.room).await? else {
         bail!("room {} is not in {}", args.room, args.location.store);
     };
-    let (bytes, _) = pack::encode_pack(stored.epoch, 1, &stored.nodes);
+    let records: Vec<Bytes> = stored.nodes.iter().map(protocol::encode_node).collect();
+    let (bytes, _) = pack::encode_pack(stored.epoch, 1, &records);
     // Written aside, then renamed: an interrupted export never leaves half a file behind.
     let partial = args.out.with_extension("partial");
     std::fs::write(&partial, &bytes)
@@ -103,7 +106,7 @@ pub async fn export(args: ExportArgs) -> anyhow::Result<()> {
 pub async fn import(args: ImportArgs) -> anyhow::Result<()> {
     let bytes = std::fs::read(&args.input)
         .with_context(|| format!("cannot read {}", args.input.display()))?;
-    let (header, nodes) = pack::decode_pack(&bytes).with_context(|| {
+    let (header, nodes, _) = pack::decode_pack(&bytes).with_context(|| {
         format!(
             "{} is not an export of room {}",
             args.input.display(),
@@ -129,9 +132,11 @@ pub async fn import(args: ImportArgs) -> anyhow::Result<()> {
         room.restore(node)
             .map_err(|reason| anyhow::anyhow!("node {id} cannot be imported: {reason}"))?;
     }
-    let fresh: Vec<_> = (before + 1..=room.seq())
-        .filter_map(|seq| room.node_at(seq).cloned())
+    // The room was built without a payload budget: every encoding is resident.
+    let fresh: Option<Vec<Bytes>> = (before + 1..=room.seq())
+        .map(|seq| room.wire_at(seq).cloned())
         .collect();
+    let fresh = fresh.context("an imported node lost its encoding")?;
     store.append(&args.room, epoch, &fresh).await?;
     println!(
         "imported {} new nodes into room {} ({} in total)",

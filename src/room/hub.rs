@@ -1,6 +1,6 @@
 //! A room plus the relay sessions connected to it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -74,6 +74,9 @@ pub struct Outbox {
     pub frames: Vec<Outgoing>,
     /// Sessions to close after their frames are queued. The hub has already forgotten them.
     pub closes: Vec<(SessionId, CloseCode)>,
+    /// Stored nodes (arrival numbers, ascending) whose encodings catch-up needs back from the
+    /// store: hand the result to [`Hub::fetched`].
+    pub fetches: Vec<Vec<u64>>,
 }
 
 /// Where a session's sketch reconciliation stands.
@@ -116,6 +119,8 @@ struct Member {
     presence: Bytes,
     /// Set until `hello` arrives.
     handshake_deadline: Option<Instant>,
+    /// Catch-up waits for the store to return this node's encoding.
+    waiting_on: Option<u64>,
 }
 
 /// A room and its sessions. Every input is a method; every output is an [`Outbox`].
@@ -129,6 +134,8 @@ pub struct Hub {
     room: Room,
     config: HubConfig,
     members: BTreeMap<SessionId, Member>,
+    /// Nodes asked of the store and not back yet, so no read is asked twice.
+    fetching: HashSet<u64>,
 }
 
 impl Hub {
@@ -140,7 +147,64 @@ impl Hub {
             room,
             config,
             members: BTreeMap::new(),
+            fetching: HashSet::new(),
         }
+    }
+
+    /// Nodes up to `seq` are in the store (see [`Room::mark_stored`]).
+    pub fn mark_stored(&mut self, seq: u64) {
+        self.room.mark_stored(seq);
+    }
+
+    /// The store answered a fetch the hub asked for in [`Outbox::fetches`]: the encodings of
+    /// `seqs`, in order, or why it could not. Sessions waiting for them carry on; a session
+    /// whose next node cannot be read back gets `StoreUnavailable` and is closed, since its
+    /// catch-up cannot continue (it may reconnect and resume).
+    pub fn fetched(&mut self, seqs: &[u64], records: Result<Vec<Bytes>, String>) -> Outbox {
+        let mut out = Outbox::default();
+        let mut failed: HashSet<u64> = HashSet::new();
+        match records {
+            Ok(records) if records.len() == seqs.len() => {
+                for (seq, record) in seqs.iter().zip(records) {
+                    if let Err(e) = self.room.restore_payload(*seq, record) {
+                        tracing::error!(error = %e, "a record read back from the store is wrong");
+                        failed.insert(*seq);
+                    }
+                }
+            }
+            Ok(records) => {
+                tracing::error!(asked = seqs.len(), got = records.len(), "short read");
+                failed.extend(seqs);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "catch-up read from the store failed");
+                failed.extend(seqs);
+            }
+        }
+        for seq in seqs {
+            self.fetching.remove(seq);
+        }
+        let waiting: Vec<(SessionId, u64)> = self
+            .members
+            .iter()
+            .filter_map(|(id, m)| Some((*id, m.waiting_on?)))
+            .collect();
+        for (id, seq) in waiting {
+            if failed.contains(&seq) {
+                let error = ErrorMessage::new(
+                    ErrorCode::StoreUnavailable,
+                    None,
+                    "the relay could not read stored history; reconnect to resume",
+                );
+                self.send(Audience::One(id), Message::ErrorMessage(error), &mut out);
+                self.close(id, CloseCode::StoreUnavailable, &mut out);
+            } else if let Some(member) = self.members.get_mut(&id) {
+                member.waiting_on = None;
+                self.pump(id, &mut out);
+            }
+        }
+        self.room.trim_payloads();
+        out
     }
 
     /// The room.
@@ -166,6 +230,7 @@ impl Hub {
                 verify_root: false,
                 presence: Bytes::new(),
                 handshake_deadline: deadline,
+                waiting_on: None,
             },
         );
     }
@@ -527,6 +592,7 @@ impl Hub {
     fn start_stream(&mut self, id: SessionId, cursor: Cursor, out: &mut Outbox) {
         if let Some(member) = self.members.get_mut(&id) {
             member.cursor = Some(cursor);
+            member.waiting_on = None;
             member.recon = Recon::Idle;
             member.session.need_sent();
         }
@@ -566,7 +632,10 @@ impl Hub {
             let Some(member) = self.members.get_mut(&id) else {
                 return;
             };
-            if !member.session.is_catching_up() || member.session.credit() == 0 {
+            if !member.session.is_catching_up()
+                || member.session.credit() == 0
+                || member.waiting_on.is_some()
+            {
                 return;
             }
             let Some(cursor) = member.cursor.as_mut() else {
@@ -580,6 +649,17 @@ impl Hub {
                         frame,
                         paced: true,
                     });
+                }
+                BatchStep::Fetch(seqs) => {
+                    member.waiting_on = seqs.first().copied();
+                    let new: Vec<u64> = seqs
+                        .into_iter()
+                        .filter(|seq| self.fetching.insert(*seq))
+                        .collect();
+                    if !new.is_empty() {
+                        out.fetches.push(new);
+                    }
+                    return;
                 }
                 BatchStep::Done => {
                     member.cursor = None;

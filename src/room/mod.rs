@@ -12,7 +12,7 @@ mod hub;
 mod orphans;
 mod recon;
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::time::Instant;
 
 use crate::node::{Node, NodeId, NodeLimits, Rejection, RoomId};
@@ -61,7 +61,7 @@ pub struct Room {
     id: RoomId,
     epoch: u64,
     limits: NodeLimits,
-    log: Vec<Entry>,
+    log: Vec<LoggedNode>,
     index: FastMap<NodeId, u64>,
     heads: HashSet<NodeId>,
     digest: SetDigest,
@@ -70,6 +70,35 @@ pub struct Room {
     /// Difference estimator of the logged set, for sizing sketches.
     estimator: Estimator,
     orphans: orphans::Orphans,
+    payloads: Payloads,
+}
+
+/// Which node encodings stay in memory. Nodes up to `stored_through` are in the store and may
+/// give theirs up: the oldest first, so what stays is the newest history (what reconnecting
+/// clients lack), plus what was read back lately for a catch-up, which goes first.
+#[derive(Debug)]
+struct Payloads {
+    /// Encoded bytes that may stay resident.
+    budget: usize,
+    /// Encoded bytes resident now.
+    resident: usize,
+    /// Nodes up to this arrival number are stored, and may be evicted.
+    stored_through: u64,
+    /// Nodes below this arrival number were considered for eviction in arrival order.
+    next_oldest: u64,
+    /// Nodes made resident again by [`Room::restore_payload`], oldest first.
+    read_back: VecDeque<u64>,
+}
+
+/// Why a payload read back from the store was not taken.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PayloadError {
+    /// No node has that arrival number.
+    #[error("no node {0}")]
+    Unknown(u64),
+    /// The record is not the node with that arrival number.
+    #[error("stored record of node {0} does not match its id")]
+    Mismatch(u64),
 }
 
 /// Where a session's catch-up stands: an explicit ascending list of arrival numbers to send,
@@ -95,23 +124,67 @@ pub enum BatchStep {
     },
     /// Nothing left: the cursor reached the end of the log.
     Done,
+    /// The next nodes' encodings are not in memory: read these arrival numbers back from the
+    /// store (about one batch's worth, ascending), hand them to
+    /// [`Room::restore_payload`], and ask again.
+    Fetch(Vec<u64>),
 }
 
-/// An accepted node and its wire encoding, made once on admission and shared by every
-/// `batch` and `broadcast` that carries it. The node's payload is a slice of `wire`, so the
-/// payload is held once.
-struct Entry {
-    node: Node,
-    wire: Bytes,
+/// An accepted node as the room keeps it: what reconciliation, catch-up and admission need,
+/// and its wire encoding (made once, shared by every `batch` and `broadcast` that carries it)
+/// while it is resident. The author, blobs and payload are only in the encoding.
+#[derive(Debug)]
+pub struct LoggedNode {
+    id: NodeId,
+    depth: u64,
+    parents: Box<[NodeId]>,
+    path: Box<str>,
+    /// Length of the encoding, known even while it is not resident.
+    wire_len: u32,
+    wire: Option<Bytes>,
 }
 
-impl Entry {
-    fn new(mut node: Node) -> Self {
+impl LoggedNode {
+    fn new(node: Node) -> Self {
         let wire = protocol::encode_node(&node);
-        // The payload is the encoding's last field: share it instead of holding it twice.
-        let payload_start = wire.len().saturating_sub(node.payload.len());
-        node.payload = wire.slice(payload_start..);
-        Self { node, wire }
+        Self {
+            id: node.id,
+            depth: node.depth,
+            parents: node.parents.into_boxed_slice(),
+            path: node.path.into_boxed_str(),
+            wire_len: u32::try_from(wire.len()).unwrap_or(u32::MAX),
+            wire: Some(wire),
+        }
+    }
+
+    /// The node's id.
+    pub fn id(&self) -> &NodeId {
+        &self.id
+    }
+
+    /// Its depth.
+    pub fn depth(&self) -> u64 {
+        self.depth
+    }
+
+    /// Its parents, ascending.
+    pub fn parents(&self) -> &[NodeId] {
+        &self.parents
+    }
+
+    /// Its path.
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// Its wire encoding, if resident.
+    pub fn wire(&self) -> Option<&Bytes> {
+        self.wire.as_ref()
+    }
+
+    /// The whole node, decoded from its encoding, if resident.
+    pub fn node(&self) -> Option<Node> {
+        rmp_serde::from_slice(self.wire.as_ref()?).ok()
     }
 }
 
@@ -130,7 +203,26 @@ impl Room {
             sets: SetIndex::new(key),
             estimator: Estimator::new(),
             orphans: orphans::Orphans::new(orphan_limits),
+            payloads: Payloads {
+                budget: usize::MAX,
+                resident: 0,
+                stored_through: 0,
+                next_oldest: 1,
+                read_back: VecDeque::new(),
+            },
         }
+    }
+
+    /// Keeps at most about `bytes` of stored node encodings in memory (unlimited by
+    /// default); the rest is read back from the store when a catch-up needs it.
+    pub fn with_payload_budget(mut self, bytes: usize) -> Self {
+        self.payloads.budget = bytes;
+        self
+    }
+
+    /// Encoded bytes of the nodes resident in memory.
+    pub fn resident_payload_bytes(&self) -> usize {
+        self.payloads.resident
     }
 
     /// The room's id.
@@ -169,28 +261,29 @@ impl Room {
     }
 
     /// The node with an arrival number.
-    pub fn node_at(&self, seq: u64) -> Option<&Node> {
-        self.entry_at(seq).map(|e| &e.node)
-    }
-
-    /// The wire encoding of the node with an arrival number.
-    pub fn wire_at(&self, seq: u64) -> Option<&Bytes> {
-        self.entry_at(seq).map(|e| &e.wire)
-    }
-
-    fn entry_at(&self, seq: u64) -> Option<&Entry> {
+    pub fn node_at(&self, seq: u64) -> Option<&LoggedNode> {
         let index = usize::try_from(seq.checked_sub(1)?).ok()?;
         self.log.get(index)
     }
 
+    fn node_at_mut(&mut self, seq: u64) -> Option<&mut LoggedNode> {
+        let index = usize::try_from(seq.checked_sub(1)?).ok()?;
+        self.log.get_mut(index)
+    }
+
+    /// The wire encoding of the node with an arrival number, if resident.
+    pub fn wire_at(&self, seq: u64) -> Option<&Bytes> {
+        self.node_at(seq)?.wire()
+    }
+
     /// An accepted node by id.
-    pub fn get(&self, id: &NodeId) -> Option<&Node> {
+    pub fn get(&self, id: &NodeId) -> Option<&LoggedNode> {
         self.node_at(self.seq_of(id)?)
     }
 
     /// Every accepted node in arrival order.
-    pub fn nodes(&self) -> impl Iterator<Item = &Node> {
-        self.log.iter().map(|e| &e.node)
+    pub fn nodes(&self) -> impl Iterator<Item = &LoggedNode> {
+        self.log.iter()
     }
 
     /// Earliest time an orphan expires, for the driver's timer.
@@ -255,7 +348,7 @@ impl Room {
             .parents
             .iter()
             .filter_map(|p| self.get(p))
-            .map(|p| p.depth);
+            .map(LoggedNode::depth);
         if Node::expected_depth(parent_depths) != Some(node.depth) {
             return Outcome::Rejected(Rejection::DepthMismatch);
         }
@@ -298,8 +391,62 @@ impl Room {
         self.sets.insert(node.id);
         self.estimator.insert(&node.id);
         self.index.insert(node.id, self.seq().saturating_add(1));
-        self.log.push(Entry::new(node));
+        let logged = LoggedNode::new(node);
+        self.payloads.resident = self
+            .payloads
+            .resident
+            .saturating_add(logged.wire_len as usize);
+        self.log.push(logged);
         self.seq()
+    }
+
+    /// Nodes up to `seq` are in the store: their encodings may leave memory, down to the
+    /// payload budget.
+    pub fn mark_stored(&mut self, seq: u64) {
+        self.payloads.stored_through = self.payloads.stored_through.max(seq.min(self.seq()));
+        self.trim_payloads();
+    }
+
+    /// Takes back the encoding of the stored node `seq`, read from the store: it must be the
+    /// node's own encoding (its content hashes to the node's id in this room). It stays
+    /// resident until [`trim_payloads`](Self::trim_payloads) makes room.
+    pub fn restore_payload(&mut self, seq: u64, record: Bytes) -> Result<(), PayloadError> {
+        let room = self.id.clone();
+        let logged = self.node_at(seq).ok_or(PayloadError::Unknown(seq))?;
+        if logged.wire.is_some() {
+            return Ok(());
+        }
+        let expected = logged.id;
+        let node = Node::decode_checked(&record, &room);
+        if node.is_none_or(|node| node.id != expected) {
+            return Err(PayloadError::Mismatch(seq));
+        }
+        let len = record.len();
+        if let Some(logged) = self.node_at_mut(seq) {
+            logged.wire = Some(record);
+        }
+        self.payloads.resident = self.payloads.resident.saturating_add(len);
+        self.payloads.read_back.push_back(seq);
+        Ok(())
+    }
+
+    /// Evicts stored encodings while more than the budget is resident: those read back
+    /// first, then the oldest.
+    pub fn trim_payloads(&mut self) {
+        while self.payloads.resident > self.payloads.budget {
+            let seq = match self.payloads.read_back.pop_front() {
+                Some(seq) => seq,
+                None if self.payloads.next_oldest <= self.payloads.stored_through => {
+                    let seq = self.payloads.next_oldest;
+                    self.payloads.next_oldest += 1;
+                    seq
+                }
+                None => return,
+            };
+            if let Some(wire) = self.node_at_mut(seq).and_then(|n| n.wire.take()) {
+                self.payloads.resident = self.payloads.resident.saturating_sub(wire.len());
+            }
+        }
     }
 
     /// Loads an already-accepted node (from storage): checks it fully, then appends it.
@@ -314,7 +461,7 @@ impl Room {
         let parent_depths: Option<Vec<u64>> = node
             .parents
             .iter()
-            .map(|p| self.get(p).map(|p| p.depth))
+            .map(|p| self.get(p).map(LoggedNode::depth))
             .collect();
         let Some(parent_depths) = parent_depths else {
             return Err(Rejection::DepthMismatch);
@@ -323,7 +470,9 @@ impl Room {
             return Err(Rejection::DepthMismatch);
         }
         self.sets.defer_levels();
-        Ok(self.append(node))
+        let seq = self.append(node);
+        self.mark_stored(seq);
+        Ok(seq)
     }
 
     /// Expires orphans whose time is up; returns `(origin, id)` of each.
@@ -396,12 +545,20 @@ impl Room {
     }
 
     /// The next batch of at most `budget` bytes (always at least one node when any is left, so
-    /// a large node never stalls catch-up). Copies the stored encodings; encodes nothing.
+    /// a large node never stalls catch-up). Copies the stored encodings; encodes nothing. A
+    /// batch ends before the first node whose encoding is not resident; when that node is
+    /// next, the answer is [`BatchStep::Fetch`].
     pub fn next_batch(&self, cursor: &mut Cursor, budget: usize) -> BatchStep {
         let mut wires: Vec<&Bytes> = Vec::new();
         let mut size = protocol::BATCH_OVERHEAD;
         while let Some(seq) = self.cursor_next(cursor) {
-            let Some(wire) = self.wire_at(seq) else { break };
+            let Some(node) = self.node_at(seq) else { break };
+            let Some(wire) = node.wire() else {
+                if wires.is_empty() {
+                    return BatchStep::Fetch(self.cold_run(cursor, budget));
+                }
+                break;
+            };
             if !wires.is_empty() && size.saturating_add(wire.len()) > budget {
                 break;
             }
@@ -426,6 +583,25 @@ impl Room {
             count: wires.len(),
             frame,
         }
+    }
+
+    /// The non-resident nodes among the next batch's worth (`budget` bytes) from the cursor.
+    fn cold_run(&self, cursor: &Cursor, budget: usize) -> Vec<u64> {
+        let explicit = cursor.explicit.get(cursor.pos..).unwrap_or_default();
+        let tail = cursor.tail_next..=self.seq();
+        let mut size = protocol::BATCH_OVERHEAD;
+        let mut cold = Vec::new();
+        for seq in explicit.iter().copied().chain(tail) {
+            let Some(node) = self.node_at(seq) else { break };
+            if !cold.is_empty() && size.saturating_add(node.wire_len as usize) > budget {
+                break;
+            }
+            size = size.saturating_add(node.wire_len as usize);
+            if node.wire.is_none() {
+                cold.push(seq);
+            }
+        }
+        cold
     }
 
     fn cursor_next(&self, cursor: &Cursor) -> Option<u64> {

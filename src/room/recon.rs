@@ -261,7 +261,7 @@ impl Room {
         let key = *self.sets.key();
         let mut lacking = Vec::new();
         for (seq, entry) in (1u64..).zip(&self.log) {
-            let id = &entry.node.id;
+            let id = &entry.id;
             let bucket = prefix_tree::prefix_of(id, depth);
             let differs = protocol::bucket_marked(differing, bucket);
             let settled_before = seq <= at_seq;

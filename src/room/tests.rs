@@ -58,7 +58,7 @@ fn snapshot(room: &Room) -> Snapshot {
         seq: room.seq(),
         digest: room.digest(),
         heads: room.heads().copied().collect(),
-        log: room.nodes().map(|n| n.id).collect(),
+        log: room.nodes().map(|n| *n.id()).collect(),
         orphans: room.orphan_count(),
     }
 }
@@ -115,7 +115,7 @@ fn orphan_waits_then_is_admitted_when_its_parent_arrives() {
     assert_eq!(sub.outcomes, vec![Outcome::Pending]);
     assert!(sub.admitted.is_empty());
     assert_eq!((room.seq(), room.orphan_count()), (0, 1));
-    assert_eq!(room.get(&child.id), None);
+    assert!(room.get(&child.id).is_none());
     // Resubmitting a waiting orphan (here from another session) is still pending, is not
     // stored twice, and both senders hear the final outcome.
     let again = room.submit(3, vec![child.clone()], now);
@@ -168,9 +168,9 @@ fn orphan_chain_is_released_in_cascade_parents_first() {
     let seqs: Vec<u64> = sub.admitted.iter().map(|a| a.seq).collect();
     assert_eq!(seqs, vec![1, 2, 3, 4, 5, 6], "consecutive arrival numbers");
     // Arrival order is topological.
-    let log: Vec<&Node> = room.nodes().collect();
+    let log: Vec<&LoggedNode> = room.nodes().collect();
     for (i, n) in log.iter().enumerate() {
-        for p in &n.parents {
+        for p in n.parents() {
             let ps = room.seq_of(p).unwrap();
             assert!(ps <= i as u64, "parent of #{} logged after it", i + 1);
         }
@@ -187,7 +187,7 @@ fn orphan_chain_is_released_in_cascade_parents_first() {
     expected.sort_by_key(|(_, id, _)| room.seq_of(id));
     assert_eq!(resolved, expected);
     for a in &sub.admitted {
-        let id = room.node_at(a.seq).unwrap().id;
+        let id = *room.node_at(a.seq).unwrap().id();
         let origin = if id == root.id {
             4
         } else {
@@ -242,7 +242,7 @@ fn orphans_expire_with_a_typed_reason() {
     let sub = room.submit(2, vec![parent.clone()], now + ttl);
     assert_eq!(sub.admitted.len(), 1);
     assert!(sub.resolved.is_empty());
-    assert_eq!(room.get(&child.id), None);
+    assert!(room.get(&child.id).is_none());
 }
 
 #[test]
@@ -289,7 +289,7 @@ fn orphan_buffer_limits_reject_with_buffer_full() {
     // The refused one was not kept: the parent admits the two that waited.
     let sub = room.submit(1, vec![missing.clone()], now);
     assert_eq!(sub.admitted.len(), 3);
-    assert_eq!(room.get(&orphans[2].id), None);
+    assert!(room.get(&orphans[2].id).is_none());
 
     let by_bytes = OrphanLimits {
         max_bytes: 100,
@@ -488,7 +488,7 @@ fn ancestry(room: &Room, heads: &[NodeId]) -> HashSet<NodeId> {
     let mut stack: Vec<NodeId> = heads.to_vec();
     while let Some(id) = stack.pop() {
         if seen.insert(id) {
-            stack.extend(room.get(&id).unwrap().parents.iter().copied());
+            stack.extend(room.get(&id).unwrap().parents().iter().copied());
         }
     }
     seen
@@ -591,7 +591,7 @@ fn catch_up_cursor_sends_exactly_the_missing_nodes_parents_first() {
             let mut cursor = room.catch_up_cursor(after, &heads);
             let sent = seqs(&room, &drain(&room, &mut cursor, 1 << 20));
             let expected: Vec<u64> = (1..=room.seq())
-                .filter(|s| !held.contains(&room.node_at(*s).unwrap().id))
+                .filter(|s| !held.contains(room.node_at(*s).unwrap().id()))
                 .collect();
             assert_eq!(sent, expected, "seed {seed} heads {heads:?} after {after}");
             // Parents first: every parent is held or sent earlier.
@@ -694,7 +694,7 @@ fn through_is_a_resume_point() {
             let through = all[k].through;
             for s in 1..=through {
                 assert!(
-                    have.contains(&room.node_at(s).unwrap().id),
+                    have.contains(room.node_at(s).unwrap().id()),
                     "seed {seed}: through {through} claims #{s}, not held"
                 );
             }
@@ -729,7 +729,7 @@ fn id_list_cursor_gives_need_and_missing_nodes() {
     let held: HashSet<NodeId> = client.into_iter().collect();
     let sent = seqs(&room, &drain(&room, &mut cursor, 500));
     let expected: Vec<u64> = (1..=room.seq())
-        .filter(|s| !held.contains(&room.node_at(*s).unwrap().id))
+        .filter(|s| !held.contains(room.node_at(*s).unwrap().id()))
         .collect();
     assert_eq!(sent, expected);
     // An empty list needs nothing and gets everything.
@@ -758,6 +758,8 @@ struct Sent {
     /// Frames in the outbox before resolution (encode-once check).
     encoded: usize,
     closes: Vec<(SessionId, CloseCode)>,
+    /// Reads the hub asked of the store.
+    fetches: Vec<Vec<u64>>,
 }
 
 impl Sent {
@@ -786,6 +788,7 @@ impl Relay {
         let mut sent = Sent {
             encoded: out.frames.len(),
             closes: out.closes,
+            fetches: out.fetches,
             ..Sent::default()
         };
         for outgoing in out.frames {
@@ -1032,6 +1035,157 @@ fn pack_over_the_node_limit_is_refused_whole() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Room: payload budget
+
+/// `nodes` admitted into a room with a payload budget, all marked stored.
+fn budgeted(nodes: &[Node], budget: usize) -> Room {
+    let mut room = empty_room().with_payload_budget(budget);
+    accept_all(&mut room, &nodes.iter().collect::<Vec<_>>(), t0());
+    room.mark_stored(room.seq());
+    room
+}
+
+#[test]
+fn stored_nodes_leave_memory_oldest_first_down_to_the_budget() {
+    let mut rng = StdRng::seed_from_u64(31);
+    let dag = random_dag(&mut rng, 200, 3);
+    let full = populated(&dag.iter().collect::<Vec<_>>());
+    let total = full.resident_payload_bytes();
+    assert_eq!(
+        total,
+        full.nodes().map(|n| n.wire().unwrap().len()).sum::<usize>()
+    );
+    for budget in [0, 1, total / 3, total - 1, total, usize::MAX] {
+        let room = budgeted(&dag, budget);
+        assert!(room.resident_payload_bytes() <= budget, "budget {budget}");
+        // What stays is a suffix of the log: the newest history.
+        let resident: Vec<bool> = room.nodes().map(|n| n.wire().is_some()).collect();
+        let first = resident.iter().position(|r| *r).unwrap_or(resident.len());
+        assert!(resident[first..].iter().all(|r| *r), "budget {budget}");
+        let kept: usize = room.nodes().filter_map(|n| n.wire()).map(Bytes::len).sum();
+        assert_eq!(kept, room.resident_payload_bytes());
+        // Everything else about the room is unchanged.
+        assert_eq!(snapshot(&room), snapshot(&full));
+    }
+    // Nodes not yet stored stay, whatever the budget.
+    let mut room = empty_room().with_payload_budget(0);
+    accept_all(&mut room, &dag.iter().collect::<Vec<_>>(), t0());
+    room.mark_stored(150);
+    assert!((1..=150).all(|s| room.wire_at(s).is_none()));
+    assert!((151..=200).all(|s| room.wire_at(s).is_some()));
+    room.mark_stored(10_000);
+    assert_eq!(room.resident_payload_bytes(), 0);
+}
+
+#[test]
+fn a_payload_read_back_must_be_the_nodes_own_encoding() {
+    let a = node(&[], "a", "alpha");
+    let b = node(&[&a], "b", "beta");
+    let full = populated(&[&a, &b]);
+    let mut room = budgeted(&[a.clone(), b.clone()], 0);
+    let wire_a = full.wire_at(1).unwrap().clone();
+    let wire_b = full.wire_at(2).unwrap().clone();
+    assert_eq!(
+        room.restore_payload(1, wire_b.clone()),
+        Err(PayloadError::Mismatch(1))
+    );
+    let mut flipped = wire_a.to_vec();
+    *flipped.last_mut().unwrap() ^= 1;
+    assert_eq!(
+        room.restore_payload(1, Bytes::from(flipped)),
+        Err(PayloadError::Mismatch(1))
+    );
+    assert_eq!(
+        room.restore_payload(1, Bytes::from_static(b"\xc1")),
+        Err(PayloadError::Mismatch(1))
+    );
+    assert_eq!(
+        room.restore_payload(3, wire_a.clone()),
+        Err(PayloadError::Unknown(3))
+    );
+    assert_eq!(room.resident_payload_bytes(), 0);
+    assert!(room.wire_at(1).is_none());
+    room.restore_payload(1, wire_a.clone()).unwrap();
+    assert_eq!(room.wire_at(1), Some(&wire_a));
+    assert_eq!(room.node_at(1).unwrap().node(), Some(a));
+    // Taking it twice counts it once; trimming evicts what was read back.
+    room.restore_payload(1, wire_a.clone()).unwrap();
+    assert_eq!(room.resident_payload_bytes(), wire_a.len());
+    room.trim_payloads();
+    assert_eq!(room.resident_payload_bytes(), 0);
+    assert!(room.wire_at(1).is_none());
+}
+
+#[test]
+fn catch_up_over_a_budget_reads_cold_nodes_back_and_sends_the_same_nodes() {
+    let mut seeds_that_read = 0;
+    for seed in 0..30u64 {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let dag = random_dag(&mut rng, 300, 3);
+        let full = populated(&dag.iter().collect::<Vec<_>>());
+        let total = full.resident_payload_bytes();
+        let budget = rng.random_range(0..=total / 2);
+        let mut room = budgeted(&dag, budget);
+        let (heads, watermark, _) = client_state(&mut rng, &full);
+        let frame_budget = rng.random_range(200..4000);
+        let expected = seqs(
+            &full,
+            &drain(
+                &full,
+                &mut full.catch_up_cursor(watermark, &heads),
+                frame_budget,
+            ),
+        );
+        let cold_at_start: HashSet<u64> =
+            (1..=300).filter(|s| room.wire_at(*s).is_none()).collect();
+        let mut cursor = room.catch_up_cursor(watermark, &heads);
+        let mut sent = Vec::new();
+        let mut fetches = 0;
+        for _ in 0..100_000 {
+            match room.next_batch(&mut cursor, frame_budget) {
+                BatchStep::Batch { frame, .. } => {
+                    let Message::Batch(batch) = protocol::decode(&frame).unwrap() else {
+                        panic!("not a batch");
+                    };
+                    sent.extend(batch.nodes.iter().map(|n| room.seq_of(&n.id).unwrap()));
+                    room.trim_payloads();
+                }
+                BatchStep::Fetch(cold) => {
+                    fetches += 1;
+                    assert!(!cold.is_empty());
+                    assert!(cold.windows(2).all(|w| w[0] < w[1]), "ascending");
+                    let bytes: usize = cold.iter().map(|s| full.wire_at(*s).unwrap().len()).sum();
+                    assert!(
+                        cold.len() == 1 || bytes <= frame_budget,
+                        "one batch's worth"
+                    );
+                    for seq in cold {
+                        assert!(room.wire_at(seq).is_none(), "asked for a resident node");
+                        room.restore_payload(seq, full.wire_at(seq).unwrap().clone())
+                            .unwrap();
+                    }
+                }
+                BatchStep::Done => break,
+            }
+        }
+        assert_eq!(sent, expected, "seed {seed}");
+        if expected.iter().any(|s| cold_at_start.contains(s)) {
+            assert!(
+                fetches > 0,
+                "seed {seed}: cold nodes were sent without a read"
+            );
+            seeds_that_read += 1;
+        }
+        room.trim_payloads();
+        assert!(room.resident_payload_bytes() <= budget);
+    }
+    assert!(
+        seeds_that_read >= 10,
+        "only {seeds_that_read} seeds read anything back"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
 // Hub: catch-up, id list and credit
 
 /// Drives a catching-up session: returns every batch received (granting `grant` bytes of credit
@@ -1073,7 +1227,7 @@ fn catch_up_over_the_hub_sends_the_missing_nodes_then_done() {
         .filter(|h| {
             !held
                 .iter()
-                .any(|o| relay.hub.room().get(o).unwrap().parents.contains(h))
+                .any(|o| relay.hub.room().get(o).unwrap().parents().contains(h))
         })
         .collect();
     let hints = SyncHints {
@@ -1102,6 +1256,121 @@ fn catch_up_over_the_hub_sends_the_missing_nodes_then_done() {
             .collect::<Vec<_>>(),
         vec![1]
     );
+}
+
+/// Answers the reads the hub asks for from `store`, in order, until none is left; collects
+/// what was sent and (in `fetches`) every read answered. `fail` decides which reads fail.
+fn serve_reads(
+    relay: &mut Relay,
+    mut sent: Sent,
+    store: &Room,
+    fail: impl Fn(&[u64]) -> bool,
+) -> Sent {
+    let mut all = Sent::default();
+    let mut pending: std::collections::VecDeque<Vec<u64>> = Default::default();
+    for _ in 0..10_000 {
+        all.frames.append(&mut sent.frames);
+        all.closes.append(&mut sent.closes);
+        pending.extend(sent.fetches.drain(..));
+        let Some(seqs) = pending.pop_front() else {
+            return all;
+        };
+        let records = if fail(&seqs) {
+            Err("injected".to_owned())
+        } else {
+            Ok(seqs
+                .iter()
+                .map(|s| store.wire_at(*s).unwrap().clone())
+                .collect())
+        };
+        let out = relay.hub.fetched(&seqs, records);
+        all.fetches.push(seqs);
+        sent = relay.resolve(out);
+    }
+    panic!("reads do not end");
+}
+
+#[test]
+fn catch_up_from_a_budgeted_hub_reads_back_from_the_store_once_per_node() {
+    let mut rng = StdRng::seed_from_u64(41);
+    let dag = random_dag(&mut rng, 400, 2);
+    let full = populated(&dag.iter().collect::<Vec<_>>());
+    let config = with_limits(RelayLimits {
+        max_frame: 2000,
+        ..RelayLimits::default()
+    });
+    let mut relay = Relay::with_config(budgeted(&dag, 0), config);
+    // Two cold clients join together: they need the same nodes, which are read once.
+    let first = relay.join(1, SyncHints::default(), 1 << 30, Capabilities::NONE);
+    let second = relay.join(2, SyncHints::default(), 1 << 30, Capabilities::NONE);
+    assert!(!first.fetches.is_empty());
+    assert!(
+        second.fetches.is_empty(),
+        "second client read the same nodes again"
+    );
+    let mut joined = first;
+    joined.frames.extend(second.frames);
+    let sent = serve_reads(&mut relay, joined, &full, |_| false);
+    let read: Vec<u64> = sent.fetches.iter().flatten().copied().collect();
+    let unique: HashSet<u64> = read.iter().copied().collect();
+    assert_eq!(unique.len(), read.len(), "a node was read twice");
+    assert_eq!(unique, (1..=400).collect::<HashSet<_>>());
+    for id in [1, 2] {
+        let batches: Vec<Batch> = sent
+            .to(id)
+            .into_iter()
+            .filter_map(|m| match m {
+                Message::Batch(b) => Some(b.clone()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(seqs(&full, &batches), (1..=400).collect::<Vec<_>>());
+        assert!(matches!(sent.to(id).last(), Some(Message::CatchUpDone(_))));
+    }
+    assert_eq!(
+        relay.hub.room().resident_payload_bytes(),
+        0,
+        "trimmed after use"
+    );
+}
+
+#[test]
+fn a_failed_read_back_closes_only_the_sessions_waiting_for_it() {
+    let mut rng = StdRng::seed_from_u64(42);
+    let dag = random_dag(&mut rng, 100, 2);
+    let full = populated(&dag.iter().collect::<Vec<_>>());
+    let mut relay = Relay::new(budgeted(&dag, 0));
+    // A steady session that holds everything.
+    let hints = SyncHints {
+        digest: full.digest(),
+        watermark: Some(Watermark {
+            epoch: EPOCH,
+            seq: 100,
+        }),
+        heads: full.heads().copied().collect(),
+        ..SyncHints::default()
+    };
+    let steady = relay.join(7, hints, 1 << 20, Capabilities::NONE);
+    assert!(steady.fetches.is_empty());
+    let cold = relay.join(1, SyncHints::default(), 1 << 20, Capabilities::NONE);
+    let sent = serve_reads(&mut relay, cold, &full, |seqs| seqs.contains(&50));
+    assert!(sent.to(1).iter().any(|m| matches!(m,
+        Message::ErrorMessage(e) if e.code == ErrorCode::StoreUnavailable.code())));
+    assert_eq!(sent.closes, vec![(1, CloseCode::StoreUnavailable)]);
+    assert!(
+        !sent
+            .to(1)
+            .iter()
+            .any(|m| matches!(m, Message::CatchUpDone(_)))
+    );
+    // The room and the other session are untouched; a new client gets everything.
+    assert_eq!(snapshot(relay.hub.room()), snapshot(&full));
+    let c = node(&[&dag[99]], "c", "after the failure");
+    let acked = relay.frame(7, pack(1, &[&c]));
+    assert!(matches!(acked.to(7)[..], [Message::Ack(_)]));
+    let again = relay.join(2, SyncHints::default(), 1 << 20, Capabilities::NONE);
+    let sent = serve_reads(&mut relay, again, &full, |_| false);
+    assert!(matches!(sent.to(2).last(), Some(Message::CatchUpDone(d)) if d.seq == 101));
 }
 
 #[test]
@@ -1252,7 +1521,7 @@ fn id_list_over_the_hub_gives_need_and_nodes() {
     let (batches, done) = finish_catch_up(&mut relay, 1, sent, 1 << 20);
     let held: HashSet<NodeId> = client_ids.iter().copied().collect();
     let expected: Vec<u64> = (1..=20)
-        .filter(|s| !held.contains(&relay.hub.room().node_at(*s).unwrap().id))
+        .filter(|s| !held.contains(relay.hub.room().node_at(*s).unwrap().id()))
         .collect();
     assert_eq!(seqs(relay.hub.room(), &batches), expected);
     assert_eq!(done.digest, relay.hub.room().digest());

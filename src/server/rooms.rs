@@ -16,6 +16,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use dashmap::DashMap;
 use futures::StreamExt;
+use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -24,7 +26,7 @@ use tracing::Instrument;
 
 use super::ServerStats;
 use super::outbound::Outbound;
-use crate::node::{Node, RoomId};
+use crate::node::RoomId;
 use crate::protocol::{CloseCode, ErrorCode, ErrorMessage, Message};
 use crate::room::{Hub, HubConfig, OrphanLimits, Outbox, Room, SessionId};
 use crate::store::{Store, StoreError};
@@ -67,6 +69,9 @@ pub struct RoomSettings {
     /// A room without sessions is unloaded after this long; the next connection loads it
     /// again from the store.
     pub idle_eviction: Duration,
+    /// Bytes of stored node encodings each loaded room keeps in memory; catch-up reads the
+    /// rest back from the store.
+    pub payload_budget: usize,
 }
 
 impl Default for RoomSettings {
@@ -80,9 +85,14 @@ impl Default for RoomSettings {
             commit_window: Duration::ZERO,
             commit_max_nodes: 4096,
             idle_eviction: Duration::from_secs(60),
+            payload_budget: DEFAULT_PAYLOAD_BUDGET,
         }
     }
 }
+
+/// Default [`RoomSettings::payload_budget`]: 64 MiB per room keeps the recent history of
+/// busy rooms in memory while a room of millions of nodes stays well under a gigabyte.
+pub const DEFAULT_PAYLOAD_BUDGET: usize = 64 << 20;
 
 /// Whether the store answered the last call (a load, a commit, or a `/readyz` probe):
 /// `/readyz` reports it, and probes the store again while it is failing.
@@ -111,11 +121,11 @@ impl StoreHealth {
     }
 }
 
-/// Attempts of one commit before the room gives up on it.
-const COMMIT_ATTEMPTS: u32 = 3;
+/// Attempts of one commit (or catch-up read) before the room gives up on it.
+const STORE_ATTEMPTS: u32 = 3;
 
-/// Pause before the second attempt of a commit; doubled for each further one.
-const COMMIT_BACKOFF: Duration = Duration::from_millis(50);
+/// Pause before the second attempt; doubled for each further one.
+const STORE_BACKOFF: Duration = Duration::from_millis(50);
 
 /// Live room tasks by room id. Creating a task happens under the map's entry lock, so
 /// concurrent first connects share one task and one load (single-flight).
@@ -173,6 +183,7 @@ impl Rooms {
                     held: VecDeque::new(),
                     durable_seq: 0,
                     commit_at: None,
+                    to_fetch: Vec::new(),
                 };
                 let span = tracing::info_span!("room", room = %room);
                 let stats = self.stats.clone();
@@ -206,7 +217,12 @@ struct RoomTask {
     durable_seq: u64,
     /// When the pending commit is due.
     commit_at: Option<Instant>,
+    /// Reads of stored encodings the hub asked for, not started yet.
+    to_fetch: Vec<Vec<u64>>,
 }
+
+/// A finished read of stored encodings: the arrival numbers asked for and the records.
+type Fetched = (Vec<u64>, Result<Vec<Bytes>, StoreError>);
 
 impl RoomTask {
     async fn run(mut self, mut commands: mpsc::Receiver<RoomCommand>, shutdown: CancellationToken) {
@@ -215,7 +231,12 @@ impl RoomTask {
             return self.retire(commands).await;
         };
         let mut idle_since: Option<Instant> = None;
+        // Reads of stored encodings for catch-up, running beside the room.
+        let mut fetches = FuturesUnordered::new();
         loop {
+            for seqs in std::mem::take(&mut self.to_fetch) {
+                fetches.push(self.fetch(seqs));
+            }
             let deadline = hub.poll_timeout().map(Instant::from_std);
             let idle = hub.session_count() == 0
                 && self.held.is_empty()
@@ -231,6 +252,11 @@ impl RoomTask {
                     let Some(command) = command else { return };
                     self.handle(&mut hub, command);
                 }
+                Some((seqs, records)) = fetches.next(), if !fetches.is_empty() => {
+                    self.health.record(&records);
+                    let outbox = hub.fetched(&seqs, records.map_err(|e| e.to_string()));
+                    self.emit(&mut hub, outbox);
+                }
                 () = sleep_until(deadline) => {
                     let outbox = hub.handle_timeout(Instant::now().into_std());
                     self.emit(&mut hub, outbox);
@@ -239,6 +265,8 @@ impl RoomTask {
                     if let Err(e) = self.commit(&mut hub).await {
                         tracing::error!(error = %e, "commit failed; closing the room's sessions");
                         self.abandon_sessions();
+                        // Reads for the sessions just closed are of no use to anyone now.
+                        fetches = FuturesUnordered::new();
                         match self.load().await {
                             Some(reloaded) => hub = reloaded,
                             None => return self.retire(commands).await,
@@ -247,6 +275,7 @@ impl RoomTask {
                 }
                 () = sleep_until(evict_at) => {
                     if self.evict() {
+                        self.store.release(&self.room);
                         tracing::info!("idle room unloaded");
                         return;
                     }
@@ -310,19 +339,18 @@ impl RoomTask {
         let limits = self.settings.hub.session.limits.node;
         let Some(mut reader) = self.store.read(&self.room).await? else {
             let epoch = rand::random::<u64>();
-            return Ok(Room::new(
-                self.room.clone(),
-                epoch,
-                limits,
-                self.settings.orphans,
-            ));
+            return Ok(
+                Room::new(self.room.clone(), epoch, limits, self.settings.orphans)
+                    .with_payload_budget(self.settings.payload_budget),
+            );
         };
         let mut room = Room::new(
             self.room.clone(),
             reader.epoch,
             limits,
             self.settings.orphans,
-        );
+        )
+        .with_payload_budget(self.settings.payload_budget);
         while let Some(batch) = reader.nodes.next().await {
             for node in batch? {
                 let id = node.id;
@@ -356,7 +384,8 @@ impl RoomTask {
 
     /// Delivers an outbox, or holds it (and everything after it) until the nodes admitted so
     /// far are committed.
-    fn emit(&mut self, hub: &mut Hub, outbox: Outbox) {
+    fn emit(&mut self, hub: &mut Hub, mut outbox: Outbox) {
+        self.to_fetch.append(&mut outbox.fetches);
         let uncommitted = hub.room().seq().saturating_sub(self.durable_seq);
         if uncommitted == 0 && self.held.is_empty() {
             self.deliver(hub, outbox);
@@ -378,11 +407,14 @@ impl RoomTask {
         let from = self.durable_seq.saturating_add(1);
         let to = hub.room().seq();
         if to >= from {
-            let fresh: Vec<Node> = (from..=to)
-                .filter_map(|seq| hub.room().node_at(seq))
-                .cloned()
+            // Uncommitted nodes are always resident: only stored ones give up their encoding.
+            let fresh: Option<Vec<Bytes>> = (from..=to)
+                .map(|seq| hub.room().wire_at(seq).cloned())
                 .collect();
-            let mut pause = COMMIT_BACKOFF;
+            let fresh = fresh.ok_or_else(|| {
+                StoreError::Corrupt("an uncommitted node lost its encoding".into())
+            })?;
+            let mut pause = STORE_BACKOFF;
             let mut attempt = 1;
             loop {
                 let result = self
@@ -392,7 +424,7 @@ impl RoomTask {
                 self.health.record(&result);
                 match result {
                     Ok(()) => break,
-                    Err(StoreError::Backend(e)) if attempt < COMMIT_ATTEMPTS => {
+                    Err(StoreError::Backend(e)) if attempt < STORE_ATTEMPTS => {
                         tracing::warn!(error = %e, attempt, "commit failed; retrying");
                         tokio::time::sleep(pause).await;
                         pause *= 2;
@@ -402,12 +434,34 @@ impl RoomTask {
                 }
             }
             self.durable_seq = to;
+            hub.mark_stored(to);
         }
         // Outboxes that delivering causes (an overflow's disconnect) queue up behind.
         while let Some(resolved) = self.held.pop_front() {
             self.send(hub, resolved);
         }
         Ok(())
+    }
+
+    /// Reads stored encodings back (retrying a failing store a few times), beside the room.
+    fn fetch(&self, seqs: Vec<u64>) -> BoxFuture<'static, Fetched> {
+        let store = self.store.clone();
+        let room = self.room.clone();
+        Box::pin(async move {
+            let mut pause = STORE_BACKOFF;
+            let mut attempt = 1;
+            loop {
+                match store.fetch(&room, &seqs).await {
+                    Err(StoreError::Backend(e)) if attempt < STORE_ATTEMPTS => {
+                        tracing::warn!(error = %e, attempt, "catch-up read failed; retrying");
+                        tokio::time::sleep(pause).await;
+                        pause *= 2;
+                        attempt += 1;
+                    }
+                    result => return (seqs, result),
+                }
+            }
+        })
     }
 
     /// The store failed: tell every session, close it, and forget what was held for it.

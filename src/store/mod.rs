@@ -10,6 +10,7 @@ pub mod pack;
 
 use std::sync::Arc;
 
+use bytes::Bytes;
 use futures::TryStreamExt;
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
@@ -17,6 +18,7 @@ use futures::stream::BoxStream;
 pub use objects::PackStore;
 
 use crate::node::{Node, RoomId};
+use crate::protocol;
 
 /// A room as stored: its epoch and its nodes in arrival order.
 #[derive(Debug, Clone)]
@@ -92,15 +94,40 @@ pub trait Store: Send + Sync + 'static {
         })
     }
 
-    /// Makes `nodes` (new, in arrival order, following what is stored) part of the room.
-    /// Returns only once they are as durable as this store gets; on an error none of them
-    /// may be assumed stored.
+    /// Makes `records` (the wire encodings of new nodes, in arrival order, following what is
+    /// stored) part of the room. Returns only once they are as durable as this store gets; on
+    /// an error none of them may be assumed stored.
     fn append<'a>(
         &'a self,
         room: &'a RoomId,
         epoch: u64,
-        nodes: &'a [Node],
+        records: &'a [Bytes],
     ) -> BoxFuture<'a, Result<(), StoreError>>;
+
+    /// [`append`](Self::append) for decoded nodes.
+    fn append_nodes<'a>(
+        &'a self,
+        room: &'a RoomId,
+        epoch: u64,
+        nodes: &'a [Node],
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let records: Vec<Bytes> = nodes.iter().map(protocol::encode_node).collect();
+            self.append(room, epoch, &records).await
+        })
+    }
+
+    /// Reads back the stored records (node wire encodings) of the nodes with arrival numbers
+    /// `seqs` (ascending), in that order, with range reads. The caller checks each record
+    /// against the id it expects.
+    fn fetch<'a>(
+        &'a self,
+        room: &'a RoomId,
+        seqs: &'a [u64],
+    ) -> BoxFuture<'a, Result<Vec<Bytes>, StoreError>>;
+
+    /// The relay unloaded the room: forget what was cached to read or write it.
+    fn release(&self, room: &RoomId);
 
     /// Checks that the store is reachable and writable and holds a layout this relay reads.
     fn check(&self) -> BoxFuture<'_, Result<StoreReport, StoreError>>;

@@ -7,12 +7,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 
-use super::pack::{self, LAYOUT_VERSION, Manifest, PackEntry};
+use super::pack::{self, LAYOUT_VERSION, Manifest, PackEntry, RecordIndex};
 use super::{RoomReader, StoreError, StoreReport};
 use crate::node::{Node, RoomId};
 
@@ -57,6 +58,37 @@ struct RoomSlot {
     manifest: tokio::sync::Mutex<Option<Manifest>>,
     /// A compaction of this room is running.
     compacting: AtomicBool,
+    /// Where the records of the room's packs lie, by pack name, for range reads: learnt when
+    /// a pack is written or read whole.
+    indexes: Mutex<HashMap<String, Arc<RecordIndex>>>,
+}
+
+impl RoomSlot {
+    fn index(&self, pack: &str) -> Option<Arc<RecordIndex>> {
+        self.indexes.lock().ok()?.get(pack).cloned()
+    }
+
+    fn remember_index(&self, pack: &str, index: RecordIndex) -> Arc<RecordIndex> {
+        let index = Arc::new(index);
+        if let Ok(mut indexes) = self.indexes.lock() {
+            indexes.insert(pack.to_owned(), index.clone());
+        }
+        index
+    }
+
+    fn forget_indexes_all(&self) {
+        if let Ok(mut indexes) = self.indexes.lock() {
+            indexes.clear();
+        }
+    }
+
+    fn forget_indexes<'a>(&self, packs: impl IntoIterator<Item = &'a PackEntry>) {
+        if let Ok(mut indexes) = self.indexes.lock() {
+            for pack in packs {
+                indexes.remove(&pack.name);
+            }
+        }
+    }
 }
 
 impl PackStore {
@@ -148,6 +180,7 @@ impl Packs {
         found.bytes().await.map_err(backend)
     }
 
+    /// Reads and decodes a whole pack, and remembers its record index.
     async fn read_pack(
         &self,
         room: &RoomId,
@@ -157,9 +190,31 @@ impl Packs {
         let path = self.pack_path(room, &entry.name);
         let bytes = self.read_object(&path).await?;
         let corrupt = |e: pack::FormatError| StoreError::Corrupt(format!("{path}: {e}"));
-        let (header, nodes) = pack::decode_pack(&bytes).map_err(corrupt)?;
+        let (header, nodes, index) = pack::decode_pack(&bytes).map_err(corrupt)?;
         pack::check_pack(header, entry, epoch).map_err(corrupt)?;
+        self.slot(room)?.remember_index(&entry.name, index);
         Ok(nodes)
+    }
+
+    /// Reads a whole pack without decoding it: its bytes and record index, remembered.
+    /// `None` if the object does not exist.
+    async fn open_pack(
+        &self,
+        room: &RoomId,
+        entry: &PackEntry,
+        epoch: u64,
+    ) -> Result<Option<(Bytes, Arc<RecordIndex>)>, StoreError> {
+        let path = self.pack_path(room, &entry.name);
+        let bytes = match self.objects.get(&path).await {
+            Ok(found) => found.bytes().await.map_err(backend)?,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(backend(e)),
+        };
+        let corrupt = |e: pack::FormatError| StoreError::Corrupt(format!("{path}: {e}"));
+        let (header, index) = pack::open_pack(&bytes).map_err(corrupt)?;
+        pack::check_pack(header, entry, epoch).map_err(corrupt)?;
+        let index = self.slot(room)?.remember_index(&entry.name, index);
+        Ok(Some((bytes, index)))
     }
 
     async fn read_room<'a>(
@@ -181,13 +236,13 @@ impl Packs {
         }))
     }
 
-    async fn append_nodes(
+    async fn append_records(
         self: &Arc<Self>,
         room: &RoomId,
         epoch: u64,
-        nodes: &[Node],
+        records: &[Bytes],
     ) -> Result<(), StoreError> {
-        if nodes.is_empty() {
+        if records.is_empty() {
             return Ok(());
         }
         let slot = self.slot(room)?;
@@ -206,7 +261,7 @@ impl Packs {
             )));
         }
         let entry = match self
-            .write_pack(room, epoch, current.next_seq(), nodes)
+            .write_pack(room, epoch, current.next_seq(), records)
             .await
         {
             Ok(entry) => entry,
@@ -299,25 +354,26 @@ impl Packs {
         }
     }
 
-    /// Writes `nodes`, numbered from `first`, as a new pack; returns its manifest entry.
+    /// Writes `records`, numbered from `first`, as a new pack; returns its manifest entry.
     async fn write_pack(
         &self,
         room: &RoomId,
         epoch: u64,
         first: u64,
-        nodes: &[Node],
+        records: &[Bytes],
     ) -> Result<PackEntry, StoreError> {
-        let (bytes, _) = pack::encode_pack(epoch, first, nodes);
+        let (bytes, index) = pack::encode_pack(epoch, first, records);
         let entry = PackEntry {
             name: pack_name(first),
             first,
-            count: u32::try_from(nodes.len()).unwrap_or(u32::MAX),
+            count: u32::try_from(records.len()).unwrap_or(u32::MAX),
             bytes: bytes.len() as u64,
         };
         let path = self.pack_path(room, &entry.name);
         if !self.create(&path, bytes).await? {
             return Err(StoreError::Backend(format!("{path} exists already")));
         }
+        self.slot(room)?.remember_index(&entry.name, index);
         Ok(entry)
     }
 
@@ -356,12 +412,18 @@ impl Packs {
             };
             (manifest.epoch, run.to_vec())
         };
-        let mut nodes = Vec::new();
+        let mut records = Vec::new();
         for entry in &run {
-            nodes.extend(self.read_pack(room, entry, epoch).await?);
+            let Some((bytes, index)) = self.open_pack(room, entry, epoch).await? else {
+                return Err(StoreError::Backend(format!(
+                    "pack {} is missing",
+                    entry.name
+                )));
+            };
+            records.extend(pack::records(&bytes, &index));
         }
         let first = run.first().map_or(1, |entry| entry.first);
-        let merged = self.write_pack(room, epoch, first, &nodes).await?;
+        let merged = self.write_pack(room, epoch, first, &records).await?;
         let mut cached = slot.manifest.lock().await;
         let Some(current) = cached.take() else {
             return Ok(false);
@@ -380,7 +442,10 @@ impl Packs {
         let mut next = current.clone();
         next.packs.splice(start..start + run.len(), [merged]);
         match self.publish(room, &current, next).await {
-            Ok(next) => *cached = Some(next),
+            Ok(next) => {
+                *cached = Some(next);
+                slot.forget_indexes(&run);
+            }
             Err(e) => {
                 if !matches!(e, StoreError::Conflict(_)) {
                     *cached = Some(current);
@@ -402,9 +467,89 @@ impl Packs {
                 }
             }
         });
-        tracing::debug!(%room, packs = run.len(), nodes = nodes.len(), "compacted");
+        tracing::debug!(%room, packs = run.len(), nodes = records.len(), "compacted");
         self.collect_garbage(room).await;
         Ok(true)
+    }
+
+    /// Reads the records of `seqs` (ascending arrival numbers) with range reads, located
+    /// through the cached manifest. A pack merged away since (deleted after its grace period),
+    /// or a number past the cached manifest, sends the read through the newest manifest once
+    /// more.
+    async fn fetch_records(&self, room: &RoomId, seqs: &[u64]) -> Result<Vec<Bytes>, StoreError> {
+        match self.fetch_once(room, seqs, false).await? {
+            Some(records) => Ok(records),
+            None => self.fetch_once(room, seqs, true).await?.ok_or_else(|| {
+                StoreError::Backend("a pack of the newest manifest is missing".into())
+            }),
+        }
+    }
+
+    /// One attempt of [`fetch_records`](Self::fetch_records); `Ok(None)` if a pack is gone or
+    /// (unless `refresh`) a number is not in the cached manifest.
+    async fn fetch_once(
+        &self,
+        room: &RoomId,
+        seqs: &[u64],
+        refresh: bool,
+    ) -> Result<Option<Vec<Bytes>>, StoreError> {
+        let slot = self.slot(room)?;
+        let (epoch, wanted) = {
+            let mut cached = slot.manifest.lock().await;
+            if refresh || cached.is_none() {
+                *cached = self.newest_manifest(room).await?;
+            }
+            let Some(manifest) = cached.as_ref() else {
+                return Err(StoreError::Corrupt(format!("room {room} is not stored")));
+            };
+            match locate(manifest, seqs) {
+                Ok(wanted) => (manifest.epoch, wanted),
+                // Another writer may have added them: look at the newest manifest.
+                Err(_) if !refresh => return Ok(None),
+                Err(e) => return Err(e),
+            }
+        };
+        let mut out = Vec::with_capacity(seqs.len());
+        for (entry, positions) in wanted {
+            // Copies, not slices: a record kept in memory must not pin a whole read buffer.
+            let Some(index) = slot.index(&entry.name) else {
+                let Some((bytes, index)) = self.open_pack(room, &entry, epoch).await? else {
+                    return Ok(None);
+                };
+                for position in positions {
+                    let record = index
+                        .range(position)
+                        .and_then(|r| bytes.get(r.start as usize..r.end as usize))
+                        .ok_or_else(|| short_pack(&entry))?;
+                    out.push(Bytes::copy_from_slice(record));
+                }
+                continue;
+            };
+            let ranges: Option<Vec<_>> = positions.iter().map(|p| index.range(*p)).collect();
+            let ranges = ranges.ok_or_else(|| short_pack(&entry))?;
+            let path = self.pack_path(room, &entry.name);
+            match self.objects.get_ranges(&path, &ranges).await {
+                Ok(parts) => out.extend(parts.iter().map(|p| Bytes::copy_from_slice(p))),
+                Err(object_store::Error::NotFound { .. }) => return Ok(None),
+                Err(e) => return Err(backend(e)),
+            }
+        }
+        Ok(Some(out))
+    }
+
+    /// Forgets the room's cached manifest and record indexes, unless a compaction still
+    /// works from them (it keeps the slot, and with it the room's single writer view).
+    fn release(&self, room: &RoomId) {
+        let Ok(mut rooms) = self.rooms.lock() else {
+            return;
+        };
+        if let Some(slot) = rooms.get(room) {
+            if slot.compacting.load(Ordering::Acquire) {
+                slot.forget_indexes_all();
+            } else {
+                rooms.remove(room);
+            }
+        }
     }
 
     /// Creates an object that must not exist yet; `Ok(false)` if it does.
@@ -501,9 +646,21 @@ impl super::Store for PackStore {
         &'a self,
         room: &'a RoomId,
         epoch: u64,
-        nodes: &'a [Node],
+        records: &'a [Bytes],
     ) -> BoxFuture<'a, Result<(), StoreError>> {
-        Box::pin(self.inner.append_nodes(room, epoch, nodes))
+        Box::pin(self.inner.append_records(room, epoch, records))
+    }
+
+    fn fetch<'a>(
+        &'a self,
+        room: &'a RoomId,
+        seqs: &'a [u64],
+    ) -> BoxFuture<'a, Result<Vec<Bytes>, StoreError>> {
+        Box::pin(self.inner.fetch_records(room, seqs))
+    }
+
+    fn release(&self, room: &RoomId) {
+        self.inner.release(room);
     }
 
     fn check(&self) -> BoxFuture<'_, Result<StoreReport, StoreError>> {
@@ -533,6 +690,32 @@ fn garbage(
         })
         .map(|(name, _)| name.clone())
         .collect()
+}
+
+/// The packs holding `seqs` (ascending), each with the positions of the wanted records in
+/// it, in order.
+fn locate(manifest: &Manifest, seqs: &[u64]) -> Result<Vec<(PackEntry, Vec<usize>)>, StoreError> {
+    let mut wanted: Vec<(PackEntry, Vec<usize>)> = Vec::new();
+    for &seq in seqs {
+        let after = manifest.packs.partition_point(|p| p.first <= seq);
+        let entry = after
+            .checked_sub(1)
+            .and_then(|i| manifest.packs.get(i))
+            .filter(|p| seq - p.first < u64::from(p.count))
+            .ok_or_else(|| {
+                StoreError::Corrupt(format!("node {seq} is in no pack of the manifest"))
+            })?;
+        let position = usize::try_from(seq - entry.first).unwrap_or(usize::MAX);
+        match wanted.last_mut() {
+            Some((last, positions)) if last.name == entry.name => positions.push(position),
+            _ => wanted.push((entry.clone(), vec![position])),
+        }
+    }
+    Ok(wanted)
+}
+
+fn short_pack(entry: &PackEntry) -> StoreError {
+    StoreError::Corrupt(format!("pack {} has fewer records than listed", entry.name))
 }
 
 /// A fresh pack name starting at arrival number `first`.

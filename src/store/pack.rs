@@ -3,12 +3,12 @@
 //!
 //! A pack ends with a BLAKE3 hash of everything before it, so a torn or altered object is
 //! detected before any of its nodes reach a room; each node is also content-addressed, so a
-//! record read alone (a range read) is checked by recomputing its id.
+//! record read alone (a range read) is checked by recomputing its id
+//! ([`Node::decode_checked`]).
 
 use serde::{Deserialize, Serialize};
 
 use crate::node::{Node, RoomId};
-use crate::protocol;
 
 /// The storage layout version this relay reads and writes.
 pub const LAYOUT_VERSION: u32 = 1;
@@ -56,34 +56,66 @@ pub struct PackHeader {
     pub count: u32,
 }
 
-/// Encodes a pack of `nodes` numbered from `first` in `epoch`. Each record is the node's wire
-/// encoding, length-prefixed; `offsets` (for range reads) gives where each record's encoding
-/// starts.
-pub fn encode_pack(epoch: u64, first: u64, nodes: &[Node]) -> (Vec<u8>, Vec<u32>) {
-    let encoded: Vec<bytes::Bytes> = nodes.iter().map(protocol::encode_node).collect();
-    let body: usize = encoded.iter().map(|e| e.len() + 4).sum();
+/// Where each record of a pack lies, for range reads: record `i` is the node encoding at
+/// bytes `bounds[i] .. bounds[i + 1] - 4` (the 4 bytes before each record hold its length,
+/// and the last bound is the end of the body plus 4, as if another record followed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordIndex {
+    bounds: Box<[u32]>,
+}
+
+impl RecordIndex {
+    /// Byte range of record `index` within the pack object.
+    pub fn range(&self, index: usize) -> Option<std::ops::Range<u64>> {
+        let start = *self.bounds.get(index)?;
+        let next = *self.bounds.get(index.checked_add(1)?)?;
+        Some(u64::from(start)..u64::from(next.checked_sub(4)?))
+    }
+
+    /// Records indexed.
+    pub fn len(&self) -> usize {
+        self.bounds.len().saturating_sub(1)
+    }
+
+    /// True for an index of no records.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Encodes a pack of `records` (node wire encodings) numbered from `first` in `epoch`, and
+/// the index of where each record lies.
+pub fn encode_pack(epoch: u64, first: u64, records: &[bytes::Bytes]) -> (Vec<u8>, RecordIndex) {
+    let body: usize = records.iter().map(|e| e.len() + 4).sum();
     let mut out = Vec::with_capacity(HEADER_BYTES + body + TRAILER_BYTES);
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&epoch.to_le_bytes());
     out.extend_from_slice(&first.to_le_bytes());
-    out.extend_from_slice(&u32::try_from(nodes.len()).unwrap_or(u32::MAX).to_le_bytes());
-    let mut offsets = Vec::with_capacity(nodes.len());
-    for record in &encoded {
-        let len = u32::try_from(record.len()).unwrap_or(u32::MAX);
-        out.extend_from_slice(&len.to_le_bytes());
-        offsets.push(u32::try_from(out.len()).unwrap_or(u32::MAX));
+    out.extend_from_slice(&len32(records.len()).to_le_bytes());
+    let mut bounds = Vec::with_capacity(records.len() + 1);
+    for record in records {
+        out.extend_from_slice(&len32(record.len()).to_le_bytes());
+        bounds.push(len32(out.len()));
         out.extend_from_slice(record);
     }
+    bounds.push(len32(out.len() + 4));
     let hash = blake3::hash(&out);
     out.extend_from_slice(hash.as_bytes());
-    (out, offsets)
+    let index = RecordIndex {
+        bounds: bounds.into_boxed_slice(),
+    };
+    (out, index)
 }
 
-/// Reads a pack: checks the hash and the structure, and decodes every record. Returns the
-/// header and the nodes in arrival order. Whether each node's id matches its content is left
-/// to the room that restores it (`Room::restore` checks every node fully), so a load hashes
-/// each node once.
-pub fn decode_pack(bytes: &[u8]) -> Result<(PackHeader, Vec<Node>), FormatError> {
+/// Packs are far below 4 GiB (a commit or a merge of bounded size); saturating keeps a
+/// broken one detectable rather than wrapped.
+fn len32(len: usize) -> u32 {
+    u32::try_from(len).unwrap_or(u32::MAX)
+}
+
+/// Opens a pack: checks the hash and the framing, and returns the header and the index of
+/// its records (nothing is decoded).
+pub fn open_pack(bytes: &[u8]) -> Result<(PackHeader, RecordIndex), FormatError> {
     let body_len = bytes
         .len()
         .checked_sub(TRAILER_BYTES)
@@ -104,19 +136,51 @@ pub fn decode_pack(bytes: &[u8]) -> Result<(PackHeader, Vec<Node>), FormatError>
         first: u64::from_le_bytes(take(&mut input)?),
         count: u32::from_le_bytes(take(&mut input)?),
     };
-    let mut nodes = Vec::with_capacity(header.count.min(1 << 16) as usize);
-    for index in 0..header.count {
+    let mut bounds = Vec::with_capacity((header.count as usize).min(1 << 16) + 1);
+    for _ in 0..header.count {
         let len = u32::from_le_bytes(take(&mut input)?) as usize;
-        let (record, rest) = input.split_at_checked(len).ok_or(FormatError::Truncated)?;
-        let node: Node =
-            rmp_serde::from_slice(record).map_err(|_| FormatError::BadRecord(index))?;
-        nodes.push(node);
-        input = rest;
+        bounds.push(len32(body_len - input.len()));
+        input = input.get(len..).ok_or(FormatError::Truncated)?;
     }
     if !input.is_empty() {
         return Err(FormatError::Truncated);
     }
-    Ok((header, nodes))
+    bounds.push(len32(body_len + 4));
+    let index = RecordIndex {
+        bounds: bounds.into_boxed_slice(),
+    };
+    Ok((header, index))
+}
+
+/// The records of an opened pack, as slices of `bytes` (no copy).
+pub fn records(bytes: &bytes::Bytes, index: &RecordIndex) -> Vec<bytes::Bytes> {
+    (0..index.len())
+        .filter_map(|i| index.range(i))
+        .filter_map(|r| {
+            let start = usize::try_from(r.start).ok()?;
+            let end = usize::try_from(r.end).ok()?;
+            (end <= bytes.len()).then(|| bytes.slice(start..end))
+        })
+        .collect()
+}
+
+/// Reads a pack: checks the hash and the framing, and decodes every record. Returns the
+/// header, the nodes in arrival order and the record index. Whether each node's id matches
+/// its content is left to the room that restores it (`Room::restore` checks every node
+/// fully), so a load hashes each node once.
+pub fn decode_pack(bytes: &[u8]) -> Result<(PackHeader, Vec<Node>, RecordIndex), FormatError> {
+    let (header, index) = open_pack(bytes)?;
+    let mut nodes = Vec::with_capacity(index.len());
+    for i in 0..index.len() {
+        let record = index
+            .range(i)
+            .and_then(|r| bytes.get(r.start as usize..r.end as usize))
+            .ok_or(FormatError::Truncated)?;
+        let node: Node =
+            rmp_serde::from_slice(record).map_err(|_| FormatError::BadRecord(len32(i)))?;
+        nodes.push(node);
+    }
+    Ok((header, nodes, index))
 }
 
 /// The next `N` bytes of `input`.
@@ -126,13 +190,6 @@ fn take<const N: usize>(input: &mut &[u8]) -> Result<[u8; N], FormatError> {
         .ok_or(FormatError::Truncated)?;
     *input = rest;
     Ok(*head)
-}
-
-/// One record read on its own (a range read): the node, if it decodes and its id matches its
-/// content in `room`.
-pub fn decode_record(record: &[u8], room: &RoomId) -> Option<Node> {
-    let node: Node = rmp_serde::from_slice(record).ok()?;
-    (node.content_id(room) == node.id).then_some(node)
 }
 
 /// One pack as the manifest lists it.
@@ -257,11 +314,15 @@ mod tests {
         nodes
     }
 
+    fn records_of(nodes: &[Node]) -> Vec<bytes::Bytes> {
+        nodes.iter().map(crate::protocol::encode_node).collect()
+    }
+
     #[test]
-    fn packs_round_trip_and_offsets_point_at_records() {
+    fn packs_round_trip_and_the_index_points_at_records() {
         let nodes = chain(5);
-        let (bytes, offsets) = encode_pack(7, 11, &nodes);
-        let (header, decoded) = decode_pack(&bytes).unwrap();
+        let (bytes, index) = encode_pack(7, 11, &records_of(&nodes));
+        let (header, decoded, read_index) = decode_pack(&bytes).unwrap();
         assert_eq!(
             header,
             PackHeader {
@@ -271,19 +332,28 @@ mod tests {
             }
         );
         assert_eq!(decoded, nodes);
-        for (offset, node) in offsets.iter().zip(&nodes) {
-            let start = *offset as usize;
-            let len = u32::from_le_bytes(bytes[start - 4..start].try_into().unwrap()) as usize;
-            assert_eq!(
-                decode_record(&bytes[start..start + len], &room()).as_ref(),
-                Some(node)
-            );
+        assert_eq!(read_index, index);
+        assert_eq!(index.len(), 5);
+        assert_eq!(index.range(5), None);
+        for (i, node) in nodes.iter().enumerate() {
+            let range = index.range(i).unwrap();
+            let record = &bytes[range.start as usize..range.end as usize];
+            assert_eq!(Node::decode_checked(record, &room()).as_ref(), Some(node));
         }
+        let shared = bytes::Bytes::from(bytes);
+        assert_eq!(records(&shared, &index), records_of(&nodes));
+    }
+
+    #[test]
+    fn an_empty_pack_has_an_empty_index() {
+        let (bytes, index) = encode_pack(1, 1, &[]);
+        assert!(index.is_empty());
+        assert_eq!(open_pack(&bytes).unwrap().1, index);
     }
 
     #[test]
     fn torn_and_altered_packs_are_detected() {
-        let (bytes, _) = encode_pack(1, 1, &chain(3));
+        let (bytes, _) = encode_pack(1, 1, &records_of(&chain(3)));
         for cut in [0, 10, HEADER_BYTES, bytes.len() / 2, bytes.len() - 1] {
             assert!(decode_pack(&bytes[..cut]).is_err(), "cut at {cut}");
         }
@@ -291,27 +361,27 @@ mod tests {
             let mut altered = bytes.clone();
             altered[at] ^= 0x01;
             assert_eq!(
-                decode_pack(&altered),
-                Err(FormatError::Checksum),
+                decode_pack(&altered).unwrap_err(),
+                FormatError::Checksum,
                 "flip at {at}"
             );
         }
         // A record that is not a node, under a valid checksum.
-        let (mut forged, offsets) = encode_pack(1, 1, &chain(2));
+        let (mut forged, index) = encode_pack(1, 1, &records_of(&chain(2)));
         forged.truncate(forged.len() - TRAILER_BYTES);
-        forged[offsets[1] as usize] = 0xc1; // never valid MessagePack
+        forged[index.range(1).unwrap().start as usize] = 0xc1; // never valid MessagePack
         let hash = blake3::hash(&forged);
         forged.extend_from_slice(hash.as_bytes());
-        assert_eq!(decode_pack(&forged), Err(FormatError::BadRecord(1)));
+        assert_eq!(decode_pack(&forged).unwrap_err(), FormatError::BadRecord(1));
         // A node whose id does not match its content decodes (the room refuses it on
         // restore), and its record read alone is refused.
         let mut nodes = chain(2);
         nodes[1].payload = bytes::Bytes::from_static(b"swapped");
-        let (swapped, offsets) = encode_pack(1, 1, &nodes);
+        let (swapped, index) = encode_pack(1, 1, &records_of(&nodes));
         assert!(decode_pack(&swapped).is_ok());
-        let start = offsets[1] as usize;
-        let len = u32::from_le_bytes(swapped[start - 4..start].try_into().unwrap()) as usize;
-        assert_eq!(decode_record(&swapped[start..start + len], &room()), None);
+        let range = index.range(1).unwrap();
+        let record = &swapped[range.start as usize..range.end as usize];
+        assert_eq!(Node::decode_checked(record, &room()), None);
     }
 
     #[test]

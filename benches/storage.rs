@@ -9,8 +9,11 @@
 //! 2. **Cold load.** `--nodes` nodes (default 1,000,000; one chain, ~100-byte payloads) are
 //!    written to a local store, in commits of 10,000 nodes. A fresh relay then starts on that
 //!    store. The bench times a first client from connecting to its `welcome` (the room loads
-//!    in between: every pack read and checked, every node validated and indexed). It then
-//!    prints the relay's RSS before the load and after it.
+//!    in between: every pack read and checked, every node validated and indexed), then a second,
+//!    empty client's full catch-up, and prints the relay's RSS before the load, after it and
+//!    after the catch-up. This runs twice in the same run: with the relay's default payload
+//!    budget (catch-up reads older encodings back from the packs) and with every encoding in
+//!    memory.
 //!
 //! ```text
 //! cargo bench --bench storage                        # 8 writers × 5 s, 1,000,000-node load
@@ -255,7 +258,13 @@ fn report_writes(settings: &Settings, runs: &[&Writes]) {
     }
 }
 
-/// Writes a `settings.nodes`-node room, then times a fresh relay's first `welcome` on it.
+/// Payload budgets the cold load runs with: the relay's default, and one no room reaches
+/// (every encoding stays in memory).
+const LOAD_BUDGETS: [(&str, Option<u64>); 2] =
+    [("default (64 MiB)", None), ("unlimited", Some(1 << 20))];
+
+/// Writes a `settings.nodes`-node room; then, for each payload budget, times a fresh relay's
+/// first `welcome` on it and a full catch-up of an empty client.
 async fn cold_load(settings: &Settings, dir: &std::path::Path) -> anyhow::Result<()> {
     let room = RoomId::new("bench-load")?;
     let location = dir.to_str().context("store path")?;
@@ -266,47 +275,68 @@ async fn cold_load(settings: &Settings, dir: &std::path::Path) -> anyhow::Result
     // Let a background compaction finish, as it would on a relay that kept running.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let objects = std::fs::read_dir(dir.join("rooms/r-bench-load/packs"))?.count();
-
-    let relay = Relay::spawn(&["--store".into(), location.into()], None)?;
-    let rss_before = relay.rss_kib()?;
-    let started = Instant::now();
-    let mut ws = common::connect(&relay.url("bench-load"), 64 * 1024).await?;
-    let welcome = common::send_hello(&mut ws, 0).await?;
-    let load_secs = started.elapsed().as_secs_f64();
-    if welcome.seq != settings.nodes as u64 {
-        bail!(
-            "the loaded room has {} nodes, not {}",
-            welcome.seq,
-            settings.nodes
+    if !settings.json {
+        println!(
+            "cold load: {} nodes in {} pack objects (written in {write_secs:.1} s)",
+            settings.nodes, objects
         );
     }
-    let rss_after = relay.rss_kib()?;
-    if settings.json {
-        println!(
-            "{}",
-            json!({
-                "bench": "storage_cold_load",
-                "nodes": settings.nodes,
-                "pack_objects": objects,
-                "write_s": write_secs,
-                "load_to_welcome_s": load_secs,
-                "rss_before_kib": rss_before,
-                "rss_loaded_kib": rss_after,
-                "payload_budget": "none (every payload in memory)",
-            })
-        );
-    } else {
-        println!(
-            "cold load: {} nodes in {} pack objects (written in {:.1} s): first welcome after \
-             {:.2} s; relay RSS {} MiB before, {} MiB with the room loaded (every payload in \
-             memory)",
-            settings.nodes,
-            objects,
-            write_secs,
-            load_secs,
-            rss_before / 1024,
-            rss_after / 1024
-        );
+    for (label, budget_mib) in LOAD_BUDGETS {
+        let mut extra = vec!["--store".to_owned(), location.to_owned()];
+        if let Some(mib) = budget_mib {
+            extra.extend(["--payload-budget-mib".to_owned(), mib.to_string()]);
+        }
+        let relay = Relay::spawn(&extra, None)?;
+        let rss_before = relay.rss_kib()?;
+        let started = Instant::now();
+        let mut ws = common::connect(&relay.url("bench-load"), 64 * 1024).await?;
+        let welcome = common::send_hello(&mut ws, 0).await?;
+        let load_secs = started.elapsed().as_secs_f64();
+        if welcome.seq != settings.nodes as u64 {
+            bail!(
+                "the loaded room has {} nodes, not {}",
+                welcome.seq,
+                settings.nodes
+            );
+        }
+        let rss_loaded = relay.rss_kib()?;
+        // A second, empty client reads the whole room: with a budget, most of it comes back
+        // from the packs by range reads.
+        let started = Instant::now();
+        let mut reader = common::connect(&relay.url("bench-load"), 1 << 20).await?;
+        let (_, through) = common::join(&mut reader).await?;
+        let catch_up_secs = started.elapsed().as_secs_f64();
+        if through != settings.nodes as u64 {
+            bail!("the catch-up ended at {through}, not {}", settings.nodes);
+        }
+        let rss_caught_up = relay.rss_kib()?;
+        drop((ws, reader));
+        if settings.json {
+            println!(
+                "{}",
+                json!({
+                    "bench": "storage_cold_load",
+                    "payload_budget": label,
+                    "nodes": settings.nodes,
+                    "pack_objects": objects,
+                    "write_s": write_secs,
+                    "load_to_welcome_s": load_secs,
+                    "full_catch_up_s": catch_up_secs,
+                    "rss_before_kib": rss_before,
+                    "rss_loaded_kib": rss_loaded,
+                    "rss_after_catch_up_kib": rss_caught_up,
+                })
+            );
+        } else {
+            println!(
+                "  payload budget {label}: first welcome after {load_secs:.2} s; full catch-up \
+                 of an empty client {catch_up_secs:.2} s; relay RSS {} MiB before, {} MiB \
+                 loaded, {} MiB after the catch-up",
+                rss_before / 1024,
+                rss_loaded / 1024,
+                rss_caught_up / 1024
+            );
+        }
     }
     Ok(())
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Args;
-use weft::server::{self, ServerConfig, ServerStats};
+use weft::server::{self, DEFAULT_PAYLOAD_BUDGET, ServerConfig, ServerStats};
 use weft::store::Store;
 
 /// Flags of `weft serve`.
@@ -28,6 +28,10 @@ pub struct ServeArgs {
     /// Seconds a room without sessions stays loaded.
     #[arg(long, env = "WEFT_ROOM_IDLE_SECS", default_value_t = 60)]
     room_idle_secs: u64,
+    /// MiB of stored node encodings each loaded room keeps in memory (the newest history);
+    /// a catch-up reads older ones back from the store. 0 keeps none.
+    #[arg(long, env = "WEFT_PAYLOAD_BUDGET_MIB", default_value_t = (DEFAULT_PAYLOAD_BUDGET >> 20) as u64)]
+    payload_budget_mib: u64,
     /// Largest WebSocket frame accepted, in bytes; larger ones close with 1009.
     #[arg(long, env = "WEFT_MAX_FRAME", default_value_t = 1024 * 1024)]
     max_frame: u32,
@@ -82,6 +86,8 @@ impl ServeArgs {
         config.rooms.orphans.ttl = Duration::from_secs(self.orphan_ttl);
         config.rooms.commit_window = Duration::from_millis(self.commit_window_ms);
         config.rooms.idle_eviction = Duration::from_secs(self.room_idle_secs);
+        config.rooms.payload_budget =
+            usize::try_from(self.payload_budget_mib.saturating_mul(1 << 20)).unwrap_or(usize::MAX);
         config.connection.queue_limit = self.queue_limit;
         config.connection.max_lag = Duration::from_secs(self.max_lag.max(1));
         config.connection.ping_interval = Duration::from_secs(self.ping_interval.max(1));

@@ -28,7 +28,7 @@ use tokio_util::task::TaskTracker;
 
 pub use connection::ConnectionSettings;
 pub use outbound::QueueStats;
-pub use rooms::{RoomSettings, StoreHealth};
+pub use rooms::{DEFAULT_PAYLOAD_BUDGET, RoomSettings, StoreHealth};
 
 use crate::node::RoomId;
 use crate::store::Store;

@@ -312,3 +312,77 @@ async fn idle_rooms_are_unloaded_and_reload_whole() {
     );
     relay.shutdown().await;
 }
+
+/// A relay that keeps no stored encoding in memory (payload budget 0): an empty client's
+/// catch-up reads every node back from the packs with ranged reads and gets the room exactly.
+/// A read that fails, or returns a record that is not the node, closes only that client with
+/// `StoreUnavailable` and sends it no batch; writers carry on, and catch-up works again once
+/// the store does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catch_up_over_the_payload_budget_reads_nodes_back_from_the_store() {
+    let objects: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+    let faults = Arc::new(Faults::default());
+    let store = faulty_store(&objects, &faults);
+    let mut config = ServerConfig::default();
+    config.rooms.payload_budget = 0;
+    let relay = Relay::start_with_store(config, Arc::new(store)).await;
+    let r = "budget";
+    let mut writer = steady_client(&relay, r).await;
+    let mut nodes: Vec<Node> = Vec::new();
+    for number in 1..=10 {
+        let mut pack = Vec::new();
+        for i in 0..30 {
+            let parents: Vec<&Node> = pack.last().or(nodes.last()).into_iter().collect();
+            pack.push(node(
+                r,
+                &parents,
+                "doc",
+                &format!("{number}/{i} {}", "x".repeat(200)),
+            ));
+        }
+        let outcomes = push(&mut writer, number, pack.clone()).await.unwrap();
+        assert!(outcomes.iter().all(|o| matches!(o, Outcome::Accepted(_))));
+        nodes.extend(pack);
+    }
+    let ids = |nodes: &[Node]| nodes.iter().map(|n| n.id).collect::<Vec<_>>();
+
+    let reads = faults.pack_range_reads.load(Ordering::SeqCst);
+    let mut reader = Raw::connect(&relay, r).await;
+    assert_eq!(ids(&reader.join_and_catch_up().await), ids(&nodes));
+    assert!(
+        faults.pack_range_reads.load(Ordering::SeqCst) > reads,
+        "the catch-up did not read from the packs"
+    );
+
+    for switch in [&faults.fail_pack_reads, &faults.corrupt_pack_ranges] {
+        Faults::set(switch, true);
+        let mut client = Raw::connect(&relay, r).await;
+        client.join_empty().await;
+        let mut error = None;
+        let close = loop {
+            match client.next_event().await {
+                RawEvent::Frame(Message::ErrorMessage(e)) => error = Some(e.code),
+                RawEvent::Frame(Message::Batch(batch)) => {
+                    panic!(
+                        "sent a batch of {} nodes it could not read",
+                        batch.nodes.len()
+                    )
+                }
+                RawEvent::Frame(other) => panic!("unexpected {other:?}"),
+                RawEvent::Closed(close) => break close,
+            }
+        };
+        assert_eq!(Failure { error, close }, STORE_FAILED);
+        // The writer is untouched.
+        let next = node(r, &[nodes.last().unwrap()], "doc", "still writing");
+        let outcomes = push(&mut writer, 100 + nodes.len() as u64, vec![next.clone()]);
+        assert!(matches!(
+            outcomes.await.unwrap()[..],
+            [Outcome::Accepted(_)]
+        ));
+        nodes.push(next);
+        Faults::set(switch, false);
+    }
+    let mut reader = Raw::connect(&relay, r).await;
+    assert_eq!(ids(&reader.join_and_catch_up().await), ids(&nodes));
+}

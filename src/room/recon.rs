@@ -88,9 +88,7 @@ impl Room {
             Some(Err(e)) => (None, Some(e)),
             None => (None, None),
         };
-        let path = recon::choose_path(hints, side, capabilities, estimate, |id| {
-            self.index.contains_key(id)
-        });
+        let path = recon::choose_path(hints, side, capabilities, estimate, |id| self.contains(id));
         (path, error)
     }
 

@@ -34,6 +34,12 @@ pub struct Faults {
     pub manifests_written: AtomicU64,
     /// Listings of a manifest directory (one per room load).
     pub manifest_listings: AtomicU64,
+    /// Reads of pack objects fail.
+    pub fail_pack_reads: AtomicBool,
+    /// Ranged reads of pack objects return every range with its last byte flipped.
+    pub corrupt_pack_ranges: AtomicBool,
+    /// Ranged reads of pack objects that succeeded.
+    pub pack_range_reads: AtomicU64,
 }
 
 impl Faults {
@@ -66,6 +72,10 @@ fn is_manifest(path: &Path) -> bool {
     path.as_ref().contains("/manifest/")
 }
 
+fn is_pack(path: &Path) -> bool {
+    path.as_ref().ends_with(".pack")
+}
+
 async fn pause(ms: &AtomicU64) {
     let ms = ms.load(Ordering::SeqCst);
     if ms > 0 {
@@ -89,7 +99,7 @@ impl ObjectStore for Faulty {
         if is_manifest(location) && faults.fail_manifests.load(Ordering::SeqCst) {
             return Err(injected("manifest write"));
         }
-        if location.as_ref().ends_with(".pack") && faults.tear_packs.load(Ordering::SeqCst) {
+        if is_pack(location) && faults.tear_packs.load(Ordering::SeqCst) {
             let bytes: Bytes = payload.into();
             let half = PutPayload::from(bytes.slice(..bytes.len() / 2));
             self.inner.put_opts(location, half, opts).await?;
@@ -115,12 +125,36 @@ impl ObjectStore for Faulty {
 
     async fn get_opts(&self, location: &Path, options: GetOptions) -> Result<GetResult> {
         pause(&self.faults.read_latency_ms).await;
+        if is_pack(location) && self.faults.fail_pack_reads.load(Ordering::SeqCst) {
+            return Err(injected("pack read"));
+        }
         self.inner.get_opts(location, options).await
     }
 
     async fn get_ranges(&self, location: &Path, ranges: &[Range<u64>]) -> Result<Vec<Bytes>> {
         pause(&self.faults.read_latency_ms).await;
-        self.inner.get_ranges(location, ranges).await
+        let faults = &self.faults;
+        if is_pack(location) && faults.fail_pack_reads.load(Ordering::SeqCst) {
+            return Err(injected("ranged pack read"));
+        }
+        let parts = self.inner.get_ranges(location, ranges).await?;
+        if !is_pack(location) {
+            return Ok(parts);
+        }
+        faults.pack_range_reads.fetch_add(1, Ordering::SeqCst);
+        if !faults.corrupt_pack_ranges.load(Ordering::SeqCst) {
+            return Ok(parts);
+        }
+        Ok(parts
+            .into_iter()
+            .map(|part| {
+                let mut bytes = part.to_vec();
+                if let Some(last) = bytes.last_mut() {
+                    *last ^= 0x01;
+                }
+                Bytes::from(bytes)
+            })
+            .collect())
     }
 
     fn delete_stream(

@@ -59,8 +59,9 @@ pub struct StoreReport {
     pub layout: u32,
 }
 
-/// A stored room being read: its epoch, then its nodes in arrival order, a batch (a pack) at
-/// a time, so a reader never holds the whole stored form and the loaded room at once.
+/// A stored room being read: its epoch, then its nodes in arrival order, a batch (a few
+/// thousand nodes) at a time, so a reader never holds the whole stored form and the loaded
+/// room at once.
 pub struct RoomReader<'a> {
     /// Epoch of the arrival numbering.
     pub epoch: u64,

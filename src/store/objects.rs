@@ -15,10 +15,16 @@ use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload}
 
 use super::pack::{self, LAYOUT_VERSION, Manifest, PackEntry, RecordIndex};
 use super::{RoomReader, StoreError, StoreReport};
-use crate::node::{Node, RoomId};
+use crate::node::RoomId;
 
-/// Packs of one room read at the same time during a load.
+/// Packs of one room read at the same time during a load, at most.
 const LOAD_CONCURRENCY: usize = 8;
+
+/// Bytes of packs a load reads ahead of the room (or one pack, if larger).
+const LOAD_READ_AHEAD: u64 = 64 << 20;
+
+/// Nodes decoded at a time during a load.
+const LOAD_CHUNK: usize = 4096;
 
 /// Consecutive packs of one size tier are merged into one pack of the next tier once there
 /// are this many: a room is a logarithmic number of objects, and each byte is rewritten about
@@ -180,22 +186,6 @@ impl Packs {
         found.bytes().await.map_err(backend)
     }
 
-    /// Reads and decodes a whole pack, and remembers its record index.
-    async fn read_pack(
-        &self,
-        room: &RoomId,
-        entry: &PackEntry,
-        epoch: u64,
-    ) -> Result<Vec<Node>, StoreError> {
-        let path = self.pack_path(room, &entry.name);
-        let bytes = self.read_object(&path).await?;
-        let corrupt = |e: pack::FormatError| StoreError::Corrupt(format!("{path}: {e}"));
-        let (header, nodes, index) = pack::decode_pack(&bytes).map_err(corrupt)?;
-        pack::check_pack(header, entry, epoch).map_err(corrupt)?;
-        self.slot(room)?.remember_index(&entry.name, index);
-        Ok(nodes)
-    }
-
     /// Reads a whole pack without decoding it: its bytes and record index, remembered.
     /// `None` if the object does not exist.
     async fn open_pack(
@@ -227,9 +217,29 @@ impl Packs {
         let epoch = manifest.epoch;
         let entries = manifest.packs.clone();
         *self.slot(room)?.manifest.lock().await = Some(manifest);
+        // Packs are read ahead of the room, a bounded number of bytes at a time, and decoded
+        // a chunk at a time as the room takes them: a load never holds much more than the
+        // room it builds, so the heap it leaves behind is not larger either.
+        let largest = entries.iter().map(|e| e.bytes).max().unwrap_or(0).max(1);
+        let read_ahead = usize::try_from(LOAD_READ_AHEAD / largest)
+            .unwrap_or(usize::MAX)
+            .clamp(1, LOAD_CONCURRENCY);
         let nodes = futures::stream::iter(entries)
-            .map(move |entry| async move { self.read_pack(room, &entry, epoch).await })
-            .buffered(LOAD_CONCURRENCY);
+            .map(move |entry| async move {
+                let path = self.pack_path(room, &entry.name);
+                let opened = self.open_pack(room, &entry, epoch).await?;
+                let (bytes, index) = opened.ok_or_else(|| {
+                    StoreError::Backend(format!("{path} is listed but missing"))
+                })?;
+                let chunks = (0..index.len()).step_by(LOAD_CHUNK).map(move |start| {
+                    let end = (start + LOAD_CHUNK).min(index.len());
+                    pack::decode_records(&bytes, &index, start..end)
+                        .map_err(|e| StoreError::Corrupt(format!("{path}: {e}")))
+                });
+                Ok::<_, StoreError>(futures::stream::iter(chunks))
+            })
+            .buffered(read_ahead)
+            .try_flatten();
         Ok(Some(RoomReader {
             epoch,
             nodes: Box::pin(nodes),

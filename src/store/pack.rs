@@ -170,8 +170,18 @@ pub fn records(bytes: &bytes::Bytes, index: &RecordIndex) -> Vec<bytes::Bytes> {
 /// fully), so a load hashes each node once.
 pub fn decode_pack(bytes: &[u8]) -> Result<(PackHeader, Vec<Node>, RecordIndex), FormatError> {
     let (header, index) = open_pack(bytes)?;
-    let mut nodes = Vec::with_capacity(index.len());
-    for i in 0..index.len() {
+    let nodes = decode_records(bytes, &index, 0..index.len())?;
+    Ok((header, nodes, index))
+}
+
+/// Decodes the records at positions `range` of an opened pack (see [`decode_pack`]).
+pub fn decode_records(
+    bytes: &[u8],
+    index: &RecordIndex,
+    range: std::ops::Range<usize>,
+) -> Result<Vec<Node>, FormatError> {
+    let mut nodes = Vec::with_capacity(range.len());
+    for i in range {
         let record = index
             .range(i)
             .and_then(|r| bytes.get(r.start as usize..r.end as usize))
@@ -180,7 +190,7 @@ pub fn decode_pack(bytes: &[u8]) -> Result<(PackHeader, Vec<Node>, RecordIndex),
             rmp_serde::from_slice(record).map_err(|_| FormatError::BadRecord(len32(i)))?;
         nodes.push(node);
     }
-    Ok((header, nodes, index))
+    Ok(nodes)
 }
 
 /// The next `N` bytes of `input`.

@@ -228,9 +228,8 @@ impl Packs {
             .map(move |entry| async move {
                 let path = self.pack_path(room, &entry.name);
                 let opened = self.open_pack(room, &entry, epoch).await?;
-                let (bytes, index) = opened.ok_or_else(|| {
-                    StoreError::Backend(format!("{path} is listed but missing"))
-                })?;
+                let (bytes, index) = opened
+                    .ok_or_else(|| StoreError::Backend(format!("{path} is listed but missing")))?;
                 let chunks = (0..index.len()).step_by(LOAD_CHUNK).map(move |start| {
                     let end = (start + LOAD_CHUNK).min(index.len());
                     pack::decode_records(&bytes, &index, start..end)

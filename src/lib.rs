@@ -5,6 +5,7 @@
 //! layer only uses the ones above it in this list:
 //!
 //! - [`node`]: the history node, its canonical encoding, id and self-validation.
+//! - [`pattern`]: path patterns that subscriptions are made of.
 //! - [`recon`]: set digests and the reconciliation planner.
 //! - [`protocol`]: wire messages and the frame codec (spec: `protocol/README.md`).
 //! - [`session`]: sans-IO session state machines for both ends of a connection.
@@ -28,6 +29,7 @@
 )]
 
 pub mod node;
+pub mod pattern;
 pub mod protocol;
 pub mod recon;
 pub mod replica;

@@ -8,8 +8,11 @@
 
 use std::fmt;
 
-/// Bounds on what a session may subscribe to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+use serde::{Deserialize, Serialize};
+
+/// Bounds on what a session may subscribe to, announced in `welcome` as
+/// `[max_len, max_segments, max_patterns]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PatternLimits {
     /// Longest pattern, in bytes.
     pub max_len: u16,
@@ -227,6 +230,65 @@ impl Pattern {
             states |= 1 << (i + 1);
         }
         states
+    }
+}
+
+/// A subscription: patterns in canonical order, each once. A path matches the set when it
+/// matches any of them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PatternSet {
+    patterns: Vec<Pattern>,
+}
+
+impl PatternSet {
+    /// The set of `patterns` (duplicates by canonical form dropped).
+    pub fn new(patterns: impl IntoIterator<Item = Pattern>) -> Self {
+        let mut patterns: Vec<Pattern> = patterns.into_iter().collect();
+        patterns.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        patterns.dedup_by(|a, b| a.as_str() == b.as_str());
+        Self { patterns }
+    }
+
+    /// Whether `path` matches any pattern.
+    pub fn matches(&self, path: &str) -> bool {
+        self.patterns.iter().any(|p| p.matches(path))
+    }
+
+    /// The patterns, in canonical order.
+    pub fn patterns(&self) -> &[Pattern] {
+        &self.patterns
+    }
+
+    /// The canonical forms, in order.
+    pub fn canonical(&self) -> Vec<String> {
+        self.patterns
+            .iter()
+            .map(|p| p.as_str().to_owned())
+            .collect()
+    }
+
+    /// Number of patterns.
+    pub fn len(&self) -> usize {
+        self.patterns.len()
+    }
+
+    /// Whether the set holds no pattern (nothing matches).
+    pub fn is_empty(&self) -> bool {
+        self.patterns.is_empty()
+    }
+
+    /// This set with `more` added.
+    pub fn with(&self, more: &[Pattern]) -> Self {
+        Self::new(self.patterns.iter().chain(more).cloned())
+    }
+
+    /// This set without the patterns whose canonical form is in `less`.
+    pub fn without(&self, less: &[Pattern]) -> Self {
+        let patterns = self
+            .patterns
+            .iter()
+            .filter(|p| !less.iter().any(|l| l.as_str() == p.as_str()));
+        Self::new(patterns.cloned())
     }
 }
 

@@ -20,8 +20,8 @@ use weft::node::{
 use weft::protocol::{
     self, Ack, Batch, Broadcast, BucketIds, Buckets, Capabilities, CatchUpDone, CloseCode, Credit,
     DecodeError, ErrorCode, ErrorMessage, Hello, Ids, Message, MessageType, Missing, Need, Outcome,
-    Pack, Plan, Presence, PresenceUpdate, RelayLimits, Resolved, Retry, Sketch, SyncHints,
-    TreeRoot, Want, Watermark, Welcome,
+    Pack, Plan, Presence, PresenceUpdate, RelayLimits, Resolved, Retry, Sketch, Subscribe,
+    Subscribed, SyncHints, TreeRoot, Unsubscribe, Want, Watermark, Welcome,
 };
 use weft::recon::SetDigest;
 use weft::room::{Audience, Hub, HubConfig, OrphanLimits, Outbox, Room, SessionId};
@@ -83,6 +83,7 @@ fn valid_messages() -> Vec<Message> {
             capabilities: Capabilities::PRESENCE,
             hints: SyncHints::default(),
             credit: 1 << 20,
+            subscribe: None,
         }),
         Message::Hello(Hello {
             min_version: 0,
@@ -99,6 +100,7 @@ fn valid_messages() -> Vec<Message> {
                 estimator: Some(Bytes::from(vec![0x5a; 128])),
             },
             credit: u64::MAX,
+            subscribe: Some(vec!["docs/**".into(), r"lit\*/x".into()]),
         }),
         Message::Welcome(Welcome {
             version: 1,
@@ -217,6 +219,19 @@ fn valid_messages() -> Vec<Message> {
             last: false,
             relist: Bytes::new(),
         }),
+        Message::Subscribe(Subscribe {
+            number: 1,
+            patterns: vec!["docs/**".into()],
+        }),
+        Message::Unsubscribe(Unsubscribe {
+            number: 2,
+            patterns: vec!["docs/**".into(), "notes/*".into()],
+        }),
+        Message::Subscribed(Subscribed {
+            number: 1,
+            patterns: vec!["docs/**".into()],
+            seq: 40,
+        }),
     ]
 }
 
@@ -325,7 +340,10 @@ fn mutations(message: &Message) -> Vec<Case> {
         for wrong in WRONG_EVERYWHERE {
             let option_to_nil = matches!(
                 (ty, i),
-                (MessageType::Want, 2) | (MessageType::CatchUpDone, 2) | (MessageType::Welcome, 6)
+                (MessageType::Want, 2)
+                    | (MessageType::CatchUpDone, 2)
+                    | (MessageType::Welcome, 6)
+                    | (MessageType::Hello, 5)
             ) && *wrong == [0xc0];
             cases.push(Case {
                 what: name(format!("field {i} replaced by {}", hex::encode(wrong))),
@@ -544,6 +562,7 @@ impl Relay {
                 ..SyncHints::default()
             },
             credit: 1 << 20,
+            subscribe: None,
         });
         let out = self.frame(id, &hello.encode().expect("encodes"));
         assert!(out.closes.is_empty());
@@ -602,7 +621,7 @@ impl Relay {
                     acked = true;
                 }
                 Message::Broadcast(b) => {
-                    let to: Vec<SessionId> = self.hub.recipients(f.to).collect();
+                    let to: Vec<SessionId> = self.hub.recipients(f.to.clone()).collect();
                     assert!(!to.contains(&id), "echoed to the sender");
                     assert!(watcher.is_none_or(|w| to.contains(&w)), "not broadcast");
                     assert_eq!(b.first_seq, seq + 1);
@@ -700,6 +719,7 @@ fn malformed_first_frame_closes_before_joining() {
         capabilities: Capabilities::NONE,
         hints: SyncHints::default(),
         credit: 1 << 20,
+        subscribe: None,
     });
     let hello_cases = mutations(&hello);
     for case in hello_cases.iter().filter(|c| c.expect.is_some()) {

@@ -14,11 +14,12 @@ use serde_json::{Map, Value};
 use weft::node::{
     AuthorKey, BlobHash, BlobRef, DigestSum, Node, NodeId, NodeLimits, RoomId, TreeHash,
 };
+use weft::pattern::PatternLimits;
 use weft::protocol::{
     self, Ack, Batch, Broadcast, BucketIds, Buckets, Capabilities, CatchUpDone, Credit,
     DecodeError, ErrorCode, ErrorMessage, Hello, Ids, Message, MessageType, Missing, Need, Outcome,
-    Pack, Plan, Presence, PresenceUpdate, RelayLimits, Resolved, Retry, Sketch, SyncHints,
-    TreeRoot, Want, Watermark, Welcome,
+    Pack, Plan, Presence, PresenceUpdate, RelayLimits, Resolved, Retry, Sketch, Subscribe,
+    Subscribed, SyncHints, TreeRoot, Unsubscribe, Want, Watermark, Welcome,
 };
 use weft::recon::SetDigest;
 
@@ -50,6 +51,9 @@ fn type_name(ty: MessageType) -> &'static str {
         MessageType::Buckets => "buckets",
         MessageType::BucketIds => "bucket_ids",
         MessageType::Missing => "missing",
+        MessageType::Subscribe => "subscribe",
+        MessageType::Unsubscribe => "unsubscribe",
+        MessageType::Subscribed => "subscribed",
         MessageType::ErrorMessage => "error",
     }
 }
@@ -247,8 +251,23 @@ fn outcome(v: Value, what: &str) -> Res<Outcome> {
     .ok_or_else(|| format!("{what}: not an outcome"))
 }
 
+/// A JSON array of strings.
+fn strings(v: Value, what: &str) -> Res<Vec<String>> {
+    let Value::Array(items) = v else {
+        return Err(format!("{what}: not an array"));
+    };
+    items
+        .into_iter()
+        .map(|item| match item {
+            Value::String(s) => Ok(s),
+            other => Err(format!("{what}: {other} is not a string")),
+        })
+        .collect()
+}
+
 fn limits(mut o: Obj) -> Res<RelayLimits> {
     let mut n = o.obj("node")?;
+    let mut p = o.obj("patterns")?;
     let limits = RelayLimits {
         max_frame: o.narrow("max_frame")?,
         max_pack_nodes: o.narrow("max_pack_nodes")?,
@@ -261,8 +280,14 @@ fn limits(mut o: Obj) -> Res<RelayLimits> {
             max_path_segments: n.narrow("max_path_segments")?,
             max_blobs: n.narrow("max_blobs")?,
         },
+        patterns: PatternLimits {
+            max_len: p.narrow("max_len")?,
+            max_segments: p.narrow("max_segments")?,
+            max_patterns: p.narrow("max_patterns")?,
+        },
     };
     n.finish()?;
+    p.finish()?;
     o.finish()?;
     Ok(limits)
 }
@@ -306,6 +331,10 @@ fn message(mut o: Obj) -> Res<Message> {
                 capabilities: Capabilities(o.u64("capabilities")?),
                 hints,
                 credit: o.u64("credit")?,
+                subscribe: match o.take("subscribe")? {
+                    Value::Null => None,
+                    v => Some(strings(v, "hello.subscribe")?),
+                },
             })
         }
         MessageType::Welcome => Message::Welcome(Welcome {
@@ -426,6 +455,19 @@ fn message(mut o: Obj) -> Res<Message> {
             shorts: Bytes::from(o.hex("shorts")?),
             last: o.bool("last")?,
             relist: Bytes::from(o.hex("relist")?),
+        }),
+        MessageType::Subscribe => Message::Subscribe(Subscribe {
+            number: o.u64("number")?,
+            patterns: strings(o.take("patterns")?, "subscribe.patterns")?,
+        }),
+        MessageType::Unsubscribe => Message::Unsubscribe(Unsubscribe {
+            number: o.u64("number")?,
+            patterns: strings(o.take("patterns")?, "unsubscribe.patterns")?,
+        }),
+        MessageType::Subscribed => Message::Subscribed(Subscribed {
+            number: o.u64("number")?,
+            patterns: strings(o.take("patterns")?, "subscribed.patterns")?,
+            seq: o.u64("seq")?,
         }),
         MessageType::ErrorMessage => Message::ErrorMessage(ErrorMessage {
             code: o.narrow("code")?,

@@ -857,6 +857,7 @@ fn sketch_hello(hints: protocol::SyncHints) -> Message {
         capabilities: SKETCHES,
         hints,
         credit: 1 << 20,
+        subscribe: None,
     })
 }
 

@@ -467,6 +467,7 @@ pub fn hello(credit: u64) -> Bytes {
         capabilities: Capabilities::NONE,
         hints: SyncHints::default(),
         credit,
+        subscribe: None,
     })
     .encode()
     .expect("hello encodes")

@@ -22,9 +22,10 @@ use std::time::{Duration, Instant};
 use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
 use weft::node::{AuthorKey, BlobHash, BlobRef, DigestSum, Node, NodeId, NodeLimits, RoomId};
+use weft::pattern::{Pattern, PatternSet};
 use weft::protocol::{
     self, BucketIds, Capabilities, Credit, Direction, Hello, Ids, Message, Outcome, Pack, Presence,
-    Retry, SyncHints, Want, Watermark,
+    Retry, Subscribe, SyncHints, Unsubscribe, Want, Watermark,
 };
 use weft::recon::SetDigest;
 use weft::recon::ibf::SketchKey;
@@ -41,6 +42,8 @@ enum Op {
         slot: u8,
         capabilities: u8,
         credit: u16,
+        /// Patterns by index into `PATTERNS`, or none (every node).
+        subscribe: Option<Vec<u8>>,
         hints: HintsChoice,
         min_version: u8,
     },
@@ -66,6 +69,13 @@ enum Op {
     Presence {
         slot: u8,
         state: Vec<u8>,
+    },
+    /// `subscribe` (or `unsubscribe`) with patterns by index into `PATTERNS`.
+    Subscribe {
+        slot: u8,
+        number: u8,
+        add: bool,
+        picks: Vec<u8>,
     },
     /// Short ids of the room's own nodes (by pool index) or made up, with a shared root.
     Want {
@@ -135,6 +145,19 @@ enum Corruption {
     BadPath,
 }
 
+/// Subscription patterns: valid ones over `PATHS`, and some a relay must refuse.
+const PATTERNS: &[&str] = &[
+    "**", "a/**", "a/*", "*/b", "a*", "**/b", r"a\*", "b", "x/**/y", "a**", "", "a//b", "../a",
+];
+
+fn patterns(picks: &[u8]) -> Vec<String> {
+    picks
+        .iter()
+        .take(80)
+        .map(|p| PATTERNS[usize::from(*p) % PATTERNS.len()].to_owned())
+        .collect()
+}
+
 const PATHS: &[&str] = &[
     "a",
     "a/b",
@@ -166,6 +189,11 @@ struct Peer {
     fresh: bool,
     received: HashSet<NodeId>,
     through: u64,
+    /// The subscription the relay must have accepted in `hello`: what it sends must match.
+    /// Cleared (no checks) once the peer changes it mid-session.
+    filter: Option<PatternSet>,
+    /// Subscribed in `hello`: parents outside the subscription are never sent.
+    subscribed: bool,
 }
 
 struct World {
@@ -331,6 +359,20 @@ impl World {
             Ok(Message::Hello(hello)) if !peer.hello_sent => {
                 peer.hello_sent = true;
                 peer.fresh = hello.hints == SyncHints::default();
+                peer.subscribed = hello.subscribe.is_some();
+                let limits = RelaySessionConfig::default().limits.patterns;
+                peer.filter = hello.subscribe.as_ref().and_then(|sources| {
+                    let parsed: Option<Vec<Pattern>> = sources
+                        .iter()
+                        .map(|p| Pattern::parse(p, &limits).ok())
+                        .collect();
+                    parsed.map(PatternSet::new)
+                });
+                Vec::new()
+            }
+            Ok(Message::Subscribe(_) | Message::Unsubscribe(_)) => {
+                peer.filter = None;
+                peer.fresh = false;
                 Vec::new()
             }
             _ => Vec::new(),
@@ -351,7 +393,7 @@ impl World {
                 Direction::ClientToRelay,
                 "relay sent {ty:?}"
             );
-            let to: Vec<SessionId> = self.hub.recipients(outgoing.to).collect();
+            let to: Vec<SessionId> = self.hub.recipients(outgoing.to.clone()).collect();
             match &message {
                 Message::Ack(ack) => {
                     assert_eq!(
@@ -410,7 +452,13 @@ impl World {
                         assert!(batch.through <= room.seq());
                         peer.through = batch.through;
                         for node in &batch.nodes {
-                            if peer.fresh {
+                            if let Some(filter) = &peer.filter {
+                                assert!(
+                                    filter.matches(&node.path),
+                                    "sent outside the subscription"
+                                );
+                            }
+                            if peer.fresh && !peer.subscribed {
                                 assert!(
                                     node.parents.iter().all(|p| peer.received.contains(p)),
                                     "a batch sent a child before its parent"
@@ -421,13 +469,32 @@ impl World {
                     }
                     Message::CatchUpDone(done) => {
                         assert_eq!(done.seq, room.seq());
-                        assert_eq!(done.digest, room.digest());
+                        let expected = match &peer.filter {
+                            Some(filter) => SetDigest::of(
+                                room.nodes()
+                                    .filter(|n| filter.matches(n.path()))
+                                    .map(|n| n.id()),
+                            ),
+                            None if peer.subscribed => done.digest,
+                            None => room.digest(),
+                        };
+                        assert_eq!(done.digest, expected);
                         if peer.fresh {
                             assert_eq!(
                                 SetDigest::of(&peer.received),
                                 done.digest,
                                 "catch-up from empty did not deliver the room"
                             );
+                        }
+                    }
+                    Message::Broadcast(b) => {
+                        if let Some(filter) = &peer.filter {
+                            for node in &b.nodes {
+                                assert!(
+                                    filter.matches(&node.path),
+                                    "sent outside the subscription"
+                                );
+                            }
                         }
                     }
                     _ => {}
@@ -460,6 +527,7 @@ impl World {
                 slot,
                 capabilities,
                 credit,
+                subscribe,
                 hints,
                 min_version,
             } => {
@@ -471,12 +539,29 @@ impl World {
                     capabilities: Capabilities(u64::from(*capabilities)),
                     hints,
                     credit: u64::from(*credit),
+                    subscribe: subscribe.as_deref().map(patterns),
                 });
                 self.send(slot, &message);
             }
             Op::Raw { slot, frame } => {
                 let slot = self.slot(*slot);
                 self.send_raw(slot, frame);
+            }
+            Op::Subscribe {
+                slot,
+                number,
+                add,
+                picks,
+            } => {
+                let slot = self.slot(*slot);
+                let number = u64::from(*number);
+                let patterns = patterns(picks);
+                let message = if *add {
+                    Message::Subscribe(Subscribe { number, patterns })
+                } else {
+                    Message::Unsubscribe(Unsubscribe { number, patterns })
+                };
+                self.send(slot, &message);
             }
             Op::Want {
                 slot,

@@ -62,6 +62,9 @@ code_table! {
         /// stored. The session is closed after it (4006); reconnect with backoff and push
         /// again.
         StoreUnavailable = 7, "store unavailable";
+        /// A subscription pattern is invalid or over a limit; the detail names the pattern
+        /// and the reason (§3.5).
+        BadPattern = 8, "bad subscription pattern";
     }
 }
 

@@ -7,6 +7,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::node::{NodeId, NodeLimits};
+use crate::pattern::PatternLimits;
 use crate::recon::SetDigest;
 
 /// The protocol versions this build speaks.
@@ -28,8 +29,14 @@ impl Capabilities {
     /// Prefix-tree refinement: plan `refine`, messages `buckets`, `bucket_ids`, `missing`
     /// (§5.9).
     pub const MST: Self = Self(1 << 2);
+    /// Path-pattern subscriptions: `hello.subscribe`, messages `subscribe`, `unsubscribe`,
+    /// `subscribed` (§7.5).
+    pub const SUBSCRIPTIONS: Self = Self(1 << 3);
     /// Everything this build implements.
-    pub const SUPPORTED: Self = Self::PRESENCE.union(Self::IBF).union(Self::MST);
+    pub const SUPPORTED: Self = Self::PRESENCE
+        .union(Self::IBF)
+        .union(Self::MST)
+        .union(Self::SUBSCRIPTIONS);
 
     /// Flags present in either set.
     pub const fn union(self, other: Self) -> Self {
@@ -94,6 +101,9 @@ pub struct Hello {
     pub hints: SyncHints,
     /// Initial catch-up credit in bytes (protocol/README.md §6.2).
     pub credit: u64,
+    /// The patterns the session subscribes to (§7.5), or `None` for every node. Only with the
+    /// `subscriptions` capability.
+    pub subscribe: Option<Vec<String>>,
 }
 
 /// The reconciliation path the relay chose, as carried in `welcome`.
@@ -148,6 +158,8 @@ pub struct RelayLimits {
     pub max_presence: u32,
     /// Per-node limits.
     pub node: NodeLimits,
+    /// Subscription pattern limits (§3.5).
+    pub patterns: PatternLimits,
 }
 
 impl Default for RelayLimits {
@@ -158,6 +170,7 @@ impl Default for RelayLimits {
             max_ids: 16 * 1024,
             max_presence: 4 * 1024,
             node: NodeLimits::default(),
+            patterns: PatternLimits::default(),
         }
     }
 }

@@ -12,6 +12,7 @@ mod pack;
 mod prebuilt;
 mod presence;
 mod recon;
+mod subscribe;
 mod sync;
 
 use bytes::Bytes;
@@ -32,6 +33,7 @@ pub use recon::{
     buckets_messages, mark_bucket, missing_messages, pack_bucket_sketches, pack_buckets,
     pack_shorts, unpack_bucket_sketches, unpack_buckets, unpack_shorts, want_messages,
 };
+pub use subscribe::{Subscribe, Subscribed, Unsubscribe};
 pub use sync::{Batch, CatchUpDone, Credit, Ids, Need};
 
 macro_rules! messages {
@@ -112,6 +114,9 @@ messages! {
     Buckets = 18, RelayToClient;
     BucketIds = 19, ClientToRelay;
     Missing = 20, RelayToClient;
+    Subscribe = 21, ClientToRelay;
+    Unsubscribe = 22, ClientToRelay;
+    Subscribed = 23, RelayToClient;
 }
 
 /// Which side may send a message type.

@@ -1,19 +1,22 @@
 //! A room plus the relay sessions connected to it.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+use super::subscriptions::{ClassKey, Subscriptions};
 use super::{
     Admitted, BatchStep, BucketIdsError, BucketRound, Cursor, Room, SessionId, Settled, Submission,
 };
 use crate::node::NodeId;
 use crate::node::Rejection;
+use crate::pattern::{Pattern, PatternSet};
 use crate::protocol::{
     self, Ack, BucketSketch, Capabilities, CatchUpDone, CloseCode, ErrorCode, ErrorMessage,
     Message, MessageType, Need, Outcome, PROTOCOL_VERSION, Pack, Plan, PresenceUpdate, RelayLimits,
-    Resolved, SyncHints, Welcome,
+    Resolved, Subscribed, SyncHints, Welcome,
 };
 use crate::recon::ibf::MAX_LOG2_CELLS;
 use crate::recon::{ReconPath, SetDigest};
@@ -38,10 +41,12 @@ impl Default for HubConfig {
 }
 
 /// Who receives an outgoing frame.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Audience {
     /// One session.
     One(SessionId),
+    /// These sessions (a broadcast routed by subscriptions).
+    Many(Arc<[SessionId]>),
     /// Every session in steady state, except one (the sender of what is broadcast).
     Live {
         /// Session left out, if any.
@@ -121,6 +126,10 @@ struct Member {
     handshake_deadline: Option<Instant>,
     /// Catch-up waits for the store to return this node's encoding.
     waiting_on: Option<u64>,
+    /// The session's subscription and its class; `None` receives every node.
+    subscription: Option<(Arc<PatternSet>, ClassKey)>,
+    /// The stream in progress is the backfill of this `subscribe`.
+    backfill: Option<u64>,
 }
 
 /// A room and its sessions. Every input is a method; every output is an [`Outbox`].
@@ -136,6 +145,7 @@ pub struct Hub {
     members: BTreeMap<SessionId, Member>,
     /// Nodes asked of the store and not back yet, so no read is asked twice.
     fetching: HashSet<u64>,
+    subscriptions: Subscriptions,
 }
 
 impl Hub {
@@ -148,6 +158,7 @@ impl Hub {
             config,
             members: BTreeMap::new(),
             fetching: HashSet::new(),
+            subscriptions: Subscriptions::default(),
         }
     }
 
@@ -231,6 +242,8 @@ impl Hub {
                 presence: Bytes::new(),
                 handshake_deadline: deadline,
                 waiting_on: None,
+                subscription: None,
+                backfill: None,
             },
         );
     }
@@ -244,14 +257,16 @@ impl Hub {
 
     /// Sessions an audience currently resolves to.
     pub fn recipients(&self, audience: Audience) -> impl Iterator<Item = SessionId> + '_ {
-        let single = match audience {
-            Audience::One(id) => Some(id),
-            _ => None,
+        let (single, listed) = match &audience {
+            Audience::One(id) => (Some(*id), Vec::new()),
+            Audience::Many(ids) => (None, ids.to_vec()),
+            _ => (None, Vec::new()),
         };
-        let many = (single.is_none()).then(|| {
+        let by_state = !matches!(audience, Audience::One(_) | Audience::Many(_));
+        let many = by_state.then(|| {
             self.members.iter().filter_map(move |(id, m)| {
                 let wanted = match audience {
-                    Audience::One(_) => false,
+                    Audience::One(_) | Audience::Many(_) => false,
                     Audience::Live { except } => m.session.is_steady() && Some(*id) != except,
                     Audience::PresencePeers { except } => {
                         *id != except
@@ -262,7 +277,10 @@ impl Hub {
                 wanted.then_some(*id)
             })
         });
-        single.into_iter().chain(many.into_iter().flatten())
+        single
+            .into_iter()
+            .chain(listed)
+            .chain(many.into_iter().flatten())
     }
 
     /// When [`handle_timeout`](Self::handle_timeout) should next run.
@@ -318,7 +336,19 @@ impl Hub {
             Request::Join {
                 hints,
                 capabilities,
+                subscribe: None,
             } => self.join(id, &hints, capabilities, out),
+            Request::Join {
+                hints,
+                capabilities,
+                subscribe: Some(patterns),
+            } => self.join_subscribed(id, &hints, capabilities, patterns, out),
+            Request::Subscribe { number, patterns } => {
+                self.change_subscription(id, number, &patterns, true, out)
+            }
+            Request::Unsubscribe { number, patterns } => {
+                self.change_subscription(id, number, &patterns, false, out)
+            }
             Request::Ids(ids) => {
                 let (need, cursor) = self.room.id_list_cursor(ids);
                 self.send_need(id, need, out);
@@ -413,22 +443,28 @@ impl Hub {
             } => self.send_buckets(id, depth, expected, out),
             Recon::Idle => {}
         }
-        if capabilities.contains(Capabilities::PRESENCE) {
-            let present: Vec<(SessionId, Bytes)> = self
-                .members
-                .iter()
-                .filter(|(peer, m)| **peer != id && !m.presence.is_empty())
-                .map(|(peer, m)| (*peer, m.presence.clone()))
-                .collect();
-            for (peer, state) in present {
-                self.send(
-                    Audience::One(id),
-                    Message::PresenceUpdate(PresenceUpdate { peer, state }),
-                    out,
-                );
-            }
-        }
+        self.send_present_peers(id, capabilities, out);
         self.pump(id, out);
+    }
+
+    /// A session that negotiated presence hears every peer's current state after `welcome`.
+    fn send_present_peers(&mut self, id: SessionId, capabilities: Capabilities, out: &mut Outbox) {
+        if !capabilities.contains(Capabilities::PRESENCE) {
+            return;
+        }
+        let present: Vec<(SessionId, Bytes)> = self
+            .members
+            .iter()
+            .filter(|(peer, m)| **peer != id && !m.presence.is_empty())
+            .map(|(peer, m)| (*peer, m.presence.clone()))
+            .collect();
+        for (peer, state) in present {
+            self.send(
+                Audience::One(id),
+                Message::PresenceUpdate(PresenceUpdate { peer, state }),
+                out,
+            );
+        }
     }
 
     /// Queues the room's sketch (or its extension) for a session. A sketch the room cannot
@@ -591,6 +627,10 @@ impl Hub {
     /// Reconciliation is settled: stream the cursor as catch-up.
     fn start_stream(&mut self, id: SessionId, cursor: Cursor, out: &mut Outbox) {
         if let Some(member) = self.members.get_mut(&id) {
+            let cursor = match &member.subscription {
+                Some((set, _)) => cursor.filtered(set.clone()),
+                None => cursor,
+            };
             member.cursor = Some(cursor);
             member.waiting_on = None;
             member.recon = Recon::Idle;
@@ -623,6 +663,150 @@ impl Hub {
                 out,
             );
         }
+    }
+
+    /// `hello` with a subscription (§7.5): the session reconciles the matching subset only.
+    /// Its class (shared by every session with the same subscription) lists the matching
+    /// nodes, so planning and the catch-up cost what matches, not the room.
+    fn join_subscribed(
+        &mut self,
+        id: SessionId,
+        hints: &SyncHints,
+        capabilities: Capabilities,
+        patterns: Vec<Pattern>,
+        out: &mut Outbox,
+    ) {
+        let set = Arc::new(PatternSet::new(patterns));
+        let key = self.subscriptions.join(id, set.clone(), &self.room);
+        let Some(class) = self.subscriptions.class(&key) else {
+            return;
+        };
+        let epoch = self.room.epoch();
+        let seq = self.room.seq();
+        let watermark = hints
+            .watermark
+            .filter(|w| w.epoch == epoch && w.seq <= seq)
+            .map(|w| w.seq);
+        let (plan, explicit) = match watermark {
+            Some(after) if class.after(after).is_empty() => (Plan::InSync, None),
+            Some(after) => (Plan::CatchUp, Some(class.after(after).to_vec())),
+            None if hints.digest == crate::recon::SetDigest::default() => {
+                (Plan::CatchUp, Some(class.seqs().to_vec()))
+            }
+            // Another epoch, or no watermark but nodes: the client lists its subset's ids.
+            None => (Plan::SendIds, None),
+        };
+        let cursor = explicit
+            .map(|explicit| Cursor::new(explicit, seq.saturating_add(1)).filtered(set.clone()));
+        let welcome = Welcome {
+            version: PROTOCOL_VERSION,
+            capabilities,
+            peer: id,
+            epoch,
+            seq,
+            plan,
+            limits: (self.config.session.limits != RelayLimits::default())
+                .then_some(self.config.session.limits),
+        };
+        let Some(member) = self.members.get_mut(&id) else {
+            return;
+        };
+        member.subscription = Some((set, key));
+        member.session.welcome(plan);
+        member.cursor = cursor;
+        member.handshake_deadline = None;
+        self.send(Audience::One(id), Message::Welcome(welcome), out);
+        self.send_present_peers(id, capabilities, out);
+        self.pump(id, out);
+    }
+
+    /// `subscribe` / `unsubscribe`: changes the session's subscription, streams what newly
+    /// matches (a backfill, paced like catch-up), then answers `subscribed`.
+    fn change_subscription(
+        &mut self,
+        id: SessionId,
+        number: u64,
+        patterns: &[Pattern],
+        add: bool,
+        out: &mut Outbox,
+    ) {
+        let Some(member) = self.members.get(&id) else {
+            return;
+        };
+        let everything = || {
+            let all = Pattern::parse("**", &crate::pattern::PatternLimits::default());
+            PatternSet::new(all.ok())
+        };
+        let old = member
+            .subscription
+            .as_ref()
+            .map_or_else(|| Arc::new(everything()), |(set, _)| set.clone());
+        let new = if add {
+            old.with(patterns)
+        } else {
+            old.without(patterns)
+        };
+        let max = self.config.session.limits.patterns.max_patterns;
+        if new.len() > usize::from(max) {
+            let error = ErrorMessage::new(
+                ErrorCode::BadPattern,
+                Some(MessageType::Subscribe),
+                format!("the subscription would hold more than {max} patterns"),
+            );
+            return self.send(Audience::One(id), Message::ErrorMessage(error), out);
+        }
+        let seq = self.room.seq();
+        if new == *old {
+            let done = Subscribed {
+                number,
+                patterns: new.canonical(),
+                seq,
+            };
+            return self.send(Audience::One(id), Message::Subscribed(done), out);
+        }
+        if let Some((_, key)) = member.subscription.clone() {
+            self.subscriptions.leave(id, &key);
+        }
+        let new = Arc::new(new);
+        let key = self.subscriptions.join(id, new.clone(), &self.room);
+        // Newly matching history: what the new subscription matches and the old did not.
+        let mut matched_before: HashMap<usize, bool> = HashMap::new();
+        let explicit: Vec<u64> = self
+            .subscriptions
+            .class(&key)
+            .map(|class| {
+                class
+                    .seqs()
+                    .iter()
+                    .copied()
+                    .filter(|s| {
+                        self.room.node_at(*s).is_some_and(|node| {
+                            let path = node.path();
+                            !*matched_before
+                                .entry(path.as_ptr() as usize)
+                                .or_insert_with(|| old.matches(path))
+                        })
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let Some(member) = self.members.get_mut(&id) else {
+            return;
+        };
+        member.subscription = Some((new.clone(), key));
+        if explicit.is_empty() {
+            let done = Subscribed {
+                number,
+                patterns: new.canonical(),
+                seq,
+            };
+            return self.send(Audience::One(id), Message::Subscribed(done), out);
+        }
+        member.session.backfill();
+        member.backfill = Some(number);
+        member.waiting_on = None;
+        member.cursor = Some(Cursor::new(explicit, seq.saturating_add(1)).filtered(new));
+        self.pump(id, out);
     }
 
     /// Streams catch-up while the session has credit; finishes it when the log is exhausted.
@@ -664,14 +848,27 @@ impl Hub {
                 BatchStep::Done => {
                     member.cursor = None;
                     member.session.caught_up();
+                    let seq = self.room.seq();
+                    let class = member
+                        .subscription
+                        .as_ref()
+                        .and_then(|(_, key)| self.subscriptions.class(key));
+                    if let Some(number) = member.backfill.take() {
+                        let patterns = class.map(|c| c.set().canonical()).unwrap_or_default();
+                        let done = Subscribed {
+                            number,
+                            patterns,
+                            seq,
+                        };
+                        self.send(Audience::One(id), Message::Subscribed(done), out);
+                        return;
+                    }
                     // Sketch and refine sessions decided what to send from short ids and
                     // digests; the root makes the result collision-resistant (§5.10).
                     let root = member.verify_root.then(|| self.room.root());
-                    let done = CatchUpDone {
-                        seq: self.room.seq(),
-                        digest: self.room.digest(),
-                        root,
-                    };
+                    // A subscribed session holds the matching subset: its digest is the class's.
+                    let digest = class.map_or(self.room.digest(), |c| c.digest());
+                    let done = CatchUpDone { seq, digest, root };
                     self.send(Audience::One(id), Message::CatchUpDone(done), out);
                     return;
                 }
@@ -685,6 +882,13 @@ impl Hub {
             admitted,
             resolved,
         } = self.room.submit(id, pack.nodes, now);
+        if !self.subscriptions.is_empty() {
+            for a in &admitted {
+                if let Some(node) = self.room.node_at(a.seq) {
+                    self.subscriptions.admitted(a.seq, node.path(), node.id());
+                }
+            }
+        }
         self.send(
             Audience::One(id),
             Message::Ack(Ack {
@@ -711,8 +915,61 @@ impl Hub {
         self.send_resolved(resolved, out);
     }
 
-    /// Broadcasts consecutive admitted nodes, from their stored encodings.
+    /// Broadcasts consecutive admitted nodes, from their stored encodings, to the sessions of
+    /// `to` whose subscription they match: sessions that get the same nodes share frames,
+    /// one per run of consecutive numbers (§7.3, §7.5).
     fn broadcast(&mut self, admitted: &[Admitted], to: Audience, out: &mut Outbox) {
+        if self.subscriptions.is_empty() {
+            return self.broadcast_run(admitted, to, out);
+        }
+        let candidates: Vec<SessionId> = self.recipients(to).collect();
+        let mut everything: Vec<SessionId> = Vec::new();
+        let mut subscribed: BTreeMap<SessionId, Vec<usize>> = BTreeMap::new();
+        for session in &candidates {
+            match self.members.get(session).map(|m| m.subscription.is_some()) {
+                Some(true) => {
+                    subscribed.insert(*session, Vec::new());
+                }
+                Some(false) => everything.push(*session),
+                None => {}
+            }
+        }
+        if !subscribed.is_empty() {
+            for (index, a) in admitted.iter().enumerate() {
+                let Some(node) = self.room.node_at(a.seq) else {
+                    continue;
+                };
+                for session in self.subscriptions.sessions_matching(node.path()) {
+                    if let Some(picked) = subscribed.get_mut(&session) {
+                        picked.push(index);
+                    }
+                }
+            }
+        }
+        let mut groups: BTreeMap<Vec<usize>, Vec<SessionId>> = BTreeMap::new();
+        if !everything.is_empty() {
+            groups.insert((0..admitted.len()).collect(), everything);
+        }
+        for (session, picked) in subscribed {
+            if !picked.is_empty() {
+                groups.entry(picked).or_default().push(session);
+            }
+        }
+        for (picked, sessions) in groups {
+            let nodes: Vec<Admitted> = picked
+                .iter()
+                .filter_map(|i| admitted.get(*i))
+                .copied()
+                .collect();
+            let audience = Audience::Many(sessions.into());
+            for run in nodes.chunk_by(|a, b| a.seq.checked_add(1) == Some(b.seq)) {
+                self.broadcast_run(run, audience.clone(), out);
+            }
+        }
+    }
+
+    /// One `broadcast` frame of consecutive admitted nodes.
+    fn broadcast_run(&mut self, admitted: &[Admitted], to: Audience, out: &mut Outbox) {
         let Some(first) = admitted.first() else {
             return;
         };
@@ -781,6 +1038,9 @@ impl Hub {
         let Some(member) = self.members.remove(&id) else {
             return false;
         };
+        if let Some((_, key)) = &member.subscription {
+            self.subscriptions.leave(id, key);
+        }
         if !member.presence.is_empty() {
             let left = Message::PresenceUpdate(PresenceUpdate {
                 peer: id,

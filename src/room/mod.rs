@@ -11,12 +11,14 @@
 mod hub;
 mod orphans;
 mod recon;
+mod subscriptions;
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
 use crate::node::{Node, NodeId, NodeLimits, Rejection, RoomId};
+use crate::pattern::PatternSet;
 use bytes::Bytes;
 
 use crate::protocol::{self, Outcome};
@@ -116,6 +118,38 @@ pub struct Cursor {
     explicit: Vec<u64>,
     pos: usize,
     tail_next: u64,
+    /// A subscribed session's patterns: nodes whose path does not match are skipped.
+    filter: Option<Arc<PatternSet>>,
+}
+
+impl Cursor {
+    fn new(explicit: Vec<u64>, tail_next: u64) -> Self {
+        Self {
+            explicit,
+            pos: 0,
+            tail_next,
+            filter: None,
+        }
+    }
+
+    /// This cursor, skipping nodes that do not match `filter`.
+    pub fn filtered(mut self, filter: Arc<PatternSet>) -> Self {
+        self.filter = Some(filter);
+        self
+    }
+
+    /// Moves past the node it points at.
+    fn advance(&mut self) {
+        if self.pos < self.explicit.len() {
+            self.pos += 1;
+        } else {
+            self.tail_next = self.tail_next.saturating_add(1);
+        }
+    }
+
+    fn admits(&self, node: &LoggedNode) -> bool {
+        self.filter.as_ref().is_none_or(|f| f.matches(node.path()))
+    }
 }
 
 /// One step of catch-up.
@@ -520,11 +554,7 @@ impl Room {
     pub fn catch_up_cursor(&self, after: u64, heads: &[NodeId]) -> Cursor {
         let end = self.seq();
         if heads.is_empty() {
-            return Cursor {
-                explicit: Vec::new(),
-                pos: 0,
-                tail_next: after.saturating_add(1),
-            };
+            return Cursor::new(Vec::new(), after.saturating_add(1));
         }
         // Walk down the log: marked numbers are ancestors of the client's heads, the rest is
         // what it lacks. Parents always have lower numbers, so one pass suffices.
@@ -547,11 +577,7 @@ impl Room {
             seq -= 1;
         }
         missing.reverse();
-        Cursor {
-            explicit: missing,
-            pos: 0,
-            tail_next: end.saturating_add(1),
-        }
+        Cursor::new(missing, end.saturating_add(1))
     }
 
     /// Catch-up from a client's full id list: returns the ids the room lacks (deduplicated) and
@@ -571,11 +597,7 @@ impl Room {
             .filter(|(node, _)| !client.contains(&node.id))
             .map(|(_, seq)| seq)
             .collect();
-        let cursor = Cursor {
-            explicit: missing,
-            pos: 0,
-            tail_next: self.seq().saturating_add(1),
-        };
+        let cursor = Cursor::new(missing, self.seq().saturating_add(1));
         (need, cursor)
     }
 
@@ -588,6 +610,10 @@ impl Room {
         let mut size = protocol::BATCH_OVERHEAD;
         while let Some(seq) = self.cursor_next(cursor) {
             let Some(node) = self.node_at(seq) else { break };
+            if !cursor.admits(node) {
+                cursor.advance();
+                continue;
+            }
             let Some(wire) = node.wire() else {
                 if wires.is_empty() {
                     return BatchStep::Fetch(self.cold_run(cursor, budget));
@@ -599,11 +625,7 @@ impl Room {
             }
             size = size.saturating_add(wire.len());
             wires.push(wire);
-            if cursor.pos < cursor.explicit.len() {
-                cursor.pos += 1;
-            } else {
-                cursor.tail_next = cursor.tail_next.saturating_add(1);
-            }
+            cursor.advance();
         }
         if wires.is_empty() {
             return BatchStep::Done;
@@ -628,6 +650,9 @@ impl Room {
         let mut cold = Vec::new();
         for seq in explicit.iter().copied().chain(tail) {
             let Some(node) = self.node_at(seq) else { break };
+            if !cursor.admits(node) {
+                continue;
+            }
             if !cold.is_empty() && size.saturating_add(node.wire_len as usize) > budget {
                 break;
             }

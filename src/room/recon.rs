@@ -178,11 +178,7 @@ impl Room {
         if lacking.windows(2).any(|w| w.first() == w.get(1)) || expected != shared {
             return None;
         }
-        Some(Cursor {
-            explicit: lacking,
-            pos: 0,
-            tail_next: at_seq.saturating_add(1),
-        })
+        Some(Cursor::new(lacking, at_seq.saturating_add(1)))
     }
 
     /// The room's prefix-tree root, for `catch_up_done` after a sketch or a refinement. Cached
@@ -324,11 +320,7 @@ impl Room {
                 cursor.explicit.sort_unstable();
                 cursor
             }
-            None => Cursor {
-                explicit: lacking,
-                pos: 0,
-                tail_next: self.seq().saturating_add(1),
-            },
+            None => Cursor::new(lacking, self.seq().saturating_add(1)),
         };
         Ok(Settled {
             missing,

@@ -831,6 +831,7 @@ fn hello(hints: SyncHints, credit: u64, capabilities: Capabilities) -> Message {
         capabilities,
         hints,
         credit,
+        subscribe: None,
     })
 }
 
@@ -981,6 +982,7 @@ fn unsupported_version_closes_with_4003_and_an_error() {
                 capabilities: Capabilities::NONE,
                 hints: SyncHints::default(),
                 credit: 0,
+                subscribe: None,
             }),
         );
         assert_eq!(sent.closes, vec![(1, CloseCode::UnsupportedVersion)]);
@@ -1849,5 +1851,333 @@ fn the_sketch_index_numbers_ids_in_arrival_order() {
     for (seq, node) in (1u64..).zip(room.nodes()) {
         let (id, ordinal) = room.sets.locate(key.short_id(&node.id)).unwrap();
         assert_eq!((id, ordinal + 1), (node.id, seq));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Hub: subscriptions
+
+const SUBS: Capabilities = Capabilities::SUBSCRIPTIONS;
+
+/// Connects `id` with a subscription and sends its hello.
+fn join_subscribed(
+    relay: &mut Relay,
+    id: SessionId,
+    hints: SyncHints,
+    patterns: &[&str],
+    caps: Capabilities,
+) -> Sent {
+    relay.hub.connect(id, relay.now);
+    let message = Message::Hello(Hello {
+        min_version: PROTOCOL_VERSION,
+        max_version: PROTOCOL_VERSION,
+        capabilities: caps,
+        hints,
+        credit: 1 << 30,
+        subscribe: Some(patterns.iter().map(|p| (*p).to_owned()).collect()),
+    });
+    relay.frame(id, message)
+}
+
+/// A room with nodes under `docs/`, `notes/` and `misc/`, each chained on the previous one so
+/// that subscribed subsets are not closed under ancestry.
+fn mixed_room(n: usize) -> Vec<Node> {
+    let dirs = ["docs/a", "notes/b", "misc/c", "docs/deep/d"];
+    let mut nodes: Vec<Node> = Vec::new();
+    for i in 0..n {
+        let parents: Vec<&Node> = nodes.last().into_iter().collect();
+        nodes.push(node(&parents, dirs[i % dirs.len()], &i.to_string()));
+    }
+    nodes
+}
+
+fn nodes_sent(messages: &[&Message]) -> Vec<NodeId> {
+    messages
+        .iter()
+        .flat_map(|m| match m {
+            Message::Batch(b) => b.nodes.iter().map(|n| n.id).collect::<Vec<_>>(),
+            Message::Broadcast(b) => b.nodes.iter().map(|n| n.id).collect(),
+            _ => Vec::new(),
+        })
+        .collect()
+}
+
+fn matching(nodes: &[Node], prefix: &[&str]) -> Vec<NodeId> {
+    nodes
+        .iter()
+        .filter(|n| prefix.iter().any(|p| n.path.starts_with(p)))
+        .map(|n| n.id)
+        .collect()
+}
+
+#[test]
+fn a_subscribed_cold_client_gets_only_the_matching_nodes_and_their_digest() {
+    let dag = mixed_room(40);
+    let mut relay = Relay::new(populated(&dag.iter().collect::<Vec<_>>()));
+    let sent = join_subscribed(&mut relay, 1, SyncHints::default(), &["docs/**"], SUBS);
+    let welcome = welcome_of(&sent.to(1));
+    assert_eq!(welcome.plan, Plan::CatchUp);
+    assert!(welcome.capabilities.contains(SUBS));
+    let expected = matching(&dag, &["docs/"]);
+    assert_eq!(nodes_sent(&sent.to(1)), expected);
+    let Some(Message::CatchUpDone(done)) = sent.to(1).last().copied() else {
+        panic!("no catch_up_done");
+    };
+    assert_eq!(done.digest, SetDigest::of(&expected));
+    assert_eq!(done.seq, 40);
+    // Reconnecting with that watermark: nothing matching is new, so in sync at once; after
+    // more nodes, only the matching new ones come.
+    let hints = SyncHints {
+        digest: SetDigest::of(&expected),
+        watermark: Some(Watermark {
+            epoch: EPOCH,
+            seq: 40,
+        }),
+        ..SyncHints::default()
+    };
+    let sent = join_subscribed(&mut relay, 2, hints.clone(), &["docs/**"], SUBS);
+    assert_eq!(welcome_of(&sent.to(2)).plan, Plan::InSync);
+    let more: Vec<Node> = ["notes/x", "docs/y", "misc/z"]
+        .iter()
+        .map(|p| node(&[dag.last().unwrap()], p, "more"))
+        .collect();
+    let _ = join_steady(&mut relay, 9, Capabilities::NONE);
+    let _ = relay.frame(9, pack(1, &more.iter().collect::<Vec<_>>()));
+    let sent = join_subscribed(&mut relay, 3, hints, &["docs/**"], SUBS);
+    assert_eq!(welcome_of(&sent.to(3)).plan, Plan::CatchUp);
+    assert_eq!(nodes_sent(&sent.to(3)), vec![more[1].id]);
+}
+
+#[test]
+fn broadcasts_reach_only_the_sessions_whose_subscription_matches() {
+    let root = node(&[], "misc/root", "root");
+    let mut relay = Relay::new(populated(&[&root]));
+    let hints = hints_of(relay.hub.room());
+    let _ = join_subscribed(&mut relay, 1, hints.clone(), &["docs/**"], SUBS);
+    let _ = join_subscribed(&mut relay, 2, hints.clone(), &["notes/*", "**/deep"], SUBS);
+    let _ = join_steady(&mut relay, 3, Capabilities::NONE);
+    let _ = join_steady(&mut relay, 4, Capabilities::NONE);
+    let docs = node(&[&root], "docs/a/b", "1");
+    let notes = node(&[&docs], "notes/n", "2");
+    let misc = node(&[&notes], "misc/x", "3");
+    let deep = node(&[&misc], "docs/deep", "4");
+    let sent = relay.frame(4, pack(1, &[&docs, &notes, &misc, &deep]));
+    assert_eq!(nodes_sent(&sent.to(1)), vec![docs.id, deep.id]);
+    assert_eq!(nodes_sent(&sent.to(2)), vec![notes.id, deep.id]);
+    assert_eq!(
+        nodes_sent(&sent.to(3)),
+        vec![docs.id, notes.id, misc.id, deep.id]
+    );
+    assert!(nodes_sent(&sent.to(4)).is_empty(), "no echo to the sender");
+    // Runs of consecutive numbers: session 1 gets two broadcasts (2, then 5), each with the
+    // numbers of its nodes.
+    let firsts: Vec<u64> = sent
+        .to(1)
+        .iter()
+        .filter_map(|m| match m {
+            Message::Broadcast(b) => Some(b.first_seq),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(firsts, vec![2, 5]);
+    // Session 2's leaving drops its patterns: routing then tests nothing for it.
+    let _ = relay.hub.disconnect(2);
+    let more = node(&[&deep], "notes/m", "5");
+    let sent = relay.frame(4, pack(2, &[&more]));
+    assert!(nodes_sent(&sent.to(1)).is_empty());
+    assert_eq!(nodes_sent(&sent.to(3)), vec![more.id]);
+}
+
+#[test]
+fn subscribing_backfills_what_newly_matches_then_says_subscribed() {
+    let dag = mixed_room(20);
+    let mut relay = Relay::new(populated(&dag.iter().collect::<Vec<_>>()));
+    let sent = join_subscribed(&mut relay, 1, SyncHints::default(), &["docs/**"], SUBS);
+    assert!(matches!(sent.to(1).last(), Some(Message::CatchUpDone(_))));
+    let _ = join_steady(&mut relay, 9, Capabilities::NONE);
+    // Backfill of notes: the 5 notes nodes, then `subscribed`.
+    let sent = relay.frame(
+        1,
+        Message::Subscribe(protocol::Subscribe {
+            number: 7,
+            patterns: vec!["notes/**".into(), "docs/**".into()],
+        }),
+    );
+    assert_eq!(nodes_sent(&sent.to(1)), matching(&dag, &["notes/"]));
+    match sent.to(1).last() {
+        Some(Message::Subscribed(s)) => {
+            assert_eq!(s.number, 7);
+            assert_eq!(s.patterns, vec!["docs/**", "notes/**"]);
+            assert_eq!(s.seq, 20);
+        }
+        other => panic!("expected subscribed, got {other:?}"),
+    }
+    // Now notes are broadcast to it, misc still not.
+    let n = node(&[dag.last().unwrap()], "notes/new", "n");
+    let m = node(&[&n], "misc/new", "m");
+    let sent = relay.frame(9, pack(1, &[&n, &m]));
+    assert_eq!(nodes_sent(&sent.to(1)), vec![n.id]);
+    // Unsubscribing is answered at once and stops the notes.
+    let sent = relay.frame(
+        1,
+        Message::Unsubscribe(protocol::Unsubscribe {
+            number: 8,
+            patterns: vec!["notes/**".into(), "never/subscribed".into()],
+        }),
+    );
+    match &sent.to(1)[..] {
+        [Message::Subscribed(s)] => assert_eq!(s.patterns, vec!["docs/**"]),
+        other => panic!("{other:?}"),
+    }
+    let n2 = node(&[&m], "notes/again", "n2");
+    let sent = relay.frame(9, pack(2, &[&n2]));
+    assert!(nodes_sent(&sent.to(1)).is_empty());
+}
+
+#[test]
+fn nodes_admitted_during_a_backfill_are_in_the_stream_not_broadcast() {
+    let dag = mixed_room(40);
+    let config = with_limits(RelayLimits {
+        max_frame: 300,
+        ..RelayLimits::default()
+    });
+    let mut relay = Relay::with_config(populated(&dag.iter().collect::<Vec<_>>()), config);
+    // Little credit: the backfill stops after a batch.
+    relay.hub.connect(1, relay.now);
+    let hello = Message::Hello(Hello {
+        min_version: PROTOCOL_VERSION,
+        max_version: PROTOCOL_VERSION,
+        capabilities: SUBS,
+        hints: hints_of(relay.hub.room()),
+        credit: 300,
+        subscribe: Some(vec!["docs/**".into()]),
+    });
+    let _ = relay.frame(1, hello);
+    let _ = join_steady(&mut relay, 9, Capabilities::NONE);
+    let member_credit_spent = relay.frame(
+        1,
+        Message::Subscribe(protocol::Subscribe {
+            number: 1,
+            patterns: vec!["notes/**".into()],
+        }),
+    );
+    let mut received = nodes_sent(&member_credit_spent.to(1));
+    assert!(
+        !matches!(
+            member_credit_spent.to(1).last(),
+            Some(Message::Subscribed(_))
+        ),
+        "the backfill should wait for credit"
+    );
+    // A notes node admitted meanwhile, and a pack from the backfilling session itself.
+    let late = node(&[dag.last().unwrap()], "notes/late", "late");
+    let sent = relay.frame(9, pack(1, &[&late]));
+    assert!(
+        !nodes_sent(&sent.to(1)).contains(&late.id),
+        "broadcast to a backfilling session"
+    );
+    let own = node(&[&late], "docs/own", "own");
+    let sent = relay.frame(1, pack(1, &[&own]));
+    assert!(matches!(sent.to(1).first(), Some(Message::Ack(_))));
+    let mut subscribed = None;
+    for _ in 0..100 {
+        let sent = relay.frame(1, Message::Credit(Credit { bytes: 1 << 20 }));
+        received.extend(nodes_sent(&sent.to(1)));
+        if let Some(Message::Subscribed(s)) = sent.to(1).last() {
+            subscribed = Some(s.clone());
+            break;
+        }
+    }
+    let subscribed = subscribed.expect("the backfill ends");
+    assert_eq!(subscribed.seq, 42);
+    let mut expected = matching(&dag, &["notes/"]);
+    expected.push(late.id);
+    // Its own node matches too and arrives in the stream (a client drops the duplicate).
+    expected.push(own.id);
+    assert_eq!(received, expected);
+}
+
+#[test]
+fn bad_patterns_get_typed_errors_naming_the_pattern() {
+    let mut relay = Relay::new(populated(&[&node(&[], "a", "a")]));
+    // In hello: refused, and the session closes.
+    let sent = join_subscribed(&mut relay, 1, SyncHints::default(), &["ok/**", "a**"], SUBS);
+    match &sent.to(1)[..] {
+        [Message::ErrorMessage(e)] => {
+            assert_eq!(e.code, ErrorCode::BadPattern.code());
+            assert!(e.detail.contains("\"a**\""), "{}", e.detail);
+            assert!(e.detail.contains("whole segment"), "{}", e.detail);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(sent.closes, vec![(1, CloseCode::ProtocolViolation)]);
+    // Without the capability, a subscription in hello is a protocol violation.
+    let sent = join_subscribed(
+        &mut relay,
+        2,
+        SyncHints::default(),
+        &["docs/**"],
+        Capabilities::NONE,
+    );
+    assert_eq!(sent.closes, vec![(2, CloseCode::ProtocolViolation)]);
+    // Mid-session: an error, and the session and its subscription stay.
+    let hints = hints_of(relay.hub.room());
+    let _ = join_subscribed(&mut relay, 3, hints, &["a"], SUBS);
+    for (patterns, needle) in [
+        (vec!["x//y".to_owned()], "\"x//y\""),
+        (vec![r"x\y".to_owned()], "may only escape"),
+        (vec!["z".repeat(300)], "at most 256"),
+        ((0..65).map(|i| format!("p{i}")).collect(), "more than 64"),
+    ] {
+        let sent = relay.frame(
+            3,
+            Message::Subscribe(protocol::Subscribe {
+                number: 1,
+                patterns,
+            }),
+        );
+        match &sent.to(3)[..] {
+            [Message::ErrorMessage(e)] => {
+                assert_eq!(e.code, ErrorCode::BadPattern.code());
+                assert!(e.detail.contains(needle), "{}", e.detail);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(sent.closes.is_empty());
+    }
+    // The whole subscription is bounded too, not only one frame of it.
+    for i in 0..63 {
+        let sent = relay.frame(
+            3,
+            Message::Subscribe(protocol::Subscribe {
+                number: i,
+                patterns: vec![format!("q{i}")],
+            }),
+        );
+        assert!(matches!(sent.to(3)[..], [Message::Subscribed(_)]), "{i}");
+    }
+    let sent = relay.frame(
+        3,
+        Message::Subscribe(protocol::Subscribe {
+            number: 99,
+            patterns: vec!["one/more".into()],
+        }),
+    );
+    match &sent.to(3)[..] {
+        [Message::ErrorMessage(e)] => assert_eq!(e.code, ErrorCode::BadPattern.code()),
+        other => panic!("{other:?}"),
+    }
+    // A session without the capability cannot subscribe later either.
+    let _ = join_steady(&mut relay, 4, Capabilities::NONE);
+    let sent = relay.frame(
+        4,
+        Message::Subscribe(protocol::Subscribe {
+            number: 1,
+            patterns: vec!["a".into()],
+        }),
+    );
+    match &sent.to(4)[..] {
+        [Message::ErrorMessage(e)] => assert_eq!(e.code, ErrorCode::Unexpected.code()),
+        other => panic!("{other:?}"),
     }
 }

@@ -90,6 +90,7 @@ impl ClientSession {
             hints,
             // With zero credit the relay would never send the batch that triggers a grant.
             credit: window.max(1),
+            subscribe: None,
         })
         .encode()?;
         let session = Self {

@@ -3,6 +3,7 @@
 use bytes::Bytes;
 
 use crate::node::NodeId;
+use crate::pattern::Pattern;
 use crate::protocol::{
     self, BucketSketch, Capabilities, CloseCode, ErrorCode, ErrorMessage, Hello, Message,
     MessageType, PROTOCOL_VERSION, Pack, RelayLimits, SyncHints,
@@ -33,6 +34,9 @@ enum Phase {
     AwaitNeed,
     CatchingUp,
     Steady,
+    /// A subscription grew: newly matching history streams like catch-up, while packs are
+    /// still accepted.
+    Backfilling,
     Closed,
 }
 
@@ -57,6 +61,22 @@ pub enum Request {
         hints: SyncHints,
         /// Negotiated capabilities.
         capabilities: Capabilities,
+        /// The patterns the session subscribes to, or `None` for every node.
+        subscribe: Option<Vec<Pattern>>,
+    },
+    /// Add patterns to the subscription (steady sessions only).
+    Subscribe {
+        /// The client's number for the change.
+        number: u64,
+        /// Parsed patterns.
+        patterns: Vec<Pattern>,
+    },
+    /// Remove patterns from the subscription (steady sessions only).
+    Unsubscribe {
+        /// The client's number for the change.
+        number: u64,
+        /// Parsed patterns.
+        patterns: Vec<Pattern>,
     },
     /// The client's complete id list (plan `SendIds`).
     Ids(Vec<NodeId>),
@@ -158,9 +178,20 @@ impl RelaySession {
         matches!(self.phase, Phase::Steady)
     }
 
-    /// Whether the session is streaming catch-up.
+    /// Whether the session is streaming catch-up (or a backfill).
     pub fn is_catching_up(&self) -> bool {
-        matches!(self.phase, Phase::CatchingUp)
+        matches!(self.phase, Phase::CatchingUp | Phase::Backfilling)
+    }
+
+    /// Whether the stream in progress is a backfill (it ends with `subscribed`, not
+    /// `catch_up_done`).
+    pub fn is_backfilling(&self) -> bool {
+        matches!(self.phase, Phase::Backfilling)
+    }
+
+    /// A subscription change needs newly matching history streamed.
+    pub fn backfill(&mut self) {
+        self.phase = Phase::Backfilling;
     }
 
     /// Whether a `hello` has been accepted.
@@ -201,7 +232,7 @@ impl RelaySession {
         self.phase = Phase::CatchingUp;
     }
 
-    /// `catch_up_done` is queued; the session is live.
+    /// `catch_up_done` (or `subscribed`) is queued; the session is live.
     pub fn caught_up(&mut self) {
         self.phase = Phase::Steady;
     }
@@ -359,7 +390,8 @@ impl RelaySession {
                 | Phase::CollectingBucketIds { .. }
                 | Phase::AwaitNeed
                 | Phase::CatchingUp
-                | Phase::Steady,
+                | Phase::Steady
+                | Phase::Backfilling,
                 Message::Credit(c),
             ) => {
                 self.credit = self
@@ -368,12 +400,34 @@ impl RelaySession {
                     .min(self.config.max_credit);
                 Reaction::Request(Request::Pump)
             }
-            (Phase::Steady, Message::Pack(pack)) => {
+            (Phase::Steady | Phase::Backfilling, Message::Pack(pack)) => {
                 let max = self.config.limits.max_pack_nodes as usize;
                 if pack.nodes.len() > max {
                     return self.complain(limit(ty, format!("more than {max} nodes in one pack")));
                 }
                 Reaction::Request(Request::Pack(pack))
+            }
+            (Phase::Steady, Message::Subscribe(change))
+                if self.capabilities.contains(Capabilities::SUBSCRIPTIONS) =>
+            {
+                match self.parse_patterns(&change.patterns, ty) {
+                    Ok(patterns) => Reaction::Request(Request::Subscribe {
+                        number: change.number,
+                        patterns,
+                    }),
+                    Err(error) => self.complain(error),
+                }
+            }
+            (Phase::Steady, Message::Unsubscribe(change))
+                if self.capabilities.contains(Capabilities::SUBSCRIPTIONS) =>
+            {
+                match self.parse_patterns(&change.patterns, ty) {
+                    Ok(patterns) => Reaction::Request(Request::Unsubscribe {
+                        number: change.number,
+                        patterns,
+                    }),
+                    Err(error) => self.complain(error),
+                }
             }
             (_, Message::Presence(p)) if self.capabilities.contains(Capabilities::PRESENCE) => {
                 let max = self.config.limits.max_presence as usize;
@@ -412,10 +466,57 @@ impl RelaySession {
         }
         self.capabilities = hello.capabilities.intersect(Capabilities::SUPPORTED);
         self.credit = hello.credit.min(self.config.max_credit);
+        let subscribe = match hello.subscribe {
+            None => None,
+            Some(_) if !self.capabilities.contains(Capabilities::SUBSCRIPTIONS) => {
+                return self.fatal(
+                    CloseCode::ProtocolViolation,
+                    ErrorMessage::new(
+                        ErrorCode::Unexpected,
+                        Some(MessageType::Hello),
+                        "hello.subscribe needs the subscriptions capability",
+                    ),
+                );
+            }
+            Some(sources) => match self.parse_patterns(&sources, MessageType::Hello) {
+                Ok(patterns) => Some(patterns),
+                // The session cannot start without knowing what it subscribes to.
+                Err(error) => return self.fatal(CloseCode::ProtocolViolation, error),
+            },
+        };
         Reaction::Request(Request::Join {
             hints: hello.hints,
             capabilities: self.capabilities,
+            subscribe,
         })
+    }
+
+    /// Parses patterns under the announced limits; the error names the first bad one.
+    fn parse_patterns(
+        &self,
+        sources: &[String],
+        ty: MessageType,
+    ) -> Result<Vec<Pattern>, ErrorMessage> {
+        let limits = &self.config.limits.patterns;
+        if sources.len() > usize::from(limits.max_patterns) {
+            return Err(ErrorMessage::new(
+                ErrorCode::BadPattern,
+                Some(ty),
+                format!("more than {} patterns", limits.max_patterns),
+            ));
+        }
+        sources
+            .iter()
+            .map(|source| {
+                Pattern::parse(source, limits).map_err(|reason| {
+                    ErrorMessage::new(
+                        ErrorCode::BadPattern,
+                        Some(ty),
+                        format!("pattern {source:?}: {reason}"),
+                    )
+                })
+            })
+            .collect()
     }
 
     fn complain(&mut self, error: ErrorMessage) -> Reaction {

@@ -180,6 +180,7 @@ pub fn hello(hints: SyncHints) -> Hello {
         capabilities: Capabilities::SUPPORTED,
         hints,
         credit: 8 * 1024 * 1024,
+        subscribe: None,
     }
 }
 

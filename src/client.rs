@@ -35,6 +35,7 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::node::{Node, NodeId, Rejection, RoomId};
+use crate::pattern::{Pattern, PatternError, PatternLimits, PatternSet};
 use crate::protocol::{Capabilities, ErrorMessage, Message, Outcome, Plan, Presence};
 use crate::replica::{InsertError, Link, Replica, ReplicaFileError, SyncEvent};
 
@@ -58,6 +59,9 @@ pub struct ClientConfig {
     /// Silence from the relay after which the connection is presumed dead and re-established.
     /// The relay pings every 15 s by default, so a live connection is never this quiet.
     pub idle_timeout: Duration,
+    /// Path patterns to copy (protocol/README.md §3.5, §7.5); `None` copies the whole room.
+    /// A replica file made under another subscription keeps its nodes but reconciles again.
+    pub subscribe: Option<Vec<String>>,
 }
 
 impl ClientConfig {
@@ -72,6 +76,7 @@ impl ClientConfig {
             backoff_max: Duration::from_secs(10),
             replica_file: None,
             idle_timeout: Duration::from_secs(60),
+            subscribe: None,
         }
     }
 
@@ -111,6 +116,14 @@ pub enum Event {
     },
     /// The relay complained about one of our frames.
     RelayError(ErrorMessage),
+    /// A subscription change is complete: the replica copies `patterns` and holds every
+    /// matching node up to `seq`.
+    Subscribed {
+        /// The whole subscription, canonical and sorted.
+        patterns: Vec<String>,
+        /// Relay arrival number.
+        seq: u64,
+    },
     /// The connection dropped; the client reconnects by itself.
     Disconnected {
         /// Why.
@@ -127,6 +140,9 @@ pub enum StartError {
     /// The replica file is not valid.
     #[error(transparent)]
     File(#[from] ReplicaFileError),
+    /// A subscription pattern is invalid.
+    #[error("{0}")]
+    Pattern(#[from] SubscribeError),
     /// The replica file belongs to another room.
     #[error("replica file is for room {found}, not {wanted}")]
     WrongRoom {
@@ -156,10 +172,47 @@ pub enum PushError {
 #[error("client is closed")]
 pub struct Closed;
 
+/// A subscription change was not made.
+#[derive(Debug, thiserror::Error)]
+pub enum SubscribeError {
+    /// A pattern is invalid (the same rules as the relay's defaults, §3.5).
+    #[error("pattern {pattern:?}: {reason}")]
+    Pattern {
+        /// The pattern as given.
+        pattern: String,
+        /// Why it is refused.
+        reason: PatternError,
+    },
+    /// The client shut down before the relay answered.
+    #[error("client closed before the subscription changed")]
+    Closed,
+}
+
 enum Command {
     Push,
     Presence,
     Close,
+    /// Add (`add`) or remove patterns; answered with the whole subscription once it holds.
+    Subscribe {
+        patterns: Vec<String>,
+        add: bool,
+        done: oneshot::Sender<Vec<String>>,
+    },
+}
+
+/// `patterns` in canonical form, sorted and deduplicated, or the first invalid one.
+fn canonical(patterns: &[String]) -> Result<Vec<String>, SubscribeError> {
+    let limits = PatternLimits::default();
+    let parsed: Result<Vec<Pattern>, SubscribeError> = patterns
+        .iter()
+        .map(|p| {
+            Pattern::parse(p, &limits).map_err(|reason| SubscribeError::Pattern {
+                pattern: p.clone(),
+                reason,
+            })
+        })
+        .collect();
+    Ok(PatternSet::new(parsed?).canonical())
 }
 
 struct Shared {
@@ -207,6 +260,9 @@ impl Client {
             }
             _ => Replica::new(config.room.clone()),
         };
+        let mut replica = replica;
+        let subscription = config.subscribe.as_deref().map(canonical).transpose()?;
+        replica.set_subscription(subscription);
         let shared = Arc::new(Shared {
             replica: Mutex::new(replica),
             waiters: Mutex::new(HashMap::new()),
@@ -221,6 +277,7 @@ impl Client {
             shared: shared.clone(),
             commands: commands_rx,
             events: events_tx,
+            subscribing: Vec::new(),
         };
         let task = tokio::spawn(driver.run());
         Ok((
@@ -263,6 +320,36 @@ impl Client {
             Ok(Outcome::Rejected(reason)) => Err(PushError::Rejected(reason)),
             Ok(Outcome::Pending) | Err(_) => Err(PushError::Closed),
         }
+    }
+
+    /// Adds path patterns to the subscription and waits until the relay has backfilled what
+    /// they newly match; returns the whole subscription. Offline, the change is made locally
+    /// and the next connection reconciles the new subset.
+    pub async fn subscribe(&self, patterns: &[String]) -> Result<Vec<String>, SubscribeError> {
+        self.change_subscription(patterns, true).await
+    }
+
+    /// Removes path patterns from the subscription (compared in canonical form); returns the
+    /// whole subscription.
+    pub async fn unsubscribe(&self, patterns: &[String]) -> Result<Vec<String>, SubscribeError> {
+        self.change_subscription(patterns, false).await
+    }
+
+    async fn change_subscription(
+        &self,
+        patterns: &[String],
+        add: bool,
+    ) -> Result<Vec<String>, SubscribeError> {
+        let patterns = canonical(patterns)?;
+        let (done, answer) = oneshot::channel();
+        self.commands
+            .send(Command::Subscribe {
+                patterns,
+                add,
+                done,
+            })
+            .map_err(|_| SubscribeError::Closed)?;
+        answer.await.map_err(|_| SubscribeError::Closed)
     }
 
     /// Sets this peer's presence state (sent now and after every reconnect).
@@ -318,6 +405,8 @@ struct Driver {
     shared: Arc<Shared>,
     commands: mpsc::UnboundedReceiver<Command>,
     events: mpsc::Sender<Event>,
+    /// The subscription change in flight (patterns, add), with its callers.
+    subscribing: Vec<(Vec<String>, bool, oneshot::Sender<Vec<String>>)>,
 }
 
 /// Why a connection ended.
@@ -347,7 +436,13 @@ impl Driver {
                     Ok((socket, _)) => {
                         failures = 0;
                         self.emit(Event::Connected).await;
-                        match self.connection(socket).await {
+                        let ended = self.connection(socket).await;
+                        // A change the relay did not confirm is made locally: the next
+                        // connection reconciles the new subset from scratch.
+                        for (patterns, add, waiter) in std::mem::take(&mut self.subscribing) {
+                            let _gone = waiter.send(self.subscribe_offline(&patterns, add));
+                        }
+                        match ended {
                             Ended::Stop => return,
                             Ended::Lost(reason) => reason,
                         }
@@ -366,6 +461,9 @@ impl Driver {
                     command = self.commands.recv() => match command {
                         None | Some(Command::Close) => return,
                         Some(Command::Push | Command::Presence) => {}
+                        Some(Command::Subscribe { patterns, add, done }) => {
+                            let _gone = done.send(self.subscribe_offline(&patterns, add));
+                        }
                     },
                 }
             }
@@ -429,6 +527,21 @@ impl Driver {
                     },
                     Some(Command::Presence) if welcomed => outgoing.extend(self.presence_frame(&link)),
                     Some(Command::Presence) => {}
+                    Some(Command::Subscribe { patterns, add, done }) => {
+                        match link.change_subscription(patterns.clone(), add) {
+                            Ok(Some(frame)) => {
+                                outgoing.push(frame);
+                                self.subscribing.push((patterns, add, done));
+                            }
+                            // Not steady yet (or the relay cannot subscribe): change the
+                            // replica's subscription and reconnect with it.
+                            Ok(None) => {
+                                let _gone = done.send(self.subscribe_offline(&patterns, add));
+                                return Ended::Lost("subscription changed; reconnecting".into());
+                            }
+                            Err(e) => return Ended::Lost(e.to_string()),
+                        }
+                    }
                 },
             }
             for frame in outgoing {
@@ -437,6 +550,30 @@ impl Driver {
                 }
             }
         }
+    }
+
+    /// Applies a subscription change to the replica alone; returns the new subscription.
+    fn subscribe_offline(&self, patterns: &[String], add: bool) -> Vec<String> {
+        let mut replica = self.shared.replica();
+        let limits = PatternLimits::default();
+        let parse = |list: &[String]| -> Vec<Pattern> {
+            list.iter()
+                .filter_map(|p| Pattern::parse(p, &limits).ok())
+                .collect()
+        };
+        let current = match replica.subscription() {
+            Some(list) => PatternSet::new(parse(list)),
+            None => PatternSet::new(parse(&["**".to_owned()])),
+        };
+        let changes = parse(patterns);
+        let next = if add {
+            current.with(&changes)
+        } else {
+            current.without(&changes)
+        };
+        let canonical = next.canonical();
+        replica.set_subscription(Some(canonical.clone()));
+        canonical
     }
 
     /// The current presence state as a frame, if presence was negotiated and a state is set.
@@ -483,6 +620,12 @@ impl Driver {
             SyncEvent::Presence { peer, state } => self.emit(Event::Presence { peer, state }).await,
             SyncEvent::Plan(plan) => self.emit(Event::Reconciling { plan }).await,
             SyncEvent::RelayError(error) => self.emit(Event::RelayError(error)).await,
+            SyncEvent::Subscribed { patterns, seq } => {
+                for (_, _, waiter) in self.subscribing.drain(..) {
+                    let _gone = waiter.send(patterns.clone());
+                }
+                self.emit(Event::Subscribed { patterns, seq }).await;
+            }
         }
     }
 

@@ -73,6 +73,49 @@ fn push_tail_pull_round_trip() {
     std::fs::remove_file(bin).unwrap();
 }
 
+/// `weft tail --subscribe` (repeatable, with `--json --once`) prints only matching nodes;
+/// a bad pattern is refused with its reason.
+#[test]
+fn tail_with_subscriptions_prints_only_matching_nodes() {
+    let serve = Serve::start();
+    for (path, data) in [
+        ("docs/readme", "1"),
+        ("notes/today", "2"),
+        ("docs/api/v1", "3"),
+        ("misc/x", "4"),
+        ("notes/tomorrow", "5"),
+    ] {
+        let pushed = serve.weft(&["push", "--room", "subs", "--path", path, "--data", data]);
+        assert!(pushed.status.success());
+    }
+    let tail = stdout(&serve.weft(&[
+        "tail",
+        "--room",
+        "subs",
+        "--subscribe",
+        "docs/**",
+        "--subscribe",
+        "*/tomorrow",
+        "--json",
+        "--once",
+    ]));
+    let paths: Vec<String> = tail
+        .lines()
+        .map(|l| {
+            let line: serde_json::Value = serde_json::from_str(l).unwrap();
+            line["path"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    assert_eq!(paths, ["docs/readme", "docs/api/v1", "notes/tomorrow"]);
+    let bad = serve.weft(&["tail", "--room", "subs", "--subscribe", "docs**", "--once"]);
+    assert!(!bad.status.success());
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        stderr.contains("docs**") && stderr.contains("whole segment"),
+        "{stderr}"
+    );
+}
+
 /// A room written through a relay is checked, exported, imported into another store (twice:
 /// the second time adds nothing) and served from there with the same nodes in the same order;
 /// a damaged export is refused.

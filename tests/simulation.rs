@@ -641,6 +641,9 @@ impl Sim {
                 SyncEvent::RelayError(e) => {
                     self.fail(format!("client {c}: relay complained: {e:?}"))
                 }
+                SyncEvent::Subscribed { .. } => {
+                    self.fail(format!("client {c}: subscribed without subscribing"))
+                }
             }
         }
         self.send(c, output.send);

@@ -41,6 +41,10 @@ pub struct TailArgs {
     /// Exit after catch-up instead of following live nodes.
     #[arg(long)]
     once: bool,
+    /// Only nodes whose path matches this pattern (`*` within a segment, `**` any depth);
+    /// repeat for several. Without it, the whole room.
+    #[arg(long = "subscribe", value_name = "PATTERN")]
+    subscribe: Vec<String>,
 }
 
 /// Flags of `weft pull`.
@@ -51,14 +55,20 @@ pub struct PullArgs {
     /// Replica file to write (an existing one is updated incrementally).
     #[arg(long)]
     out: PathBuf,
+    /// Only nodes whose path matches this pattern; repeat for several. Give the same ones on
+    /// every pull of a replica file: a pull without them copies the whole room.
+    #[arg(long = "subscribe", value_name = "PATTERN")]
+    subscribe: Vec<String>,
 }
 
 fn start(
     target: &Target,
     replica: Option<PathBuf>,
+    subscribe: &[String],
 ) -> anyhow::Result<(Client, mpsc::Receiver<Event>)> {
     let mut config = ClientConfig::new(target.server.clone(), target.room.clone());
     config.replica_file = replica;
+    config.subscribe = (!subscribe.is_empty()).then(|| subscribe.to_vec());
     Client::start(config).context("cannot start the client")
 }
 
@@ -84,7 +94,7 @@ async fn until_synced(
                 tracing::warn!(code = e.code, detail = %e.detail, "relay error")
             }
             Some(Event::Reconciling { plan }) => tracing::debug!(?plan, "reconciling"),
-            Some(Event::Connected | Event::Presence { .. }) => {}
+            Some(Event::Connected | Event::Presence { .. } | Event::Subscribed { .. }) => {}
             None => bail!("client stopped"),
         }
     }
@@ -106,7 +116,7 @@ pub async fn push(args: PushArgs) -> anyhow::Result<()> {
         (None, None) => bail!("give --data or --file"),
     };
     let deadline = Instant::now() + Duration::from_secs(args.target.timeout);
-    let (client, mut events) = start(&args.target, args.target.replica.clone())?;
+    let (client, mut events) = start(&args.target, args.target.replica.clone(), &[])?;
     until_synced(&mut events, deadline, |_| Ok(())).await?;
     // The driver keeps emitting events; nobody reads them from here on.
     drop(events);
@@ -121,7 +131,7 @@ pub async fn push(args: PushArgs) -> anyhow::Result<()> {
 /// `weft tail`.
 pub async fn tail(args: TailArgs) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(args.target.timeout);
-    let (client, mut events) = start(&args.target, args.target.replica.clone())?;
+    let (client, mut events) = start(&args.target, args.target.replica.clone(), &args.subscribe)?;
     let print = |node: &Node| print_node(node, args.json);
     until_synced(&mut events, deadline, print).await?;
     if !args.once {
@@ -142,7 +152,7 @@ pub async fn tail(args: TailArgs) -> anyhow::Result<()> {
 /// `weft pull`.
 pub async fn pull(args: PullArgs) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(args.target.timeout);
-    let (client, mut events) = start(&args.target, Some(args.out.clone()))?;
+    let (client, mut events) = start(&args.target, Some(args.out.clone()), &args.subscribe)?;
     until_synced(&mut events, deadline, |_| Ok(())).await?;
     drop(events);
     let count = client.with_replica(|r| r.len());

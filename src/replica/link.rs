@@ -45,6 +45,14 @@ pub enum SyncEvent {
     },
     /// The relay complained about one of our frames.
     RelayError(ErrorMessage),
+    /// A subscription change is complete: the replica now copies `patterns` and holds every
+    /// matching node up to `seq`.
+    Subscribed {
+        /// The whole subscription, canonical and sorted.
+        patterns: Vec<String>,
+        /// The relay arrival number the replica is complete up to.
+        seq: u64,
+    },
 }
 
 /// What to send and report after a frame.
@@ -160,7 +168,13 @@ impl Link {
             capabilities
         };
         let hints = replica.hints(capabilities.contains(sketches));
-        let (session, hello) = ClientSession::start(hints, capabilities, window)?;
+        let subscribe = replica.subscription().map(<[String]>::to_vec);
+        let capabilities = if subscribe.is_some() {
+            capabilities.union(Capabilities::SUBSCRIPTIONS)
+        } else {
+            capabilities
+        };
+        let (session, hello) = ClientSession::start(hints, capabilities, window, subscribe)?;
         let link = Self {
             session,
             epoch: 0,
@@ -297,8 +311,15 @@ impl Link {
                     {
                         out.events.push(SyncEvent::Arrived(id));
                     }
-                    replica.received_seq(self.epoch, seq);
+                    self.received(replica, seq);
                 }
+            }
+            ClientEvent::Subscribed(done) => {
+                replica.subscription_changed(done.patterns.clone(), self.epoch, done.seq);
+                out.events.push(SyncEvent::Subscribed {
+                    patterns: done.patterns,
+                    seq: done.seq,
+                });
             }
             ClientEvent::Presence(update) => {
                 out.events.push(SyncEvent::Presence {
@@ -324,7 +345,7 @@ impl Link {
         match outcome {
             Outcome::Accepted(seq) | Outcome::Duplicate(seq) => {
                 replica.mark_synced(&id);
-                replica.received_seq(self.epoch, seq);
+                self.received(replica, seq);
             }
             // Still waiting for parents on the relay; a `resolved` entry settles it.
             Outcome::Pending => return,
@@ -332,6 +353,38 @@ impl Link {
         }
         self.outstanding.remove(&id);
         out.events.push(SyncEvent::Settled { id, outcome });
+    }
+
+    /// Node `seq` arrived live or was acked. A subscribed replica never sees the numbers of
+    /// nodes outside its subscription, but in steady state the relay sends every matching
+    /// node in order, so the watermark moves straight to `seq`; during a backfill older
+    /// matching nodes are still on their way, and `subscribed` sets it.
+    fn received(&mut self, replica: &mut Replica, seq: u64) {
+        if replica.subscription().is_none() {
+            replica.received_seq(self.epoch, seq);
+        } else if !self.session.is_backfilling() {
+            replica.complete_through(self.epoch, seq);
+        }
+    }
+
+    /// A `subscribe` (`add`) or `unsubscribe` of `patterns`, if the session is steady and
+    /// negotiated subscriptions and no other change is in flight; the relay answers with a
+    /// backfill and [`SyncEvent::Subscribed`].
+    pub fn change_subscription(
+        &mut self,
+        patterns: Vec<String>,
+        add: bool,
+    ) -> Result<Option<Bytes>, LinkError> {
+        if !self
+            .session
+            .capabilities()
+            .contains(Capabilities::SUBSCRIPTIONS)
+        {
+            return Ok(None);
+        }
+        let number = self.next_pack;
+        self.next_pack += 1;
+        Ok(self.session.change_subscription(number, patterns, add)?)
     }
 
     /// Packs for every unsynced node not yet sent on this connection, within the relay's limits.

@@ -39,7 +39,8 @@ struct Entry {
 /// A local replica of one room.
 ///
 /// Invariants: `order` lists every node once, parents before children; every parent of a stored
-/// node is stored; synced nodes' parents are synced; `digest`, `heads`, `synced_digest` and
+/// node is stored, except (in a subscribed replica) parents outside the subscription that the
+/// relay vouched for; synced nodes' stored parents are synced; `digest`, `heads`, `synced_digest` and
 /// `synced_heads` describe the stored and synced sets exactly; `unsynced` holds exactly the
 /// positions of the nodes that are not synced.
 pub struct Replica {
@@ -68,6 +69,10 @@ pub struct Replica {
     sets: Option<SetIndex>,
     /// Difference estimator of every node held, sent in `hello` when there is no watermark.
     estimator: Estimator,
+    /// The patterns this replica copies (protocol/README.md §7.5), or `None` for the whole
+    /// room. A subscribed replica holds a subset that is not closed under ancestry, and its
+    /// watermark counts only matching nodes.
+    subscription: Option<Vec<String>>,
 }
 
 /// Why a node could not be added to a replica.
@@ -99,7 +104,32 @@ impl Replica {
             generation: 0,
             sets: None,
             estimator: Estimator::new(),
+            subscription: None,
         }
+    }
+
+    /// The patterns this replica copies, or `None` for the whole room.
+    pub fn subscription(&self) -> Option<&[String]> {
+        self.subscription.as_deref()
+    }
+
+    /// Copies only the nodes matching `patterns` from now on (`None`: the whole room). The
+    /// watermark counted the old subscription's nodes, so a change drops it; the next
+    /// connection reconciles the new subset.
+    pub fn set_subscription(&mut self, patterns: Option<Vec<String>>) {
+        if patterns != self.subscription {
+            self.subscription = patterns;
+            self.watermark = None;
+            self.ahead.clear();
+        }
+    }
+
+    /// The relay completed a subscription change (`subscribed`): the replica copies
+    /// `patterns` and holds every matching node up to `seq` in `epoch`.
+    pub fn subscription_changed(&mut self, patterns: Vec<String>, epoch: u64, seq: u64) {
+        self.subscription = Some(patterns);
+        self.watermark = Some(Watermark { epoch, seq });
+        self.ahead.clear();
     }
 
     /// The room this replica copies.
@@ -281,7 +311,12 @@ impl Replica {
             ..NodeLimits::default()
         };
         node.check(&self.room, &limits)?;
-        if let Some(missing) = node.parents.iter().find(|p| !self.entries.contains_key(*p)) {
+        // A subscribed replica takes the relay's word for parents outside its subscription,
+        // which the relay never sends; everything else must arrive parents first.
+        let vouched = synced && self.subscription.is_some();
+        if let Some(missing) = node.parents.iter().find(|p| !self.entries.contains_key(*p))
+            && !vouched
+        {
             return Err(InsertError::MissingParent(*missing));
         }
         self.store(node, synced);
@@ -416,7 +451,9 @@ impl Replica {
         let resync = self.resync;
         let generation = self.generation.wrapping_add(1);
         let key = self.sets.as_ref().map(|sets| *sets.key());
+        let subscription = self.subscription.take();
         *self = Self::new(self.room.clone());
+        self.subscription = subscription;
         if let Some(key) = key {
             self.sets = Some(SetIndex::new(key));
         }
@@ -481,6 +518,7 @@ impl Replica {
             room: self.room.as_str().to_owned(),
             watermark: self.watermark,
             sketch_key: self.sets.as_ref().map(|sets| sets.key().wire().to_vec()),
+            subscription: self.subscription.clone(),
             nodes: self
                 .order
                 .iter()
@@ -494,11 +532,12 @@ impl Replica {
     /// Reads a replica written by [`to_bytes`](Self::to_bytes), checking every node.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, ReplicaFileError> {
         let file: ReplicaFile = rmp_serde::from_slice(bytes)?;
-        if file.format != REPLICA_FORMAT {
+        if !READABLE_FORMATS.contains(&file.format) {
             return Err(ReplicaFileError::Format(file.format));
         }
         let room = RoomId::new(&file.room).map_err(|_| ReplicaFileError::Room)?;
         let mut replica = Self::new(room);
+        replica.subscription = file.subscription;
         if let Some(key) = file.sketch_key {
             let key = SketchKey::from_wire(&key).ok_or(ReplicaFileError::SketchKey)?;
             replica.sets = Some(SetIndex::new(key));
@@ -511,7 +550,10 @@ impl Replica {
     }
 }
 
-const REPLICA_FORMAT: u32 = 2;
+const REPLICA_FORMAT: u32 = 3;
+
+/// Format 2 files (before subscriptions) read as whole-room replicas.
+const READABLE_FORMATS: [u32; 2] = [2, REPLICA_FORMAT];
 
 #[derive(Serialize, Deserialize)]
 struct ReplicaFile {
@@ -521,6 +563,9 @@ struct ReplicaFile {
     /// The room's sketch key, once a relay named it.
     sketch_key: Option<Vec<u8>>,
     nodes: Vec<(Node, bool)>,
+    /// The replica's subscription (absent in format 2).
+    #[serde(default)]
+    subscription: Option<Vec<String>>,
 }
 
 /// A replica file could not be read.

@@ -386,6 +386,7 @@ fn file(format: u32, room: &str, nodes: Vec<(Node, bool)>) -> Vec<u8> {
         watermark: None,
         sketch_key: None,
         nodes,
+        subscription: None,
     })
     .unwrap()
 }

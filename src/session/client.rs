@@ -3,7 +3,7 @@
 use crate::protocol::{
     self, Ack, Batch, Broadcast, Buckets, Capabilities, CatchUpDone, Credit, DecodeError,
     EncodeError, ErrorMessage, Hello, Message, MessageType, Missing, Need, PROTOCOL_VERSION, Plan,
-    PresenceUpdate, Resolved, Sketch, SyncHints, Welcome,
+    PresenceUpdate, Resolved, Sketch, Subscribe, Subscribed, SyncHints, Unsubscribe, Welcome,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,6 +20,8 @@ enum Phase {
     AwaitMissing,
     CatchingUp,
     Steady,
+    /// A `subscribe` or `unsubscribe` is out: backfill batches, then `subscribed`.
+    Backfilling,
 }
 
 /// A frame from the relay, checked against the phase.
@@ -49,6 +51,8 @@ pub enum ClientEvent {
     Presence(PresenceUpdate),
     /// The relay complained about one of our frames.
     RelayError(ErrorMessage),
+    /// A subscription change is complete.
+    Subscribed(Subscribed),
 }
 
 /// The relay sent something this client cannot accept; the connection should be dropped and
@@ -82,6 +86,7 @@ impl ClientSession {
         hints: SyncHints,
         capabilities: Capabilities,
         window: u64,
+        subscribe: Option<Vec<String>>,
     ) -> Result<(Self, bytes::Bytes), EncodeError> {
         let hello = Message::Hello(Hello {
             min_version: PROTOCOL_VERSION,
@@ -90,7 +95,7 @@ impl ClientSession {
             hints,
             // With zero credit the relay would never send the batch that triggers a grant.
             credit: window.max(1),
-            subscribe: None,
+            subscribe,
         })
         .encode()?;
         let session = Self {
@@ -106,9 +111,35 @@ impl ClientSession {
         self.capabilities
     }
 
-    /// Whether catch-up is over and packs may be sent.
+    /// Whether catch-up is over and packs may be sent (also while a backfill streams).
     pub fn is_steady(&self) -> bool {
-        self.phase == Phase::Steady
+        matches!(self.phase, Phase::Steady | Phase::Backfilling)
+    }
+
+    /// Whether a subscription change is waiting for its `subscribed`.
+    pub fn is_backfilling(&self) -> bool {
+        self.phase == Phase::Backfilling
+    }
+
+    /// A `subscribe` (`add`) or `unsubscribe` frame; the relay answers with a backfill and
+    /// `subscribed`. Only in steady state, one change at a time.
+    pub fn change_subscription(
+        &mut self,
+        number: u64,
+        patterns: Vec<String>,
+        add: bool,
+    ) -> Result<Option<bytes::Bytes>, EncodeError> {
+        if self.phase != Phase::Steady {
+            return Ok(None);
+        }
+        let message = if add {
+            Message::Subscribe(Subscribe { number, patterns })
+        } else {
+            Message::Unsubscribe(Unsubscribe { number, patterns })
+        };
+        let frame = message.encode()?;
+        self.phase = Phase::Backfilling;
+        Ok(Some(frame))
     }
 
     /// Handles one received frame.
@@ -153,6 +184,14 @@ impl ClientSession {
                 }
                 ClientEvent::Missing(missing)
             }
+            (Phase::Backfilling, Message::Batch(batch)) => {
+                self.consumed = self.consumed.saturating_add(frame.len() as u64);
+                ClientEvent::Batch(batch)
+            }
+            (Phase::Backfilling, Message::Subscribed(done)) => {
+                self.phase = Phase::Steady;
+                ClientEvent::Subscribed(done)
+            }
             (Phase::CatchingUp | Phase::Sketching, Message::Batch(batch)) => {
                 self.phase = Phase::CatchingUp;
                 // usize -> u64 cannot truncate on supported targets.
@@ -163,9 +202,14 @@ impl ClientSession {
                 self.phase = Phase::Steady;
                 ClientEvent::CaughtUp(done)
             }
-            (Phase::Steady, Message::Ack(ack)) => ClientEvent::Ack(ack),
-            (Phase::Steady, Message::Resolved(resolved)) => ClientEvent::Resolved(resolved),
-            (Phase::Steady, Message::Broadcast(broadcast)) => ClientEvent::Broadcast(broadcast),
+            (Phase::Steady | Phase::Backfilling, Message::Ack(ack)) => ClientEvent::Ack(ack),
+            (Phase::Steady | Phase::Backfilling, Message::Resolved(resolved)) => {
+                ClientEvent::Resolved(resolved)
+            }
+            // Broadcasts queued before the relay read our `subscribe` still arrive.
+            (Phase::Steady | Phase::Backfilling, Message::Broadcast(broadcast)) => {
+                ClientEvent::Broadcast(broadcast)
+            }
             (phase, Message::PresenceUpdate(update)) if phase != Phase::AwaitWelcome => {
                 ClientEvent::Presence(update)
             }
@@ -180,7 +224,7 @@ impl ClientSession {
     /// window: the relay may cap credit below the window (protocol/README.md §6.2), and a
     /// few bytes per batch of up to a frame are negligible.
     pub fn poll_credit(&mut self) -> Result<Option<bytes::Bytes>, EncodeError> {
-        if self.phase != Phase::CatchingUp || self.consumed == 0 {
+        if !matches!(self.phase, Phase::CatchingUp | Phase::Backfilling) || self.consumed == 0 {
             return Ok(None);
         }
         let bytes = std::mem::take(&mut self.consumed);

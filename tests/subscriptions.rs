@@ -1,0 +1,164 @@
+//! Path-pattern subscriptions over real WebSocket (protocol/README.md §7.5): filtered
+//! catch-up and broadcast, reconnecting with a subscription after offline work, and backfill
+//! after a subscription change. Clients use the client library against a relay on 127.0.0.1.
+
+mod net;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use net::*;
+use weft::client::{Client, ClientConfig, Event};
+use weft::node::NodeId;
+use weft::replica::Replica;
+
+fn ids_of(client: &Client) -> BTreeSet<NodeId> {
+    client.with_replica(|r| r.ids().copied().collect())
+}
+
+/// Ids of the nodes in `writer`'s replica (the whole room) whose path starts with a prefix.
+fn room_ids(writer: &Client, prefixes: &[&str]) -> BTreeSet<NodeId> {
+    writer.with_replica(|r| {
+        r.nodes()
+            .filter(|n| prefixes.iter().any(|p| n.path.starts_with(p)))
+            .map(|n| n.id)
+            .collect()
+    })
+}
+
+fn config(relay: &Relay, room_name: &str, subscribe: &[&str]) -> ClientConfig {
+    let mut config = ClientConfig::new(relay.url(), room(room_name));
+    config.backoff_min = Duration::from_millis(20);
+    config.backoff_max = Duration::from_millis(200);
+    config.subscribe = Some(subscribe.iter().map(|p| (*p).to_owned()).collect());
+    config
+}
+
+async fn write_mixed(writer: &Client, tag: &str, n: usize) {
+    for i in 0..n {
+        let path = ["docs/guide", "notes/today", "misc/x", "docs/api/v1"][i % 4];
+        writer.push(path, format!("{tag} {i}")).await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catch_up_and_broadcast_carry_only_matching_nodes() {
+    let relay = Relay::start().await;
+    let r = "filtered";
+    let (writer, _) = synced_client(&relay, r).await;
+    write_mixed(&writer, "before", 40).await;
+
+    let (reader, mut events) = Client::start(config(&relay, r, &["docs/**"])).unwrap();
+    tokio::time::timeout(PATIENCE, reader.wait_synced())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(ids_of(&reader), room_ids(&writer, &["docs/"]));
+    assert_eq!(ids_of(&reader).len(), 20);
+
+    // Live: only the docs nodes arrive.
+    write_mixed(&writer, "after", 8).await;
+    let expected = room_ids(&writer, &["docs/"]);
+    eventually("the reader holds the new docs nodes", || {
+        ids_of(&reader) == expected
+    })
+    .await;
+    // Nothing else arrived either: drain the events and check every node's path.
+    while let Ok(event) = events.try_recv() {
+        if let Event::Node(node) = event {
+            assert!(node.path.starts_with("docs/"), "received {}", node.path);
+        }
+    }
+    // A whole-room client still gets everything.
+    let (all, _) = synced_client(&relay, r).await;
+    assert_eq!(ids_of(&all).len(), 48);
+    relay.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnecting_with_a_subscription_after_offline_work_converges_on_the_subset() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("replica");
+    let relay = Relay::start().await;
+    let r = "offline-subset";
+    let (writer, _) = synced_client(&relay, r).await;
+    write_mixed(&writer, "first", 12).await;
+
+    let mut cfg = config(&relay, r, &["docs/**", "notes/*"]);
+    cfg.replica_file = Some(file.clone());
+    let (client, _) = Client::start(cfg.clone()).unwrap();
+    client.wait_synced().await.unwrap();
+    assert_eq!(ids_of(&client), room_ids(&writer, &["docs/", "notes/"]));
+    client.close().await.unwrap();
+
+    // Both sides write meanwhile: the room gets more of everything, the subscriber writes two
+    // docs nodes offline (on top of heads whose parents it never held).
+    write_mixed(&writer, "second", 12).await;
+    let mut replica = Replica::from_bytes(&std::fs::read(&file).unwrap()).unwrap();
+    let offline: Vec<NodeId> = (0..2)
+        .map(|i| {
+            replica
+                .create("docs/offline", format!("offline {i}"))
+                .unwrap()
+        })
+        .collect();
+    std::fs::write(&file, replica.to_bytes().unwrap()).unwrap();
+
+    let (back, _) = Client::start(cfg).unwrap();
+    back.wait_synced().await.unwrap();
+    eventually("the offline nodes reach the writer", || {
+        offline
+            .iter()
+            .all(|id| writer.with_replica(|w| w.contains(id)))
+    })
+    .await;
+    let expected = room_ids(&writer, &["docs/", "notes/"]);
+    eventually("the subscriber holds exactly the subset", || {
+        ids_of(&back) == expected
+    })
+    .await;
+    assert!(
+        offline
+            .iter()
+            .all(|id| back.with_replica(|r| r.is_synced(id)))
+    );
+    back.close().await.unwrap();
+    relay.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribing_mid_session_backfills_then_streams_the_new_paths() {
+    let relay = Relay::start().await;
+    let r = "backfill";
+    let (writer, _) = synced_client(&relay, r).await;
+    write_mixed(&writer, "history", 40).await;
+    let (reader, _) = Client::start(config(&relay, r, &["docs/**"])).unwrap();
+    reader.wait_synced().await.unwrap();
+    assert_eq!(ids_of(&reader), room_ids(&writer, &["docs/"]));
+
+    let now = tokio::time::timeout(PATIENCE, reader.subscribe(&["notes/**".to_owned()]))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(now, vec!["docs/**", "notes/**"]);
+    // When `subscribe` returns, the backfill is complete.
+    assert_eq!(ids_of(&reader), room_ids(&writer, &["docs/", "notes/"]));
+    write_mixed(&writer, "live", 8).await;
+    let expected = room_ids(&writer, &["docs/", "notes/"]);
+    eventually("live notes arrive too", || ids_of(&reader) == expected).await;
+
+    // Unsubscribing stops them; what is held stays.
+    let now = reader.unsubscribe(&["notes/**".to_owned()]).await.unwrap();
+    assert_eq!(now, vec!["docs/**"]);
+    let held = ids_of(&reader).len();
+    writer.push("notes/late", "late").await.unwrap();
+    let docs = writer.push("docs/late", "late").await.unwrap();
+    eventually("the docs node arrives", || {
+        reader.with_replica(|r| r.contains(&docs))
+    })
+    .await;
+    assert_eq!(ids_of(&reader).len(), held + 1);
+    // A bad pattern is refused before anything is sent.
+    assert!(reader.subscribe(&["a//b".to_owned()]).await.is_err());
+    relay.shutdown().await;
+}

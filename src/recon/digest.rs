@@ -24,7 +24,17 @@ impl SetDigest {
     /// Adds one id. The caller guarantees the id is not already in the set.
     pub fn insert(&mut self, id: &NodeId) {
         self.count = self.count.wrapping_add(1);
-        let (mut sum, add) = (limbs(&self.sum.0), limbs(&id.0));
+        self.add_to_sum(&id.0);
+    }
+
+    /// Adds the digest of a disjoint set: the result is the digest of the union.
+    pub fn merge(&mut self, other: &SetDigest) {
+        self.count = self.count.wrapping_add(other.count);
+        self.add_to_sum(&other.sum.0);
+    }
+
+    fn add_to_sum(&mut self, value: &[u8; 32]) {
+        let (mut sum, add) = (limbs(&self.sum.0), limbs(value));
         let mut carry = false;
         for (acc, add) in sum.iter_mut().zip(add) {
             let (partial, overflow_a) = acc.overflowing_add(add);
@@ -81,6 +91,22 @@ fn bytes(limbs: [u64; 4]) -> [u8; 32] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn merging_disjoint_digests_gives_the_union() {
+        let ids: Vec<NodeId> = (0u8..40)
+            .map(|i| NodeId([i.wrapping_mul(97); 32]))
+            .collect();
+        let (left, right) = ids.split_at(17);
+        let mut merged = SetDigest::of(left);
+        merged.merge(&SetDigest::of(right));
+        assert_eq!(merged, SetDigest::of(&ids));
+        // Sums wrap like inserts do.
+        let max = NodeId([0xff; 32]);
+        let mut wrapped = SetDigest::of([&max]);
+        wrapped.merge(&SetDigest::of([&max]));
+        assert_eq!(wrapped, SetDigest::of([&max, &max]));
+    }
 
     #[test]
     fn order_does_not_matter() {

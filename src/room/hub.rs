@@ -1,6 +1,6 @@
 //! A room plus the relay sessions connected to it.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -688,11 +688,15 @@ impl Hub {
             .filter(|w| w.epoch == epoch && w.seq <= seq)
             .map(|w| w.seq);
         let (plan, explicit) = match watermark {
-            Some(after) if class.after(after).is_empty() => (Plan::InSync, None),
-            Some(after) => (Plan::CatchUp, Some(class.after(after).to_vec())),
-            None if hints.digest == crate::recon::SetDigest::default() => {
-                (Plan::CatchUp, Some(class.seqs().to_vec()))
-            }
+            Some(after) if !class.has_after(&self.room, after) => (Plan::InSync, None),
+            Some(after) => (
+                Plan::CatchUp,
+                Some(class.seqs_after(&self.room, after, |_| true)),
+            ),
+            None if hints.digest == crate::recon::SetDigest::default() => (
+                Plan::CatchUp,
+                Some(class.seqs_after(&self.room, 0, |_| true)),
+            ),
             // Another epoch, or no watermark but nodes: the client lists its subset's ids.
             None => (Plan::SendIds, None),
         };
@@ -769,26 +773,12 @@ impl Hub {
         }
         let new = Arc::new(new);
         let key = self.subscriptions.join(id, new.clone(), &self.room);
-        // Newly matching history: what the new subscription matches and the old did not.
-        let mut matched_before: HashMap<usize, bool> = HashMap::new();
+        // Newly matching history: the nodes of the paths the new subscription matches and the
+        // old did not.
         let explicit: Vec<u64> = self
             .subscriptions
             .class(&key)
-            .map(|class| {
-                class
-                    .seqs()
-                    .iter()
-                    .copied()
-                    .filter(|s| {
-                        self.room.node_at(*s).is_some_and(|node| {
-                            let path = node.path();
-                            !*matched_before
-                                .entry(path.as_ptr() as usize)
-                                .or_insert_with(|| old.matches(path))
-                        })
-                    })
-                    .collect()
-            })
+            .map(|class| class.seqs_after(&self.room, 0, |path| !old.matches(path)))
             .unwrap_or_default();
         let Some(member) = self.members.get_mut(&id) else {
             return;
@@ -867,7 +857,7 @@ impl Hub {
                     // digests; the root makes the result collision-resistant (§5.10).
                     let root = member.verify_root.then(|| self.room.root());
                     // A subscribed session holds the matching subset: its digest is the class's.
-                    let digest = class.map_or(self.room.digest(), |c| c.digest());
+                    let digest = class.map_or(self.room.digest(), |c| c.digest(&self.room));
                     let done = CatchUpDone { seq, digest, root };
                     self.send(Audience::One(id), Message::CatchUpDone(done), out);
                     return;
@@ -884,8 +874,15 @@ impl Hub {
         } = self.room.submit(id, pack.nodes, now);
         if !self.subscriptions.is_empty() {
             for a in &admitted {
-                if let Some(node) = self.room.node_at(a.seq) {
-                    self.subscriptions.admitted(a.seq, node.path(), node.id());
+                let Some(node) = self.room.node_at(a.seq) else {
+                    continue;
+                };
+                let first = self
+                    .room
+                    .path_nodes(node.path())
+                    .is_some_and(|nodes| nodes.seqs().first() == Some(&a.seq));
+                if first {
+                    self.subscriptions.new_path(&node.path);
                 }
             }
         }

@@ -13,7 +13,7 @@ mod orphans;
 mod recon;
 mod subscriptions;
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -71,8 +71,9 @@ pub struct Room {
     /// instead of two at 40 bytes per node. Short ids are keyed by a per-epoch secret, so this
     /// stays (practically always) empty.
     collided: FastMap<NodeId, u64>,
-    /// Every path in the log, once: nodes of one document share it.
-    paths: HashSet<Arc<str>>,
+    /// Every path in the log, once (nodes of one document share it), with the nodes that
+    /// carry it: subscriptions match paths, not nodes.
+    paths: HashMap<Arc<str>, PathNodes>,
     heads: HashSet<NodeId>,
     digest: SetDigest,
     /// Sketch, short ids and prefix tree of the logged set, for sketch reconciliation.
@@ -98,6 +99,25 @@ struct Payloads {
     next_oldest: u64,
     /// Nodes made resident again by [`Room::restore_payload`], oldest first.
     read_back: VecDeque<u64>,
+}
+
+/// The nodes that carry one path.
+#[derive(Debug, Default)]
+pub struct PathNodes {
+    seqs: Vec<u64>,
+    digest: SetDigest,
+}
+
+impl PathNodes {
+    /// Their arrival numbers, ascending.
+    pub fn seqs(&self) -> &[u64] {
+        &self.seqs
+    }
+
+    /// Their digest.
+    pub fn digest(&self) -> SetDigest {
+        self.digest
+    }
 }
 
 /// Why a payload read back from the store was not taken.
@@ -240,7 +260,7 @@ impl Room {
             limits,
             log: Vec::new(),
             collided: FastMap::default(),
-            paths: HashSet::new(),
+            paths: HashMap::new(),
             heads: HashSet::new(),
             digest: SetDigest::default(),
             sets: SetIndex::new(key),
@@ -337,6 +357,16 @@ impl Room {
     /// Every accepted node in arrival order.
     pub fn nodes(&self) -> impl Iterator<Item = &LoggedNode> {
         self.log.iter()
+    }
+
+    /// Every distinct path, with the nodes that carry it.
+    pub fn paths(&self) -> impl Iterator<Item = (&Arc<str>, &PathNodes)> {
+        self.paths.iter()
+    }
+
+    /// The nodes that carry `path`.
+    pub fn path_nodes(&self, path: &str) -> Option<&PathNodes> {
+        self.paths.get(path)
     }
 
     /// Earliest time an orphan expires, for the driver's timer.
@@ -452,14 +482,13 @@ impl Room {
         {
             self.collided.insert(node.id, seq);
         }
-        let path = match self.paths.get(node.path.as_str()) {
-            Some(path) => path.clone(),
-            None => {
-                let path: Arc<str> = Arc::from(node.path.as_str());
-                self.paths.insert(path.clone());
-                path
-            }
+        let path = match self.paths.get_key_value(node.path.as_str()) {
+            Some((path, _)) => path.clone(),
+            None => Arc::from(node.path.as_str()),
         };
+        let nodes = self.paths.entry(path.clone()).or_default();
+        nodes.seqs.push(seq);
+        nodes.digest.insert(&node.id);
         let logged = LoggedNode::new(node, path);
         self.payloads.resident = self
             .payloads

@@ -4,11 +4,13 @@
 //! Patterns are kept once each, by canonical form, with the sessions that hold them. A trie
 //! over their literal leading segments finds the patterns a path can match: walking the
 //! path's segments down the trie collects every pattern whose literal prefix the path starts
-//! with, and only those are tested. Sessions with the same subscription share a **class**,
-//! which knows the room's matching nodes (their arrival numbers and digest), so a subscribed
-//! session's catch-up and its `catch_up_done` digest cost what matches, not the room.
+//! with, and only those are tested. Sessions with the same subscription share a **class**:
+//! the room's distinct paths that match it. The room lists each path's nodes, so a subscribed
+//! session's catch-up and its `catch_up_done` digest cost what matches, not the room, and a
+//! class costs memory per matching path, not per matching node.
 
-use std::collections::{BTreeSet, HashMap};
+use std::cmp::Reverse;
+use std::collections::{BTreeSet, BinaryHeap, HashMap};
 use std::sync::Arc;
 
 use crate::pattern::{Pattern, PatternSet};
@@ -19,14 +21,12 @@ use super::{Room, SessionId};
 /// The canonical forms of a subscription's patterns, in order: names a class.
 pub type ClassKey = Arc<[String]>;
 
-/// The room's nodes that match one subscription.
+/// The room's paths that match one subscription.
 #[derive(Debug)]
 pub struct Class {
     set: Arc<PatternSet>,
-    /// Arrival numbers of the matching nodes, ascending.
-    seqs: Vec<u64>,
-    /// Digest of the matching nodes.
-    digest: SetDigest,
+    /// Distinct matching paths.
+    paths: Vec<Arc<str>>,
     /// Sessions with this subscription.
     sessions: usize,
 }
@@ -37,20 +37,54 @@ impl Class {
         &self.set
     }
 
-    /// Arrival numbers of the matching nodes, ascending.
-    pub fn seqs(&self) -> &[u64] {
-        &self.seqs
+    /// Digest of the room's matching nodes. Costs O(matching paths).
+    pub fn digest(&self, room: &Room) -> SetDigest {
+        let mut digest = SetDigest::default();
+        for path in &self.paths {
+            if let Some(nodes) = room.path_nodes(path) {
+                digest.merge(&nodes.digest());
+            }
+        }
+        digest
     }
 
-    /// Digest of the matching nodes.
-    pub fn digest(&self) -> SetDigest {
-        self.digest
+    /// Arrival numbers of the matching nodes above `after`, ascending, of paths `keep`
+    /// accepts: a merge of the paths' lists, O((p + k) log p) for p paths and k numbers.
+    pub fn seqs_after(&self, room: &Room, after: u64, keep: impl Fn(&str) -> bool) -> Vec<u64> {
+        let lists: Vec<&[u64]> = self
+            .paths
+            .iter()
+            .filter(|path| keep(path))
+            .filter_map(|path| room.path_nodes(path))
+            .map(|nodes| {
+                let seqs = nodes.seqs();
+                let start = seqs.partition_point(|s| *s <= after);
+                seqs.get(start..).unwrap_or_default()
+            })
+            .filter(|list| !list.is_empty())
+            .collect();
+        let mut heap: BinaryHeap<Reverse<(u64, usize, usize)>> = lists
+            .iter()
+            .enumerate()
+            .filter_map(|(i, list)| list.first().map(|s| Reverse((*s, i, 0))))
+            .collect();
+        let mut out = Vec::new();
+        while let Some(Reverse((seq, list, pos))) = heap.pop() {
+            out.push(seq);
+            if let Some(next) = lists.get(list).and_then(|l| l.get(pos + 1)) {
+                heap.push(Reverse((*next, list, pos + 1)));
+            }
+        }
+        out
     }
 
-    /// Matching arrival numbers above `after`.
-    pub fn after(&self, after: u64) -> &[u64] {
-        let start = self.seqs.partition_point(|s| *s <= after);
-        self.seqs.get(start..).unwrap_or_default()
+    /// Whether any matching node is numbered above `after`. O(matching paths).
+    pub fn has_after(&self, room: &Room, after: u64) -> bool {
+        self.paths.iter().any(|path| {
+            room.path_nodes(path)
+                .and_then(|nodes| nodes.seqs().last())
+                .is_some_and(|last| *last > after)
+        })
     }
 }
 
@@ -141,14 +175,13 @@ impl Subscriptions {
         self.classes.get(key)
     }
 
-    /// Files a newly admitted node under the classes it matches.
-    pub fn admitted(&mut self, seq: u64, path: &str, id: &crate::node::NodeId) {
+    /// A node brought a path the room had not seen: files it under the classes it matches.
+    pub fn new_path(&mut self, path: &Arc<str>) {
         let mut classes: BTreeSet<ClassKey> = BTreeSet::new();
         self.for_each_match(path, |entry| classes.extend(entry.classes.iter().cloned()));
         for key in classes {
             if let Some(class) = self.classes.get_mut(&key) {
-                class.seqs.push(seq);
-                class.digest.insert(id);
+                class.paths.push(path.clone());
             }
         }
     }
@@ -186,26 +219,16 @@ impl Subscriptions {
     }
 }
 
-/// The class of `set`: one pass over the room, matching each distinct path once (nodes of
-/// one document share their path).
+/// The class of `set`: each distinct path of the room matched once.
 fn build_class(set: Arc<PatternSet>, room: &Room) -> Class {
-    let mut seen: HashMap<usize, bool> = HashMap::new();
-    let mut seqs = Vec::new();
-    let mut digest = SetDigest::default();
-    for (seq, node) in (1u64..).zip(room.nodes()) {
-        let path = node.path();
-        let matches = *seen
-            .entry(path.as_ptr() as usize)
-            .or_insert_with(|| set.matches(path));
-        if matches {
-            seqs.push(seq);
-            digest.insert(node.id());
-        }
-    }
+    let paths = room
+        .paths()
+        .filter(|(path, _)| set.matches(path))
+        .map(|(path, _)| path.clone())
+        .collect();
     Class {
         set,
-        seqs,
-        digest,
+        paths,
         sessions: 0,
     }
 }

@@ -47,6 +47,11 @@ pub enum Audience {
     One(SessionId),
     /// These sessions (a broadcast routed by subscriptions).
     Many(Arc<[SessionId]>),
+    /// Every session in steady state without a subscription, except one.
+    Unsubscribed {
+        /// Session left out, if any.
+        except: Option<SessionId>,
+    },
     /// Every session in steady state, except one (the sender of what is broadcast).
     Live {
         /// Session left out, if any.
@@ -268,6 +273,9 @@ impl Hub {
                 let wanted = match audience {
                     Audience::One(_) | Audience::Many(_) => false,
                     Audience::Live { except } => m.session.is_steady() && Some(*id) != except,
+                    Audience::Unsubscribed { except } => {
+                        m.session.is_steady() && m.subscription.is_none() && Some(*id) != except
+                    }
                     Audience::PresencePeers { except } => {
                         *id != except
                             && m.session.has_joined()
@@ -693,6 +701,12 @@ impl Hub {
                 Plan::CatchUp,
                 Some(class.seqs_after(&self.room, after, |_| true)),
             ),
+            // Nothing matches yet and the client holds nothing: both sides agree.
+            None if hints.digest == crate::recon::SetDigest::default()
+                && !class.has_after(&self.room, 0) =>
+            {
+                (Plan::InSync, None)
+            }
             None if hints.digest == crate::recon::SetDigest::default() => (
                 Plan::CatchUp,
                 Some(class.seqs_after(&self.room, 0, |_| true)),
@@ -919,41 +933,51 @@ impl Hub {
         if self.subscriptions.is_empty() {
             return self.broadcast_run(admitted, to, out);
         }
-        let candidates: Vec<SessionId> = self.recipients(to).collect();
-        let mut everything: Vec<SessionId> = Vec::new();
-        let mut subscribed: BTreeMap<SessionId, Vec<usize>> = BTreeMap::new();
-        for session in &candidates {
-            match self.members.get(session).map(|m| m.subscription.is_some()) {
-                Some(true) => {
-                    subscribed.insert(*session, Vec::new());
+        // Sessions without a subscription get everything, in one frame resolved when it is
+        // queued; subscribed ones are found through the pattern index, so the cost is what
+        // matches, never one test per session.
+        let (except, only) = match to {
+            Audience::Live { except } => (except, None),
+            Audience::One(id) => (None, Some(id)),
+            _ => return self.broadcast_run(admitted, to, out),
+        };
+        match only {
+            Some(id) => {
+                if self
+                    .members
+                    .get(&id)
+                    .is_some_and(|m| m.subscription.is_none())
+                {
+                    self.broadcast_run(admitted, Audience::One(id), out);
                 }
-                Some(false) => everything.push(*session),
-                None => {}
             }
+            None => self.broadcast_run(admitted, Audience::Unsubscribed { except }, out),
         }
-        if !subscribed.is_empty() {
-            for (index, a) in admitted.iter().enumerate() {
-                let Some(node) = self.room.node_at(a.seq) else {
-                    continue;
+        let mut picked: BTreeMap<SessionId, Vec<usize>> = BTreeMap::new();
+        for (index, a) in admitted.iter().enumerate() {
+            let Some(node) = self.room.node_at(a.seq) else {
+                continue;
+            };
+            for session in self.subscriptions.sessions_matching(node.path()) {
+                let wanted = match only {
+                    Some(id) => session == id,
+                    None => Some(session) != except,
                 };
-                for session in self.subscriptions.sessions_matching(node.path()) {
-                    if let Some(picked) = subscribed.get_mut(&session) {
-                        picked.push(index);
-                    }
+                let steady = self
+                    .members
+                    .get(&session)
+                    .is_some_and(|m| m.session.is_steady());
+                if wanted && steady {
+                    picked.entry(session).or_default().push(index);
                 }
             }
         }
         let mut groups: BTreeMap<Vec<usize>, Vec<SessionId>> = BTreeMap::new();
-        if !everything.is_empty() {
-            groups.insert((0..admitted.len()).collect(), everything);
+        for (session, indexes) in picked {
+            groups.entry(indexes).or_default().push(session);
         }
-        for (session, picked) in subscribed {
-            if !picked.is_empty() {
-                groups.entry(picked).or_default().push(session);
-            }
-        }
-        for (picked, sessions) in groups {
-            let nodes: Vec<Admitted> = picked
+        for (indexes, sessions) in groups {
+            let nodes: Vec<Admitted> = indexes
                 .iter()
                 .filter_map(|i| admitted.get(*i))
                 .copied()

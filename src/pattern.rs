@@ -197,27 +197,43 @@ impl Pattern {
 
     /// Whether `path` matches. Costs O(path segments × pattern segments × segment length).
     pub fn matches(&self, path: &str) -> bool {
-        let end = self.segments.len();
-        let mut active = self.closure(1);
-        for part in path.split('/') {
-            let mut next = 0u64;
-            let mut states = active;
-            while states != 0 {
-                let i = states.trailing_zeros() as usize;
-                states &= states - 1;
-                match self.segments.get(i) {
-                    Some(Segment::AnyDepth) => next |= 1 << i,
-                    Some(Segment::Exact(literal)) if **literal == *part => next |= 1 << (i + 1),
-                    Some(Segment::Glob(glob)) if glob.matches(part) => next |= 1 << (i + 1),
-                    _ => {}
-                }
-            }
-            active = self.closure(next);
-            if active == 0 {
+        let mut states = self.start();
+        for segment in path.split('/') {
+            states = self.step(states, segment);
+            if states == 0 {
                 return false;
             }
         }
-        active & (1 << end) != 0
+        self.accepts(states)
+    }
+
+    /// The matcher's states before any path segment: a bit per pattern position the path so
+    /// far can have reached (see [`step`](Self::step)).
+    pub fn start(&self) -> u64 {
+        self.closure(1)
+    }
+
+    /// The states after one more path segment; 0 when no continuation of the path can match.
+    /// Lets a caller match a tree of paths sharing prefixes, one segment at a time.
+    pub fn step(&self, states: u64, segment: &str) -> u64 {
+        let mut next = 0u64;
+        let mut remaining = states;
+        while remaining != 0 {
+            let i = remaining.trailing_zeros() as usize;
+            remaining &= remaining - 1;
+            match self.segments.get(i) {
+                Some(Segment::AnyDepth) => next |= 1 << i,
+                Some(Segment::Exact(literal)) if **literal == *segment => next |= 1 << (i + 1),
+                Some(Segment::Glob(glob)) if glob.matches(segment) => next |= 1 << (i + 1),
+                _ => {}
+            }
+        }
+        self.closure(next)
+    }
+
+    /// Whether a path that led to `states` matches.
+    pub fn accepts(&self, states: u64) -> bool {
+        states & (1 << self.segments.len()) != 0
     }
 
     /// `states` plus every state reachable from them by skipping `**` segments (consecutive

@@ -10,6 +10,7 @@
 
 mod hub;
 mod orphans;
+mod paths;
 mod recon;
 mod subscriptions;
 
@@ -74,6 +75,8 @@ pub struct Room {
     /// Every path in the log, once (nodes of one document share it), with the nodes that
     /// carry it: subscriptions match paths, not nodes.
     paths: HashMap<Arc<str>, PathNodes>,
+    /// The same paths as a tree of segments, for matching subscriptions.
+    path_tree: paths::PathTree,
     heads: HashSet<NodeId>,
     digest: SetDigest,
     /// Sketch, short ids and prefix tree of the logged set, for sketch reconciliation.
@@ -261,6 +264,7 @@ impl Room {
             log: Vec::new(),
             collided: FastMap::default(),
             paths: HashMap::new(),
+            path_tree: paths::PathTree::default(),
             heads: HashSet::new(),
             digest: SetDigest::default(),
             sets: SetIndex::new(key),
@@ -362,6 +366,11 @@ impl Room {
     /// Every distinct path, with the nodes that carry it.
     pub fn paths(&self) -> impl Iterator<Item = (&Arc<str>, &PathNodes)> {
         self.paths.iter()
+    }
+
+    /// Every distinct path that `set` matches, each once (see [`paths::PathTree`]).
+    pub fn paths_matching(&self, set: &PatternSet) -> Vec<Arc<str>> {
+        self.path_tree.matching(set)
     }
 
     /// The nodes that carry `path`.
@@ -484,7 +493,11 @@ impl Room {
         }
         let path = match self.paths.get_key_value(node.path.as_str()) {
             Some((path, _)) => path.clone(),
-            None => Arc::from(node.path.as_str()),
+            None => {
+                let path: Arc<str> = Arc::from(node.path.as_str());
+                self.path_tree.insert(&path);
+                path
+            }
         };
         let nodes = self.paths.entry(path.clone()).or_default();
         nodes.seqs.push(seq);

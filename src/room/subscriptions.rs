@@ -219,13 +219,9 @@ impl Subscriptions {
     }
 }
 
-/// The class of `set`: each distinct path of the room matched once.
+/// The class of `set`: the room's matching paths, found through its path tree.
 fn build_class(set: Arc<PatternSet>, room: &Room) -> Class {
-    let paths = room
-        .paths()
-        .filter(|(path, _)| set.matches(path))
-        .map(|(path, _)| path.clone())
-        .collect();
+    let paths = room.paths_matching(&set);
     Class {
         set,
         paths,

@@ -2181,3 +2181,42 @@ fn bad_patterns_get_typed_errors_naming_the_pattern() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn the_path_tree_finds_exactly_the_paths_a_subscription_matches() {
+    use crate::pattern::{Pattern, PatternLimits, PatternSet};
+    let mut rng = StdRng::seed_from_u64(77);
+    let segments = ["a", "b", "ab", "x.md", "y.md", "*"];
+    let mut nodes: Vec<Node> = Vec::new();
+    for i in 0..400 {
+        let depth = rng.random_range(1..5);
+        let path: Vec<&str> = (0..depth)
+            .map(|_| segments[rng.random_range(0..segments.len())])
+            .collect();
+        let parents: Vec<&Node> = nodes.last().into_iter().collect();
+        nodes.push(node(&parents, &path.join("/"), &i.to_string()));
+    }
+    let room = populated(&nodes.iter().collect::<Vec<_>>());
+    let pieces = ["a", "b", "*", "**", "*.md", "a*", r"\*", "x.md"];
+    for _ in 0..300 {
+        let patterns: Vec<Pattern> = (0..rng.random_range(1..4))
+            .filter_map(|_| {
+                let len = rng.random_range(1..5);
+                let source: Vec<&str> = (0..len)
+                    .map(|_| pieces[rng.random_range(0..pieces.len())])
+                    .collect();
+                Pattern::parse(&source.join("/"), &PatternLimits::default()).ok()
+            })
+            .collect();
+        let set = PatternSet::new(patterns);
+        let mut expected: Vec<&str> = room
+            .paths()
+            .map(|(path, _)| path.as_ref())
+            .filter(|path| set.matches(path))
+            .collect();
+        expected.sort_unstable();
+        let found = room.paths_matching(&set);
+        let found: Vec<&str> = found.iter().map(|p| p.as_ref()).collect();
+        assert_eq!(found, expected, "{:?}", set.canonical());
+    }
+}

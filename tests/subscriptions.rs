@@ -162,3 +162,36 @@ async fn subscribing_mid_session_backfills_then_streams_the_new_paths() {
     assert!(reader.subscribe(&["a//b".to_owned()]).await.is_err());
     relay.shutdown().await;
 }
+
+/// A subscribed client whose watermark is current but that wrote offline is not "in sync":
+/// its offline node still reaches the relay and is acked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_writes_are_pushed_even_when_nothing_new_matches() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("replica");
+    let relay = Relay::start().await;
+    let r = "offline-only";
+    let (writer, _) = synced_client(&relay, r).await;
+    write_mixed(&writer, "first", 8).await;
+    let mut cfg = config(&relay, r, &["docs/**"]);
+    cfg.replica_file = Some(file.clone());
+    let (client, _) = Client::start(cfg.clone()).unwrap();
+    client.wait_synced().await.unwrap();
+    client.close().await.unwrap();
+
+    let mut replica = Replica::from_bytes(&std::fs::read(&file).unwrap()).unwrap();
+    let offline = replica.create("docs/offline", "written offline").unwrap();
+    std::fs::write(&file, replica.to_bytes().unwrap()).unwrap();
+    let (back, _) = Client::start(cfg).unwrap();
+    back.wait_synced().await.unwrap();
+    eventually("the offline node is acked", || {
+        back.with_replica(|r| r.is_synced(&offline))
+    })
+    .await;
+    eventually("the writer has it", || {
+        writer.with_replica(|w| w.contains(&offline))
+    })
+    .await;
+    back.close().await.unwrap();
+    relay.shutdown().await;
+}

@@ -696,7 +696,11 @@ impl Hub {
             .filter(|w| w.epoch == epoch && w.seq <= seq)
             .map(|w| w.seq);
         let (plan, explicit) = match watermark {
-            Some(after) if !class.has_after(&self.room, after) => (Plan::InSync, None),
+            // `in_sync` marks every node the client holds as held by the relay: only when it
+            // holds nothing unsynced, which the watermark alone does not say.
+            Some(after) if !class.has_after(&self.room, after) && hints.unsynced == 0 => {
+                (Plan::InSync, None)
+            }
             Some(after) => (
                 Plan::CatchUp,
                 Some(class.seqs_after(&self.room, after, |_| true)),
@@ -953,21 +957,36 @@ impl Hub {
             }
             None => self.broadcast_run(admitted, Audience::Unsubscribed { except }, out),
         }
+        let wanted = |hub: &Self, session: SessionId| {
+            let listed = match only {
+                Some(id) => session == id,
+                None => Some(session) != except,
+            };
+            listed
+                && hub
+                    .members
+                    .get(&session)
+                    .is_some_and(|m| m.session.is_steady())
+        };
+        // Most packs admit one node: its matching sessions are the audience.
+        if let [single] = admitted {
+            let Some(node) = self.room.node_at(single.seq) else {
+                return;
+            };
+            let mut sessions = self.subscriptions.sessions_matching(node.path());
+            sessions.retain(|s| wanted(self, *s));
+            if !sessions.is_empty() {
+                self.broadcast_run(admitted, Audience::Many(sessions.into()), out);
+            }
+            return;
+        }
         let mut picked: BTreeMap<SessionId, Vec<usize>> = BTreeMap::new();
         for (index, a) in admitted.iter().enumerate() {
             let Some(node) = self.room.node_at(a.seq) else {
                 continue;
             };
             for session in self.subscriptions.sessions_matching(node.path()) {
-                let wanted = match only {
-                    Some(id) => session == id,
-                    None => Some(session) != except,
-                };
-                let steady = self
-                    .members
-                    .get(&session)
-                    .is_some_and(|m| m.session.is_steady());
-                if wanted && steady {
+                if wanted(self, session) {
                     picked.entry(session).or_default().push(index);
                 }
             }

@@ -186,12 +186,19 @@ impl Subscriptions {
         }
     }
 
-    /// Sessions whose subscription matches `path`.
-    pub fn sessions_matching(&self, path: &str) -> BTreeSet<SessionId> {
-        let mut sessions = BTreeSet::new();
+    /// Sessions whose subscription matches `path`, ascending, each once.
+    pub fn sessions_matching(&self, path: &str) -> Vec<SessionId> {
+        let mut sessions = Vec::new();
+        let mut sources = 0;
         self.for_each_match(path, |entry| {
-            sessions.extend(entry.sessions.iter().copied())
+            sessions.extend(entry.sessions.iter().copied());
+            sources += 1;
         });
+        // One matching pattern gives its sessions sorted and distinct already.
+        if sources > 1 {
+            sessions.sort_unstable();
+            sessions.dedup();
+        }
         sessions
     }
 

@@ -1937,6 +1937,16 @@ fn a_subscribed_cold_client_gets_only_the_matching_nodes_and_their_digest() {
     };
     let sent = join_subscribed(&mut relay, 2, hints.clone(), &["docs/**"], SUBS);
     assert_eq!(welcome_of(&sent.to(2)).plan, Plan::InSync);
+    // The same, but holding a node the relay has not seen: not in sync (in sync would mark
+    // it as held); the catch-up is empty and the client pushes its node afterwards.
+    let offline = SyncHints {
+        unsynced: 1,
+        ..hints.clone()
+    };
+    let sent = join_subscribed(&mut relay, 4, offline, &["docs/**"], SUBS);
+    assert_eq!(welcome_of(&sent.to(4)).plan, Plan::CatchUp);
+    assert!(nodes_sent(&sent.to(4)).is_empty());
+    assert!(matches!(sent.to(4).last(), Some(Message::CatchUpDone(_))));
     let more: Vec<Node> = ["notes/x", "docs/y", "misc/z"]
         .iter()
         .map(|p| node(&[dag.last().unwrap()], p, "more"))

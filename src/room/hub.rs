@@ -1,6 +1,6 @@
 //! A room plus the relay sessions connected to it.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -151,6 +151,9 @@ pub struct Hub {
     /// Nodes asked of the store and not back yet, so no read is asked twice.
     fetching: HashSet<u64>,
     subscriptions: Subscriptions,
+    /// Sessions that have not sent `hello`, by deadline: the driver's timer asks for the
+    /// earliest after every frame, so this must not cost a pass over every session.
+    handshakes: BTreeSet<(Instant, SessionId)>,
 }
 
 impl Hub {
@@ -164,6 +167,7 @@ impl Hub {
             members: BTreeMap::new(),
             fetching: HashSet::new(),
             subscriptions: Subscriptions::default(),
+            handshakes: BTreeSet::new(),
         }
     }
 
@@ -236,6 +240,9 @@ impl Hub {
     /// A new connection; it must send `hello` within the handshake timeout.
     pub fn connect(&mut self, id: SessionId, now: Instant) {
         let deadline = now.checked_add(self.config.handshake_timeout);
+        if let Some(deadline) = deadline {
+            self.handshakes.insert((deadline, id));
+        }
         self.members.insert(
             id,
             Member {
@@ -293,18 +300,18 @@ impl Hub {
 
     /// When [`handle_timeout`](Self::handle_timeout) should next run.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let handshakes = self.members.values().filter_map(|m| m.handshake_deadline);
-        handshakes.chain(self.room.next_expiry()).min()
+        let handshake = self.handshakes.first().map(|(deadline, _)| *deadline);
+        handshake.into_iter().chain(self.room.next_expiry()).min()
     }
 
     /// Closes sessions that never said `hello` and expires orphans.
     pub fn handle_timeout(&mut self, now: Instant) -> Outbox {
         let mut out = Outbox::default();
         let late: Vec<SessionId> = self
-            .members
+            .handshakes
             .iter()
-            .filter(|(_, m)| m.handshake_deadline.is_some_and(|d| d <= now))
-            .map(|(id, _)| *id)
+            .take_while(|(deadline, _)| *deadline <= now)
+            .map(|(_, id)| *id)
             .collect();
         for id in late {
             self.close(id, CloseCode::HandshakeTimeout, &mut out);
@@ -442,7 +449,9 @@ impl Hub {
         member.cursor = cursor;
         member.recon = recon;
         member.verify_root = matches!(plan, Plan::Sketch | Plan::Refine);
-        member.handshake_deadline = None;
+        if let Some(deadline) = member.handshake_deadline.take() {
+            self.handshakes.remove(&(deadline, id));
+        }
         self.send(Audience::One(id), Message::Welcome(welcome), out);
         match recon {
             Recon::Sketch { log2, at_seq, .. } => self.send_sketch(id, log2, false, at_seq, out),
@@ -736,7 +745,9 @@ impl Hub {
         member.subscription = Some((set, key));
         member.session.welcome(plan);
         member.cursor = cursor;
-        member.handshake_deadline = None;
+        if let Some(deadline) = member.handshake_deadline.take() {
+            self.handshakes.remove(&(deadline, id));
+        }
         self.send(Audience::One(id), Message::Welcome(welcome), out);
         self.send_present_peers(id, capabilities, out);
         self.pump(id, out);
@@ -1080,6 +1091,9 @@ impl Hub {
         };
         if let Some((_, key)) = &member.subscription {
             self.subscriptions.leave(id, key);
+        }
+        if let Some(deadline) = member.handshake_deadline {
+            self.handshakes.remove(&(deadline, id));
         }
         if !member.presence.is_empty() {
             let left = Message::PresenceUpdate(PresenceUpdate {

@@ -154,6 +154,9 @@ pub struct Hub {
     /// Sessions that have not sent `hello`, by deadline: the driver's timer asks for the
     /// earliest after every frame, so this must not cost a pass over every session.
     handshakes: BTreeSet<(Instant, SessionId)>,
+    /// Joined sessions without a subscription: a routed broadcast reaches them in one frame,
+    /// resolved without a pass over the subscribed ones.
+    unsubscribed: BTreeSet<SessionId>,
 }
 
 impl Hub {
@@ -168,6 +171,7 @@ impl Hub {
             fetching: HashSet::new(),
             subscriptions: Subscriptions::default(),
             handshakes: BTreeSet::new(),
+            unsubscribed: BTreeSet::new(),
         }
     }
 
@@ -272,17 +276,27 @@ impl Hub {
         let (single, listed) = match &audience {
             Audience::One(id) => (Some(*id), Vec::new()),
             Audience::Many(ids) => (None, ids.to_vec()),
+            Audience::Unsubscribed { except } => {
+                let steady = |id: &SessionId| {
+                    Some(*id) != *except
+                        && self.members.get(id).is_some_and(|m| m.session.is_steady())
+                };
+                (
+                    None,
+                    self.unsubscribed.iter().copied().filter(steady).collect(),
+                )
+            }
             _ => (None, Vec::new()),
         };
-        let by_state = !matches!(audience, Audience::One(_) | Audience::Many(_));
+        let by_state = matches!(
+            audience,
+            Audience::Live { .. } | Audience::PresencePeers { .. }
+        );
         let many = by_state.then(|| {
             self.members.iter().filter_map(move |(id, m)| {
                 let wanted = match audience {
-                    Audience::One(_) | Audience::Many(_) => false,
+                    Audience::One(_) | Audience::Many(_) | Audience::Unsubscribed { .. } => false,
                     Audience::Live { except } => m.session.is_steady() && Some(*id) != except,
-                    Audience::Unsubscribed { except } => {
-                        m.session.is_steady() && m.subscription.is_none() && Some(*id) != except
-                    }
                     Audience::PresencePeers { except } => {
                         *id != except
                             && m.session.has_joined()
@@ -395,6 +409,7 @@ impl Hub {
         capabilities: Capabilities,
         out: &mut Outbox,
     ) {
+        self.unsubscribed.insert(id);
         let (path, estimator_error) = self.room.plan(hints, capabilities);
         if let Some(e) = estimator_error {
             let error = ErrorMessage::new(
@@ -813,6 +828,7 @@ impl Hub {
             return;
         };
         member.subscription = Some((new.clone(), key));
+        self.unsubscribed.remove(&id);
         if explicit.is_empty() {
             let done = Subscribed {
                 number,
@@ -1095,6 +1111,7 @@ impl Hub {
         if let Some(deadline) = member.handshake_deadline {
             self.handshakes.remove(&(deadline, id));
         }
+        self.unsubscribed.remove(&id);
         if !member.presence.is_empty() {
             let left = Message::PresenceUpdate(PresenceUpdate {
                 peer: id,

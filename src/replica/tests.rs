@@ -586,3 +586,47 @@ mod link {
         assert_eq!(replica.synced_digest(), hub.room().digest());
     }
 }
+
+#[test]
+fn a_subscribed_replica_takes_vouched_nodes_whose_parents_it_lacks() {
+    let root = node(&[], "misc/root", "root");
+    let doc = node(&[&root], "docs/a", "doc");
+    let mut whole = Replica::new(room());
+    // A whole-room replica insists on parents first.
+    assert_eq!(
+        whole.insert(doc.clone(), true),
+        Err(InsertError::MissingParent(root.id))
+    );
+    let mut subset = Replica::new(room());
+    subset.set_subscription(Some(vec!["docs/**".into()]));
+    // Unsynced (its own) nodes still need their parents; relay-sent (synced) ones do not.
+    assert_eq!(
+        subset.insert(doc.clone(), false),
+        Err(InsertError::MissingParent(root.id))
+    );
+    assert_eq!(subset.insert(doc.clone(), true), Ok(true));
+    assert!(subset.is_synced(&doc.id));
+    assert_eq!(subset.synced_digest(), SetDigest::of([&doc.id]));
+    assert_eq!(ids(subset.heads()), ids([&doc.id]));
+    // Writing on top of it works, and the file keeps the subscription and the nodes.
+    let mine = subset.create("docs/b", "mine").unwrap();
+    let back = Replica::from_bytes(&subset.to_bytes().unwrap()).unwrap();
+    assert_eq!(back.subscription(), Some(&["docs/**".to_owned()][..]));
+    assert!(back.contains(&doc.id) && back.contains(&mine));
+    assert!(back.is_synced(&doc.id) && !back.is_synced(&mine));
+}
+
+#[test]
+fn changing_the_subscription_drops_the_watermark_and_subscribed_sets_it() {
+    let (mut r, _) = small();
+    r.complete_through(7, 40);
+    assert_eq!(r.watermark().map(|w| w.seq), Some(40));
+    // The same subscription keeps it; another drops it (it counted other nodes).
+    r.set_subscription(None);
+    assert_eq!(r.watermark().map(|w| w.seq), Some(40));
+    r.set_subscription(Some(vec!["docs/**".into()]));
+    assert_eq!(r.watermark(), None);
+    r.subscription_changed(vec!["docs/**".into(), "notes/**".into()], 7, 55);
+    assert_eq!(r.watermark(), Some(Watermark { epoch: 7, seq: 55 }));
+    assert_eq!(r.subscription().map(<[String]>::len), Some(2));
+}

@@ -368,9 +368,10 @@ impl Room {
         self.paths.iter()
     }
 
-    /// Every distinct path that `set` matches, each once (see [`paths::PathTree`]).
-    pub fn paths_matching(&self, set: &PatternSet) -> Vec<Arc<str>> {
-        self.path_tree.matching(set)
+    /// Every distinct path that some of `patterns` matches, each once, sorted (see
+    /// [`paths::PathTree`]).
+    pub fn paths_matching(&self, patterns: &[crate::pattern::Pattern]) -> Vec<Arc<str>> {
+        self.path_tree.matching(patterns)
     }
 
     /// The nodes that carry `path`.

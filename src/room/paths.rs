@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::pattern::{Pattern, PatternSet};
+use crate::pattern::Pattern;
 
 /// Distinct paths, by segment.
 #[derive(Default)]
@@ -29,11 +29,11 @@ impl PathTree {
         node.path = Some(path.clone());
     }
 
-    /// Every path some pattern of `set` matches, each once. Costs the tree nodes the patterns
+    /// Every path some of `patterns` matches, each once. Costs the tree nodes the patterns
     /// can reach: a literal leading segment enters one subtree, `**` enters all.
-    pub fn matching(&self, set: &PatternSet) -> Vec<Arc<str>> {
+    pub fn matching(&self, patterns: &[Pattern]) -> Vec<Arc<str>> {
         let mut found: Vec<Arc<str>> = Vec::new();
-        for pattern in set.patterns() {
+        for pattern in patterns {
             walk(&self.root, pattern, pattern.start(), &mut found);
         }
         found.sort_unstable_by(|a, b| a.as_ref().cmp(b.as_ref()));

@@ -93,6 +93,10 @@ struct PatternEntry {
     sessions: BTreeSet<SessionId>,
     /// Classes whose subscription holds this pattern.
     classes: BTreeSet<ClassKey>,
+    /// The room's paths this pattern matches: a class is the union of its patterns' paths,
+    /// so a pattern shared by many subscriptions (`**/README`) is matched against the room
+    /// once.
+    paths: Vec<Arc<str>>,
 }
 
 #[derive(Default)]
@@ -120,11 +124,6 @@ impl Subscriptions {
     /// over the room if no session had this subscription.
     pub fn join(&mut self, session: SessionId, set: Arc<PatternSet>, room: &Room) -> ClassKey {
         let key: ClassKey = set.canonical().into();
-        let class = self
-            .classes
-            .entry(key.clone())
-            .or_insert_with(|| build_class(set.clone(), room));
-        class.sessions += 1;
         for pattern in set.patterns() {
             let entry = self
                 .patterns
@@ -135,12 +134,37 @@ impl Subscriptions {
                         pattern: pattern.clone(),
                         sessions: BTreeSet::new(),
                         classes: BTreeSet::new(),
+                        paths: room.paths_matching(std::slice::from_ref(pattern)),
                     }
                 });
             entry.sessions.insert(session);
             entry.classes.insert(key.clone());
         }
+        if !self.classes.contains_key(&key) {
+            let class = self.build_class(set);
+            self.classes.insert(key.clone(), class);
+        }
+        if let Some(class) = self.classes.get_mut(&key) {
+            class.sessions += 1;
+        }
         key
+    }
+
+    /// The class of `set`: the union of its patterns' paths.
+    fn build_class(&self, set: Arc<PatternSet>) -> Class {
+        let mut paths: Vec<Arc<str>> = set
+            .patterns()
+            .iter()
+            .filter_map(|p| self.patterns.get(p.as_str()))
+            .flat_map(|entry| entry.paths.iter().cloned())
+            .collect();
+        paths.sort_unstable_by(|a, b| a.as_ref().cmp(b.as_ref()));
+        paths.dedup_by(|a, b| Arc::ptr_eq(a, b));
+        Class {
+            set,
+            paths,
+            sessions: 0,
+        }
     }
 
     /// Unregisters `session` from the class `key`; forgets what no session uses any more.
@@ -178,7 +202,16 @@ impl Subscriptions {
     /// A node brought a path the room had not seen: files it under the classes it matches.
     pub fn new_path(&mut self, path: &Arc<str>) {
         let mut classes: BTreeSet<ClassKey> = BTreeSet::new();
-        self.for_each_match(path, |entry| classes.extend(entry.classes.iter().cloned()));
+        let mut patterns: Vec<Box<str>> = Vec::new();
+        self.for_each_match(path, |entry| {
+            classes.extend(entry.classes.iter().cloned());
+            patterns.push(entry.pattern.as_str().into());
+        });
+        for canonical in patterns {
+            if let Some(entry) = self.patterns.get_mut(&canonical) {
+                entry.paths.push(path.clone());
+            }
+        }
         for key in classes {
             if let Some(class) = self.classes.get_mut(&key) {
                 class.paths.push(path.clone());
@@ -223,16 +256,6 @@ impl Subscriptions {
             node = child;
             test(node);
         }
-    }
-}
-
-/// The class of `set`: the room's matching paths, found through its path tree.
-fn build_class(set: Arc<PatternSet>, room: &Room) -> Class {
-    let paths = room.paths_matching(&set);
-    Class {
-        set,
-        paths,
-        sessions: 0,
     }
 }
 

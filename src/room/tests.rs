@@ -2225,8 +2225,29 @@ fn the_path_tree_finds_exactly_the_paths_a_subscription_matches() {
             .filter(|path| set.matches(path))
             .collect();
         expected.sort_unstable();
-        let found = room.paths_matching(&set);
+        let found = room.paths_matching(set.patterns());
         let found: Vec<&str> = found.iter().map(|p| p.as_ref()).collect();
         assert_eq!(found, expected, "{:?}", set.canonical());
     }
+}
+
+#[test]
+fn a_new_subscription_sees_paths_that_arrived_after_its_patterns_were_first_used() {
+    let root = node(&[], "a/x", "root");
+    let mut relay = Relay::new(populated(&[&root]));
+    let hints = hints_of(relay.hub.room());
+    let _ = join_subscribed(&mut relay, 1, hints, &["**/x"], SUBS);
+    let _ = join_steady(&mut relay, 9, Capabilities::NONE);
+    let bx = node(&[&root], "b/x", "bx");
+    let cy = node(&[&bx], "c/y", "cy");
+    let dz = node(&[&cy], "d/z", "dz");
+    let _ = relay.frame(9, pack(1, &[&bx, &cy, &dz]));
+    // `**/x` was matched against the room when session 1 joined; the paths that came later
+    // are filed under it too, so a new subscription built from it is complete.
+    let sent = join_subscribed(&mut relay, 2, SyncHints::default(), &["**/x", "c/*"], SUBS);
+    assert_eq!(nodes_sent(&sent.to(2)), vec![root.id, bx.id, cy.id]);
+    let Some(Message::CatchUpDone(done)) = sent.to(2).last().copied() else {
+        panic!("no catch_up_done");
+    };
+    assert_eq!(done.digest, SetDigest::of([&root.id, &bx.id, &cy.id]));
 }

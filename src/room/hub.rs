@@ -372,12 +372,11 @@ impl Hub {
                 capabilities,
                 subscribe: Some(patterns),
             } => self.join_subscribed(id, &hints, capabilities, patterns, out),
-            Request::Subscribe { number, patterns } => {
-                self.change_subscription(id, number, &patterns, true, out)
-            }
-            Request::Unsubscribe { number, patterns } => {
-                self.change_subscription(id, number, &patterns, false, out)
-            }
+            Request::ChangeSubscription {
+                number,
+                patterns,
+                add,
+            } => self.change_subscription(id, number, &patterns, add, out),
             Request::Ids(ids) => {
                 let (need, cursor) = self.room.id_list_cursor(ids);
                 self.send_need(id, need, out);

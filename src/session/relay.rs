@@ -64,19 +64,14 @@ pub enum Request {
         /// The patterns the session subscribes to, or `None` for every node.
         subscribe: Option<Vec<Pattern>>,
     },
-    /// Add patterns to the subscription (steady sessions only).
-    Subscribe {
+    /// `subscribe` (`add`) or `unsubscribe` patterns (steady sessions only).
+    ChangeSubscription {
         /// The client's number for the change.
         number: u64,
         /// Parsed patterns.
         patterns: Vec<Pattern>,
-    },
-    /// Remove patterns from the subscription (steady sessions only).
-    Unsubscribe {
-        /// The client's number for the change.
-        number: u64,
-        /// Parsed patterns.
-        patterns: Vec<Pattern>,
+        /// Add them, or remove them.
+        add: bool,
     },
     /// The client's complete id list (plan `SendIds`).
     Ids(Vec<NodeId>),
@@ -407,24 +402,19 @@ impl RelaySession {
                 }
                 Reaction::Request(Request::Pack(pack))
             }
-            (Phase::Steady, Message::Subscribe(change))
+            (Phase::Steady, message @ (Message::Subscribe(_) | Message::Unsubscribe(_)))
                 if self.capabilities.contains(Capabilities::SUBSCRIPTIONS) =>
             {
-                match self.parse_patterns(&change.patterns, ty) {
-                    Ok(patterns) => Reaction::Request(Request::Subscribe {
-                        number: change.number,
+                let (number, sources, add) = match message {
+                    Message::Subscribe(c) => (c.number, c.patterns, true),
+                    Message::Unsubscribe(c) => (c.number, c.patterns, false),
+                    _ => return Reaction::None,
+                };
+                match self.parse_patterns(&sources, ty) {
+                    Ok(patterns) => Reaction::Request(Request::ChangeSubscription {
+                        number,
                         patterns,
-                    }),
-                    Err(error) => self.complain(error),
-                }
-            }
-            (Phase::Steady, Message::Unsubscribe(change))
-                if self.capabilities.contains(Capabilities::SUBSCRIPTIONS) =>
-            {
-                match self.parse_patterns(&change.patterns, ty) {
-                    Ok(patterns) => Reaction::Request(Request::Unsubscribe {
-                        number: change.number,
-                        patterns,
+                        add,
                     }),
                     Err(error) => self.complain(error),
                 }

@@ -24,7 +24,7 @@ use weft::node::{Node, NodeId, NodeLimits, Rejection, RoomId};
 use weft::protocol::{
     self, Ack, Batch, Broadcast, Buckets, Capabilities, CatchUpDone, Direction, ErrorCode,
     ErrorMessage, Message, Missing, Need, Outcome, Plan, PresenceUpdate, RelayLimits, Resolved,
-    Sketch, Welcome,
+    Sketch, Subscribed, Welcome,
 };
 use weft::recon::SetDigest;
 use weft::recon::ibf::{self, SketchKey};
@@ -104,6 +104,33 @@ enum Op {
         last: bool,
         relist: Vec<u8>,
     },
+    /// The replica copies only these patterns (by index into `PATTERNS`) from the next
+    /// connection on, or the whole room.
+    Subscription(Option<Vec<u8>>),
+    /// The application changes the subscription on the live connection.
+    ChangeSubscription {
+        add: bool,
+        picks: Vec<u8>,
+    },
+    /// The relay says a subscription change is complete (in the right phase or not).
+    Subscribed {
+        number: u8,
+        picks: Vec<u8>,
+        seq: u8,
+    },
+}
+
+const PATTERNS: &[&str] = &["**", "a", "a/**", "notes/*", "*/ß", "**/b"];
+
+fn patterns(picks: &[u8]) -> Vec<String> {
+    let mut out: Vec<String> = picks
+        .iter()
+        .take(6)
+        .map(|p| PATTERNS[usize::from(*p) % PATTERNS.len()].to_owned())
+        .collect();
+    out.sort();
+    out.dedup();
+    out
 }
 
 #[derive(Arbitrary, Debug, Clone, Copy)]
@@ -409,6 +436,25 @@ impl World {
                     state: Bytes::from(state.clone()),
                 }));
             }
+            Op::Subscription(picks) => {
+                self.replica
+                    .set_subscription(picks.as_deref().map(patterns));
+            }
+            Op::ChangeSubscription { add, picks } => {
+                if let Some(link) = self.link.as_mut() {
+                    match link.change_subscription(patterns(picks), *add) {
+                        Ok(frame) => check_sent(&frame.into_iter().collect::<Vec<_>>()),
+                        Err(_) => self.link = None,
+                    }
+                }
+            }
+            Op::Subscribed { number, picks, seq } => {
+                self.send(Message::Subscribed(Subscribed {
+                    number: u64::from(*number),
+                    patterns: patterns(picks),
+                    seq: u64::from(*seq),
+                }));
+            }
             Op::Error(code) => {
                 self.send(Message::ErrorMessage(ErrorMessage {
                     code: *code,
@@ -443,9 +489,15 @@ fn check_replica(replica: &Replica) {
         assert_eq!(node.id, *id);
         assert_eq!(node.check(replica.room(), &limits), Ok(()));
         for parent in &node.parents {
-            assert!(seen.contains(parent), "parent after child, or missing");
+            // A subscribed replica may lack parents outside its subscription (the relay
+            // vouched for them); any parent it holds comes first.
+            let absent = !replica.contains(parent);
+            assert!(
+                seen.contains(parent) || (absent && replica.subscription().is_some()),
+                "parent after child, or missing"
+            );
             named_as_parent.insert(*parent);
-            if replica.is_synced(id) {
+            if replica.is_synced(id) && !absent {
                 assert!(
                     replica.is_synced(parent),
                     "synced node with an unsynced parent"
@@ -502,6 +554,7 @@ fn check_replica(replica: &Replica) {
     );
     assert_eq!(back.synced_digest(), replica.synced_digest());
     assert_eq!(back.watermark(), replica.watermark());
+    assert_eq!(back.subscription(), replica.subscription());
 }
 
 fuzz_target!(|ops: Vec<Op>| {

@@ -39,8 +39,8 @@ struct Entry {
 /// A local replica of one room.
 ///
 /// Invariants: `order` lists every node once, parents before children; every parent of a stored
-/// node is stored, except (in a subscribed replica) parents outside the subscription that the
-/// relay vouched for; synced nodes' stored parents are synced; `digest`, `heads`, `synced_digest` and
+/// node is stored, or (in a subscribed replica only) listed in `absent`; synced nodes' stored
+/// parents are synced; `digest`, `heads`, `synced_digest` and
 /// `synced_heads` describe the stored and synced sets exactly; `unsynced` holds exactly the
 /// positions of the nodes that are not synced.
 pub struct Replica {
@@ -73,6 +73,9 @@ pub struct Replica {
     /// room. A subscribed replica holds a subset that is not closed under ancestry, and its
     /// watermark counts only matching nodes.
     subscription: Option<Vec<String>>,
+    /// Parents named by stored nodes but not stored (a subscribed replica's view of the rest
+    /// of the room). One arriving later is put back before its children.
+    absent: FastSet<NodeId>,
 }
 
 /// Why a node could not be added to a replica.
@@ -105,6 +108,7 @@ impl Replica {
             sets: None,
             estimator: Estimator::new(),
             subscription: None,
+            absent: FastSet::default(),
         }
     }
 
@@ -117,6 +121,12 @@ impl Replica {
     /// watermark counted the old subscription's nodes, so a change drops it; the next
     /// connection reconciles the new subset.
     pub fn set_subscription(&mut self, patterns: Option<Vec<String>>) {
+        // A replica that lacks parents of what it holds stays a subset replica: the whole
+        // room is then the pattern `**`, and the missing parents arrive like any other node.
+        let patterns = match patterns {
+            None if !self.absent.is_empty() => Some(vec!["**".to_owned()]),
+            patterns => patterns,
+        };
         if patterns != self.subscription {
             self.subscription = patterns;
             self.watermark = None;
@@ -312,8 +322,9 @@ impl Replica {
         };
         node.check(&self.room, &limits)?;
         // A subscribed replica takes the relay's word for parents outside its subscription,
-        // which the relay never sends; everything else must arrive parents first.
-        let vouched = synced && self.subscription.is_some();
+        // which the relay never sends (and keeps them absent in its file); a whole-room
+        // replica gets parents first, and a missing one means its own claims were wrong.
+        let vouched = self.subscription.is_some();
         if let Some(missing) = node.parents.iter().find(|p| !self.entries.contains_key(*p))
             && !vouched
         {
@@ -326,10 +337,17 @@ impl Replica {
     /// Appends a new node whose parents are held, without checks.
     fn store(&mut self, node: Node, synced: bool) {
         let id = node.id;
+        let late = self.absent.remove(&id);
         for parent in &node.parents {
             self.heads.remove(parent);
+            if !self.entries.contains_key(parent) {
+                self.absent.insert(*parent);
+            }
         }
-        self.heads.insert(id);
+        // A parent that arrives after its children is not a head.
+        if !late {
+            self.heads.insert(id);
+        }
         self.digest.insert(&id);
         self.estimator.insert(&id);
         if let Some(sets) = self.sets.as_mut() {
@@ -349,6 +367,33 @@ impl Replica {
         if synced {
             self.mark_synced(&id);
         }
+        if late {
+            self.restore_order();
+        }
+    }
+
+    /// A parent arrived after nodes that name it (a subscribed replica receiving what its
+    /// subscription now covers): puts the order back to parents first, by depth (a parent is
+    /// always shallower than its children), and re-derives the sync marks and positions.
+    /// O(n log n), and only when that happens.
+    fn restore_order(&mut self) {
+        let mut order = std::mem::take(&mut self.order);
+        order.sort_by_key(|id| self.entries.get(id).map(|e| (e.node.depth, e.pos)));
+        for (pos, id) in order.iter().enumerate() {
+            if let Some(entry) = self.entries.get_mut(id) {
+                entry.pos = pos;
+            }
+        }
+        self.order = order;
+        let synced: FastSet<NodeId> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| e.synced)
+            .map(|(id, _)| *id)
+            .collect();
+        let resync = self.resync;
+        self.reset_sync(|id| synced.contains(id));
+        self.resync = resync;
     }
 
     /// Marks a node and every unsynced ancestor as held by the relay.

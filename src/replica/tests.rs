@@ -599,21 +599,55 @@ fn a_subscribed_replica_takes_vouched_nodes_whose_parents_it_lacks() {
     );
     let mut subset = Replica::new(room());
     subset.set_subscription(Some(vec!["docs/**".into()]));
-    // Unsynced (its own) nodes still need their parents; relay-sent (synced) ones do not.
-    assert_eq!(
-        subset.insert(doc.clone(), false),
-        Err(InsertError::MissingParent(root.id))
-    );
     assert_eq!(subset.insert(doc.clone(), true), Ok(true));
     assert!(subset.is_synced(&doc.id));
     assert_eq!(subset.synced_digest(), SetDigest::of([&doc.id]));
     assert_eq!(ids(subset.heads()), ids([&doc.id]));
+    assert_consistent_subset(&subset);
     // Writing on top of it works, and the file keeps the subscription and the nodes.
     let mine = subset.create("docs/b", "mine").unwrap();
     let back = Replica::from_bytes(&subset.to_bytes().unwrap()).unwrap();
     assert_eq!(back.subscription(), Some(&["docs/**".to_owned()][..]));
     assert!(back.contains(&doc.id) && back.contains(&mine));
     assert!(back.is_synced(&doc.id) && !back.is_synced(&mine));
+    // Asking for the whole room keeps it a subset replica (`**`) while parents are missing.
+    subset.set_subscription(None);
+    assert_eq!(subset.subscription(), Some(&["**".to_owned()][..]));
+    // The missing parent arrives later (the subscription grew): it goes back before its
+    // child, is not a head, and the sync marks and file stay right.
+    assert_eq!(subset.insert(root.clone(), true), Ok(true));
+    let order: Vec<NodeId> = subset.ids().copied().collect();
+    assert_eq!(order, vec![root.id, doc.id, mine]);
+    assert_eq!(ids(subset.heads()), ids([&mine]));
+    assert_eq!(subset.synced_digest(), SetDigest::of([&root.id, &doc.id]));
+    assert_eq!(
+        subset.unsynced().map(|n| n.id).collect::<Vec<_>>(),
+        vec![mine]
+    );
+    assert_consistent_subset(&subset);
+    let back = Replica::from_bytes(&subset.to_bytes().unwrap()).unwrap();
+    assert_eq!(back.ids().copied().collect::<Vec<_>>(), order);
+}
+
+/// The subset replica's invariants: parents first unless absent, synced parents of synced
+/// nodes, and the digests.
+fn assert_consistent_subset(r: &Replica) {
+    let order: Vec<NodeId> = r.ids().copied().collect();
+    let mut seen = HashSet::new();
+    for id in &order {
+        let node = r.get(id).unwrap();
+        for parent in &node.parents {
+            assert!(
+                seen.contains(parent) || !r.contains(parent),
+                "parent after child"
+            );
+            if r.is_synced(id) && r.contains(parent) {
+                assert!(r.is_synced(parent));
+            }
+        }
+        seen.insert(*id);
+    }
+    assert_eq!(r.digest(), SetDigest::of(&order));
 }
 
 #[test]

@@ -563,7 +563,7 @@ impl Driver {
         };
         let current = match replica.subscription() {
             Some(list) => PatternSet::new(parse(list)),
-            None => PatternSet::new(parse(&["**".to_owned()])),
+            None => PatternSet::new([Pattern::everything()]),
         };
         let changes = parse(patterns);
         let next = if add {

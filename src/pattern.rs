@@ -177,6 +177,15 @@ impl Pattern {
         })
     }
 
+    /// `**`: every path. What a session without a subscription holds.
+    pub fn everything() -> Self {
+        Self {
+            canonical: "**".into(),
+            segments: Box::new([Segment::AnyDepth]),
+            any_depth: 1,
+        }
+    }
+
     /// The canonical form (redundant `**` segments dropped, escapes only where needed).
     pub fn as_str(&self) -> &str {
         &self.canonical

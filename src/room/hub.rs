@@ -780,14 +780,10 @@ impl Hub {
         let Some(member) = self.members.get(&id) else {
             return;
         };
-        let everything = || {
-            let all = Pattern::parse("**", &crate::pattern::PatternLimits::default());
-            PatternSet::new(all.ok())
-        };
-        let old = member
-            .subscription
-            .as_ref()
-            .map_or_else(|| Arc::new(everything()), |(set, _)| set.clone());
+        let old = member.subscription.as_ref().map_or_else(
+            || Arc::new(PatternSet::new([Pattern::everything()])),
+            |(set, _)| set.clone(),
+        );
         let new = if add {
             old.with(patterns)
         } else {

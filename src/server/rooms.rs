@@ -414,25 +414,14 @@ impl RoomTask {
             let fresh = fresh.ok_or_else(|| {
                 StoreError::Corrupt("an uncommitted node lost its encoding".into())
             })?;
-            let mut pause = STORE_BACKOFF;
-            let mut attempt = 1;
-            loop {
-                let result = self
-                    .store
-                    .append(&self.room, hub.room().epoch(), &fresh)
-                    .await;
-                self.health.record(&result);
-                match result {
-                    Ok(()) => break,
-                    Err(StoreError::Backend(e)) if attempt < STORE_ATTEMPTS => {
-                        tracing::warn!(error = %e, attempt, "commit failed; retrying");
-                        tokio::time::sleep(pause).await;
-                        pause *= 2;
-                        attempt += 1;
-                    }
-                    Err(e) => return Err(e),
-                }
-            }
+            let (store, health, room) = (&self.store, &self.health, &self.room);
+            let (epoch, fresh) = (hub.room().epoch(), fresh.as_slice());
+            with_retries("commit", || async move {
+                let result = store.append(room, epoch, fresh).await;
+                health.record(&result);
+                result
+            })
+            .await?;
             self.durable_seq = to;
             hub.mark_stored(to);
         }
@@ -448,19 +437,8 @@ impl RoomTask {
         let store = self.store.clone();
         let room = self.room.clone();
         Box::pin(async move {
-            let mut pause = STORE_BACKOFF;
-            let mut attempt = 1;
-            loop {
-                match store.fetch(&room, &seqs).await {
-                    Err(StoreError::Backend(e)) if attempt < STORE_ATTEMPTS => {
-                        tracing::warn!(error = %e, attempt, "catch-up read failed; retrying");
-                        tokio::time::sleep(pause).await;
-                        pause *= 2;
-                        attempt += 1;
-                    }
-                    result => return (seqs, result),
-                }
-            }
+            let result = with_retries("catch-up read", || store.fetch(&room, &seqs)).await;
+            (seqs, result)
         })
     }
 
@@ -539,6 +517,27 @@ impl Resolved {
                 .map(|o| (hub.recipients(o.to).collect(), o.frame, o.paced))
                 .collect(),
             closes: outbox.closes,
+        }
+    }
+}
+
+/// Runs a store call, trying again after backend failures (`STORE_ATTEMPTS` in all, the
+/// pause doubling from `STORE_BACKOFF`).
+async fn with_retries<T, F>(what: &str, mut call: impl FnMut() -> F) -> Result<T, StoreError>
+where
+    F: std::future::Future<Output = Result<T, StoreError>>,
+{
+    let mut pause = STORE_BACKOFF;
+    let mut attempt = 1;
+    loop {
+        match call().await {
+            Err(StoreError::Backend(e)) if attempt < STORE_ATTEMPTS => {
+                tracing::warn!(error = %e, attempt, "{what} failed; retrying");
+                tokio::time::sleep(pause).await;
+                pause *= 2;
+                attempt += 1;
+            }
+            result => return result,
         }
     }
 }

@@ -200,8 +200,8 @@ enum Command {
     },
 }
 
-/// `patterns` in canonical form, sorted and deduplicated, or the first invalid one.
-fn canonical(patterns: &[String]) -> Result<Vec<String>, SubscribeError> {
+/// `patterns` parsed, or the first invalid one.
+fn parse_subscription(patterns: &[String]) -> Result<PatternSet, SubscribeError> {
     let limits = PatternLimits::default();
     let parsed: Result<Vec<Pattern>, SubscribeError> = patterns
         .iter()
@@ -212,7 +212,7 @@ fn canonical(patterns: &[String]) -> Result<Vec<String>, SubscribeError> {
             })
         })
         .collect();
-    Ok(PatternSet::new(parsed?).canonical())
+    Ok(PatternSet::new(parsed?))
 }
 
 struct Shared {
@@ -261,7 +261,11 @@ impl Client {
             _ => Replica::new(config.room.clone()),
         };
         let mut replica = replica;
-        let subscription = config.subscribe.as_deref().map(canonical).transpose()?;
+        let subscription = config
+            .subscribe
+            .as_deref()
+            .map(parse_subscription)
+            .transpose()?;
         replica.set_subscription(subscription);
         let shared = Arc::new(Shared {
             replica: Mutex::new(replica),
@@ -340,7 +344,7 @@ impl Client {
         patterns: &[String],
         add: bool,
     ) -> Result<Vec<String>, SubscribeError> {
-        let patterns = canonical(patterns)?;
+        let patterns = parse_subscription(patterns)?.canonical();
         let (done, answer) = oneshot::channel();
         self.commands
             .send(Command::Subscribe {
@@ -561,10 +565,10 @@ impl Driver {
                 .filter_map(|p| Pattern::parse(p, &limits).ok())
                 .collect()
         };
-        let current = match replica.subscription() {
-            Some(list) => PatternSet::new(parse(list)),
-            None => PatternSet::new([Pattern::everything()]),
-        };
+        let current = replica
+            .subscription()
+            .cloned()
+            .unwrap_or_else(|| PatternSet::new([Pattern::everything()]));
         let changes = parse(patterns);
         let next = if add {
             current.with(&changes)
@@ -572,7 +576,7 @@ impl Driver {
             current.without(&changes)
         };
         let canonical = next.canonical();
-        replica.set_subscription(Some(canonical.clone()));
+        replica.set_subscription(Some(next));
         canonical
     }
 

@@ -32,6 +32,18 @@ impl Default for PatternLimits {
     }
 }
 
+impl PatternLimits {
+    /// The widest limits any relay can announce: for reading back patterns that were accepted
+    /// under limits no longer at hand.
+    pub fn widest() -> Self {
+        Self {
+            max_len: u16::MAX,
+            max_segments: MAX_SEGMENTS as u16,
+            max_patterns: u16::MAX,
+        }
+    }
+}
+
 /// Segments a pattern may have at most, whatever the limits say: matching keeps one bit per
 /// segment (plus the accepting state) in a `u64`.
 pub const MAX_SEGMENTS: usize = 63;

@@ -6,6 +6,7 @@ use bytes::Bytes;
 
 use super::{InsertError, Replica};
 use crate::node::{NodeId, TreeHash};
+use crate::pattern::PatternSet;
 use crate::protocol::{
     self, BucketSketch, BucketSummary, Buckets, Capabilities, EncodeError, ErrorMessage, Ids,
     Message, MessageType, Missing, Outcome, Pack, Plan, RelayLimits, Retry, Sketch, TreeRoot,
@@ -168,7 +169,7 @@ impl Link {
             capabilities
         };
         let hints = replica.hints(capabilities.contains(sketches));
-        let subscribe = replica.subscription().map(<[String]>::to_vec);
+        let subscribe = replica.subscription().map(PatternSet::canonical);
         let capabilities = if subscribe.is_some() {
             capabilities.union(Capabilities::SUBSCRIPTIONS)
         } else {
@@ -229,8 +230,12 @@ impl Link {
                         // says). Nodes written since are not covered and must still be pushed.
                         // Only the unsynced ones need marking, so this costs O(unsynced).
                         if replica.generation() == self.hello_generation {
+                            // The relay compared the scope: nodes outside the subscription
+                            // are still pushed (and acked as duplicates if it holds them).
                             for id in replica.unsynced_before(self.hello_len) {
-                                replica.mark_synced(&id);
+                                if replica.in_scope(&id) {
+                                    replica.mark_synced(&id);
+                                }
                             }
                             replica.complete_through(self.epoch, welcome.seq);
                         }
@@ -315,7 +320,9 @@ impl Link {
                 }
             }
             ClientEvent::Subscribed(done) => {
-                replica.subscription_changed(done.patterns.clone(), self.epoch, done.seq);
+                let patterns = super::read_subscription(&done.patterns)
+                    .map_err(|e| bad_frame(MessageType::Subscribed)(e.to_string()))?;
+                replica.subscription_changed(patterns, self.epoch, done.seq);
                 out.events.push(SyncEvent::Subscribed {
                     patterns: done.patterns,
                     seq: done.seq,
@@ -534,11 +541,13 @@ impl Link {
         // Everything but what we alone hold is the relay's, as far as the decode says; the
         // relay checks the shared root before streaming, and says `buckets` if it disagrees.
         let only_ours: HashSet<NodeId> = only_ours.into_iter().collect();
-        let unsynced = replica.unsynced_before(replica.len());
+        let mut unsynced = replica.unsynced_before(replica.len());
+        unsynced.retain(|id| replica.in_scope(id));
         // Marking node by node costs a tree update each: fine for a few unsynced nodes, while a
         // replica that trusted nothing is re-derived in one pass.
-        if unsynced.len() > replica.len() / 8 || only_ours.iter().any(|id| replica.is_synced(id)) {
-            replica.reset_sync(|id| !only_ours.contains(id));
+        let many = unsynced.len() as u64 > replica.scope_len() / 8;
+        if many || only_ours.iter().any(|id| replica.is_synced(id)) {
+            replica.reset_scope_sync(|id| !only_ours.contains(id));
         } else {
             for id in unsynced.iter().filter(|id| !only_ours.contains(*id)) {
                 replica.mark_synced(id);
@@ -600,7 +609,7 @@ impl Link {
         let relay_total = theirs
             .iter()
             .fold(0u64, |sum, (count, _)| sum.saturating_add(*count));
-        let larger_total = relay_total.max(replica.len() as u64);
+        let larger_total = relay_total.max(replica.scope_len());
         let max_frame = self.limits.max_frame as usize;
         let sets = replica.sets(key);
         let mine = sets.tree_mut().level(depth);
@@ -692,7 +701,7 @@ impl Link {
             .into_iter()
             .collect();
         let covered = std::mem::take(&mut self.ids_sent);
-        replica.reset_sync(|id| covered.contains(id) && !missing.contains(&key.short_id(id)));
+        replica.reset_scope_sync(|id| covered.contains(id) && !missing.contains(&key.short_id(id)));
         Ok(())
     }
 
@@ -724,9 +733,14 @@ impl Link {
     }
 }
 
-/// The prefix-tree root of the replica's synced nodes: its tree minus the unsynced ones.
+/// The prefix-tree root of the replica's synced nodes in scope: its tree minus the unsynced
+/// ones.
 fn synced_root(replica: &mut Replica, key: SketchKey) -> TreeRoot {
-    let unsynced: Vec<NodeId> = replica.unsynced().map(|n| n.id).collect();
+    let unsynced: Vec<NodeId> = replica
+        .unsynced()
+        .map(|n| n.id)
+        .filter(|id| replica.in_scope(id))
+        .collect();
     let root = replica.sets(key).tree_mut().root_without(&unsynced);
     TreeRoot {
         count: root.count,

@@ -5,6 +5,11 @@
 //! `hello` needs: the digest of everything, the heads of the synced subset and the watermark.
 //! The synced subset is always closed under ancestry, so its heads describe it exactly.
 //!
+//! A *subscribed* replica copies only the nodes whose paths match its patterns
+//! (protocol/README.md §7.5) and reconciles only those: its digests, estimator and sketch
+//! structures cover the matching nodes it holds (its *scope*), while nodes it wrote at other
+//! paths are pushed and acked like any other but take no part in reconciliation.
+//!
 //! [`Link`] drives a [`ClientSession`](crate::session::ClientSession) against a replica for the
 //! lifetime of one connection. Both are pure; the tokio client and the network simulator in
 //! the tests run the same code. [`replay`] turns a replica into application state.
@@ -18,6 +23,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::node::{Node, NodeId, NodeLimits, Rejection, RoomId};
+use crate::pattern::{Pattern, PatternError, PatternLimits, PatternSet};
 use crate::protocol::{SyncHints, Watermark};
 use crate::recon::estimator::Estimator;
 use crate::recon::ibf::SketchKey;
@@ -40,9 +46,9 @@ struct Entry {
 ///
 /// Invariants: `order` lists every node once, parents before children; every parent of a stored
 /// node is stored, or (in a subscribed replica only) listed in `absent`; synced nodes' stored
-/// parents are synced; `digest`, `heads`, `synced_digest` and
-/// `synced_heads` describe the stored and synced sets exactly; `unsynced` holds exactly the
-/// positions of the nodes that are not synced.
+/// parents are synced; `heads` and `synced_heads` describe the stored and synced sets exactly,
+/// and `digest`, `synced_digest`, `estimator` and `sets` the stored and synced nodes in scope;
+/// `unsynced` holds exactly the positions of the nodes that are not synced.
 pub struct Replica {
     room: RoomId,
     entries: FastMap<NodeId, Entry>,
@@ -64,15 +70,16 @@ pub struct Replica {
     /// Bumped whenever nodes may have moved in `order` or become unsynced again, so a reader
     /// that remembers positions (the link's push cursor) knows to start over.
     generation: u64,
-    /// Sketch, short ids and prefix tree of every node held, under the room's sketch key once
-    /// a relay has named it.
+    /// Sketch, short ids and prefix tree of every node in scope, under the room's sketch key
+    /// once a relay has named it.
     sets: Option<SetIndex>,
-    /// Difference estimator of every node held, sent in `hello` when there is no watermark.
+    /// Difference estimator of every node in scope, sent in `hello` when there is no
+    /// watermark.
     estimator: Estimator,
     /// The patterns this replica copies (protocol/README.md §7.5), or `None` for the whole
     /// room. A subscribed replica holds a subset that is not closed under ancestry, and its
     /// watermark counts only matching nodes.
-    subscription: Option<Vec<String>>,
+    subscription: Option<PatternSet>,
     /// Parents named by stored nodes but not stored (a subscribed replica's view of the rest
     /// of the room). One arriving later is put back before its children.
     absent: FastSet<NodeId>,
@@ -113,22 +120,22 @@ impl Replica {
     }
 
     /// The patterns this replica copies, or `None` for the whole room.
-    pub fn subscription(&self) -> Option<&[String]> {
-        self.subscription.as_deref()
+    pub fn subscription(&self) -> Option<&PatternSet> {
+        self.subscription.as_ref()
     }
 
     /// Copies only the nodes matching `patterns` from now on (`None`: the whole room). The
     /// watermark counted the old subscription's nodes, so a change drops it; the next
-    /// connection reconciles the new subset.
-    pub fn set_subscription(&mut self, patterns: Option<Vec<String>>) {
+    /// connection reconciles the new subset. O(n) when the subscription changes.
+    pub fn set_subscription(&mut self, patterns: Option<PatternSet>) {
         // A replica that lacks parents of what it holds stays a subset replica: the whole
         // room is then the pattern `**`, and the missing parents arrive like any other node.
         let patterns = match patterns {
-            None if !self.absent.is_empty() => Some(vec!["**".to_owned()]),
+            None if !self.absent.is_empty() => Some(PatternSet::new([Pattern::everything()])),
             patterns => patterns,
         };
         if patterns != self.subscription {
-            self.subscription = patterns;
+            self.rescope(patterns);
             self.watermark = None;
             self.ahead.clear();
         }
@@ -136,10 +143,56 @@ impl Replica {
 
     /// The relay completed a subscription change (`subscribed`): the replica copies
     /// `patterns` and holds every matching node up to `seq` in `epoch`.
-    pub fn subscription_changed(&mut self, patterns: Vec<String>, epoch: u64, seq: u64) {
-        self.subscription = Some(patterns);
+    pub fn subscription_changed(&mut self, patterns: PatternSet, epoch: u64, seq: u64) {
+        if self.subscription.as_ref() != Some(&patterns) {
+            self.rescope(Some(patterns));
+        }
         self.watermark = Some(Watermark { epoch, seq });
         self.ahead.clear();
+    }
+
+    /// Changes the subscription and recomputes what covers the scope: digests, estimator and
+    /// sketch structures. O(n).
+    fn rescope(&mut self, patterns: Option<PatternSet>) {
+        self.subscription = patterns;
+        self.digest = SetDigest::default();
+        self.synced_digest = SetDigest::default();
+        self.estimator = Estimator::new();
+        let key = self.sets.take().map(|sets| *sets.key());
+        for entry in self.order.iter().filter_map(|id| self.entries.get(id)) {
+            if self
+                .subscription
+                .as_ref()
+                .is_none_or(|s| s.matches(&entry.node.path))
+            {
+                self.digest.insert(&entry.node.id);
+                self.estimator.insert(&entry.node.id);
+                if entry.synced {
+                    self.synced_digest.insert(&entry.node.id);
+                }
+            }
+        }
+        if let Some(key) = key {
+            self.sets(key);
+        }
+    }
+
+    /// Whether a node's path is in the scope this replica reconciles: its subscription, or the
+    /// whole room.
+    fn covers(&self, node: &Node) -> bool {
+        self.subscription
+            .as_ref()
+            .is_none_or(|s| s.matches(&node.path))
+    }
+
+    /// Whether a held node is in scope (see the module docs).
+    pub fn in_scope(&self, id: &NodeId) -> bool {
+        self.entries.get(id).is_some_and(|e| self.covers(&e.node))
+    }
+
+    /// Number of nodes in scope.
+    pub fn scope_len(&self) -> u64 {
+        self.digest.count
     }
 
     /// The room this replica copies.
@@ -209,12 +262,12 @@ impl Replica {
         self.heads.iter()
     }
 
-    /// Digest of every node held.
+    /// Digest of every node in scope (every node held, without a subscription).
     pub fn digest(&self) -> SetDigest {
         self.digest
     }
 
-    /// Digest of the synced subset.
+    /// Digest of the synced nodes in scope.
     pub fn synced_digest(&self) -> SetDigest {
         self.synced_digest
     }
@@ -227,12 +280,13 @@ impl Replica {
     /// What `hello` tells the relay. With `sketches` (the client offers `ibf` and `mst`) the
     /// relay plans from the watermark and counts, so heads travel only when the replica holds
     /// synced nodes numbered above its watermark (they let the relay skip those); a replica
-    /// without a watermark adds its difference estimator.
+    /// without a watermark adds its difference estimator. Digest and estimator cover the
+    /// scope.
     pub fn hints(&self, sketches: bool) -> SyncHints {
         let unsynced = self.unsynced.len() as u64;
         if sketches {
-            let estimator = (self.watermark.is_none() && !self.is_empty()).then(|| {
-                let strata = crate::recon::estimator::strata_for(self.len() as u64);
+            let estimator = (self.watermark.is_none() && self.scope_len() > 0).then(|| {
+                let strata = crate::recon::estimator::strata_for(self.scope_len());
                 Bytes::from(self.estimator.encode(strata))
             });
             let beyond_watermark =
@@ -274,19 +328,21 @@ impl Replica {
         self.resync
     }
 
-    /// The replica's sketch index under `key`, built from every node held if it is new or the
-    /// key changed (O(n) then, O(1) otherwise).
+    /// The replica's sketch index under `key`, built from every node in scope if it is new
+    /// or the key changed (O(n) then, O(1) otherwise).
     pub fn sets(&mut self, key: SketchKey) -> &mut SetIndex {
-        let sets = match self.sets.take() {
+        let current = self.sets.take();
+        let in_scope = self.order.iter().filter(|id| self.in_scope(id));
+        let sets = match current {
             Some(sets) if *sets.key() == key => sets,
             // A new epoch's key: the prefix tree is kept, short ids and sketches rebuilt.
             Some(mut sets) => {
-                sets.rekey(key, self.order.iter());
+                sets.rekey(key, in_scope);
                 sets
             }
             None => {
                 let mut fresh = SetIndex::new(key);
-                for id in &self.order {
+                for id in in_scope {
                     fresh.insert(*id);
                 }
                 fresh
@@ -348,10 +404,12 @@ impl Replica {
         if !late {
             self.heads.insert(id);
         }
-        self.digest.insert(&id);
-        self.estimator.insert(&id);
-        if let Some(sets) = self.sets.as_mut() {
-            sets.insert(id);
+        if self.covers(&node) {
+            self.digest.insert(&id);
+            self.estimator.insert(&id);
+            if let Some(sets) = self.sets.as_mut() {
+                sets.insert(id);
+            }
         }
         let pos = self.order.len();
         self.order.push(id);
@@ -385,14 +443,8 @@ impl Replica {
             }
         }
         self.order = order;
-        let synced: FastSet<NodeId> = self
-            .entries
-            .iter()
-            .filter(|(_, e)| e.synced)
-            .map(|(id, _)| *id)
-            .collect();
         let resync = self.resync;
-        self.reset_sync(|id| synced.contains(id));
+        self.rederive_sync(|_, entry, _| entry.synced);
         self.resync = resync;
     }
 
@@ -412,7 +464,13 @@ impl Replica {
             }
             entry.synced = true;
             self.unsynced.remove(&entry.pos);
-            self.synced_digest.insert(&next);
+            if self
+                .subscription
+                .as_ref()
+                .is_none_or(|s| s.matches(&entry.node.path))
+            {
+                self.synced_digest.insert(&next);
+            }
             for parent in &entry.node.parents {
                 self.synced_heads.remove(parent);
                 stack.push(*parent);
@@ -421,10 +479,22 @@ impl Replica {
     }
 
     /// Re-derives every sync flag: a node is synced if `synced(id)` says so, or if a synced
-    /// node descends from it (the relay holds the ancestors of whatever it holds). Used when a
-    /// whole-set answer arrives (in sync, `need`, a sketch decode, `missing`). One pass back
-    /// and one forward over the node order: O(n), no per-node tree updates.
+    /// node descends from it (the relay holds the ancestors of whatever it holds). Used when an
+    /// answer about every node held arrives (`need`). One pass back and one forward over the
+    /// node order: O(n), no per-node tree updates.
     pub fn reset_sync(&mut self, synced: impl Fn(&NodeId) -> bool) {
+        self.rederive_sync(|id, _, _| synced(id));
+    }
+
+    /// As [`reset_sync`](Self::reset_sync), for an answer about the scope (in sync, a sketch
+    /// decode, `missing`): `synced` decides for the nodes in scope, and the others keep their
+    /// flags.
+    pub fn reset_scope_sync(&mut self, synced: impl Fn(&NodeId) -> bool) {
+        self.rederive_sync(|id, entry, in_scope| if in_scope { synced(id) } else { entry.synced });
+    }
+
+    /// Re-derives every flag from `synced(id, entry, in scope)` and ancestry.
+    fn rederive_sync(&mut self, synced: impl Fn(&NodeId, &Entry, bool) -> bool) {
         self.resync = false;
         self.generation = self.generation.wrapping_add(1);
         self.synced_digest = SetDigest::default();
@@ -435,7 +505,10 @@ impl Replica {
         let mut flags = vec![false; self.order.len()];
         for (pos, id) in self.order.iter().enumerate().rev() {
             let by_child = named_by_synced_child.remove(id);
-            if !(by_child || synced(id)) {
+            let Some(entry) = self.entries.get(id) else {
+                continue;
+            };
+            if !(by_child || synced(id, entry, self.covers(&entry.node))) {
                 continue;
             }
             if let Some(flag) = flags.get_mut(pos) {
@@ -444,18 +517,22 @@ impl Replica {
             if !by_child {
                 self.synced_heads.insert(*id);
             }
-            if let Some(entry) = self.entries.get(id) {
-                named_by_synced_child.extend(entry.node.parents.iter().copied());
-            }
+            named_by_synced_child.extend(entry.node.parents.iter().copied());
         }
         let mut unsynced = BTreeMap::new();
         for ((pos, id), synced) in self.order.iter().enumerate().zip(flags) {
-            if let Some(entry) = self.entries.get_mut(id) {
-                entry.synced = synced;
-            }
-            if synced {
+            let Some(entry) = self.entries.get_mut(id) else {
+                continue;
+            };
+            entry.synced = synced;
+            let in_scope = self
+                .subscription
+                .as_ref()
+                .is_none_or(|s| s.matches(&entry.node.path));
+            if synced && in_scope {
                 self.synced_digest.insert(id);
-            } else {
+            }
+            if !synced {
                 unsynced.insert(pos, *id);
             }
         }
@@ -563,7 +640,7 @@ impl Replica {
             room: self.room.as_str().to_owned(),
             watermark: self.watermark,
             sketch_key: self.sets.as_ref().map(|sets| sets.key().wire().to_vec()),
-            subscription: self.subscription.clone(),
+            subscription: self.subscription.as_ref().map(PatternSet::canonical),
             nodes: self
                 .order
                 .iter()
@@ -582,7 +659,11 @@ impl Replica {
         }
         let room = RoomId::new(&file.room).map_err(|_| ReplicaFileError::Room)?;
         let mut replica = Self::new(room);
-        replica.subscription = file.subscription;
+        replica.subscription = file
+            .subscription
+            .as_deref()
+            .map(read_subscription)
+            .transpose()?;
         if let Some(key) = file.sketch_key {
             let key = SketchKey::from_wire(&key).ok_or(ReplicaFileError::SketchKey)?;
             replica.sets = Some(SetIndex::new(key));
@@ -613,6 +694,16 @@ struct ReplicaFile {
     subscription: Option<Vec<String>>,
 }
 
+/// Patterns a relay or an earlier run already accepted, read back whatever limits they met.
+pub fn read_subscription(patterns: &[String]) -> Result<PatternSet, PatternError> {
+    let limits = PatternLimits::widest();
+    let parsed: Result<Vec<Pattern>, PatternError> = patterns
+        .iter()
+        .map(|p| Pattern::parse(p, &limits))
+        .collect();
+    Ok(PatternSet::new(parsed?))
+}
+
 /// A replica file could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum ReplicaFileError {
@@ -631,6 +722,9 @@ pub enum ReplicaFileError {
     /// A stored node is invalid or out of order.
     #[error("replica file holds a bad node: {0}")]
     Node(#[from] InsertError),
+    /// A stored subscription pattern is invalid.
+    #[error("replica file holds a bad subscription pattern: {0}")]
+    Subscription(#[from] PatternError),
 }
 
 #[cfg(test)]

@@ -587,6 +587,11 @@ mod link {
     }
 }
 
+fn patterns(list: &[&str]) -> PatternSet {
+    let list: Vec<String> = list.iter().map(ToString::to_string).collect();
+    super::read_subscription(&list).unwrap()
+}
+
 #[test]
 fn a_subscribed_replica_takes_vouched_nodes_whose_parents_it_lacks() {
     let root = node(&[], "misc/root", "root");
@@ -598,7 +603,7 @@ fn a_subscribed_replica_takes_vouched_nodes_whose_parents_it_lacks() {
         Err(InsertError::MissingParent(root.id))
     );
     let mut subset = Replica::new(room());
-    subset.set_subscription(Some(vec!["docs/**".into()]));
+    subset.set_subscription(Some(patterns(&["docs/**"])));
     assert_eq!(subset.insert(doc.clone(), true), Ok(true));
     assert!(subset.is_synced(&doc.id));
     assert_eq!(subset.synced_digest(), SetDigest::of([&doc.id]));
@@ -607,12 +612,12 @@ fn a_subscribed_replica_takes_vouched_nodes_whose_parents_it_lacks() {
     // Writing on top of it works, and the file keeps the subscription and the nodes.
     let mine = subset.create("docs/b", "mine").unwrap();
     let back = Replica::from_bytes(&subset.to_bytes().unwrap()).unwrap();
-    assert_eq!(back.subscription(), Some(&["docs/**".to_owned()][..]));
+    assert_eq!(back.subscription(), Some(&patterns(&["docs/**"])));
     assert!(back.contains(&doc.id) && back.contains(&mine));
     assert!(back.is_synced(&doc.id) && !back.is_synced(&mine));
     // Asking for the whole room keeps it a subset replica (`**`) while parents are missing.
     subset.set_subscription(None);
-    assert_eq!(subset.subscription(), Some(&["**".to_owned()][..]));
+    assert_eq!(subset.subscription(), Some(&patterns(&["**"])));
     // The missing parent arrives later (the subscription grew): it goes back before its
     // child, is not a head, and the sync marks and file stay right.
     assert_eq!(subset.insert(root.clone(), true), Ok(true));
@@ -658,9 +663,9 @@ fn changing_the_subscription_drops_the_watermark_and_subscribed_sets_it() {
     // The same subscription keeps it; another drops it (it counted other nodes).
     r.set_subscription(None);
     assert_eq!(r.watermark().map(|w| w.seq), Some(40));
-    r.set_subscription(Some(vec!["docs/**".into()]));
+    r.set_subscription(Some(patterns(&["docs/**"])));
     assert_eq!(r.watermark(), None);
-    r.subscription_changed(vec!["docs/**".into(), "notes/**".into()], 7, 55);
+    r.subscription_changed(patterns(&["docs/**", "notes/**"]), 7, 55);
     assert_eq!(r.watermark(), Some(Watermark { epoch: 7, seq: 55 }));
-    assert_eq!(r.subscription().map(<[String]>::len), Some(2));
+    assert_eq!(r.subscription().map(PatternSet::len), Some(2));
 }

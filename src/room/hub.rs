@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use super::subscriptions::{ClassKey, Subscriptions};
+use super::recon::{Scope, bucket_summaries, plan_against, tree_root};
+use super::subscriptions::{ClassKey, ClassRecon, Subscriptions};
 use super::{
     Admitted, BatchStep, BucketIdsError, BucketRound, Cursor, Room, SessionId, Settled, Submission,
 };
@@ -18,8 +19,10 @@ use crate::protocol::{
     Message, MessageType, Need, Outcome, PROTOCOL_VERSION, Pack, Plan, PresenceUpdate, RelayLimits,
     Resolved, Subscribed, SyncHints, Welcome,
 };
+use crate::recon::estimator::EstimatorError;
 use crate::recon::ibf::MAX_LOG2_CELLS;
-use crate::recon::{ReconPath, SetDigest};
+use crate::recon::index::SetIndex;
+use crate::recon::{ReconPath, RelaySide, SetDigest};
 use crate::session::{Reaction, RelaySession, RelaySessionConfig, Request};
 
 /// Policy for every session of a hub.
@@ -108,6 +111,63 @@ enum Recon {
         at_seq: u64,
         expected: u64,
     },
+}
+
+/// How a session's reconciliation starts, as planned at `hello`.
+enum Start {
+    InSync,
+    CatchUp(Cursor),
+    SendIds,
+    /// Plan `sketch` or `refine`.
+    Recon(Recon),
+}
+
+impl Start {
+    /// The start of `path`, planned at arrival number `at_seq`; `catch_up` makes the cursor
+    /// of a catch-up after a watermark.
+    fn from_path(path: ReconPath, at_seq: u64, catch_up: impl FnOnce(u64) -> Cursor) -> Self {
+        match path {
+            ReconPath::InSync => Self::InSync,
+            ReconPath::CatchUp { after } => Self::CatchUp(catch_up(after)),
+            ReconPath::IdList => Self::SendIds,
+            ReconPath::Sketch { log2 } => Self::Recon(Recon::Sketch {
+                log2,
+                at_seq,
+                extended: false,
+            }),
+            ReconPath::Refine { depth, expected } => Self::Recon(Recon::Refine {
+                depth,
+                at_seq,
+                expected,
+            }),
+        }
+    }
+}
+
+/// What session reconciles: the room, or the matching nodes of its class `key` (topped up to
+/// the latest node). `None` if the class is gone.
+fn scope<'a>(
+    room: &'a Room,
+    subscriptions: &'a mut Subscriptions,
+    key: Option<&ClassKey>,
+) -> Option<Scope<'a>> {
+    match key {
+        None => Some(room.scope()),
+        Some(key) => subscriptions.scope(key, room),
+    }
+}
+
+/// The sketch structures a session reconciles against, for roots and bucket summaries; as
+/// [`scope`].
+fn sets_mut<'a>(
+    room: &'a mut Room,
+    subscriptions: &'a mut Subscriptions,
+    key: Option<&ClassKey>,
+) -> Option<&'a mut SetIndex> {
+    match key {
+        None => Some(room.sets_mut()),
+        Some(key) => subscriptions.recon_mut(key, room).map(ClassRecon::sets_mut),
+    }
 }
 
 /// A refinement whose first round left buckets to relist.
@@ -411,40 +471,38 @@ impl Hub {
         self.unsubscribed.insert(id);
         let (path, estimator_error) = self.room.plan(hints, capabilities);
         if let Some(e) = estimator_error {
-            let error = ErrorMessage::new(
-                ErrorCode::Malformed,
-                Some(MessageType::Hello),
-                e.to_string(),
-            );
-            self.send(Audience::One(id), Message::ErrorMessage(error), out);
+            self.estimator_error(id, &e, out);
         }
-        let at_seq = self.room.seq();
-        let (plan, cursor, recon) = match path {
-            ReconPath::InSync => (Plan::InSync, None, Recon::Idle),
-            ReconPath::CatchUp { after } => (
-                Plan::CatchUp,
-                Some(self.room.catch_up_cursor(after, &hints.heads)),
-                Recon::Idle,
-            ),
-            ReconPath::IdList => (Plan::SendIds, None, Recon::Idle),
-            ReconPath::Sketch { log2 } => (
-                Plan::Sketch,
-                None,
-                Recon::Sketch {
-                    log2,
-                    at_seq,
-                    extended: false,
-                },
-            ),
-            ReconPath::Refine { depth, expected } => (
-                Plan::Refine,
-                None,
-                Recon::Refine {
-                    depth,
-                    at_seq,
-                    expected,
-                },
-            ),
+        let start = Start::from_path(path, self.room.seq(), |after| {
+            self.room.catch_up_cursor(after, &hints.heads)
+        });
+        self.welcome(id, capabilities, start, None, out);
+    }
+
+    fn estimator_error(&mut self, id: SessionId, error: &EstimatorError, out: &mut Outbox) {
+        let error = ErrorMessage::new(
+            ErrorCode::Malformed,
+            Some(MessageType::Hello),
+            error.to_string(),
+        );
+        self.send(Audience::One(id), Message::ErrorMessage(error), out);
+    }
+
+    /// Answers `hello` with `welcome` and starts the planned reconciliation.
+    fn welcome(
+        &mut self,
+        id: SessionId,
+        capabilities: Capabilities,
+        start: Start,
+        subscription: Option<(Arc<PatternSet>, ClassKey)>,
+        out: &mut Outbox,
+    ) {
+        let (plan, cursor, recon) = match start {
+            Start::InSync => (Plan::InSync, None, Recon::Idle),
+            Start::CatchUp(cursor) => (Plan::CatchUp, Some(cursor), Recon::Idle),
+            Start::SendIds => (Plan::SendIds, None, Recon::Idle),
+            Start::Recon(recon @ Recon::Sketch { .. }) => (Plan::Sketch, None, recon),
+            Start::Recon(recon) => (Plan::Refine, None, recon),
         };
         let welcome = Welcome {
             version: PROTOCOL_VERSION,
@@ -463,6 +521,7 @@ impl Hub {
         member.cursor = cursor;
         member.recon = recon;
         member.verify_root = matches!(plan, Plan::Sketch | Plan::Refine);
+        member.subscription = subscription;
         if let Some(deadline) = member.handshake_deadline.take() {
             self.handshakes.remove(&(deadline, id));
         }
@@ -476,6 +535,18 @@ impl Hub {
         }
         self.send_present_peers(id, capabilities, out);
         self.pump(id, out);
+    }
+
+    /// The subscription class session `id` reconciles, if it has a subscription.
+    fn class_key(&self, id: SessionId) -> Option<ClassKey> {
+        let member = self.members.get(&id)?;
+        member.subscription.as_ref().map(|(_, key)| key.clone())
+    }
+
+    /// A subscribed session's class is gone: a relay bug, not the client's fault.
+    fn lost_class(&mut self, id: SessionId, out: &mut Outbox) {
+        tracing::error!(session = id, "subscribed session without its class");
+        self.close(id, CloseCode::Internal, out);
     }
 
     /// A session that negotiated presence hears every peer's current state after `welcome`.
@@ -509,7 +580,14 @@ impl Hub {
         out: &mut Outbox,
     ) {
         let max_frame = self.config.session.limits.max_frame as usize;
-        match self.room.sketch_frames(log2, extension, at_seq, max_frame) {
+        let key = self.class_key(id);
+        let Some(scope) = scope(&self.room, &mut self.subscriptions, key.as_ref()) else {
+            return self.lost_class(id, out);
+        };
+        match self
+            .room
+            .sketch_frames(scope, log2, extension, at_seq, max_frame)
+        {
             Ok(frames) => {
                 for frame in frames {
                     out.frames.push(Outgoing {
@@ -529,8 +607,11 @@ impl Hub {
     /// Abandons the sketch path for a session and sends bucket summaries, announcing an
     /// `expected` difference: what the abandoned sketch could not hold.
     fn start_refine(&mut self, id: SessionId, expected: u64, out: &mut Outbox) {
-        let larger = self.room.seq();
-        let depth = crate::recon::refine_depth(larger);
+        let key = self.class_key(id);
+        let Some(sets) = sets_mut(&mut self.room, &mut self.subscriptions, key.as_ref()) else {
+            return self.lost_class(id, out);
+        };
+        let depth = crate::recon::refine_depth(sets.len());
         let at_seq = self.room.seq();
         let Some(member) = self.members.get_mut(&id) else {
             return;
@@ -546,7 +627,11 @@ impl Hub {
 
     fn send_buckets(&mut self, id: SessionId, depth: u8, expected: u64, out: &mut Outbox) {
         let max_frame = self.config.session.limits.max_frame as usize;
-        let summaries = self.room.bucket_summaries(depth);
+        let key = self.class_key(id);
+        let Some(sets) = sets_mut(&mut self.room, &mut self.subscriptions, key.as_ref()) else {
+            return self.lost_class(id, out);
+        };
+        let summaries = bucket_summaries(sets, depth);
         let key = self.room.sketch_key_wire();
         for message in protocol::buckets_messages(depth, expected, key, &summaries, max_frame) {
             self.send(Audience::One(id), message, out);
@@ -559,7 +644,11 @@ impl Hub {
         else {
             return;
         };
-        match self.room.settle_want(shorts, shared, at_seq) {
+        let key = self.class_key(id);
+        let Some(scope) = scope(&self.room, &mut self.subscriptions, key.as_ref()) else {
+            return self.lost_class(id, out);
+        };
+        match self.room.settle_want(scope, shorts, shared, at_seq) {
             Some(cursor) => self.start_stream(id, cursor, out),
             None => {
                 tracing::debug!("shared root mismatch after a sketch decode; refining");
@@ -604,6 +693,7 @@ impl Hub {
         sketches: &[BucketSketch],
         out: &mut Outbox,
     ) {
+        let key = self.class_key(id);
         let Some(member) = self.members.get_mut(&id) else {
             return;
         };
@@ -611,6 +701,9 @@ impl Hub {
             return;
         };
         let relisting = member.relisting.take();
+        let Some(scope) = scope(&self.room, &mut self.subscriptions, key.as_ref()) else {
+            return self.lost_class(id, out);
+        };
         let round = BucketRound {
             depth,
             at_seq,
@@ -620,8 +713,10 @@ impl Hub {
         };
         let settled = match relisting {
             Some(Relisting { buckets, .. }) if buckets != differing => Err(BucketIdsError::Relist),
-            Some(Relisting { cursor, .. }) => self.room.settle_bucket_ids(round, Some(cursor)),
-            None => self.room.settle_bucket_ids(round, None),
+            Some(Relisting { cursor, .. }) => {
+                self.room.settle_bucket_ids(scope, round, Some(cursor))
+            }
+            None => self.room.settle_bucket_ids(scope, round, None),
         };
         match settled {
             Ok(Settled {
@@ -696,9 +791,10 @@ impl Hub {
         }
     }
 
-    /// `hello` with a subscription (§7.5): the session reconciles the matching subset only.
-    /// Its class (shared by every session with the same subscription) lists the matching
-    /// nodes, so planning and the catch-up cost what matches, not the room.
+    /// `hello` with a subscription (§7.5, §5.11): the session reconciles the matching subset
+    /// only. Its class (shared by every session with the same subscription) lists the matching
+    /// nodes, so planning and the catch-up cost what matches, not the room; a client that
+    /// lost its watermark reconciles by sketch against the class's own sketch structures.
     fn join_subscribed(
         &mut self,
         id: SessionId,
@@ -710,7 +806,7 @@ impl Hub {
         let set = Arc::new(PatternSet::new(patterns));
         let key = self.subscriptions.join(id, set.clone(), &self.room);
         let Some(class) = self.subscriptions.class(&key) else {
-            return;
+            return self.lost_class(id, out);
         };
         let epoch = self.room.epoch();
         let seq = self.room.seq();
@@ -718,53 +814,57 @@ impl Hub {
             .watermark
             .filter(|w| w.epoch == epoch && w.seq <= seq)
             .map(|w| w.seq);
-        let (plan, explicit) = match watermark {
-            // `in_sync` marks every node the client holds as held by the relay: only when it
-            // holds nothing unsynced, which the watermark alone does not say.
-            Some(after) if !class.has_after(&self.room, after) && hints.unsynced == 0 => {
-                (Plan::InSync, None)
-            }
-            Some(after) => (
-                Plan::CatchUp,
-                Some(class.seqs_after(&self.room, after, |_| true)),
-            ),
-            // Nothing matches yet and the client holds nothing: both sides agree.
-            None if hints.digest == crate::recon::SetDigest::default()
-                && !class.has_after(&self.room, 0) =>
-            {
-                (Plan::InSync, None)
-            }
-            None if hints.digest == crate::recon::SetDigest::default() => (
-                Plan::CatchUp,
-                Some(class.seqs_after(&self.room, 0, |_| true)),
-            ),
-            // Another epoch, or no watermark but nodes: the client lists its subset's ids.
-            None => (Plan::SendIds, None),
+        let sketches = capabilities.contains(Capabilities::IBF.union(Capabilities::MST));
+        // `hints.digest` covers the client's matching nodes only.
+        let catch_up = |after| {
+            let explicit = class.seqs_after(&self.room, after, |_| true);
+            Start::CatchUp(Cursor::new(explicit, seq.saturating_add(1)).filtered(set.clone()))
         };
-        let cursor = explicit
-            .map(|explicit| Cursor::new(explicit, seq.saturating_add(1)).filtered(set.clone()));
-        let welcome = Welcome {
-            version: PROTOCOL_VERSION,
-            capabilities,
-            peer: id,
-            epoch,
-            seq,
-            plan,
-            limits: (self.config.session.limits != RelayLimits::default())
-                .then_some(self.config.session.limits),
+        let start = if hints.digest == class.digest(&self.room) {
+            Start::InSync
+        } else if let Some(after) = watermark {
+            catch_up(after)
+        } else if hints.digest.count == 0 {
+            catch_up(0)
+        } else if sketches && self.subscriptions.allow_recon(&key, &self.room) {
+            self.plan_class(id, hints, capabilities, &key, out)
+        } else {
+            // No sketches, or the classes' sketch structures are at their bound.
+            Start::SendIds
         };
-        let Some(member) = self.members.get_mut(&id) else {
-            return;
+        self.welcome(id, capabilities, start, Some((set, key)), out);
+    }
+
+    /// The sketch or refinement plan of a subscribed client that holds matching nodes but no
+    /// watermark: sized from its estimator against the class's.
+    fn plan_class(
+        &mut self,
+        id: SessionId,
+        hints: &SyncHints,
+        capabilities: Capabilities,
+        key: &ClassKey,
+        out: &mut Outbox,
+    ) -> Start {
+        let Some(recon) = self.subscriptions.recon_mut(key, &self.room) else {
+            return Start::SendIds;
         };
-        member.subscription = Some((set, key));
-        member.session.welcome(plan);
-        member.cursor = cursor;
-        if let Some(deadline) = member.handshake_deadline.take() {
-            self.handshakes.remove(&(deadline, id));
+        let side = RelaySide {
+            digest: recon.digest(),
+            epoch: self.room.epoch(),
+            seq: self.room.seq(),
+        };
+        let (path, error) = plan_against(hints, capabilities, side, recon.estimator(), |_| false);
+        if let Some(e) = error {
+            self.estimator_error(id, &e, out);
         }
-        self.send(Audience::One(id), Message::Welcome(welcome), out);
-        self.send_present_peers(id, capabilities, out);
-        self.pump(id, out);
+        match path {
+            ReconPath::Sketch { .. } | ReconPath::Refine { .. } => {
+                Start::from_path(path, self.room.seq(), |_| Cursor::new(Vec::new(), 0))
+            }
+            // The caller settled the other cases already (equal digests, a watermark, an
+            // empty client); what remains always reaches sketches or refinement.
+            ReconPath::InSync | ReconPath::CatchUp { .. } | ReconPath::IdList => Start::SendIds,
+        }
     }
 
     /// `subscribe` / `unsubscribe`: changes the session's subscription, streams what newly
@@ -879,11 +979,11 @@ impl Hub {
                     member.cursor = None;
                     member.session.caught_up();
                     let seq = self.room.seq();
-                    let class = member
-                        .subscription
-                        .as_ref()
-                        .and_then(|(_, key)| self.subscriptions.class(key));
-                    if let Some(number) = member.backfill.take() {
+                    let backfill = member.backfill.take();
+                    let verify_root = member.verify_root;
+                    let key = member.subscription.as_ref().map(|(_, key)| key.clone());
+                    let class = key.as_ref().and_then(|key| self.subscriptions.class(key));
+                    if let Some(number) = backfill {
                         let patterns = class.map(|c| c.set().canonical()).unwrap_or_default();
                         let done = Subscribed {
                             number,
@@ -893,11 +993,17 @@ impl Hub {
                         self.send(Audience::One(id), Message::Subscribed(done), out);
                         return;
                     }
-                    // Sketch and refine sessions decided what to send from short ids and
-                    // digests; the root makes the result collision-resistant (§5.10).
-                    let root = member.verify_root.then(|| self.room.root());
                     // A subscribed session holds the matching subset: its digest is the class's.
                     let digest = class.map_or(self.room.digest(), |c| c.digest(&self.room));
+                    // Sketch and refine sessions decided what to send from short ids and
+                    // digests; the root (of the class's nodes for a subscribed session) makes
+                    // the result collision-resistant (§5.10).
+                    let root = if verify_root {
+                        sets_mut(&mut self.room, &mut self.subscriptions, key.as_ref())
+                            .map(tree_root)
+                    } else {
+                        None
+                    };
                     let done = CatchUpDone { seq, digest, root };
                     self.send(Audience::One(id), Message::CatchUpDone(done), out);
                     return;
@@ -912,7 +1018,7 @@ impl Hub {
             admitted,
             resolved,
         } = self.room.submit(id, pack.nodes, now);
-        if !self.subscriptions.is_empty() {
+        if self.subscriptions.has_classes() {
             for a in &admitted {
                 let Some(node) = self.room.node_at(a.seq) else {
                     continue;

@@ -4,16 +4,21 @@
 //! Every answer is about the room *as of* the arrival number at which the sketch or the
 //! buckets were made: nodes admitted later are left out of extensions and of the verified
 //! root, and reach the client through the catch-up tail instead.
+//!
+//! A session reconciles a [`Scope`]: the whole room, or, for a subscribed session, the nodes of
+//! its subscription class (§5.11), whose sketch structures the class keeps.
 
 use bytes::Bytes;
 
-use super::{Cursor, Room};
-use crate::node::TreeHash;
+use super::subscriptions::Class;
+use super::{Cursor, LoggedNode, Room};
+use crate::node::{NodeId, TreeHash};
 use crate::protocol::{
     self, BucketSketch, BucketSummary, Capabilities, Message, Sketch, SyncHints, TreeRoot,
 };
 use crate::recon::estimator::{Estimator, EstimatorError};
-use crate::recon::ibf::{self, Ibf, SketchError};
+use crate::recon::ibf::{self, Ibf, SketchError, SketchKey};
+use crate::recon::index::SetIndex;
 use crate::recon::prefix_tree;
 use crate::recon::{self, ReconPath, RelaySide, refine};
 use crate::recon::{FastMap, FastSet, SetDigest};
@@ -70,7 +75,93 @@ pub struct Settled {
     pub relist: Vec<u8>,
 }
 
+/// The set a session reconciles: the whole room, or the matching nodes of one subscription
+/// class, as its sketch structures hold them.
+#[derive(Clone, Copy)]
+pub struct Scope<'a> {
+    sets: &'a SetIndex,
+    digest: SetDigest,
+    /// The structures hold every member numbered up to this.
+    through: u64,
+    /// The class, or `None` for the whole room.
+    class: Option<&'a Class>,
+}
+
+impl<'a> Scope<'a> {
+    /// A class's matching nodes, held in `sets` up to `through`, with digest `digest`.
+    pub fn class(sets: &'a SetIndex, digest: SetDigest, through: u64, class: &'a Class) -> Self {
+        Self {
+            sets,
+            digest,
+            through,
+            class: Some(class),
+        }
+    }
+
+    fn contains(&self, node: &LoggedNode) -> bool {
+        self.class.is_none_or(|c| c.set().matches(node.path()))
+    }
+}
+
+/// Picks the reconciliation path for a client's hints against one side's set (`side`,
+/// `estimator`): the room's, or a class's. A malformed estimator is reported and ignored (the
+/// set is then sized from counts).
+pub fn plan_against(
+    hints: &SyncHints,
+    capabilities: Capabilities,
+    side: RelaySide,
+    estimator: &Estimator,
+    knows: impl Fn(&NodeId) -> bool,
+) -> (ReconPath, Option<EstimatorError>) {
+    let (estimate, error) = match hints.estimator.as_deref().map(Estimator::decode) {
+        Some(Ok(received)) => (Some(estimator.estimate(&received)), None),
+        Some(Err(e)) => (None, Some(e)),
+        None => (None, None),
+    };
+    let path = recon::choose_path(hints, side, capabilities, estimate, knows);
+    (path, error)
+}
+
+/// A prefix-tree root as `catch_up_done` carries it. Cached between insertions: a session
+/// pays only for the paths changed since the last call.
+pub fn tree_root(sets: &mut SetIndex) -> TreeRoot {
+    let root = sets.root();
+    TreeRoot {
+        count: root.count,
+        hash: TreeHash(root.hash),
+    }
+}
+
+/// Summaries of every prefix of `depth` hex digits, in order, as they travel in `buckets`.
+pub fn bucket_summaries(sets: &mut SetIndex, depth: u8) -> Vec<BucketSummary> {
+    sets.tree_mut()
+        .level(depth)
+        .iter()
+        .map(prefix_tree::Summary::truncated)
+        .collect()
+}
+
 impl Room {
+    /// The whole room as a reconciliation scope.
+    pub fn scope(&self) -> Scope<'_> {
+        Scope {
+            sets: &self.sets,
+            digest: self.digest,
+            through: self.seq(),
+            class: None,
+        }
+    }
+
+    /// The room's sketch key (every class's structures use it too).
+    pub fn sketch_key(&self) -> SketchKey {
+        *self.sets.key()
+    }
+
+    /// The room's sketch structures: for `catch_up_done` roots and bucket summaries.
+    pub fn sets_mut(&mut self) -> &mut SetIndex {
+        &mut self.sets
+    }
+
     /// Picks the reconciliation path for a client's hints and the negotiated capabilities.
     /// A malformed estimator is reported and ignored (the room then sizes from counts).
     pub fn plan(
@@ -83,13 +174,9 @@ impl Room {
             epoch: self.epoch,
             seq: self.seq(),
         };
-        let (estimate, error) = match hints.estimator.as_deref().map(Estimator::decode) {
-            Some(Ok(received)) => (Some(self.estimator.estimate(&received)), None),
-            Some(Err(e)) => (None, Some(e)),
-            None => (None, None),
-        };
-        let path = recon::choose_path(hints, side, capabilities, estimate, |id| self.contains(id));
-        (path, error)
+        plan_against(hints, capabilities, side, &self.estimator, |id| {
+            self.contains(id)
+        })
     }
 
     /// Builds the sketch levels after a bulk load (see [`Room::restore`]) and hashes the
@@ -105,15 +192,16 @@ impl Room {
         Bytes::copy_from_slice(self.sets.key().wire())
     }
 
-    /// The room's sketch at `2^log2` cells per sub-table, as it was at arrival number
-    /// `at_seq` (nodes admitted later are taken out again).
-    fn sketch_as_of(&self, log2: u8, at_seq: u64) -> Result<Ibf, SketchError> {
-        let mut sketch = self.sets.sketch_at(log2)?;
-        for seq in at_seq.saturating_add(1)..=self.seq() {
+    /// The scope's sketch at `2^log2` cells per sub-table, as it was at arrival number
+    /// `at_seq` (nodes added later are taken out again).
+    fn sketch_as_of(&self, scope: Scope<'_>, log2: u8, at_seq: u64) -> Result<Ibf, SketchError> {
+        let mut sketch = scope.sets.sketch_at(log2)?;
+        for seq in at_seq.saturating_add(1)..=scope.through {
             if let Some(node) = self.node_at(seq) {
-                let short = self.sets.key().short_id(&node.id);
-                // An id whose short id collided never entered the sketch.
-                if self.sets.resolve(short) == Some(node.id) {
+                let short = scope.sets.key().short_id(&node.id);
+                // Only members are in the sketch, and of those not an id whose short id
+                // collided.
+                if scope.sets.resolve(short) == Some(node.id) {
                     sketch.remove(short);
                 }
             }
@@ -126,12 +214,13 @@ impl Room {
     /// stays under `max_frame` bytes.
     pub fn sketch_frames(
         &self,
+        scope: Scope<'_>,
         log2: u8,
         extension: bool,
         at_seq: u64,
         max_frame: usize,
     ) -> Result<Vec<Bytes>, SketchError> {
-        let sketch = self.sketch_as_of(log2, at_seq)?;
+        let sketch = self.sketch_as_of(scope, log2, at_seq)?;
         let cells = if extension {
             sketch.lower_halves()?
         } else {
@@ -156,20 +245,28 @@ impl Room {
     }
 
     /// Settles a decoded sketch: the client lacks the nodes behind `shorts` and believes both
-    /// sides share a set with digest `shared`. Returns the catch-up cursor if the room's set as
-    /// of `at_seq`, minus those nodes, has exactly that digest; `None` if not (the decode was
-    /// wrong, or the client is): the caller refines instead. Costs O(shorts + nodes admitted
-    /// since `at_seq`); the collision-resistant check follows at `catch_up_done`.
-    pub fn settle_want(&self, shorts: &[u64], shared: SetDigest, at_seq: u64) -> Option<Cursor> {
-        let mut expected = self.digest;
-        for seq in at_seq.saturating_add(1)..=self.seq() {
-            expected.remove(&self.node_at(seq)?.id);
+    /// sides share a set with digest `shared`. Returns the catch-up cursor if the scope's set
+    /// as of `at_seq`, minus those nodes, has exactly that digest; `None` if not (the decode
+    /// was wrong, or the client is): the caller refines instead. Costs O(shorts + nodes
+    /// admitted since `at_seq`); the collision-resistant check follows at `catch_up_done`.
+    pub fn settle_want(
+        &self,
+        scope: Scope<'_>,
+        shorts: &[u64],
+        shared: SetDigest,
+        at_seq: u64,
+    ) -> Option<Cursor> {
+        let mut expected = scope.digest;
+        for seq in at_seq.saturating_add(1)..=scope.through {
+            let node = self.node_at(seq)?;
+            if scope.contains(node) {
+                expected.remove(&node.id);
+            }
         }
         let mut lacking = Vec::with_capacity(shorts.len());
         for short in shorts {
-            // The room fills its index in arrival order: ordinal + 1 is the arrival number.
-            let (id, ordinal) = self.sets.locate(*short)?;
-            let seq = ordinal.checked_add(1).filter(|seq| *seq <= at_seq)?;
+            let id = scope.sets.resolve(*short)?;
+            let seq = self.seq_of(&id).filter(|seq| *seq <= at_seq)?;
             lacking.push(seq);
             expected.remove(&id);
         }
@@ -181,27 +278,6 @@ impl Room {
         Some(Cursor::new(lacking, at_seq.saturating_add(1)))
     }
 
-    /// The room's prefix-tree root, for `catch_up_done` after a sketch or a refinement. Cached
-    /// between admissions: a session pays only for the paths changed since the last call.
-    pub fn root(&mut self) -> TreeRoot {
-        let root = self.sets.root();
-        TreeRoot {
-            count: root.count,
-            hash: TreeHash(root.hash),
-        }
-    }
-
-    /// Summaries of every prefix of `depth` hex digits, in order, as they travel in
-    /// `buckets`. The room's current state; the caller records its arrival number.
-    pub fn bucket_summaries(&mut self, depth: u8) -> Vec<BucketSummary> {
-        self.sets
-            .tree_mut()
-            .level(depth)
-            .iter()
-            .map(prefix_tree::Summary::truncated)
-            .collect()
-    }
-
     /// Settles a round of the client's `bucket_ids` (protocol/README.md §5.9). In the first
     /// round (`earlier` is `None`) the room sends every node it held at `at_seq` in a
     /// differing bucket and every one admitted since, except those the client listed or
@@ -210,6 +286,7 @@ impl Room {
     /// exactly the relisted buckets, by lists only, and adds to that cursor.
     pub fn settle_bucket_ids(
         &self,
+        scope: Scope<'_>,
         round: BucketRound<'_>,
         earlier: Option<Cursor>,
     ) -> Result<Settled, BucketIdsError> {
@@ -252,10 +329,19 @@ impl Room {
         // the short id out of the list, so what is left is what the room lacks. A second
         // round only revisits its buckets as of `at_seq`: the first sent everything later.
         let mut unmatched: FastSet<u64> = shorts.iter().copied().collect();
-        let key = *self.sets.key();
+        let key = *scope.sets.key();
         let mut lacking = Vec::new();
-        for (seq, entry) in (1u64..).zip(&self.log) {
-            let id = &entry.id;
+        // The scope's members in arrival order: the log, or the class's nodes.
+        let members: Box<dyn Iterator<Item = (u64, &NodeId)>> = match scope.class {
+            None => Box::new((1u64..).zip(self.log.iter().map(|entry| &entry.id))),
+            Some(class) => Box::new(
+                class
+                    .seqs_after(self, 0, |_| true)
+                    .into_iter()
+                    .filter_map(|seq| Some((seq, &self.node_at(seq)?.id))),
+            ),
+        };
+        for (seq, id) in members {
             let bucket = prefix_tree::prefix_of(id, depth);
             let differs = protocol::bucket_marked(differing, bucket);
             let settled_before = seq <= at_seq;
@@ -278,7 +364,7 @@ impl Room {
                 continue;
             }
             // An id whose short id another id took cannot be named: sent anyway, never lost.
-            let held = unmatched.remove(&short) && self.sets.names(id, short);
+            let held = unmatched.remove(&short) && scope.sets.names(id, short);
             if !held {
                 lacking.push(seq);
             }

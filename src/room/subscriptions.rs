@@ -7,16 +7,35 @@
 //! with, and only those are tested. Sessions with the same subscription share a **class**:
 //! the room's distinct paths that match it. The room lists each path's nodes, so a subscribed
 //! session's catch-up and its `catch_up_done` digest cost what matches, not the room, and a
-//! class costs memory per matching path, not per matching node.
+//! class costs memory per matching path, not per matching node — until a session reconciles
+//! it by sketch: then the class also keeps the sketch structures of its matching nodes
+//! ([`ClassRecon`], protocol/README.md §5.11), built once from the class's own nodes.
+//!
+//! A class outlives its last session for a while ([`MAX_IDLE_CLASSES`]), so a client that
+//! reconnects with the same subscription finds its class, and its sketch structures, ready.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeSet, BinaryHeap, HashMap};
+use std::collections::{BTreeSet, BinaryHeap, HashMap, VecDeque};
 use std::sync::Arc;
 
 use crate::pattern::{Pattern, PatternSet};
 use crate::recon::SetDigest;
+use crate::recon::estimator::Estimator;
+use crate::recon::index::SetIndex;
 
+use super::recon::Scope;
 use super::{Room, SessionId};
+
+/// Classes kept after their last session left, most recently used last.
+pub const MAX_IDLE_CLASSES: usize = 32;
+
+/// The classes' sketch structures together hold at most this many times the room's nodes
+/// (each costs about what the room's own index costs per node, ~150 B). A session whose class
+/// would need more reconciles by id list instead.
+pub const CLASS_RECON_FACTOR: u64 = 2;
+
+/// Below this many nodes in all, class sketch structures are always allowed (small rooms).
+const CLASS_RECON_FLOOR: u64 = 1 << 16;
 
 /// The canonical forms of a subscription's patterns, in order: names a class.
 pub type ClassKey = Arc<[String]>;
@@ -31,10 +50,109 @@ pub struct Class {
     sessions: usize,
 }
 
+/// The sketch structures of one class's matching nodes (protocol/README.md §5.11): the same
+/// sketch levels, short ids, prefix tree and estimator the room keeps for all its nodes, under
+/// the room's sketch key. Topped up lazily, when a session needs them, from the nodes admitted
+/// since (`through`), so admissions cost nothing extra.
+pub struct ClassRecon {
+    sets: SetIndex,
+    estimator: Estimator,
+    digest: SetDigest,
+    /// Every matching node numbered up to this is in.
+    through: u64,
+}
+
+impl ClassRecon {
+    fn new(room: &Room) -> Self {
+        Self {
+            sets: SetIndex::new(room.sketch_key()),
+            estimator: Estimator::new(),
+            digest: SetDigest::default(),
+            through: 0,
+        }
+    }
+
+    /// Adds the class's nodes admitted since the last call, up to the room's latest.
+    fn top_up(&mut self, class: &Class, room: &Room) {
+        let seq = room.seq();
+        if seq <= self.through {
+            return;
+        }
+        // Whichever is cheaper: test the nodes admitted since, or merge the matching paths'
+        // lists.
+        let new_nodes: Vec<u64> = if seq - self.through <= class.paths.len() as u64 {
+            (self.through + 1..=seq)
+                .filter(|s| {
+                    room.node_at(*s)
+                        .is_some_and(|n| class.set.matches(n.path()))
+                })
+                .collect()
+        } else {
+            class.seqs_after(room, self.through, |_| true)
+        };
+        // Many nodes at once (the first build): make the sketch levels once at the end.
+        let bulk = new_nodes.len() as u64 > self.sets.len();
+        if bulk {
+            self.sets.defer_levels();
+        }
+        for id in new_nodes
+            .iter()
+            .filter_map(|s| room.node_at(*s))
+            .map(|n| n.id)
+        {
+            self.sets.insert(id);
+            self.estimator.insert(&id);
+            self.digest.insert(&id);
+        }
+        if bulk {
+            self.sets.build_levels();
+        }
+        self.through = seq;
+    }
+
+    /// The sketch levels, short ids and prefix tree.
+    pub fn sets_mut(&mut self) -> &mut SetIndex {
+        &mut self.sets
+    }
+
+    /// Digest of the matching nodes held.
+    pub fn digest(&self) -> SetDigest {
+        self.digest
+    }
+
+    /// The difference estimator.
+    pub fn estimator(&self) -> &Estimator {
+        &self.estimator
+    }
+
+    /// Number of matching nodes held.
+    pub fn len(&self) -> u64 {
+        self.sets.len()
+    }
+}
+
+impl std::fmt::Debug for ClassRecon {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClassRecon")
+            .field("len", &self.len())
+            .field("through", &self.through)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Class {
     /// The subscription.
     pub fn set(&self) -> &Arc<PatternSet> {
         &self.set
+    }
+
+    /// Number of matching nodes. O(matching paths).
+    pub fn node_count(&self, room: &Room) -> u64 {
+        self.paths
+            .iter()
+            .filter_map(|path| room.path_nodes(path))
+            .map(|nodes| nodes.seqs().len() as u64)
+            .sum()
     }
 
     /// Digest of the room's matching nodes. Costs O(matching paths).
@@ -112,16 +230,25 @@ pub struct Subscriptions {
     patterns: HashMap<Box<str>, PatternEntry>,
     trie: TrieNode,
     classes: HashMap<ClassKey, Class>,
+    /// Classes without sessions, least recently used first; at most [`MAX_IDLE_CLASSES`].
+    idle: VecDeque<ClassKey>,
+    /// Sketch structures of the classes that sessions reconciled by sketch.
+    recons: HashMap<ClassKey, ClassRecon>,
 }
 
 impl Subscriptions {
     /// Whether no session subscribes to anything (every session receives everything).
     pub fn is_empty(&self) -> bool {
-        self.classes.is_empty()
+        self.classes.len() == self.idle.len()
+    }
+
+    /// Whether any class is kept (with sessions or idle): new paths must be filed.
+    pub fn has_classes(&self) -> bool {
+        !self.classes.is_empty()
     }
 
     /// Registers `session` with subscription `set`; returns its class, made with one pass
-    /// over the room if no session had this subscription.
+    /// over the room if no session had this subscription lately.
     pub fn join(&mut self, session: SessionId, set: Arc<PatternSet>, room: &Room) -> ClassKey {
         let key: ClassKey = set.canonical().into();
         for pattern in set.patterns() {
@@ -145,6 +272,9 @@ impl Subscriptions {
             self.classes.insert(key.clone(), class);
         }
         if let Some(class) = self.classes.get_mut(&key) {
+            if class.sessions == 0 {
+                self.idle.retain(|idle| *idle != key);
+            }
             class.sessions += 1;
         }
         key
@@ -167,26 +297,43 @@ impl Subscriptions {
         }
     }
 
-    /// Unregisters `session` from the class `key`; forgets what no session uses any more.
+    /// Unregisters `session` from the class `key`. A class without sessions stays, idle, until
+    /// [`MAX_IDLE_CLASSES`] newer ones push it out.
     pub fn leave(&mut self, session: SessionId, key: &ClassKey) {
         let Some(class) = self.classes.get_mut(key) else {
             return;
         };
         class.sessions = class.sessions.saturating_sub(1);
-        let unused = class.sessions == 0;
+        let idle = class.sessions == 0;
         let set = class.set.clone();
-        if unused {
-            self.classes.remove(key);
-        }
         for pattern in set.patterns() {
+            if let Some(entry) = self.patterns.get_mut(pattern.as_str()) {
+                entry.sessions.remove(&session);
+            }
+        }
+        if idle {
+            self.idle.push_back(key.clone());
+            while self.idle.len() > MAX_IDLE_CLASSES {
+                self.evict_oldest_idle();
+            }
+        }
+    }
+
+    /// Forgets the least recently used idle class, and the patterns only it used.
+    fn evict_oldest_idle(&mut self) {
+        let Some(key) = self.idle.pop_front() else {
+            return;
+        };
+        self.recons.remove(&key);
+        let Some(class) = self.classes.remove(&key) else {
+            return;
+        };
+        for pattern in class.set.patterns() {
             let canonical = pattern.as_str();
             let Some(entry) = self.patterns.get_mut(canonical) else {
                 continue;
             };
-            entry.sessions.remove(&session);
-            if unused {
-                entry.classes.remove(key);
-            }
+            entry.classes.remove(&key);
             if entry.sessions.is_empty() && entry.classes.is_empty() {
                 self.patterns.remove(canonical);
                 remove_trie(&mut self.trie, pattern);
@@ -197,6 +344,63 @@ impl Subscriptions {
     /// A class by key.
     pub fn class(&self, key: &ClassKey) -> Option<&Class> {
         self.classes.get(key)
+    }
+
+    /// What sessions of class `key` reconcile against: its sketch structures, built (one pass
+    /// over the matching nodes) or topped up to the room's latest node. `None` for an unknown
+    /// class.
+    pub fn scope(&mut self, key: &ClassKey, room: &Room) -> Option<Scope<'_>> {
+        let (class, recon) = self.current(key, room)?;
+        Some(Scope::class(
+            &recon.sets,
+            recon.digest,
+            recon.through,
+            class,
+        ))
+    }
+
+    /// The sketch structures of class `key`, topped up: for roots and bucket summaries.
+    pub fn recon_mut(&mut self, key: &ClassKey, room: &Room) -> Option<&mut ClassRecon> {
+        self.current(key, room).map(|(_, recon)| recon)
+    }
+
+    fn current(&mut self, key: &ClassKey, room: &Room) -> Option<(&Class, &mut ClassRecon)> {
+        let class = self.classes.get(key)?;
+        let recon = self
+            .recons
+            .entry(key.clone())
+            .or_insert_with(|| ClassRecon::new(room));
+        recon.top_up(class, room);
+        Some((class, recon))
+    }
+
+    /// Whether class `key` may have sketch structures: they exist already, or building them
+    /// keeps all classes' structures within [`CLASS_RECON_FACTOR`] times the room's nodes
+    /// (idle classes' structures are dropped, oldest first, to make room). O(classes +
+    /// matching paths).
+    pub fn allow_recon(&mut self, key: &ClassKey, room: &Room) -> bool {
+        if self.recons.contains_key(key) {
+            return true;
+        }
+        let Some(needed) = self.classes.get(key).map(|c| c.node_count(room)) else {
+            return false;
+        };
+        let budget = room
+            .seq()
+            .saturating_mul(CLASS_RECON_FACTOR)
+            .max(CLASS_RECON_FLOOR);
+        loop {
+            let held: u64 = self.recons.values().map(ClassRecon::len).sum();
+            if held.saturating_add(needed) <= budget {
+                return true;
+            }
+            // Never the class asked about: it has a session, so it is not idle.
+            let oldest_with_recon = self.idle.iter().find(|key| self.recons.contains_key(*key));
+            match oldest_with_recon.cloned() {
+                Some(idle) => self.recons.remove(&idle),
+                None => return false,
+            };
+        }
     }
 
     /// A node brought a path the room had not seen: files it under the classes it matches.

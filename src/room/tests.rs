@@ -1937,9 +1937,13 @@ fn a_subscribed_cold_client_gets_only_the_matching_nodes_and_their_digest() {
     };
     let sent = join_subscribed(&mut relay, 2, hints.clone(), &["docs/**"], SUBS);
     assert_eq!(welcome_of(&sent.to(2)).plan, Plan::InSync);
-    // The same, but holding a node the relay has not seen: not in sync (in sync would mark
-    // it as held); the catch-up is empty and the client pushes its node afterwards.
+    // The same, but holding a matching node the relay has not seen (the digest covers the
+    // client's matching nodes): not in sync (in sync would mark it as held); the catch-up is
+    // empty and the client pushes its node afterwards.
+    let mut with_offline = expected.clone();
+    with_offline.push(NodeId([7; 32]));
     let offline = SyncHints {
+        digest: SetDigest::of(&with_offline),
         unsynced: 1,
         ..hints.clone()
     };
@@ -1947,6 +1951,14 @@ fn a_subscribed_cold_client_gets_only_the_matching_nodes_and_their_digest() {
     assert_eq!(welcome_of(&sent.to(4)).plan, Plan::CatchUp);
     assert!(nodes_sent(&sent.to(4)).is_empty());
     assert!(matches!(sent.to(4).last(), Some(Message::CatchUpDone(_))));
+    // An unsynced node outside the subscription is not in the digest: the subset is in sync
+    // (the client still pushes that node).
+    let outside = SyncHints {
+        unsynced: 1,
+        ..hints.clone()
+    };
+    let sent = join_subscribed(&mut relay, 5, outside, &["docs/**"], SUBS);
+    assert_eq!(welcome_of(&sent.to(5)).plan, Plan::InSync);
     let more: Vec<Node> = ["notes/x", "docs/y", "misc/z"]
         .iter()
         .map(|p| node(&[dag.last().unwrap()], p, "more"))

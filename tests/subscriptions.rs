@@ -10,6 +10,7 @@ use std::time::Duration;
 use net::*;
 use weft::client::{Client, ClientConfig, Event};
 use weft::node::NodeId;
+use weft::protocol::Plan;
 use weft::replica::Replica;
 
 fn ids_of(client: &Client) -> BTreeSet<NodeId> {
@@ -193,5 +194,100 @@ async fn offline_writes_are_pushed_even_when_nothing_new_matches() {
     })
     .await;
     back.close().await.unwrap();
+    relay.shutdown().await;
+}
+
+/// A client that changed its subscription offline has no watermark for the new one: it
+/// reconciles the nodes it holds that match by sketch or refinement against the relay's class
+/// (no id list), receives exactly what it lacks, and its own writes at other paths still reach
+/// the room and are acked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_changed_offline_reconciles_the_new_subset_by_sketch() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("replica");
+    let relay = Relay::start().await;
+    let r = "rescoped";
+    let (writer, _) = synced_client(&relay, r).await;
+    write_mixed(&writer, "first", 200).await;
+    let mut cfg = config(&relay, r, &["docs/**"]);
+    cfg.replica_file = Some(file.clone());
+    let (client, _) = Client::start(cfg.clone()).unwrap();
+    client.wait_synced().await.unwrap();
+    client.close().await.unwrap();
+
+    write_mixed(&writer, "second", 8).await;
+    let mut replica = Replica::from_bytes(&std::fs::read(&file).unwrap()).unwrap();
+    let outside = replica.create("misc/mine", "not subscribed").unwrap();
+    let inside = replica.create("docs/offline", "subscribed").unwrap();
+    let wider =
+        weft::replica::read_subscription(&["docs/**".into(), "notes/today".into()]).unwrap();
+    replica.set_subscription(Some(wider.clone()));
+    assert!(replica.watermark().is_none());
+    std::fs::write(&file, replica.to_bytes().unwrap()).unwrap();
+
+    cfg.subscribe = Some(wider.canonical());
+    let (back, mut events) = Client::start(cfg.clone()).unwrap();
+    let plan = tokio::time::timeout(PATIENCE, async {
+        loop {
+            match events.recv().await {
+                Some(Event::Reconciling { plan }) => break plan,
+                Some(_) => {}
+                None => panic!("client ended"),
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert!(
+        matches!(plan, Plan::Sketch | Plan::Refine),
+        "planned {plan:?}"
+    );
+    back.wait_synced().await.unwrap();
+    eventually("the offline nodes reach the writer", || {
+        writer.with_replica(|w| w.contains(&outside) && w.contains(&inside))
+    })
+    .await;
+    let mut expected = room_ids(&writer, &["docs/", "notes/today"]);
+    expected.insert(outside);
+    eventually(
+        "the subscriber holds the new subset and its own nodes",
+        || ids_of(&back) == expected,
+    )
+    .await;
+    eventually("its own nodes are acked", || {
+        back.with_replica(|r| r.is_synced(&outside) && r.is_synced(&inside))
+    })
+    .await;
+    assert_eq!(
+        back.with_replica(|r| r.subscription().cloned()),
+        Some(wider)
+    );
+    back.close().await.unwrap();
+
+    // Later connections catch up from the watermark and verify against the class's digest,
+    // which the node written outside the subscription is no part of: no divergence, so no
+    // second reconciliation.
+    write_mixed(&writer, "third", 8).await;
+    let (again, mut events) = Client::start(cfg).unwrap();
+    let plans = tokio::time::timeout(PATIENCE, async {
+        let mut plans = Vec::new();
+        loop {
+            match events.recv().await {
+                Some(Event::Reconciling { plan }) => plans.push(plan),
+                Some(Event::Synced { .. }) => break plans,
+                Some(_) => {}
+                None => panic!("client ended"),
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(plans, vec![Plan::CatchUp]);
+    let expected = room_ids(&writer, &["docs/", "notes/today"]);
+    eventually("the subscriber holds the new matching nodes", || {
+        expected.is_subset(&ids_of(&again))
+    })
+    .await;
+    again.close().await.unwrap();
     relay.shutdown().await;
 }

@@ -475,6 +475,7 @@ mod link {
     use super::{node, room};
     use crate::node::NodeLimits;
     use crate::protocol::{self, Capabilities, Message, Outcome, Plan};
+    use crate::recon::SetDigest;
     use crate::replica::{Link, Replica, SyncEvent};
     use crate::room::{Hub, HubConfig, OrphanLimits, Room};
 
@@ -584,6 +585,112 @@ mod link {
             vec![(b.id, Outcome::Accepted(2)), (late, Outcome::Accepted(3))]
         );
         assert_eq!(replica.synced_digest(), hub.room().digest());
+    }
+
+    /// Runs a connection between `replica` and `hub` until neither side has anything to send;
+    /// returns the events the link reported.
+    fn converse(
+        hub: &mut Hub,
+        replica: &mut Replica,
+        capabilities: Capabilities,
+    ) -> Vec<SyncEvent> {
+        let t = now();
+        let (mut link, hello) = Link::start(replica, capabilities, 1 << 20).unwrap();
+        hub.connect(1, t);
+        let mut pending = to_hub(hub, vec![hello], t);
+        let mut events = Vec::new();
+        // Bounded: a handful of round trips, each answered at once.
+        for _ in 0..10_000 {
+            let Some(frame) = pending.first().cloned() else {
+                break;
+            };
+            pending.remove(0);
+            let out = link
+                .handle_frame(replica, &frame)
+                .unwrap_or_else(|e| panic!("{e}"));
+            events.extend(out.events);
+            pending.extend(to_hub(hub, out.send, t));
+        }
+        assert!(
+            pending.is_empty() && link.is_steady(),
+            "the conversation ended"
+        );
+        let _ = hub.disconnect(1);
+        events
+    }
+
+    /// A subscribed client without a watermark (it changed its subscription offline, or the
+    /// relay started a new epoch) reconciles its matching nodes by sketch or refinement against
+    /// the class's structures: no id list, nothing outside the subscription sent, and its own
+    /// writes at other paths pushed as usual.
+    #[test]
+    fn a_subscribed_client_without_a_watermark_reconciles_its_subset_by_sketch() {
+        // Three interleaved chains from one root, one per path: the subscribed replica's nodes
+        // form one chain (one head) whose parents outside the subscription it never sees.
+        const PATHS: [&str; 3] = ["docs/a", "notes/b", "misc/c"];
+        let root = node(&[], "misc/root", "root");
+        let mut chain = vec![root.clone()];
+        let mut tips = [root.clone(), root.clone(), root];
+        for i in 0..900 {
+            let next = node(&[&tips[i % 3]], PATHS[i % 3], &format!("n{i}"));
+            tips[i % 3] = next.clone();
+            chain.push(next);
+        }
+        let docs: Vec<&crate::node::Node> = chain
+            .iter()
+            .filter(|n| n.path.starts_with("docs/"))
+            .collect();
+        // Holding all but 5 of the 300 matching nodes is a small difference (sketch); holding a
+        // third of them is a large one (refine).
+        for (held, expected_plan) in [(295, Plan::Sketch), (100, Plan::Refine)] {
+            let mut hub = hub_with(&chain.iter().collect::<Vec<_>>());
+            let mut replica = Replica::new(room());
+            replica.set_subscription(Some(super::patterns(&["docs/**"])));
+            for n in docs.iter().take(held) {
+                replica.insert((*n).clone(), true).unwrap();
+            }
+            let local_doc = replica.create("docs/local", "offline").unwrap();
+            let local_misc = replica
+                .create("misc/mine", "outside the subscription")
+                .unwrap();
+            assert!(replica.watermark().is_none());
+            let events = converse(
+                &mut hub,
+                &mut replica,
+                Capabilities::IBF.union(Capabilities::MST),
+            );
+            let plans: Vec<Plan> = events
+                .iter()
+                .filter_map(|e| match e {
+                    SyncEvent::Plan(p) => Some(*p),
+                    _ => None,
+                })
+                .collect();
+            assert_eq!(plans.first(), Some(&expected_plan), "{plans:?}");
+            assert!(!plans.contains(&Plan::SendIds));
+            // The replica holds every matching node and nothing else of the room's.
+            for n in &docs {
+                assert!(replica.contains(&n.id));
+            }
+            let foreign = chain
+                .iter()
+                .filter(|n| !n.path.starts_with("docs/") && replica.contains(&n.id))
+                .count();
+            assert_eq!(foreign, 0, "nothing outside the subscription was sent");
+            // Its own nodes reached the relay, and everything it holds is synced.
+            assert!(hub.room().contains(&local_doc) && hub.room().contains(&local_misc));
+            assert_eq!(replica.unsynced().count(), 0);
+            let mut matching: Vec<_> = docs.iter().map(|n| n.id).collect();
+            matching.push(local_doc);
+            assert_eq!(replica.synced_digest(), SetDigest::of(&matching));
+            // A second connection is in sync at once, from the watermark.
+            let events = converse(
+                &mut hub,
+                &mut replica,
+                Capabilities::IBF.union(Capabilities::MST),
+            );
+            assert_eq!(events.first(), Some(&SyncEvent::Plan(Plan::InSync)));
+        }
     }
 }
 

@@ -225,7 +225,6 @@ struct TrieNode {
 }
 
 /// Every subscription of a room's sessions.
-#[derive(Default)]
 pub struct Subscriptions {
     patterns: HashMap<Box<str>, PatternEntry>,
     trie: TrieNode,
@@ -234,9 +233,34 @@ pub struct Subscriptions {
     idle: VecDeque<ClassKey>,
     /// Sketch structures of the classes that sessions reconciled by sketch.
     recons: HashMap<ClassKey, ClassRecon>,
+    /// Nodes the class structures may hold in all, whatever the room's size.
+    recon_floor: u64,
+}
+
+impl Default for Subscriptions {
+    fn default() -> Self {
+        Self {
+            patterns: HashMap::new(),
+            trie: TrieNode::default(),
+            classes: HashMap::new(),
+            idle: VecDeque::new(),
+            recons: HashMap::new(),
+            recon_floor: CLASS_RECON_FLOOR,
+        }
+    }
 }
 
 impl Subscriptions {
+    /// Subscriptions whose class structures may hold `floor` nodes in all even in a small
+    /// room (the bound is otherwise [`CLASS_RECON_FACTOR`] times the room's nodes).
+    #[cfg(test)]
+    pub fn with_recon_floor(floor: u64) -> Self {
+        Self {
+            recon_floor: floor,
+            ..Self::default()
+        }
+    }
+
     /// Whether no session subscribes to anything (every session receives everything).
     pub fn is_empty(&self) -> bool {
         self.classes.len() == self.idle.len()
@@ -388,7 +412,7 @@ impl Subscriptions {
         let budget = room
             .seq()
             .saturating_mul(CLASS_RECON_FACTOR)
-            .max(CLASS_RECON_FLOOR);
+            .max(self.recon_floor);
         loop {
             let held: u64 = self.recons.values().map(ClassRecon::len).sum();
             if held.saturating_add(needed) <= budget {

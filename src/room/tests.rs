@@ -10,6 +10,7 @@ use rand::{Rng, SeedableRng};
 
 use super::*;
 use crate::node::{BlobHash, BlobRef};
+use crate::pattern::{Pattern, PatternLimits};
 use crate::protocol::{
     self, Capabilities, CatchUpDone, CloseCode, Credit, ErrorCode, Hello, Ids, Message,
     MessageType, PROTOCOL_VERSION, Pack, Plan, Presence, RelayLimits, Watermark, Welcome,
@@ -2262,4 +2263,73 @@ fn a_new_subscription_sees_paths_that_arrived_after_its_patterns_were_first_used
         panic!("no catch_up_done");
     };
     assert_eq!(done.digest, SetDigest::of([&root.id, &bx.id, &cy.id]));
+}
+
+#[test]
+fn classes_outlive_their_last_session_until_newer_idle_ones_push_them_out() {
+    use super::subscriptions::{MAX_IDLE_CLASSES, Subscriptions};
+    let root = node(&[], "docs/x", "root");
+    let room = populated(&[&root]);
+    let mut subs = Subscriptions::default();
+    let set = |p: &str| {
+        Arc::new(PatternSet::new([Pattern::parse(
+            p,
+            &PatternLimits::default(),
+        )
+        .unwrap()]))
+    };
+    let first = subs.join(1, set("docs/**"), &room);
+    assert!(!subs.is_empty());
+    subs.leave(1, &first);
+    // Idle: kept, but nobody is subscribed.
+    assert!(subs.class(&first).is_some());
+    assert!(subs.is_empty() && subs.has_classes());
+    // Joining it again reuses it; leaving makes it the most recently used idle class.
+    assert_eq!(subs.join(2, set("docs/**"), &room), first);
+    subs.leave(2, &first);
+    let mut later = Vec::new();
+    for i in 0..MAX_IDLE_CLASSES {
+        let key = subs.join(10 + i as u64, set(&format!("n{i}/**")), &room);
+        subs.leave(10 + i as u64, &key);
+        later.push(key);
+    }
+    // One more idle class than allowed: the least recently used went, with its pattern.
+    assert!(subs.class(&first).is_none());
+    assert!(later.iter().all(|key| subs.class(key).is_some()));
+    assert!(subs.sessions_matching("docs/x").is_empty());
+}
+
+#[test]
+fn class_sketch_structures_are_bounded_and_idle_ones_give_way() {
+    use super::subscriptions::Subscriptions;
+    let mut nodes = vec![node(&[], "docs/a", "0")];
+    for i in 1..10 {
+        let parent = nodes.last().unwrap().clone();
+        nodes.push(node(&[&parent], "docs/a", &i.to_string()));
+    }
+    let room = populated(&nodes.iter().collect::<Vec<_>>());
+    // No floor: the classes' structures may hold twice the room's 10 nodes.
+    let mut subs = Subscriptions::with_recon_floor(0);
+    let set = |p: &str| {
+        Arc::new(PatternSet::new([Pattern::parse(
+            p,
+            &PatternLimits::default(),
+        )
+        .unwrap()]))
+    };
+    let docs = subs.join(1, set("docs/**"), &room);
+    assert!(subs.allow_recon(&docs, &room));
+    let scope = subs.scope(&docs, &room);
+    assert!(scope.is_some());
+    let everything = subs.join(2, set("**"), &room);
+    assert!(subs.allow_recon(&everything, &room));
+    let _ = subs.scope(&everything, &room);
+    // A third class of 10 nodes would make 30.
+    let star = subs.join(3, set("docs/*"), &room);
+    assert!(!subs.allow_recon(&star, &room));
+    // Built structures are always allowed to their own class.
+    assert!(subs.allow_recon(&docs, &room));
+    // Once a class is idle, its structures give way.
+    subs.leave(2, &everything);
+    assert!(subs.allow_recon(&star, &room));
 }

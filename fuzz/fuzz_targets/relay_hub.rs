@@ -27,6 +27,7 @@ use weft::protocol::{
     self, BucketIds, Capabilities, Credit, Direction, Hello, Ids, Message, Outcome, Pack, Presence,
     Retry, Subscribe, SyncHints, Unsubscribe, Want, Watermark,
 };
+use weft::recon::prefix_tree::PrefixTree;
 use weft::recon::SetDigest;
 use weft::recon::ibf::SketchKey;
 use weft::room::{Audience, Hub, HubConfig, OrphanLimits, Outbox, Room, SessionId};
@@ -479,6 +480,20 @@ impl World {
                             None => room.digest(),
                         };
                         assert_eq!(done.digest, expected);
+                        // After a sketch or refinement, the root is of the same set: the
+                        // class's nodes for a subscribed session.
+                        if let Some(root) = done.root
+                            && (peer.filter.is_some() || !peer.subscribed)
+                        {
+                            let mut tree = PrefixTree::new();
+                            for node in room.nodes() {
+                                if peer.filter.as_ref().is_none_or(|f| f.matches(node.path())) {
+                                    tree.insert(*node.id());
+                                }
+                            }
+                            let ours = tree.root();
+                            assert_eq!((root.count, root.hash.0), (ours.count, ours.hash));
+                        }
                         if peer.fresh {
                             assert_eq!(
                                 SetDigest::of(&peer.received),

@@ -437,8 +437,11 @@ impl World {
                 }));
             }
             Op::Subscription(picks) => {
-                self.replica
-                    .set_subscription(picks.as_deref().map(patterns));
+                // The fuzzer's patterns are all valid.
+                let set = picks
+                    .as_deref()
+                    .and_then(|p| weft::replica::read_subscription(&patterns(p)).ok());
+                self.replica.set_subscription(set);
             }
             Op::ChangeSubscription { add, picks } => {
                 if let Some(link) = self.link.as_mut() {
@@ -507,13 +510,22 @@ fn check_replica(replica: &Replica) {
         }
         assert!(seen.insert(*id), "a node is listed twice");
     }
-    assert_eq!(replica.digest(), SetDigest::of(&order));
+    // Digests cover the scope: the nodes matching the subscription, or all of them.
+    let in_scope = |id: &NodeId| {
+        replica
+            .subscription()
+            .is_none_or(|s| replica.get(id).is_some_and(|n| s.matches(&n.path)))
+    };
+    let scope: Vec<NodeId> = order.iter().copied().filter(in_scope).collect();
+    assert_eq!(replica.digest(), SetDigest::of(&scope));
+    assert_eq!(replica.scope_len(), scope.len() as u64);
     let synced: Vec<NodeId> = order
         .iter()
         .copied()
         .filter(|id| replica.is_synced(id))
         .collect();
-    assert_eq!(replica.synced_digest(), SetDigest::of(&synced));
+    let synced_in_scope: Vec<NodeId> = synced.iter().copied().filter(in_scope).collect();
+    assert_eq!(replica.synced_digest(), SetDigest::of(&synced_in_scope));
     let heads: HashSet<NodeId> = replica.heads().copied().collect();
     let expected: HashSet<NodeId> = order
         .iter()

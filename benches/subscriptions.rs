@@ -21,7 +21,12 @@
 //! 3. **Handshake, in process.** A room of `--room-nodes` nodes (default 1,000,000) over the
 //!    same tree. Timed `hello` → `welcome` (credit 0, so planning only): the first session of a
 //!    subscription (makes the class), a second one (class exists), a client whose watermark
-//!    is current (`in_sync`), one 1,000 nodes behind, and an unsubscribed cold client.
+//!    is current (`in_sync`), one 1,000 nodes behind, and an unsubscribed cold client. Then
+//!    clients without a watermark (a changed subscription, or a new relay epoch) that hold all
+//!    but 10 of their subscription's nodes (`ibf` + `mst`): the first of a class (builds the
+//!    class's sketch structures) and the next one (`hello` → `welcome` and the sketch), and a
+//!    whole reconciliation of a real replica through `replica::Link`: hub time, round trips,
+//!    bytes each way, and what the id list would have sent instead.
 //!
 //! ```text
 //! cargo bench --bench subscriptions
@@ -35,6 +40,7 @@
 
 mod common;
 
+use std::collections::HashSet;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -46,12 +52,14 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
-use weft::node::{Node, NodeLimits, RoomId};
-use weft::pattern::{Pattern, PatternLimits};
+use weft::node::{Node, NodeId, NodeLimits, RoomId};
+use weft::pattern::{Pattern, PatternLimits, PatternSet};
 use weft::protocol::{
     self, Capabilities, Hello, Message, Outcome, PROTOCOL_VERSION, Pack, Plan, SyncHints, Watermark,
 };
 use weft::recon::SetDigest;
+use weft::recon::estimator::{Estimator, strata_for};
+use weft::replica::{Link, Replica, SyncEvent};
 use weft::room::{Hub, HubConfig, OrphanLimits, Room, SessionId};
 
 use common::{Flags, Output, Relay, si};
@@ -174,6 +182,15 @@ fn hello(subscribe: Option<Vec<String>>, hints: SyncHints, credit: u64) -> Vec<u
     } else {
         Capabilities::NONE
     };
+    hello_with(capabilities, subscribe, hints, credit)
+}
+
+fn hello_with(
+    capabilities: Capabilities,
+    subscribe: Option<Vec<String>>,
+    hints: SyncHints,
+    credit: u64,
+) -> Vec<u8> {
     Message::Hello(Hello {
         min_version: PROTOCOL_VERSION,
         max_version: PROTOCOL_VERSION,
@@ -206,7 +223,9 @@ fn hub_with_sessions(room: Room, sessions: usize, subscribed: bool, rng: &mut St
     for id in 1..=sessions as SessionId {
         hub.connect(id, now);
         let subscribe = subscribed.then(|| random_patterns(rng));
-        let _ = hub.handle_frame(id, &hello(subscribe, in_sync(&hub), 0), now);
+        // A subscribed client's digest covers its subset, which this one does not claim: it
+        // catches up from its current watermark (nothing to send) and needs credit for that.
+        let _ = hub.handle_frame(id, &hello(subscribe, in_sync(&hub), 1 << 20), now);
     }
     hub
 }
@@ -568,13 +587,30 @@ fn handshake(settings: &Settings, out: &Output) -> anyhow::Result<()> {
     let build_secs = built.elapsed().as_secs_f64();
     let seq = hub.room().seq();
     let epoch = hub.room().epoch();
-    let watermark = |behind: u64| SyncHints {
-        digest: SetDigest::default(),
-        watermark: Some(Watermark {
-            epoch,
-            seq: seq - behind.min(seq),
-        }),
-        ..SyncHints::default()
+    // A client complete up to `behind` nodes before the end holds the matching nodes up to
+    // there: its digest covers those.
+    let watermark = |hub: &Hub, patterns: &[String], behind: u64| -> anyhow::Result<SyncHints> {
+        let limits = PatternLimits::default();
+        let set = PatternSet::new(
+            patterns
+                .iter()
+                .map(|p| Pattern::parse(p, &limits))
+                .collect::<Result<Vec<_>, _>>()?,
+        );
+        let through = seq - behind.min(seq);
+        let held: Vec<NodeId> = (1..=through)
+            .filter_map(|s| hub.room().node_at(s))
+            .filter(|n| set.matches(n.path()))
+            .map(|n| *n.id())
+            .collect();
+        Ok(SyncHints {
+            digest: SetDigest::of(&held),
+            watermark: Some(Watermark {
+                epoch,
+                seq: through,
+            }),
+            ..SyncHints::default()
+        })
     };
     let mut next_id: SessionId = 1;
     let mut cases: Vec<(&str, Vec<f64>, Plan)> = Vec::new();
@@ -589,8 +625,8 @@ fn handshake(settings: &Settings, out: &Output) -> anyhow::Result<()> {
         for (slot, (times, hints)) in [
             (&mut first, SyncHints::default()),
             (&mut second, SyncHints::default()),
-            (&mut in_sync, watermark(0)),
-            (&mut behind, watermark(1_000)),
+            (&mut in_sync, watermark(&hub, &patterns, 0)?),
+            (&mut behind, watermark(&hub, &patterns, 1_000)?),
         ]
         .into_iter()
         .enumerate()
@@ -629,6 +665,26 @@ fn handshake(settings: &Settings, out: &Output) -> anyhow::Result<()> {
     {
         bail!("unexpected plans {plans:?} / {unsubscribed_plan:?}");
     }
+    let sketched = sketch_handshakes(&mut hub, &mut next_id)?;
+    if settings.smoke
+        && (sketched.plans != [Plan::Sketch; 2] || sketched.whole.plan != Plan::Sketch)
+    {
+        bail!(
+            "unexpected sketch plans {:?} / {:?}",
+            sketched.plans,
+            sketched.whole.plan
+        );
+    }
+    cases.push((
+        "no watermark, 10 matching nodes missing, first of its class",
+        sketched.first,
+        sketched.plans[0],
+    ));
+    cases.push((
+        "no watermark, 10 matching nodes missing, class structures ready",
+        sketched.next,
+        sketched.plans[1],
+    ));
     if !out.json {
         out.note(format!(
             "handshake, in process: a room of {} nodes over {} distinct paths (built in {build_secs:.1} s); \
@@ -654,5 +710,188 @@ fn handshake(settings: &Settings, out: &Output) -> anyhow::Result<()> {
             out.note(format!("  {label}: {ms:.3} ms ({plan:?})"));
         }
     }
+    let whole = &sketched.whole;
+    if out.json {
+        println!(
+            "{}",
+            json!({
+                "bench": "subscriptions_scoped_sketch",
+                "room_nodes": settings.room_nodes,
+                "matching_nodes": whole.matching,
+                "plan": format!("{:?}", whole.plan),
+                "hub_ms": whole.hub_ms,
+                "round_trips": whole.round_trips,
+                "bytes_up": whole.up,
+                "bytes_down": whole.down,
+                "id_list_bytes": whole.matching * 32,
+            })
+        );
+    } else {
+        out.note(format!(
+            "  whole reconciliation, {} matching nodes, 10 missing: {:?}, hub {:.2} ms, {} round \
+             trip(s) to catch_up_done, {} B up, {} B down (the id list alone: {} B up)",
+            si(whole.matching as f64),
+            whole.plan,
+            whole.hub_ms,
+            whole.round_trips,
+            si(whole.up as f64),
+            si(whole.down as f64),
+            si((whole.matching * 32) as f64)
+        ));
+    }
     Ok(())
+}
+
+struct Sketched {
+    first: Vec<f64>,
+    next: Vec<f64>,
+    plans: [Plan; 2],
+    whole: Whole,
+}
+
+/// One reconciliation of a real replica, hub side.
+struct Whole {
+    matching: u64,
+    plan: Plan,
+    hub_ms: f64,
+    round_trips: u32,
+    up: u64,
+    down: u64,
+}
+
+/// Clients without a watermark holding all but 10 of their subscription's nodes, for 5
+/// subscriptions: `hello` → `welcome` and the sketch for the first of the class and the next,
+/// then one whole reconciliation.
+fn sketch_handshakes(hub: &mut Hub, next_id: &mut SessionId) -> anyhow::Result<Sketched> {
+    let limits = PatternLimits::default();
+    let sketches = Capabilities::SUBSCRIPTIONS
+        .union(Capabilities::IBF)
+        .union(Capabilities::MST);
+    let mut rng = StdRng::seed_from_u64(41);
+    let mut sketched = Sketched {
+        first: Vec::new(),
+        next: Vec::new(),
+        plans: [Plan::InSync; 2],
+        whole: Whole {
+            matching: 0,
+            plan: Plan::InSync,
+            hub_ms: 0.0,
+            round_trips: 0,
+            up: 0,
+            down: 0,
+        },
+    };
+    let mut last = None;
+    for _ in 0..5 {
+        let patterns = random_patterns(&mut rng);
+        let set = PatternSet::new(
+            patterns
+                .iter()
+                .map(|p| Pattern::parse(p, &limits))
+                .collect::<Result<Vec<_>, _>>()?,
+        );
+        let matching: Vec<Node> = hub
+            .room()
+            .nodes()
+            .filter(|n| set.matches(n.path()))
+            .map(|n| n.node().context("resident node"))
+            .collect::<anyhow::Result<_>>()?;
+        // Ten missing, spread over the arrival order.
+        let gap = (matching.len() / 10).max(1);
+        let held: Vec<NodeId> = matching
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| i % gap != gap / 2)
+            .map(|(_, n)| n.id)
+            .collect();
+        let mut estimator = Estimator::new();
+        for id in &held {
+            estimator.insert(id);
+        }
+        let hints = SyncHints {
+            digest: SetDigest::of(&held),
+            estimator: Some(estimator.encode(strata_for(held.len() as u64)).into()),
+            ..SyncHints::default()
+        };
+        for (slot, times) in [&mut sketched.first, &mut sketched.next]
+            .into_iter()
+            .enumerate()
+        {
+            let frame = hello_with(sketches, Some(patterns.clone()), hints.clone(), 0);
+            let (ms, plan) = timed_join(hub, *next_id, &frame)?;
+            *next_id += 1;
+            times.push(ms);
+            sketched.plans[slot] = plan;
+        }
+        let mut replica = Replica::new(room_id());
+        replica.set_subscription(Some(set.clone()));
+        let held: HashSet<NodeId> = held.into_iter().collect();
+        for n in matching {
+            if held.contains(&n.id) {
+                replica
+                    .insert(n, true)
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+            }
+        }
+        last = Some(replica);
+    }
+    let mut replica = last.context("no subscription")?;
+    sketched.whole = reconcile(hub, *next_id, &mut replica, sketches)?;
+    *next_id += 1;
+    Ok(sketched)
+}
+
+/// Runs a whole connection of `replica` against `hub` in process, up to `catch_up_done`.
+fn reconcile(
+    hub: &mut Hub,
+    id: SessionId,
+    replica: &mut Replica,
+    capabilities: Capabilities,
+) -> anyhow::Result<Whole> {
+    let (mut link, hello) = Link::start(replica, capabilities, 1 << 20)?;
+    let now = Instant::now();
+    hub.connect(id, now);
+    let mut whole = Whole {
+        matching: 0,
+        plan: Plan::InSync,
+        hub_ms: 0.0,
+        round_trips: 1,
+        up: hello.len() as u64,
+        down: 0,
+    };
+    let mut outgoing = vec![hello];
+    // Bounded: a reconciliation takes a few round trips plus the catch-up's credit updates.
+    for _ in 0..1_000 {
+        let mut incoming = Vec::new();
+        let started = Instant::now();
+        for frame in outgoing.drain(..) {
+            let outbox = hub.handle_frame(id, &frame, now);
+            for o in outbox.frames {
+                if hub.recipients(o.to).any(|s| s == id) {
+                    incoming.push(o.frame);
+                }
+            }
+        }
+        whole.hub_ms += started.elapsed().as_secs_f64() * 1e3;
+        let mut synced = false;
+        for frame in incoming {
+            whole.down += frame.len() as u64;
+            let out = link.handle_frame(replica, &frame)?;
+            for event in out.events {
+                match event {
+                    SyncEvent::Plan(plan) => whole.plan = plan,
+                    SyncEvent::Synced { .. } => synced = true,
+                    _ => {}
+                }
+            }
+            whole.up += out.send.iter().map(|f| f.len() as u64).sum::<u64>();
+            outgoing.extend(out.send);
+        }
+        if synced {
+            whole.matching = replica.scope_len();
+            return Ok(whole);
+        }
+        whole.round_trips += 1;
+    }
+    bail!("no catch_up_done")
 }

@@ -351,9 +351,16 @@ impl Replica {
         self.sets.insert(sets)
     }
 
-    /// Creates a local node on top of the current heads and stores it unsynced.
+    /// Creates a local node on top of the current heads and stores it unsynced. With more
+    /// heads than a node may name (a subset replica, whose nodes' children at other paths it
+    /// never sees, collects many), it builds on the deepest ones.
     pub fn create(&mut self, path: &str, payload: impl Into<Bytes>) -> Result<NodeId, InsertError> {
-        let parents: Vec<&Node> = self.heads.iter().filter_map(|id| self.get(id)).collect();
+        let mut parents: Vec<&Node> = self.heads.iter().filter_map(|id| self.get(id)).collect();
+        let max_parents = usize::from(NodeLimits::default().max_parents);
+        if parents.len() > max_parents {
+            parents.sort_by_key(|n| std::cmp::Reverse((n.depth, n.id)));
+            parents.truncate(max_parents);
+        }
         // No node can follow a parent at the largest depth.
         let node =
             Node::child_of(&self.room, &parents, path, payload).ok_or(Rejection::DepthMismatch)?;

@@ -763,6 +763,32 @@ fn assert_consistent_subset(r: &Replica) {
 }
 
 #[test]
+fn a_subset_replica_with_more_heads_than_a_node_may_name_builds_on_the_deepest() {
+    let mut subset = Replica::new(room());
+    subset.set_subscription(Some(patterns(&["docs/**"])));
+    // 100 matching nodes whose children (at other paths) the replica never sees: 100 heads.
+    let mut tip = node(&[], "misc/root", "root");
+    let mut held = Vec::new();
+    for i in 0..100 {
+        let doc = node(&[&tip], "docs/a", &format!("doc {i}"));
+        tip = node(&[&doc], "misc/b", &format!("other {i}"));
+        subset.insert(doc.clone(), true).unwrap();
+        held.push(doc);
+    }
+    assert_eq!(subset.heads().count(), 100);
+    let mine = subset.create("docs/mine", "on top").unwrap();
+    let parents = &subset.get(&mine).unwrap().parents;
+    let max = usize::from(NodeLimits::default().max_parents);
+    assert_eq!(parents.len(), max);
+    // The deepest ones: the last `max` written.
+    assert_eq!(
+        ids(parents.iter()),
+        ids(held[100 - max..].iter().map(|n| &n.id))
+    );
+    assert_eq!(subset.heads().count(), 100 - max + 1);
+}
+
+#[test]
 fn changing_the_subscription_drops_the_watermark_and_subscribed_sets_it() {
     let (mut r, _) = small();
     r.complete_through(7, 40);

@@ -106,6 +106,9 @@ impl ClassRecon {
         }
         if bulk {
             self.sets.build_levels();
+            // Hash the prefix tree now, as part of the build, so sessions pay only for the
+            // paths that change.
+            self.sets.root();
         }
         self.through = seq;
     }

@@ -159,7 +159,9 @@ pub enum PushError {
     /// The node could not be created locally.
     #[error("cannot create node: {0}")]
     Local(#[from] InsertError),
-    /// The relay refused the node; it was removed from the replica.
+    /// The relay refused the node. A final refusal removed it from the replica; after a
+    /// transient one ([`Rejection::is_transient`]: its parents did not reach the relay in
+    /// time) it stays and is pushed again on the next connection.
     #[error("relay rejected the node: {0}")]
     Rejected(Rejection),
     /// The client shut down before the relay answered.

@@ -294,6 +294,12 @@ impl Rejection {
         self as u16
     }
 
+    /// Whether the refusal is about the relay's orphan buffer, not the node: the node may be
+    /// admitted when pushed again once its parents are in the room.
+    pub fn is_transient(self) -> bool {
+        matches!(self, Self::OrphanExpired | Self::OrphanBufferFull)
+    }
+
     /// The reason for a wire code, if it is one this version knows.
     pub fn from_code(code: u16) -> Option<Self> {
         Self::ALL.into_iter().find(|r| r.code() == code)

@@ -15,14 +15,22 @@
 //! client that writes several nodes offline before it first connects, a relay restart that
 //! forces the id-list path, and a client that joins a populated room with an empty replica.
 //!
+//! About a third of the clients subscribe to part of the room (protocol/README.md §7.5) and
+//! write inside and outside their subscription. Now and then one changes its subscription:
+//! offline (its next connection has no watermark for it, so it reconciles the new subset by
+//! sketch, refinement or id list) or live with `subscribe`/`unsubscribe` (a backfill). A
+//! subscribed client must end with every room node its subscription matches, nothing the room
+//! lacks, and everything synced.
+//!
 //! After every frame a client handles, its claims about the relay are checked (every node it
 //! marks synced is in the room; its watermark covers only nodes it holds), and catch-up must
 //! never resend a node it had confirmed. After the chaos phase every connection is dropped,
 //! every client reconnects once, and the network must go idle within a step bound proportional
-//! to the room, without any client needing a second connection. Then every replica must hold
-//! exactly the room's nodes, all confirmed; no created or acknowledged node may be missing;
-//! replay must agree everywhere; and presence views must match the live sessions. Any link
-//! error, relay `error` frame, rejection or unexpected close code fails the schedule.
+//! to the room, without any client needing a second connection. Then every whole-room replica
+//! must hold exactly the room's nodes, all confirmed (a subscribed one: every matching node,
+//! and nothing the room lacks); no created or acknowledged node may be missing; replay must
+//! agree across whole-room replicas; and presence views must match the live sessions. Any
+//! link error, relay `error` frame, rejection or unexpected close code fails the schedule.
 //!
 //! A failing schedule prints its seed; `WEFT_SIM_SEED=<seed>` reruns only that seed (in its
 //! family's test) and `WEFT_SIM_TRACE=1` prints each step.
@@ -35,11 +43,13 @@ use bytes::Bytes;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use weft::node::{Node, NodeId, NodeLimits, RoomId};
+use weft::pattern::PatternSet;
 use weft::protocol::{
     self, Capabilities, CloseCode, Message, MessageType, Outcome, Plan, Presence, RelayLimits,
+    Watermark,
 };
 use weft::recon::SetDigest;
-use weft::replica::{Link, LinkError, Replica, SyncEvent, replay};
+use weft::replica::{Link, LinkError, Replica, SyncEvent, read_subscription, replay};
 use weft::room::{Audience, Hub, HubConfig, OrphanLimits, Outbox, Room, SessionId};
 use weft::session::RelaySessionConfig;
 
@@ -58,6 +68,20 @@ const SEEDS_PER_FAMILY: u64 = 250;
 
 fn room_id() -> RoomId {
     RoomId::new(ROOM).unwrap()
+}
+
+/// Subscriptions clients pick from, over the paths `Sim::write` uses.
+const SUBSCRIPTIONS: [&[&str]; 4] = [
+    &["doc/**"],
+    &["doc/title", "own/*"],
+    &["list/*"],
+    &["**/items", "own/0"],
+];
+
+fn subscription(rng: &mut StdRng) -> PatternSet {
+    let pick = SUBSCRIPTIONS[rng.random_range(0..SUBSCRIPTIONS.len())];
+    let patterns: Vec<String> = pick.iter().map(ToString::to_string).collect();
+    read_subscription(&patterns).unwrap()
 }
 
 /// The origin of the virtual clock. Only offsets from it matter, so reading the real clock once
@@ -122,6 +146,10 @@ struct Conn {
     presence_view: BTreeMap<u64, Bytes>,
     /// The last presence state this connection sent.
     presence_sent: Bytes,
+    /// A `subscribe` or `unsubscribe` is out, waiting for `subscribed`.
+    subscribing: bool,
+    /// The replica's watermark when `hello` went out.
+    hello_watermark: Option<Watermark>,
 }
 
 /// A relay session whose client has given up on it while the relay has not noticed yet: frames
@@ -149,6 +177,8 @@ struct Client {
     /// restart until the next verified sync).
     trusted: bool,
     connections: usize,
+    /// A node got a transient rejection: the client needs another connection to push it.
+    retry: bool,
 }
 
 /// Where a session id leads.
@@ -209,6 +239,13 @@ struct Stats {
     presence_updates: u64,
     max_heal_steps: u64,
     max_heal_ratio: f64,
+    subscribed_clients: u64,
+    subscription_changes_offline: u64,
+    subscription_changes_live: u64,
+    backfills_done: u64,
+    subscribed_sketches: u64,
+    transient_rejections: u64,
+    retry_connections: u64,
 }
 
 impl Stats {
@@ -238,6 +275,13 @@ impl Stats {
         self.presence_updates += o.presence_updates;
         self.max_heal_steps = self.max_heal_steps.max(o.max_heal_steps);
         self.max_heal_ratio = self.max_heal_ratio.max(o.max_heal_ratio);
+        self.subscribed_clients += o.subscribed_clients;
+        self.subscription_changes_offline += o.subscription_changes_offline;
+        self.subscription_changes_live += o.subscription_changes_live;
+        self.backfills_done += o.backfills_done;
+        self.subscribed_sketches += o.subscribed_sketches;
+        self.transient_rejections += o.transient_rejections;
+        self.retry_connections += o.retry_connections;
     }
 }
 
@@ -288,7 +332,13 @@ impl Sim {
         let n = rng.random_range(2..=4);
         let clients = (0..n)
             .map(|_| Client {
-                replica: Replica::new(room_id()),
+                replica: {
+                    let mut replica = Replica::new(room_id());
+                    if rng.random_bool(0.35) {
+                        replica.set_subscription(Some(subscription(&mut rng)));
+                    }
+                    replica
+                },
                 conn: None,
                 writes_left: rng.random_range(5..=14),
                 offline_until: 0,
@@ -298,6 +348,7 @@ impl Sim {
                 acked: BTreeSet::new(),
                 trusted: true,
                 connections: 0,
+                retry: false,
             })
             .collect();
         let epoch = rng.random_range(1..1_000_000u64);
@@ -404,12 +455,20 @@ impl Sim {
             synced: false,
             presence_view: BTreeMap::new(),
             presence_sent: Bytes::new(),
+            subscribing: false,
+            hello_watermark: client.replica.watermark(),
         };
         conn.up.push(self.now, Duration::ZERO, hello);
         client.conn = Some(conn);
         self.endpoints.insert(sid, Endpoint::Client(c));
         self.hub.connect(sid, self.now);
-        self.log(|| format!("client {c} connects as session {sid}"));
+        self.log(|| {
+            let subscription = self.clients[c]
+                .replica
+                .subscription()
+                .map(PatternSet::canonical);
+            format!("client {c} connects as session {sid}, subscribed to {subscription:?}")
+        });
     }
 
     /// The connection breaks: everything in flight is lost both ways and the relay notices.
@@ -587,17 +646,37 @@ impl Sim {
         let client = &mut self.clients[c];
         let conn = client.conn.as_mut().unwrap();
         match &message {
-            Message::Welcome(w) => match w.plan {
-                Plan::InSync => self.stats.plans_in_sync += 1,
-                Plan::CatchUp => self.stats.plans_catch_up += 1,
-                Plan::SendIds => self.stats.plans_id_list += 1,
-                Plan::Sketch => self.stats.plans_sketch += 1,
-                Plan::Refine => self.stats.plans_refine += 1,
-            },
-            Message::Batch(batch) => {
+            Message::Welcome(w) => {
+                match w.plan {
+                    Plan::InSync => self.stats.plans_in_sync += 1,
+                    Plan::CatchUp => self.stats.plans_catch_up += 1,
+                    Plan::SendIds => self.stats.plans_id_list += 1,
+                    Plan::Sketch => self.stats.plans_sketch += 1,
+                    Plan::Refine => self.stats.plans_refine += 1,
+                }
+                if matches!(w.plan, Plan::Sketch | Plan::Refine)
+                    && client.replica.subscription().is_some()
+                {
+                    self.stats.subscribed_sketches += 1;
+                }
+            }
+            Message::Batch(batch) if !conn.subscribing => {
                 // Catch-up may resend a node the replica holds unconfirmed (that is how it
-                // learns the relay has it), never one it had confirmed.
-                if let Some(n) = batch.nodes.iter().find(|n| client.replica.is_synced(&n.id)) {
+                // learns the relay has it), never one it had confirmed. A subscribed client
+                // names no heads, so only its watermark bounds what it is sent (nodes it got
+                // above it, as in an interrupted backfill, may come again); and a backfill
+                // sends everything newly matching, whatever an earlier subscription brought.
+                let room = self.hub.room();
+                let below_watermark = |id: &NodeId| {
+                    conn.hello_watermark
+                        .filter(|w| w.epoch == room.epoch())
+                        .is_some_and(|w| room.seq_of(id).is_some_and(|seq| seq <= w.seq))
+                };
+                let subscribed = client.replica.subscription().is_some();
+                let confirmed = |id: &NodeId| {
+                    client.replica.is_synced(id) && (!subscribed || below_watermark(id))
+                };
+                if let Some(n) = batch.nodes.iter().find(|n| confirmed(&n.id)) {
                     self.fail(format!("client {c} was resent confirmed node {:?}", n.id));
                 }
             }
@@ -628,6 +707,15 @@ impl Sim {
                     Outcome::Accepted(_) | Outcome::Duplicate(_) => {
                         client.acked.insert(id);
                     }
+                    // A subset replica cannot push parents outside its subscription: when the
+                    // relay lost them (a restart), its nodes wait for other clients to push
+                    // them, and may expire first. The node stays for the next connection.
+                    Outcome::Rejected(reason)
+                        if reason.is_transient() && client.replica.subscription().is_some() =>
+                    {
+                        self.stats.transient_rejections += 1;
+                        client.retry = true;
+                    }
                     other => self.fail(format!("client {c}: node {id:?} settled {other:?}")),
                 },
                 SyncEvent::Presence { peer, state } => {
@@ -640,6 +728,10 @@ impl Sim {
                 }
                 SyncEvent::RelayError(e) => {
                     self.fail(format!("client {c}: relay complained: {e:?}"))
+                }
+                SyncEvent::Subscribed { .. } if conn.subscribing => {
+                    self.stats.backfills_done += 1;
+                    conn.subscribing = false;
                 }
                 SyncEvent::Subscribed { .. } => {
                     self.fail(format!("client {c}: subscribed without subscribing"))
@@ -715,6 +807,47 @@ impl Sim {
         }
         self.log(|| format!("client {c} restarts from its replica file"));
         self.clients[c].replica = loaded;
+    }
+
+    /// A subscribed client changes its subscription: offline, for its next connection; live,
+    /// with `subscribe` (a backfill follows) or `unsubscribe`.
+    fn change_subscription(&mut self, c: usize) -> bool {
+        let Some(current) = self.clients[c].replica.subscription().cloned() else {
+            return false;
+        };
+        let next = subscription(&mut self.rng);
+        if self.clients[c].conn.is_none() {
+            self.log(|| format!("client {c} subscribes offline to {:?}", next.canonical()));
+            self.stats.subscription_changes_offline += 1;
+            self.clients[c].replica.set_subscription(Some(next));
+            return true;
+        }
+        let conn = self.clients[c].conn.as_ref().unwrap();
+        if conn.subscribing || !conn.link.is_steady() {
+            return false;
+        }
+        // Add the picked patterns, or take away the current ones it does not share.
+        let add = self.rng.random_bool(0.7);
+        let patterns: Vec<String> = if add {
+            next.canonical()
+        } else {
+            current
+                .canonical()
+                .into_iter()
+                .filter(|p| !next.canonical().contains(p))
+                .collect()
+        };
+        let conn = self.clients[c].conn.as_mut().unwrap();
+        let frame = match conn.link.change_subscription(patterns.clone(), add) {
+            Ok(Some(frame)) => frame,
+            Ok(None) => self.fail(format!("client {c}: subscribed without the capability")),
+            Err(e) => self.fail(format!("client {c}: change_subscription: {e}")),
+        };
+        conn.subscribing = true;
+        self.stats.subscription_changes_live += 1;
+        self.log(|| format!("client {c} live subscribe={add} {patterns:?}"));
+        self.send(c, vec![frame]);
+        true
     }
 
     /// Replays one of the client's old `pack` frames through one of its ghosts.
@@ -879,9 +1012,10 @@ impl Sim {
                 self.bury_ghost(g);
             }
             95..97 if online => self.send_presence(c),
-            97..99 => {
+            97 => {
                 self.now += Duration::from_millis(self.rng.random_range(1..200));
             }
+            98 => return self.change_subscription(c),
             99 if !online => self.reload(c),
             _ => return false,
         }
@@ -912,8 +1046,11 @@ impl Sim {
                     self.fail(format!("client {c} watermark {w:?} beyond the room"));
                 }
                 for seq in 1..=w.seq {
-                    let id = *room.node_at(seq).unwrap().id();
-                    if !r.contains(&id) {
+                    let node = room.node_at(seq).unwrap();
+                    let id = *node.id();
+                    // A subscribed replica's watermark counts its matching nodes only.
+                    let counted = r.subscription().is_none_or(|s| s.matches(node.path()));
+                    if counted && !r.contains(&id) {
                         self.fail(format!(
                             "client {c} watermark {w:?} but lacks #{seq} {id:?}"
                         ));
@@ -994,8 +1131,26 @@ impl Sim {
                 self.fail(format!("no convergence within {bound} steps"));
             }
         }
+        // A subscribed client whose node expired waiting for parents only others could push
+        // connects once more, now that they did.
+        let retrying: Vec<usize> = (0..self.clients.len())
+            .filter(|c| std::mem::take(&mut self.clients[*c].retry))
+            .collect();
+        for &c in &retrying {
+            self.stats.retry_connections += 1;
+            self.hard_disconnect(c);
+            self.connect(c, false);
+            self.send_presence(c);
+        }
+        while !retrying.is_empty() && self.step(false) {
+            steps += 1;
+            if steps > 2 * bound {
+                self.fail(format!("no convergence within {} steps", 2 * bound));
+            }
+        }
         for (c, client) in self.clients.iter().enumerate() {
-            if client.connections != connections_before[c] + 1 {
+            let allowed = connections_before[c] + 1 + usize::from(retrying.contains(&c));
+            if client.connections != allowed || client.retry {
                 self.fail(format!(
                     "client {c} needed more than one connection to heal"
                 ));
@@ -1024,22 +1179,32 @@ impl Sim {
             }
             let r = &client.replica;
             let ids: BTreeSet<NodeId> = r.ids().copied().collect();
-            if ids != room_ids {
-                let missing = room_ids.difference(&ids).count();
-                let extra = ids.difference(&room_ids).count();
+            // A subscribed replica: every matching node (and it may keep nodes an earlier
+            // subscription brought, and its own writes).
+            let wanted: BTreeSet<NodeId> = room
+                .nodes()
+                .filter(|n| r.subscription().is_none_or(|s| s.matches(n.path())))
+                .map(|n| *n.id())
+                .collect();
+            let missing = wanted.difference(&ids).count();
+            let extra = ids.difference(&room_ids).count();
+            if missing > 0 || extra > 0 {
                 self.fail(format!(
                     "client {c} differs from the room: {missing} missing, {extra} extra"
                 ));
             }
-            if r.unsynced().next().is_some() || r.synced_digest() != room.digest() {
+            if r.unsynced().next().is_some() || r.synced_digest() != SetDigest::of(&wanted) {
                 self.fail(format!("client {c} is not fully synced"));
+            }
+            if conn.subscribing {
+                self.fail(format!("client {c}: a subscription change never completed"));
             }
             for id in client.acked.iter().chain(&client.created) {
                 if !room_ids.contains(id) {
                     self.fail(format!("client {c}: acked or created {id:?} is lost"));
                 }
             }
-            if replay::materialize(r.nodes()) != expected {
+            if r.subscription().is_none() && replay::materialize(r.nodes()) != expected {
                 self.fail(format!("client {c} replays to a different state"));
             }
             // Presence: exactly the other live sessions' current states.
@@ -1103,6 +1268,11 @@ fn run_schedule(seed: u64, family: Family) -> Stats {
     sim.heal();
     sim.final_checks();
     sim.stats.nodes = sim.hub.room().seq();
+    sim.stats.subscribed_clients = sim
+        .clients
+        .iter()
+        .filter(|c| c.replica.subscription().is_some())
+        .count() as u64;
     sim.stats
 }
 
@@ -1152,6 +1322,11 @@ fn random_schedules_converge() {
         assert!(stats.plans_catch_up > 100, "{stats:?}");
         assert!(stats.plans_refine > 50, "{stats:?}");
         assert!(stats.presence_updates > 100, "{stats:?}");
+        // Subscribed clients changed subscriptions both ways, and reconciled subsets by sketch.
+        assert!(stats.subscribed_clients > 100, "{stats:?}");
+        assert!(stats.subscription_changes_offline > 20, "{stats:?}");
+        assert!(stats.backfills_done > 20, "{stats:?}");
+        assert!(stats.subscribed_sketches > 20, "{stats:?}");
     }
 }
 

@@ -222,7 +222,10 @@ impl Link {
                 self.epoch = welcome.epoch;
                 self.limits = welcome.limits();
                 out.events.push(SyncEvent::Plan(welcome.plan));
-                replica.enter_epoch(welcome.epoch);
+                if replica.enter_epoch(welcome.epoch) {
+                    // Marks were forgotten, no node moved: what `hello` described still holds.
+                    self.hello_generation = replica.generation();
+                }
                 match welcome.plan {
                     Plan::InSync => {
                         // The relay holds what the replica held at `hello`: its first
@@ -352,20 +355,29 @@ impl Link {
         match outcome {
             Outcome::Accepted(seq) | Outcome::Duplicate(seq) => {
                 replica.mark_synced(&id);
-                self.received(replica, seq);
+                // A subscribed replica's watermark moves with broadcasts only: the ack of a
+                // pack comes before the broadcasts of the lower-numbered nodes it released from
+                // the orphan buffer (§7.1), so it says nothing about those.
+                if replica.subscription().is_none() {
+                    replica.received_seq(self.epoch, seq);
+                }
             }
             // Still waiting for parents on the relay; a `resolved` entry settles it.
             Outcome::Pending => return,
+            // The parents did not reach the relay in time (a subset replica cannot supply
+            // parents outside its subscription): the node stays, unsynced, and the next
+            // connection pushes it again.
+            Outcome::Rejected(reason) if reason.is_transient() => {}
             Outcome::Rejected(_) => replica.discard(&id),
         }
         self.outstanding.remove(&id);
         out.events.push(SyncEvent::Settled { id, outcome });
     }
 
-    /// Node `seq` arrived live or was acked. A subscribed replica never sees the numbers of
-    /// nodes outside its subscription, but in steady state the relay sends every matching
-    /// node in order, so the watermark moves straight to `seq`; during a backfill older
-    /// matching nodes are still on their way, and `subscribed` sets it.
+    /// Node `seq` arrived live. A subscribed replica never sees the numbers of nodes outside
+    /// its subscription, but in steady state the relay broadcasts every matching node in
+    /// order, so the watermark moves straight to `seq`; during a backfill older matching
+    /// nodes are still on their way, and `subscribed` sets it.
     fn received(&mut self, replica: &mut Replica, seq: u64) {
         if replica.subscription().is_none() {
             replica.received_seq(self.epoch, seq);

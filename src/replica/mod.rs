@@ -61,6 +61,8 @@ pub struct Replica {
     /// pushing after every frame costs O(unsynced), not O(replica).
     unsynced: BTreeMap<usize, NodeId>,
     watermark: Option<Watermark>,
+    /// The relay epoch the sync marks refer to, once a relay named one.
+    epoch: Option<u64>,
     /// Arrival numbers above the watermark already received, waiting for the gap below them.
     ahead: BTreeSet<u64>,
     /// What the replica knew about the relay was found wrong and forgotten; until a whole-set
@@ -109,6 +111,7 @@ impl Replica {
             synced_digest: SetDigest::default(),
             unsynced: BTreeMap::new(),
             watermark: None,
+            epoch: None,
             ahead: BTreeSet::new(),
             resync: false,
             generation: 0,
@@ -576,7 +579,8 @@ impl Replica {
             .filter_map(|id| self.entries.remove(id))
             .map(|e| (e.node, e.synced))
             .collect();
-        let (watermark, ahead) = (self.watermark, std::mem::take(&mut self.ahead));
+        let (watermark, epoch, ahead) =
+            (self.watermark, self.epoch, std::mem::take(&mut self.ahead));
         let resync = self.resync;
         let generation = self.generation.wrapping_add(1);
         let key = self.sets.as_ref().map(|sets| *sets.key());
@@ -592,16 +596,30 @@ impl Replica {
             self.store(node, synced);
         }
         self.watermark = watermark;
+        self.epoch = epoch;
         self.ahead = ahead;
         self.resync = resync && !self.is_empty();
     }
 
-    /// Starts a session in `epoch`: a watermark from another epoch is dropped.
-    pub fn enter_epoch(&mut self, epoch: u64) {
+    /// Starts a session in `epoch`: a watermark from another epoch is dropped. A subscribed
+    /// replica also forgets sync marks made in another epoch (that relay may have lost those
+    /// nodes): the answers it gets cover only its scope, so marks outside it would never be
+    /// checked again. Those nodes are pushed again (acked as duplicates where the relay has
+    /// them). Returns whether marks were forgotten; O(n) then.
+    pub fn enter_epoch(&mut self, epoch: u64) -> bool {
         if self.watermark.is_some_and(|w| w.epoch != epoch) {
             self.watermark = None;
             self.ahead.clear();
         }
+        let stale = self.epoch != Some(epoch) && self.unsynced.len() < self.order.len();
+        self.epoch = Some(epoch);
+        if !(stale && self.subscription.is_some()) {
+            return false;
+        }
+        let resync = self.resync;
+        self.rederive_sync(|_, _, _| false);
+        self.resync = resync;
+        true
     }
 
     /// The replica holds every node numbered up to `seq` in `epoch`.
@@ -646,6 +664,8 @@ impl Replica {
             format: REPLICA_FORMAT,
             room: self.room.as_str().to_owned(),
             watermark: self.watermark,
+            epoch: self.epoch,
+            ahead: self.ahead.iter().copied().collect(),
             sketch_key: self.sets.as_ref().map(|sets| sets.key().wire().to_vec()),
             subscription: self.subscription.as_ref().map(PatternSet::canonical),
             nodes: self
@@ -679,14 +699,19 @@ impl Replica {
             replica.insert(node, synced)?;
         }
         replica.watermark = file.watermark;
+        replica.epoch = file.epoch;
+        if replica.watermark.is_some() {
+            replica.ahead = file.ahead.into_iter().collect();
+        }
         Ok(replica)
     }
 }
 
-const REPLICA_FORMAT: u32 = 3;
+const REPLICA_FORMAT: u32 = 4;
 
-/// Format 2 files (before subscriptions) read as whole-room replicas.
-const READABLE_FORMATS: [u32; 2] = [2, REPLICA_FORMAT];
+/// Format 2 files (before subscriptions) read as whole-room replicas; formats 2 and 3 (before
+/// the sync marks' epoch) as marks of an unknown epoch.
+const READABLE_FORMATS: [u32; 3] = [2, 3, REPLICA_FORMAT];
 
 #[derive(Serialize, Deserialize)]
 struct ReplicaFile {
@@ -699,6 +724,13 @@ struct ReplicaFile {
     /// The replica's subscription (absent in format 2).
     #[serde(default)]
     subscription: Option<Vec<String>>,
+    /// The relay epoch of the sync marks (absent before format 4).
+    #[serde(default)]
+    epoch: Option<u64>,
+    /// Arrival numbers above the watermark already received (absent before format 4): they
+    /// make `hello` name the synced heads, so the relay skips those nodes.
+    #[serde(default)]
+    ahead: Vec<u64>,
 }
 
 /// Patterns a relay or an earlier run already accepted, read back whatever limits they met.

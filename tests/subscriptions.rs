@@ -42,6 +42,25 @@ async fn write_mixed(writer: &Client, tag: &str, n: usize) {
     }
 }
 
+/// A writer that wrote `n` mixed nodes to `room_name`, and a `docs/**` subscriber that synced
+/// them into a replica file in `dir` and closed: its config and file.
+async fn synced_subscriber_file(
+    relay: &Relay,
+    room_name: &str,
+    n: usize,
+    dir: &tempfile::TempDir,
+) -> (Client, ClientConfig, std::path::PathBuf) {
+    let file = dir.path().join("replica");
+    let (writer, _) = synced_client(relay, room_name).await;
+    write_mixed(&writer, "first", n).await;
+    let mut cfg = config(relay, room_name, &["docs/**"]);
+    cfg.replica_file = Some(file.clone());
+    let (client, _) = Client::start(cfg.clone()).unwrap();
+    client.wait_synced().await.unwrap();
+    client.close().await.unwrap();
+    (writer, cfg, file)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn catch_up_and_broadcast_carry_only_matching_nodes() {
     let relay = Relay::start().await;
@@ -169,16 +188,8 @@ async fn subscribing_mid_session_backfills_then_streams_the_new_paths() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn offline_writes_are_pushed_even_when_nothing_new_matches() {
     let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("replica");
     let relay = Relay::start().await;
-    let r = "offline-only";
-    let (writer, _) = synced_client(&relay, r).await;
-    write_mixed(&writer, "first", 8).await;
-    let mut cfg = config(&relay, r, &["docs/**"]);
-    cfg.replica_file = Some(file.clone());
-    let (client, _) = Client::start(cfg.clone()).unwrap();
-    client.wait_synced().await.unwrap();
-    client.close().await.unwrap();
+    let (writer, cfg, file) = synced_subscriber_file(&relay, "offline-only", 8, &dir).await;
 
     let mut replica = Replica::from_bytes(&std::fs::read(&file).unwrap()).unwrap();
     let offline = replica.create("docs/offline", "written offline").unwrap();
@@ -204,16 +215,8 @@ async fn offline_writes_are_pushed_even_when_nothing_new_matches() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscription_changed_offline_reconciles_the_new_subset_by_sketch() {
     let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("replica");
     let relay = Relay::start().await;
-    let r = "rescoped";
-    let (writer, _) = synced_client(&relay, r).await;
-    write_mixed(&writer, "first", 200).await;
-    let mut cfg = config(&relay, r, &["docs/**"]);
-    cfg.replica_file = Some(file.clone());
-    let (client, _) = Client::start(cfg.clone()).unwrap();
-    client.wait_synced().await.unwrap();
-    client.close().await.unwrap();
+    let (writer, mut cfg, file) = synced_subscriber_file(&relay, "rescoped", 200, &dir).await;
 
     write_mixed(&writer, "second", 8).await;
     let mut replica = Replica::from_bytes(&std::fs::read(&file).unwrap()).unwrap();

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use super::recon::{Scope, bucket_summaries, plan_against, tree_root};
-use super::subscriptions::{ClassKey, ClassRecon, Subscriptions};
+use super::subscriptions::{ClassId, ClassRecon, Subscriptions};
 use super::{
     Admitted, BatchStep, BucketIdsError, BucketRound, Cursor, Room, SessionId, Settled, Submission,
 };
@@ -144,16 +144,16 @@ impl Start {
     }
 }
 
-/// What session reconciles: the room, or the matching nodes of its class `key` (topped up to
+/// What a session reconciles: the room, or the matching nodes of its class `class` (topped up to
 /// the latest node). `None` if the class is gone.
 fn scope<'a>(
     room: &'a Room,
     subscriptions: &'a mut Subscriptions,
-    key: Option<&ClassKey>,
+    class: Option<ClassId>,
 ) -> Option<Scope<'a>> {
-    match key {
+    match class {
         None => Some(room.scope()),
-        Some(key) => subscriptions.scope(key, room),
+        Some(class) => subscriptions.scope(class, room),
     }
 }
 
@@ -162,11 +162,13 @@ fn scope<'a>(
 fn sets_mut<'a>(
     room: &'a mut Room,
     subscriptions: &'a mut Subscriptions,
-    key: Option<&ClassKey>,
+    class: Option<ClassId>,
 ) -> Option<&'a mut SetIndex> {
-    match key {
+    match class {
         None => Some(room.sets_mut()),
-        Some(key) => subscriptions.recon_mut(key, room).map(ClassRecon::sets_mut),
+        Some(class) => subscriptions
+            .recon_mut(class, room)
+            .map(ClassRecon::sets_mut),
     }
 }
 
@@ -192,7 +194,7 @@ struct Member {
     /// Catch-up waits for the store to return this node's encoding.
     waiting_on: Option<u64>,
     /// The session's subscription and its class; `None` receives every node.
-    subscription: Option<(Arc<PatternSet>, ClassKey)>,
+    subscription: Option<(Arc<PatternSet>, ClassId)>,
     /// The stream in progress is the backfill of this `subscribe`.
     backfill: Option<u64>,
 }
@@ -494,7 +496,7 @@ impl Hub {
         id: SessionId,
         capabilities: Capabilities,
         start: Start,
-        subscription: Option<(Arc<PatternSet>, ClassKey)>,
+        subscription: Option<(Arc<PatternSet>, ClassId)>,
         out: &mut Outbox,
     ) {
         let (plan, cursor, recon) = match start {
@@ -538,9 +540,9 @@ impl Hub {
     }
 
     /// The subscription class session `id` reconciles, if it has a subscription.
-    fn class_key(&self, id: SessionId) -> Option<ClassKey> {
+    fn class_of(&self, id: SessionId) -> Option<ClassId> {
         let member = self.members.get(&id)?;
-        member.subscription.as_ref().map(|(_, key)| key.clone())
+        member.subscription.as_ref().map(|(_, class)| *class)
     }
 
     /// A subscribed session's class is gone: a relay bug, not the client's fault.
@@ -580,8 +582,8 @@ impl Hub {
         out: &mut Outbox,
     ) {
         let max_frame = self.config.session.limits.max_frame as usize;
-        let key = self.class_key(id);
-        let Some(scope) = scope(&self.room, &mut self.subscriptions, key.as_ref()) else {
+        let class = self.class_of(id);
+        let Some(scope) = scope(&self.room, &mut self.subscriptions, class) else {
             return self.lost_class(id, out);
         };
         match self
@@ -607,8 +609,8 @@ impl Hub {
     /// Abandons the sketch path for a session and sends bucket summaries, announcing an
     /// `expected` difference: what the abandoned sketch could not hold.
     fn start_refine(&mut self, id: SessionId, expected: u64, out: &mut Outbox) {
-        let key = self.class_key(id);
-        let Some(sets) = sets_mut(&mut self.room, &mut self.subscriptions, key.as_ref()) else {
+        let class = self.class_of(id);
+        let Some(sets) = sets_mut(&mut self.room, &mut self.subscriptions, class) else {
             return self.lost_class(id, out);
         };
         let depth = crate::recon::refine_depth(sets.len());
@@ -627,8 +629,8 @@ impl Hub {
 
     fn send_buckets(&mut self, id: SessionId, depth: u8, expected: u64, out: &mut Outbox) {
         let max_frame = self.config.session.limits.max_frame as usize;
-        let key = self.class_key(id);
-        let Some(sets) = sets_mut(&mut self.room, &mut self.subscriptions, key.as_ref()) else {
+        let class = self.class_of(id);
+        let Some(sets) = sets_mut(&mut self.room, &mut self.subscriptions, class) else {
             return self.lost_class(id, out);
         };
         let summaries = bucket_summaries(sets, depth);
@@ -644,8 +646,8 @@ impl Hub {
         else {
             return;
         };
-        let key = self.class_key(id);
-        let Some(scope) = scope(&self.room, &mut self.subscriptions, key.as_ref()) else {
+        let class = self.class_of(id);
+        let Some(scope) = scope(&self.room, &mut self.subscriptions, class) else {
             return self.lost_class(id, out);
         };
         match self.room.settle_want(scope, shorts, shared, at_seq) {
@@ -693,7 +695,7 @@ impl Hub {
         sketches: &[BucketSketch],
         out: &mut Outbox,
     ) {
-        let key = self.class_key(id);
+        let class = self.class_of(id);
         let Some(member) = self.members.get_mut(&id) else {
             return;
         };
@@ -701,7 +703,7 @@ impl Hub {
             return;
         };
         let relisting = member.relisting.take();
-        let Some(scope) = scope(&self.room, &mut self.subscriptions, key.as_ref()) else {
+        let Some(scope) = scope(&self.room, &mut self.subscriptions, class) else {
             return self.lost_class(id, out);
         };
         let round = BucketRound {
@@ -804,8 +806,8 @@ impl Hub {
         out: &mut Outbox,
     ) {
         let set = Arc::new(PatternSet::new(patterns));
-        let key = self.subscriptions.join(id, set.clone(), &self.room);
-        let Some(class) = self.subscriptions.class(&key) else {
+        let class_id = self.subscriptions.join(id, set.clone(), &self.room);
+        let Some(class) = self.subscriptions.class(class_id) else {
             return self.lost_class(id, out);
         };
         let epoch = self.room.epoch();
@@ -826,13 +828,13 @@ impl Hub {
             catch_up(after)
         } else if hints.digest.count == 0 {
             catch_up(0)
-        } else if sketches && self.subscriptions.allow_recon(&key, &self.room) {
-            self.plan_class(id, hints, capabilities, &key, out)
+        } else if sketches && self.subscriptions.allow_recon(class_id, &self.room) {
+            self.plan_class(id, hints, capabilities, class_id, out)
         } else {
             // No sketches, or the classes' sketch structures are at their bound.
             Start::SendIds
         };
-        self.welcome(id, capabilities, start, Some((set, key)), out);
+        self.welcome(id, capabilities, start, Some((set, class_id)), out);
     }
 
     /// The sketch or refinement plan of a subscribed client that holds matching nodes but no
@@ -842,10 +844,10 @@ impl Hub {
         id: SessionId,
         hints: &SyncHints,
         capabilities: Capabilities,
-        key: &ClassKey,
+        class: ClassId,
         out: &mut Outbox,
     ) -> Start {
-        let Some(recon) = self.subscriptions.recon_mut(key, &self.room) else {
+        let Some(recon) = self.subscriptions.recon_mut(class, &self.room) else {
             return Start::SendIds;
         };
         let side = RelaySide {
@@ -907,22 +909,22 @@ impl Hub {
             };
             return self.send(Audience::One(id), Message::Subscribed(done), out);
         }
-        if let Some((_, key)) = member.subscription.clone() {
-            self.subscriptions.leave(id, &key);
+        if let Some((_, class)) = member.subscription.clone() {
+            self.subscriptions.leave(id, class);
         }
         let new = Arc::new(new);
-        let key = self.subscriptions.join(id, new.clone(), &self.room);
+        let class = self.subscriptions.join(id, new.clone(), &self.room);
         // Newly matching history: the nodes of the paths the new subscription matches and the
         // old did not.
         let explicit: Vec<u64> = self
             .subscriptions
-            .class(&key)
+            .class(class)
             .map(|class| class.seqs_after(&self.room, 0, |path| !old.matches(path)))
             .unwrap_or_default();
         let Some(member) = self.members.get_mut(&id) else {
             return;
         };
-        member.subscription = Some((new.clone(), key));
+        member.subscription = Some((new.clone(), class));
         self.unsubscribed.remove(&id);
         if explicit.is_empty() {
             let done = Subscribed {
@@ -981,8 +983,8 @@ impl Hub {
                     let seq = self.room.seq();
                     let backfill = member.backfill.take();
                     let verify_root = member.verify_root;
-                    let key = member.subscription.as_ref().map(|(_, key)| key.clone());
-                    let class = key.as_ref().and_then(|key| self.subscriptions.class(key));
+                    let class_id = member.subscription.as_ref().map(|(_, class)| *class);
+                    let class = class_id.and_then(|class| self.subscriptions.class(class));
                     if let Some(number) = backfill {
                         let patterns = class.map(|c| c.set().canonical()).unwrap_or_default();
                         let done = Subscribed {
@@ -999,8 +1001,7 @@ impl Hub {
                     // digests; the root (of the class's nodes for a subscribed session) makes
                     // the result collision-resistant (§5.10).
                     let root = if verify_root {
-                        sets_mut(&mut self.room, &mut self.subscriptions, key.as_ref())
-                            .map(tree_root)
+                        sets_mut(&mut self.room, &mut self.subscriptions, class_id).map(tree_root)
                     } else {
                         None
                     };
@@ -1206,8 +1207,8 @@ impl Hub {
         let Some(member) = self.members.remove(&id) else {
             return false;
         };
-        if let Some((_, key)) = &member.subscription {
-            self.subscriptions.leave(id, key);
+        if let Some((_, class)) = &member.subscription {
+            self.subscriptions.leave(id, *class);
         }
         if let Some(deadline) = member.handshake_deadline {
             self.handshakes.remove(&(deadline, id));

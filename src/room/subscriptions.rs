@@ -19,9 +19,9 @@ use std::collections::{BTreeSet, BinaryHeap, HashMap, VecDeque};
 use std::sync::Arc;
 
 use crate::pattern::{Pattern, PatternSet};
-use crate::recon::SetDigest;
 use crate::recon::estimator::Estimator;
 use crate::recon::index::SetIndex;
+use crate::recon::{FastMap, SetDigest};
 
 use super::recon::Scope;
 use super::{Room, SessionId};
@@ -38,11 +38,16 @@ pub const CLASS_RECON_FACTOR: u64 = 2;
 const CLASS_RECON_FLOOR: u64 = 1 << 16;
 
 /// The canonical forms of a subscription's patterns, in order: names a class.
-pub type ClassKey = Arc<[String]>;
+type ClassKey = Arc<[String]>;
+
+/// A class's number: cheap to hash, compare and copy where a class is looked up per node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ClassId(u64);
 
 /// The room's paths that match one subscription.
 #[derive(Debug)]
 pub struct Class {
+    key: ClassKey,
     set: Arc<PatternSet>,
     /// Distinct matching paths.
     paths: Vec<Arc<str>>,
@@ -213,7 +218,7 @@ struct PatternEntry {
     pattern: Pattern,
     sessions: BTreeSet<SessionId>,
     /// Classes whose subscription holds this pattern.
-    classes: BTreeSet<ClassKey>,
+    classes: BTreeSet<ClassId>,
     /// The room's paths this pattern matches: a class is the union of its patterns' paths,
     /// so a pattern shared by many subscriptions (`**/README`) is matched against the room
     /// once.
@@ -222,20 +227,23 @@ struct PatternEntry {
 
 #[derive(Default)]
 struct TrieNode {
-    children: HashMap<Box<str>, TrieNode>,
+    children: FastMap<Box<str>, TrieNode>,
     /// Canonical forms of the patterns whose literal prefix ends here.
     patterns: Vec<Box<str>>,
 }
 
 /// Every subscription of a room's sessions.
 pub struct Subscriptions {
-    patterns: HashMap<Box<str>, PatternEntry>,
+    patterns: FastMap<Box<str>, PatternEntry>,
     trie: TrieNode,
-    classes: HashMap<ClassKey, Class>,
+    classes: FastMap<ClassId, Class>,
+    /// Each class's number by its subscription.
+    ids: HashMap<ClassKey, ClassId>,
+    next_class: u64,
     /// Classes without sessions, least recently used first; at most [`MAX_IDLE_CLASSES`].
-    idle: VecDeque<ClassKey>,
+    idle: VecDeque<ClassId>,
     /// Sketch structures of the classes that sessions reconciled by sketch.
-    recons: HashMap<ClassKey, ClassRecon>,
+    recons: FastMap<ClassId, ClassRecon>,
     /// Nodes the class structures may hold in all, whatever the room's size.
     recon_floor: u64,
 }
@@ -243,11 +251,13 @@ pub struct Subscriptions {
 impl Default for Subscriptions {
     fn default() -> Self {
         Self {
-            patterns: HashMap::new(),
+            patterns: FastMap::default(),
             trie: TrieNode::default(),
-            classes: HashMap::new(),
+            classes: FastMap::default(),
+            ids: HashMap::new(),
+            next_class: 0,
             idle: VecDeque::new(),
-            recons: HashMap::new(),
+            recons: FastMap::default(),
             recon_floor: CLASS_RECON_FLOOR,
         }
     }
@@ -276,8 +286,17 @@ impl Subscriptions {
 
     /// Registers `session` with subscription `set`; returns its class, made with one pass
     /// over the room if no session had this subscription lately.
-    pub fn join(&mut self, session: SessionId, set: Arc<PatternSet>, room: &Room) -> ClassKey {
+    pub fn join(&mut self, session: SessionId, set: Arc<PatternSet>, room: &Room) -> ClassId {
         let key: ClassKey = set.canonical().into();
+        let id = match self.ids.get(&key) {
+            Some(id) => *id,
+            None => {
+                let id = ClassId(self.next_class);
+                self.next_class += 1;
+                self.ids.insert(key.clone(), id);
+                id
+            }
+        };
         for pattern in set.patterns() {
             let entry = self
                 .patterns
@@ -292,23 +311,23 @@ impl Subscriptions {
                     }
                 });
             entry.sessions.insert(session);
-            entry.classes.insert(key.clone());
+            entry.classes.insert(id);
         }
-        if !self.classes.contains_key(&key) {
-            let class = self.build_class(set);
-            self.classes.insert(key.clone(), class);
+        if !self.classes.contains_key(&id) {
+            let class = self.build_class(key, set);
+            self.classes.insert(id, class);
         }
-        if let Some(class) = self.classes.get_mut(&key) {
+        if let Some(class) = self.classes.get_mut(&id) {
             if class.sessions == 0 {
-                self.idle.retain(|idle| *idle != key);
+                self.idle.retain(|idle| *idle != id);
             }
             class.sessions += 1;
         }
-        key
+        id
     }
 
     /// The class of `set`: the union of its patterns' paths.
-    fn build_class(&self, set: Arc<PatternSet>) -> Class {
+    fn build_class(&self, key: ClassKey, set: Arc<PatternSet>) -> Class {
         let mut paths: Vec<Arc<str>> = set
             .patterns()
             .iter()
@@ -318,16 +337,17 @@ impl Subscriptions {
         paths.sort_unstable_by(|a, b| a.as_ref().cmp(b.as_ref()));
         paths.dedup_by(|a, b| Arc::ptr_eq(a, b));
         Class {
+            key,
             set,
             paths,
             sessions: 0,
         }
     }
 
-    /// Unregisters `session` from the class `key`. A class without sessions stays, idle, until
+    /// Unregisters `session` from class `id`. A class without sessions stays, idle, until
     /// [`MAX_IDLE_CLASSES`] newer ones push it out.
-    pub fn leave(&mut self, session: SessionId, key: &ClassKey) {
-        let Some(class) = self.classes.get_mut(key) else {
+    pub fn leave(&mut self, session: SessionId, id: ClassId) {
+        let Some(class) = self.classes.get_mut(&id) else {
             return;
         };
         class.sessions = class.sessions.saturating_sub(1);
@@ -339,7 +359,7 @@ impl Subscriptions {
             }
         }
         if idle {
-            self.idle.push_back(key.clone());
+            self.idle.push_back(id);
             while self.idle.len() > MAX_IDLE_CLASSES {
                 self.evict_oldest_idle();
             }
@@ -348,19 +368,20 @@ impl Subscriptions {
 
     /// Forgets the least recently used idle class, and the patterns only it used.
     fn evict_oldest_idle(&mut self) {
-        let Some(key) = self.idle.pop_front() else {
+        let Some(id) = self.idle.pop_front() else {
             return;
         };
-        self.recons.remove(&key);
-        let Some(class) = self.classes.remove(&key) else {
+        self.recons.remove(&id);
+        let Some(class) = self.classes.remove(&id) else {
             return;
         };
+        self.ids.remove(&class.key);
         for pattern in class.set.patterns() {
             let canonical = pattern.as_str();
             let Some(entry) = self.patterns.get_mut(canonical) else {
                 continue;
             };
-            entry.classes.remove(&key);
+            entry.classes.remove(&id);
             if entry.sessions.is_empty() && entry.classes.is_empty() {
                 self.patterns.remove(canonical);
                 remove_trie(&mut self.trie, pattern);
@@ -368,16 +389,16 @@ impl Subscriptions {
         }
     }
 
-    /// A class by key.
-    pub fn class(&self, key: &ClassKey) -> Option<&Class> {
-        self.classes.get(key)
+    /// A class by number.
+    pub fn class(&self, id: ClassId) -> Option<&Class> {
+        self.classes.get(&id)
     }
 
-    /// What sessions of class `key` reconcile against: its sketch structures, built (one pass
+    /// What sessions of class `id` reconcile against: its sketch structures, built (one pass
     /// over the matching nodes) or topped up to the room's latest node. `None` for an unknown
     /// class.
-    pub fn scope(&mut self, key: &ClassKey, room: &Room) -> Option<Scope<'_>> {
-        let (class, recon) = self.current(key, room)?;
+    pub fn scope(&mut self, id: ClassId, room: &Room) -> Option<Scope<'_>> {
+        let (class, recon) = self.current(id, room)?;
         Some(Scope::class(
             &recon.sets,
             recon.digest,
@@ -386,30 +407,30 @@ impl Subscriptions {
         ))
     }
 
-    /// The sketch structures of class `key`, topped up: for roots and bucket summaries.
-    pub fn recon_mut(&mut self, key: &ClassKey, room: &Room) -> Option<&mut ClassRecon> {
-        self.current(key, room).map(|(_, recon)| recon)
+    /// The sketch structures of class `id`, topped up: for roots and bucket summaries.
+    pub fn recon_mut(&mut self, id: ClassId, room: &Room) -> Option<&mut ClassRecon> {
+        self.current(id, room).map(|(_, recon)| recon)
     }
 
-    fn current(&mut self, key: &ClassKey, room: &Room) -> Option<(&Class, &mut ClassRecon)> {
-        let class = self.classes.get(key)?;
+    fn current(&mut self, id: ClassId, room: &Room) -> Option<(&Class, &mut ClassRecon)> {
+        let class = self.classes.get(&id)?;
         let recon = self
             .recons
-            .entry(key.clone())
+            .entry(id)
             .or_insert_with(|| ClassRecon::new(room));
         recon.top_up(class, room);
         Some((class, recon))
     }
 
-    /// Whether class `key` may have sketch structures: they exist already, or building them
+    /// Whether class `id` may have sketch structures: they exist already, or building them
     /// keeps all classes' structures within [`CLASS_RECON_FACTOR`] times the room's nodes
     /// (idle classes' structures are dropped, oldest first, to make room). O(classes +
     /// matching paths).
-    pub fn allow_recon(&mut self, key: &ClassKey, room: &Room) -> bool {
-        if self.recons.contains_key(key) {
+    pub fn allow_recon(&mut self, id: ClassId, room: &Room) -> bool {
+        if self.recons.contains_key(&id) {
             return true;
         }
-        let Some(needed) = self.classes.get(key).map(|c| c.node_count(room)) else {
+        let Some(needed) = self.classes.get(&id).map(|c| c.node_count(room)) else {
             return false;
         };
         let budget = room
@@ -422,8 +443,11 @@ impl Subscriptions {
                 return true;
             }
             // Never the class asked about: it has a session, so it is not idle.
-            let oldest_with_recon = self.idle.iter().find(|key| self.recons.contains_key(*key));
-            match oldest_with_recon.cloned() {
+            let oldest_with_recon = self
+                .idle
+                .iter()
+                .find(|idle| self.recons.contains_key(*idle));
+            match oldest_with_recon.copied() {
                 Some(idle) => self.recons.remove(&idle),
                 None => return false,
             };
@@ -431,11 +455,13 @@ impl Subscriptions {
     }
 
     /// A node brought a path the room had not seen: files it under the classes it matches.
+    /// Costs the matching patterns plus the classes that hold them (a pattern every
+    /// subscription shares, like `**/README`, files a new README under every class).
     pub fn new_path(&mut self, path: &Arc<str>) {
-        let mut classes: BTreeSet<ClassKey> = BTreeSet::new();
+        let mut classes: Vec<ClassId> = Vec::new();
         let mut patterns: Vec<Box<str>> = Vec::new();
         self.for_each_match(path, |entry| {
-            classes.extend(entry.classes.iter().cloned());
+            classes.extend(entry.classes.iter().copied());
             patterns.push(entry.pattern.as_str().into());
         });
         for canonical in patterns {
@@ -443,8 +469,10 @@ impl Subscriptions {
                 entry.paths.push(path.clone());
             }
         }
-        for key in classes {
-            if let Some(class) = self.classes.get_mut(&key) {
+        classes.sort_unstable();
+        classes.dedup();
+        for id in classes {
+            if let Some(class) = self.classes.get_mut(&id) {
                 class.paths.push(path.clone());
             }
         }

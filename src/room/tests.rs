@@ -2280,22 +2280,22 @@ fn classes_outlive_their_last_session_until_newer_idle_ones_push_them_out() {
     };
     let first = subs.join(1, set("docs/**"), &room);
     assert!(!subs.is_empty());
-    subs.leave(1, &first);
+    subs.leave(1, first);
     // Idle: kept, but nobody is subscribed.
-    assert!(subs.class(&first).is_some());
+    assert!(subs.class(first).is_some());
     assert!(subs.is_empty() && subs.has_classes());
     // Joining it again reuses it; leaving makes it the most recently used idle class.
     assert_eq!(subs.join(2, set("docs/**"), &room), first);
-    subs.leave(2, &first);
+    subs.leave(2, first);
     let mut later = Vec::new();
     for i in 0..MAX_IDLE_CLASSES {
         let key = subs.join(10 + i as u64, set(&format!("n{i}/**")), &room);
-        subs.leave(10 + i as u64, &key);
+        subs.leave(10 + i as u64, key);
         later.push(key);
     }
     // One more idle class than allowed: the least recently used went, with its pattern.
-    assert!(subs.class(&first).is_none());
-    assert!(later.iter().all(|key| subs.class(key).is_some()));
+    assert!(subs.class(first).is_none());
+    assert!(later.iter().all(|key| subs.class(*key).is_some()));
     assert!(subs.sessions_matching("docs/x").is_empty());
 }
 
@@ -2318,18 +2318,18 @@ fn class_sketch_structures_are_bounded_and_idle_ones_give_way() {
         .unwrap()]))
     };
     let docs = subs.join(1, set("docs/**"), &room);
-    assert!(subs.allow_recon(&docs, &room));
-    let scope = subs.scope(&docs, &room);
+    assert!(subs.allow_recon(docs, &room));
+    let scope = subs.scope(docs, &room);
     assert!(scope.is_some());
     let everything = subs.join(2, set("**"), &room);
-    assert!(subs.allow_recon(&everything, &room));
-    let _ = subs.scope(&everything, &room);
+    assert!(subs.allow_recon(everything, &room));
+    let _ = subs.scope(everything, &room);
     // A third class of 10 nodes would make 30.
     let star = subs.join(3, set("docs/*"), &room);
-    assert!(!subs.allow_recon(&star, &room));
+    assert!(!subs.allow_recon(star, &room));
     // Built structures are always allowed to their own class.
-    assert!(subs.allow_recon(&docs, &room));
+    assert!(subs.allow_recon(docs, &room));
     // Once a class is idle, its structures give way.
-    subs.leave(2, &everything);
-    assert!(subs.allow_recon(&star, &room));
+    subs.leave(2, everything);
+    assert!(subs.allow_recon(star, &room));
 }

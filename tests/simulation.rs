@@ -304,6 +304,10 @@ struct Sim {
     stats: Stats,
 }
 
+/// Extra connections a subscribed client may need at the end, to push nodes whose parents
+/// only other clients could resupply (see `Sim::heal`).
+const MAX_RETRY_ROUNDS: usize = 3;
+
 /// Handshake timeout of the simulated relay.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// A stalled connection's latency: longer than the handshake timeout.
@@ -673,8 +677,11 @@ impl Sim {
                         .is_some_and(|w| room.seq_of(id).is_some_and(|seq| seq <= w.seq))
                 };
                 let subscribed = client.replica.subscription().is_some();
+                // Marks from before a relay restart are not confirmations by this relay.
                 let confirmed = |id: &NodeId| {
-                    client.replica.is_synced(id) && (!subscribed || below_watermark(id))
+                    client.trusted
+                        && client.replica.is_synced(id)
+                        && (!subscribed || below_watermark(id))
                 };
                 if let Some(n) = batch.nodes.iter().find(|n| confirmed(&n.id)) {
                     self.fail(format!("client {c} was resent confirmed node {:?}", n.id));
@@ -1115,7 +1122,9 @@ impl Sim {
             self.connect(c, false);
             self.send_presence(c);
         }
-        let nodes = self.hub.room().seq() as usize
+        // After a relay restart the clients push again what they hold, marks or not.
+        let largest_replica = self.clients.iter().map(|c| c.replica.len()).max();
+        let nodes = (self.hub.room().seq() as usize).max(largest_replica.unwrap_or(0))
             + self
                 .clients
                 .iter()
@@ -1132,24 +1141,32 @@ impl Sim {
             }
         }
         // A subscribed client whose node expired waiting for parents only others could push
-        // connects once more, now that they did.
-        let retrying: Vec<usize> = (0..self.clients.len())
-            .filter(|c| std::mem::take(&mut self.clients[*c].retry))
-            .collect();
-        for &c in &retrying {
-            self.stats.retry_connections += 1;
-            self.hard_disconnect(c);
-            self.connect(c, false);
-            self.send_presence(c);
-        }
-        while !retrying.is_empty() && self.step(false) {
-            steps += 1;
-            if steps > 2 * bound {
-                self.fail(format!("no convergence within {} steps", 2 * bound));
+        // connects once more, now that they did. Subscribed clients can depend on each other
+        // that way (each holds parents the other's nodes need), so this may take a few rounds.
+        let mut retries = vec![0usize; self.clients.len()];
+        for _round in 0..MAX_RETRY_ROUNDS {
+            let retrying: Vec<usize> = (0..self.clients.len())
+                .filter(|c| std::mem::take(&mut self.clients[*c].retry))
+                .collect();
+            if retrying.is_empty() {
+                break;
+            }
+            for &c in &retrying {
+                self.stats.retry_connections += 1;
+                retries[c] += 1;
+                self.hard_disconnect(c);
+                self.connect(c, false);
+                self.send_presence(c);
+            }
+            while self.step(false) {
+                steps += 1;
+                if steps > 2 * bound {
+                    self.fail(format!("no convergence within {} steps", 2 * bound));
+                }
             }
         }
         for (c, client) in self.clients.iter().enumerate() {
-            let allowed = connections_before[c] + 1 + usize::from(retrying.contains(&c));
+            let allowed = connections_before[c] + 1 + retries[c];
             if client.connections != allowed || client.retry {
                 self.fail(format!(
                     "client {c} needed more than one connection to heal"

@@ -374,6 +374,9 @@ impl World {
             Ok(Message::Subscribe(_) | Message::Unsubscribe(_)) => {
                 peer.filter = None;
                 peer.fresh = false;
+                // A backfill is a stream of its own: its resume points start over from the
+                // oldest newly matching node.
+                peer.through = 0;
                 Vec::new()
             }
             _ => Vec::new(),

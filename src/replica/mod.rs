@@ -163,11 +163,7 @@ impl Replica {
         self.estimator = Estimator::new();
         let key = self.sets.take().map(|sets| *sets.key());
         for entry in self.order.iter().filter_map(|id| self.entries.get(id)) {
-            if self
-                .subscription
-                .as_ref()
-                .is_none_or(|s| s.matches(&entry.node.path))
-            {
+            if covered_by(self.subscription.as_ref(), &entry.node) {
                 self.digest.insert(&entry.node.id);
                 self.estimator.insert(&entry.node.id);
                 if entry.synced {
@@ -183,9 +179,7 @@ impl Replica {
     /// Whether a node's path is in the scope this replica reconciles: its subscription, or the
     /// whole room.
     fn covers(&self, node: &Node) -> bool {
-        self.subscription
-            .as_ref()
-            .is_none_or(|s| s.matches(&node.path))
+        covered_by(self.subscription.as_ref(), node)
     }
 
     /// Whether a held node is in scope (see the module docs).
@@ -474,11 +468,7 @@ impl Replica {
             }
             entry.synced = true;
             self.unsynced.remove(&entry.pos);
-            if self
-                .subscription
-                .as_ref()
-                .is_none_or(|s| s.matches(&entry.node.path))
-            {
+            if covered_by(self.subscription.as_ref(), &entry.node) {
                 self.synced_digest.insert(&next);
             }
             for parent in &entry.node.parents {
@@ -535,11 +525,7 @@ impl Replica {
                 continue;
             };
             entry.synced = synced;
-            let in_scope = self
-                .subscription
-                .as_ref()
-                .is_none_or(|s| s.matches(&entry.node.path));
-            if synced && in_scope {
+            if synced && covered_by(self.subscription.as_ref(), &entry.node) {
                 self.synced_digest.insert(id);
             }
             if !synced {
@@ -731,6 +717,12 @@ struct ReplicaFile {
     /// make `hello` name the synced heads, so the relay skips those nodes.
     #[serde(default)]
     ahead: Vec<u64>,
+}
+
+/// Whether `node` is in the scope of a replica with `subscription` (`None`: the whole room).
+/// A free function so that it can be called while the replica's entries are borrowed.
+fn covered_by(subscription: Option<&PatternSet>, node: &Node) -> bool {
+    subscription.is_none_or(|s| s.matches(&node.path))
 }
 
 /// Patterns a relay or an earlier run already accepted, read back whatever limits they met.

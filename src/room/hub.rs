@@ -818,22 +818,25 @@ impl Hub {
             .map(|w| w.seq);
         let sketches = capabilities.contains(Capabilities::IBF.union(Capabilities::MST));
         // `hints.digest` covers the client's matching nodes only.
-        let catch_up = |after| {
-            let explicit = class.seqs_after(&self.room, after, |_| true);
-            Start::CatchUp(Cursor::new(explicit, seq.saturating_add(1)).filtered(set.clone()))
-        };
-        let start = if hints.digest == class.digest(&self.room) {
-            Start::InSync
+        let path = if hints.digest == class.digest(&self.room) {
+            ReconPath::InSync
         } else if let Some(after) = watermark {
-            catch_up(after)
+            ReconPath::CatchUp { after }
         } else if hints.digest.count == 0 {
-            catch_up(0)
+            ReconPath::CatchUp { after: 0 }
         } else if sketches && self.subscriptions.allow_recon(class_id, &self.room) {
             self.plan_class(id, hints, capabilities, class_id, out)
         } else {
             // No sketches, or the classes' sketch structures are at their bound.
-            Start::SendIds
+            ReconPath::IdList
         };
+        let Some(class) = self.subscriptions.class(class_id) else {
+            return self.lost_class(id, out);
+        };
+        let start = Start::from_path(path, seq, |after| {
+            let explicit = class.seqs_after(&self.room, after, |_| true);
+            Cursor::new(explicit, seq.saturating_add(1)).filtered(set.clone())
+        });
         self.welcome(id, capabilities, start, Some((set, class_id)), out);
     }
 
@@ -846,9 +849,9 @@ impl Hub {
         capabilities: Capabilities,
         class: ClassId,
         out: &mut Outbox,
-    ) -> Start {
+    ) -> ReconPath {
         let Some(recon) = self.subscriptions.recon_mut(class, &self.room) else {
-            return Start::SendIds;
+            return ReconPath::IdList;
         };
         let side = RelaySide {
             digest: recon.digest(),
@@ -859,14 +862,7 @@ impl Hub {
         if let Some(e) = error {
             self.estimator_error(id, &e, out);
         }
-        match path {
-            ReconPath::Sketch { .. } | ReconPath::Refine { .. } => {
-                Start::from_path(path, self.room.seq(), |_| Cursor::new(Vec::new(), 0))
-            }
-            // The caller settled the other cases already (equal digests, a watermark, an
-            // empty client); what remains always reaches sketches or refinement.
-            ReconPath::InSync | ReconPath::CatchUp { .. } | ReconPath::IdList => Start::SendIds,
-        }
+        path
     }
 
     /// `subscribe` / `unsubscribe`: changes the session's subscription, streams what newly

@@ -101,6 +101,22 @@ impl<'a> Scope<'a> {
     fn contains(&self, node: &LoggedNode) -> bool {
         self.class.is_none_or(|c| c.set().matches(node.path()))
     }
+
+    /// The member a short id names, with its arrival number.
+    fn locate(&self, room: &Room, short: u64) -> Option<(NodeId, u64)> {
+        match self.class {
+            // The room fills its index in arrival order: ordinal + 1 is the arrival number,
+            // found in the same lookup.
+            None => {
+                let (id, ordinal) = self.sets.locate(short)?;
+                Some((id, ordinal.checked_add(1)?))
+            }
+            Some(_) => {
+                let id = self.sets.resolve(short)?;
+                Some((id, room.seq_of(&id)?))
+            }
+        }
+    }
 }
 
 /// Picks the reconciliation path for a client's hints against one side's set (`side`,
@@ -265,8 +281,10 @@ impl Room {
         }
         let mut lacking = Vec::with_capacity(shorts.len());
         for short in shorts {
-            let id = scope.sets.resolve(*short)?;
-            let seq = self.seq_of(&id).filter(|seq| *seq <= at_seq)?;
+            let (id, seq) = scope.locate(self, *short)?;
+            if seq > at_seq {
+                return None;
+            }
             lacking.push(seq);
             expected.remove(&id);
         }

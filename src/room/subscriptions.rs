@@ -203,15 +203,6 @@ impl Class {
         }
         out
     }
-
-    /// Whether any matching node is numbered above `after`. O(matching paths).
-    pub fn has_after(&self, room: &Room, after: u64) -> bool {
-        self.paths.iter().any(|path| {
-            room.path_nodes(path)
-                .and_then(|nodes| nodes.seqs().last())
-                .is_some_and(|last| *last > after)
-        })
-    }
 }
 
 struct PatternEntry {

@@ -548,6 +548,8 @@ impl Hub {
     /// A subscribed session's class is gone: a relay bug, not the client's fault.
     fn lost_class(&mut self, id: SessionId, out: &mut Outbox) {
         tracing::error!(session = id, "subscribed session without its class");
+        let error = ErrorMessage::new(ErrorCode::Internal, None, "subscription state lost");
+        self.send(Audience::One(id), Message::ErrorMessage(error), out);
         self.close(id, CloseCode::Internal, out);
     }
 

@@ -278,9 +278,16 @@ pub struct PatternSet {
 }
 
 impl PatternSet {
-    /// The set of `patterns` (duplicates by canonical form dropped).
+    /// The set of `patterns` (duplicates by canonical form dropped). A set holding `**` holds
+    /// nothing else: `**` already matches every path, and keeping the others would let a later
+    /// removal of `**` leave patterns active that adding them never changed (§7.5).
     pub fn new(patterns: impl IntoIterator<Item = Pattern>) -> Self {
         let mut patterns: Vec<Pattern> = patterns.into_iter().collect();
+        if patterns.iter().any(|p| p.as_str() == "**") {
+            return Self {
+                patterns: vec![Pattern::everything()],
+            };
+        }
         patterns.sort_by(|a, b| a.as_str().cmp(b.as_str()));
         patterns.dedup_by(|a, b| a.as_str() == b.as_str());
         Self { patterns }

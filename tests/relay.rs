@@ -10,6 +10,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::StreamExt;
 use net::*;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use weft::client::{Client, ClientConfig, Event};
 use weft::node::{NodeId, Rejection};
@@ -489,8 +491,8 @@ async fn catch_up_respects_credit_and_frame_size() {
     let mut received = Vec::new();
     let mut last_through = 0;
     loop {
-        match reader.recv().await {
-            Message::Batch(Batch { through, nodes }) => {
+        match reader.recv_sized().await {
+            (Message::Batch(Batch { through, nodes }), len) => {
                 assert!(through > last_through, "resume point advances");
                 last_through = through;
                 received.extend(nodes);
@@ -505,19 +507,108 @@ async fn catch_up_respects_credit_and_frame_size() {
                 })
                 .await;
                 assert!(quiet.is_err(), "relay sent beyond its credit: {quiet:?}");
-                reader.send(Message::Credit(Credit { bytes: 1 })).await;
+                // The batch overdrew the byte of credit; granting its size (what the client
+                // consumed) buys the next one.
+                reader.send(Message::Credit(Credit { bytes: len })).await;
             }
-            Message::CatchUpDone(CatchUpDone { seq, .. }) => {
+            (Message::CatchUpDone(CatchUpDone { seq, .. }), _) => {
                 assert_eq!(seq, 200);
                 break;
             }
-            other => panic!("unexpected {other:?}"),
+            (other, _) => panic!("unexpected {other:?}"),
         }
     }
     assert_eq!(
         received, nodes,
         "all nodes, in arrival order, parents first"
     );
+    relay.shutdown().await;
+}
+
+/// A client that grants the relay's credit cap and then credits each batch's size as it
+/// consumes it (§6.2) catches up a room of mixed node sizes, from 10 B to the payload limit,
+/// without ever overflowing the relay's real (default) outbound queue, however slowly it reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_honest_catch_up_of_mixed_sizes_never_overflows_the_queue() {
+    let config = ServerConfig::default();
+    let max_payload = config.rooms.hub.session.limits.node.max_payload as usize;
+    let max_frame = config.rooms.hub.session.limits.max_frame as usize;
+    let window = config.rooms.hub.session.max_credit;
+    let relay = Relay::start_with(config).await;
+    let mut writer = Raw::connect(&relay, "mixed").await;
+    writer.join_and_catch_up().await;
+    // About 60 MB in sizes drawn from every order of magnitude, so batch sizes vary (a client
+    // crediting each batch then returns less than the next batch costs, and more).
+    let mut rng = StdRng::seed_from_u64(12);
+    let sizes = [10, 700, 9_000, 60_000, 150_000, max_payload - 16];
+    let mut nodes = Vec::new();
+    let mut parent: Option<weft::node::Node> = None;
+    for i in 0..600 {
+        let size = sizes[rng.random_range(0..sizes.len())];
+        let n = node(
+            "mixed",
+            &parent.iter().collect::<Vec<_>>(),
+            &format!("m/{i}"),
+            &"q".repeat(size),
+        );
+        nodes.push(n.clone());
+        parent = Some(n);
+    }
+    let mut pack = Vec::new();
+    let mut pack_bytes = 0;
+    for (number, n) in nodes.iter().enumerate() {
+        let len = n.wire_size_bound();
+        if pack_bytes + len > max_frame / 2 {
+            let nodes = std::mem::take(&mut pack);
+            writer
+                .send(Message::Pack(Pack {
+                    number: number as u64,
+                    nodes,
+                }))
+                .await;
+            assert!(matches!(writer.recv().await, Message::Ack(_)));
+            pack_bytes = 0;
+        }
+        pack.push(n.clone());
+        pack_bytes += len;
+    }
+    writer
+        .send(Message::Pack(Pack {
+            number: 1_000,
+            nodes: pack,
+        }))
+        .await;
+    assert!(matches!(writer.recv().await, Message::Ack(_)));
+
+    let mut reader = Raw::connect(&relay, "mixed").await;
+    let mut h = hello(Default::default());
+    h.credit = window;
+    reader.send(Message::Hello(h)).await;
+    assert!(matches!(reader.recv().await, Message::Welcome(_)));
+    let mut received = Vec::new();
+    loop {
+        match reader.next_sized_frame().await {
+            Ok((Message::Batch(batch), len)) => {
+                received.extend(batch.nodes);
+                // A slow consumer: the relay fills its queue with everything the credit allows.
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                assert_eq!(
+                    relay.stats.queues.overflows.load(Ordering::Relaxed),
+                    0,
+                    "the outbound queue overflowed during an honest catch-up"
+                );
+                reader.send(Message::Credit(Credit { bytes: len })).await;
+            }
+            Ok((Message::CatchUpDone(done), _)) => {
+                assert_eq!(done.seq, nodes.len() as u64);
+                break;
+            }
+            Ok((other, _)) => panic!("unexpected {other:?}"),
+            Err(code) => panic!("closed with {code:?} during an honest catch-up"),
+        }
+    }
+    assert_eq!(received, nodes);
+    assert_eq!(relay.stats.queues.overflows.load(Ordering::Relaxed), 0);
     relay.shutdown().await;
 }
 

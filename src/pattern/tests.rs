@@ -197,3 +197,14 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_set_holding_everything_holds_nothing_else() {
+    let p = |s: &str| parse(s).unwrap();
+    let all = PatternSet::new([p("docs/**"), p("**/**")]);
+    assert_eq!(all.canonical(), vec!["**".to_owned()]);
+    assert_eq!(all.with(&[p("notes/*")]), all);
+    assert!(all.without(&[p("**")]).is_empty());
+    let some = PatternSet::new([p("docs/**")]);
+    assert_eq!(some.with(&[p("**")]), all);
+}

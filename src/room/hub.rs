@@ -947,7 +947,7 @@ impl Hub {
                 return;
             };
             if !member.session.is_catching_up()
-                || member.session.credit() == 0
+                || !member.session.has_credit()
                 || member.waiting_on.is_some()
             {
                 return;

@@ -1,7 +1,7 @@
 //! Unit tests of [`Room`] (admission, orphans, catch-up cursors) and [`Hub`] (sessions, plans,
 //! flow control, presence and fan-out), driven with raw frames and a virtual clock.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -1392,29 +1392,36 @@ fn no_batch_without_credit_and_catch_up_resumes_on_credit() {
     assert_eq!(welcome_of(&sent.to(1)).plan, Plan::CatchUp);
     let sent = relay.timeout(relay.now + Duration::from_secs(1));
     assert!(sent.frames.is_empty());
-    // Each one-byte grant buys exactly one batch (never zero, never more); the relay then waits
-    // for the next grant and resumes where it stopped.
+    // A one-byte grant buys exactly one batch (never zero, never more). The batch overdraws the
+    // balance, and the overdraft is repaid, not written off: a second byte buys nothing, and the
+    // next batch comes only once the grants since add up to the last batch's size.
     let mut received = Vec::new();
-    for grant in 1.. {
-        let sent = relay.frame(1, Message::Credit(Credit { bytes: 1 }));
+    let mut sent = relay.frame(1, Message::Credit(Credit { bytes: 1 }));
+    for batch in 1.. {
         match sent.to(1)[..] {
             [Message::Batch(b)] => {
-                assert!(
-                    Message::Batch(b.clone()).encode().unwrap().len() <= 400 || b.nodes.len() == 1
-                );
+                let len = sent.frames[0].1.len() as u64;
+                assert!(len <= 400 || b.nodes.len() == 1);
                 received.extend(
                     b.nodes
                         .iter()
                         .map(|n| relay.hub.room().seq_of(&n.id).unwrap()),
                 );
+                let sent_on_one_byte = relay.frame(1, Message::Credit(Credit { bytes: 1 }));
+                assert!(
+                    sent_on_one_byte.frames.is_empty(),
+                    "batch {batch}: the overdraft of {len} bytes was written off"
+                );
+                // The rest of the batch's size brings the balance back to one byte.
+                sent = relay.frame(1, Message::Credit(Credit { bytes: len - 1 }));
             }
             [Message::CatchUpDone(done)] => {
                 assert_eq!(done.seq, 40);
                 break;
             }
-            ref other => panic!("grant {grant}: {other:?}"),
+            ref other => panic!("batch {batch}: {other:?}"),
         }
-        assert!(grant <= 40, "at least one node per batch");
+        assert!(batch <= 40, "at least one node per batch");
     }
     assert_eq!(received, (1..=40).collect::<Vec<_>>());
     assert!(
@@ -1423,6 +1430,66 @@ fn no_batch_without_credit_and_catch_up_resumes_on_credit() {
             .recipients(Audience::Live { except: None })
             .eq([1])
     );
+}
+
+/// A client that grants a window and then returns each batch's size as it consumes it (§6.2)
+/// never has more than the window plus one frame outstanding, however the node sizes mix, so a
+/// catch-up stays within any queue of at least the credit cap plus a frame.
+#[test]
+fn crediting_what_was_consumed_keeps_outstanding_bytes_within_the_window() {
+    let mut rng = StdRng::seed_from_u64(12);
+    let max_payload = NodeLimits::default().max_payload as usize;
+    let mut nodes: Vec<Node> = Vec::new();
+    for i in 0..160 {
+        // Sizes from 10 B to the payload limit, spread over orders of magnitude.
+        let size = match i % 4 {
+            0 => 10,
+            1 => rng.random_range(10..2_000),
+            2 => rng.random_range(2_000..100_000),
+            _ => rng.random_range(100_000..=max_payload - 8),
+        };
+        let parents: Vec<&Node> = nodes.last().into_iter().collect();
+        let n = node(&parents, &format!("mix/{i}"), &"z".repeat(size));
+        nodes.push(n);
+    }
+    let mut relay = Relay::new(populated(&nodes.iter().collect::<Vec<_>>()));
+    let max_frame = u64::from(RelayLimits::default().max_frame);
+    let cap = RelaySessionConfig::default().max_credit;
+    for window in [1, 300_000, cap, 4 * cap] {
+        let id = window;
+        let mut sent = relay.join(id, SyncHints::default(), window, Capabilities::NONE);
+        // Frames the relay queued and the client has not consumed yet.
+        let mut unread: VecDeque<u64> = VecDeque::new();
+        let mut received = 0;
+        let mut done = false;
+        for _ in 0..100_000 {
+            for (to, frame, message) in &sent.frames {
+                if *to != id {
+                    continue;
+                }
+                match message {
+                    Message::Batch(b) => {
+                        unread.push_back(frame.len() as u64);
+                        received += b.nodes.len();
+                    }
+                    Message::CatchUpDone(_) => done = true,
+                    _ => {}
+                }
+            }
+            let outstanding: u64 = unread.iter().sum();
+            assert!(
+                outstanding <= window.min(cap) + max_frame,
+                "window {window}: {outstanding} bytes outstanding"
+            );
+            // The client is slow: it consumes one frame per step and credits exactly its size.
+            let Some(consumed) = unread.pop_front() else {
+                break;
+            };
+            sent = relay.frame(id, Message::Credit(Credit { bytes: consumed }));
+        }
+        assert!(done, "window {window}: catch-up did not finish");
+        assert_eq!(received, nodes.len(), "window {window}");
+    }
 }
 
 #[test]
@@ -2203,6 +2270,95 @@ fn bad_patterns_get_typed_errors_naming_the_pattern() {
         [Message::ErrorMessage(e)] => assert_eq!(e.code, ErrorCode::Unexpected.code()),
         other => panic!("{other:?}"),
     }
+}
+
+/// A bad pattern is the application's input: it gets `BadPattern` however often it comes, and
+/// never counts toward the error limit (§9.1), while malformed frames still do.
+#[test]
+fn bad_patterns_do_not_count_toward_the_error_limit() {
+    let mut relay = Relay::new(populated(&[&node(&[], "a", "a")]));
+    let hints = hints_of(relay.hub.room());
+    let _ = join_subscribed(&mut relay, 1, hints, &["a"], SUBS);
+    for number in 0..20 {
+        let sent = relay.frame(
+            1,
+            Message::Subscribe(protocol::Subscribe {
+                number,
+                patterns: vec!["a**".into()],
+            }),
+        );
+        match &sent.to(1)[..] {
+            [Message::ErrorMessage(e)] => assert_eq!(e.code, ErrorCode::BadPattern.code()),
+            other => panic!("bad subscribe {number}: {other:?}"),
+        }
+        assert!(sent.closes.is_empty(), "closed after {number} bad patterns");
+    }
+    let sent = relay.frame(
+        1,
+        Message::Subscribe(protocol::Subscribe {
+            number: 21,
+            patterns: vec!["b/**".into()],
+        }),
+    );
+    assert!(matches!(sent.to(1)[..], [Message::Subscribed(_)]));
+    // Malformed frames still count: the 8th closes the session.
+    for i in 1..=8 {
+        let sent = relay.raw(1, &[0xc1]);
+        assert_eq!(sent.closes.is_empty(), i < 8, "error {i}");
+    }
+}
+
+/// A session without a subscription holds `**`: subscribing adds nothing to it, and
+/// unsubscribing `**` then leaves no pattern at all, not the ones "added" before (§7.5).
+#[test]
+fn subscribing_without_a_subscription_changes_nothing() {
+    let docs = node(&[], "docs/a", "d");
+    let notes = node(&[&docs], "notes/a", "n");
+    let mut relay = Relay::new(populated(&[&docs, &notes]));
+    let _ = join_steady(&mut relay, 1, SUBS);
+    let sent = relay.frame(
+        1,
+        Message::Subscribe(protocol::Subscribe {
+            number: 1,
+            patterns: vec!["docs/**".into()],
+        }),
+    );
+    match &sent.to(1)[..] {
+        [Message::Subscribed(s)] => assert_eq!(s.patterns, vec!["**".to_owned()]),
+        other => panic!("{other:?}"),
+    }
+    let sent = relay.frame(
+        1,
+        Message::Unsubscribe(protocol::Unsubscribe {
+            number: 2,
+            patterns: vec!["**".into()],
+        }),
+    );
+    match &sent.to(1)[..] {
+        [Message::Subscribed(s)] => assert!(s.patterns.is_empty(), "{:?}", s.patterns),
+        other => panic!("{other:?}"),
+    }
+    // It now receives nothing, docs included.
+    let _ = join_steady(&mut relay, 2, Capabilities::NONE);
+    let later = node(&[&notes], "docs/b", "b");
+    let sent = relay.frame(2, pack(1, &[&later]));
+    assert!(nodes_sent(&sent.to(1)).is_empty());
+}
+
+/// `hello.subscribe = []` is a subscription to nothing, not to everything (§4.1): the empty
+/// client is in sync with the empty set of matching nodes, and no broadcast reaches it.
+#[test]
+fn an_empty_subscription_in_hello_matches_nothing() {
+    let first = node(&[], "docs/a", "d");
+    let mut relay = Relay::new(populated(&[&first]));
+    let sent = join_subscribed(&mut relay, 1, SyncHints::default(), &[], SUBS);
+    assert_eq!(welcome_of(&sent.to(1)).plan, Plan::InSync);
+    assert!(nodes_sent(&sent.to(1)).is_empty());
+    let _ = join_steady(&mut relay, 2, Capabilities::NONE);
+    let later = node(&[&first], "docs/b", "b");
+    let sent = relay.frame(2, pack(1, &[&later]));
+    assert!(nodes_sent(&sent.to(1)).is_empty());
+    assert!(matches!(sent.to(2).first(), Some(Message::Ack(_))));
 }
 
 #[test]

@@ -54,6 +54,26 @@ impl Default for ServerConfig {
     }
 }
 
+impl ServerConfig {
+    /// Caps catch-up credit so that what an honest client may have in flight (the cap plus one
+    /// overdrawn frame, protocol/README.md §6.2) fits the outbound queue.
+    fn with_credit_within_queue(mut self) -> Self {
+        let max_frame = u64::from(self.rooms.hub.session.limits.max_frame);
+        let queue_limit = self.connection.queue_limit as u64;
+        if queue_limit < max_frame.saturating_mul(2) {
+            tracing::warn!(
+                queue_limit,
+                max_frame,
+                "the outbound queue limit is less than twice the frame limit: catch-up sends \
+                 one batch at a time, and a receiver of large frames may be closed with 4000"
+            );
+        }
+        let credit = &mut self.rooms.hub.session.max_credit;
+        *credit = (*credit).min(queue_limit.saturating_sub(max_frame).max(1));
+        self
+    }
+}
+
 /// Live counters of a running server.
 #[derive(Debug, Default)]
 pub struct ServerStats {
@@ -89,6 +109,7 @@ pub async fn run(
     stats: Arc<ServerStats>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let config = config.with_credit_within_queue();
     let tracker = TaskTracker::new();
     let cancel = CancellationToken::new();
     let state = Arc::new(AppState {

@@ -125,8 +125,10 @@ pub struct RelaySession {
     phase: Phase,
     config: RelaySessionConfig,
     capabilities: Capabilities,
-    /// Catch-up bytes the client still allows; never above `config.max_credit`.
-    credit: u64,
+    /// Catch-up credit in bytes: what the client granted minus the size of every batch queued.
+    /// Negative while a batch that did not fit is being repaid (§6.2); never above
+    /// `config.max_credit`.
+    balance: i64,
     errors: u32,
 }
 
@@ -158,7 +160,7 @@ impl RelaySession {
             phase: Phase::AwaitHello,
             config,
             capabilities: Capabilities::NONE,
-            credit: 0,
+            balance: 0,
             errors: 0,
         }
     }
@@ -194,14 +196,25 @@ impl RelaySession {
         !matches!(self.phase, Phase::AwaitHello | Phase::Closed)
     }
 
-    /// Catch-up bytes the relay may still send.
-    pub fn credit(&self) -> u64 {
-        self.credit
+    /// Whether the balance allows another batch (it is above zero).
+    pub fn has_credit(&self) -> bool {
+        self.balance > 0
     }
 
-    /// Records that `bytes` of catch-up were queued.
+    /// Records that a batch of `bytes` was queued. A batch larger than the balance leaves it
+    /// negative: the overdraft is repaid by the next grants rather than written off, so the
+    /// bytes in flight never exceed what the client granted plus one frame.
     pub fn spend_credit(&mut self, bytes: u64) {
-        self.credit = self.credit.saturating_sub(bytes);
+        let bytes = i64::try_from(bytes).unwrap_or(i64::MAX);
+        self.balance = self.balance.saturating_sub(bytes);
+    }
+
+    /// Adds a grant to the balance, capped at `config.max_credit` (credit above the cap is
+    /// discarded, §6.2).
+    fn grant_credit(&mut self, bytes: u64) {
+        let cap = i64::try_from(self.config.max_credit).unwrap_or(i64::MAX);
+        let bytes = i64::try_from(bytes).unwrap_or(i64::MAX);
+        self.balance = self.balance.saturating_add(bytes).min(cap);
     }
 
     /// Moves to the phase that follows `welcome` with `plan`.
@@ -389,10 +402,7 @@ impl RelaySession {
                 | Phase::Backfilling,
                 Message::Credit(c),
             ) => {
-                self.credit = self
-                    .credit
-                    .saturating_add(c.bytes)
-                    .min(self.config.max_credit);
+                self.grant_credit(c.bytes);
                 Reaction::Request(Request::Pump)
             }
             (Phase::Steady | Phase::Backfilling, Message::Pack(pack)) => {
@@ -416,7 +426,9 @@ impl RelaySession {
                         patterns,
                         add,
                     }),
-                    Err(error) => self.complain(error),
+                    // A bad pattern is the application's input, not a broken client: like a
+                    // rejected node it does not count toward the error limit (§9.1).
+                    Err(error) => Reaction::Error(error),
                 }
             }
             (_, Message::Presence(p)) if self.capabilities.contains(Capabilities::PRESENCE) => {
@@ -455,7 +467,7 @@ impl RelaySession {
             );
         }
         self.capabilities = hello.capabilities.intersect(Capabilities::SUPPORTED);
-        self.credit = hello.credit.min(self.config.max_credit);
+        self.grant_credit(hello.credit);
         let subscribe = match hello.subscribe {
             None => None,
             Some(_) if !self.capabilities.contains(Capabilities::SUBSCRIPTIONS) => {

@@ -138,21 +138,42 @@ impl Raw {
         }
     }
 
+    /// The next protocol frame and its size in bytes (what a client credits back, §6.2).
+    pub async fn recv_sized(&mut self) -> (Message, u64) {
+        match self.next_sized_frame().await {
+            Ok(frame) => frame,
+            Err(code) => panic!("closed with {code:?} while waiting for a frame"),
+        }
+    }
+
+    /// The next protocol frame and its size, or the close code if the relay closed first.
+    pub async fn next_sized_frame(&mut self) -> Result<(Message, u64), Option<u16>> {
+        match self.next_sized_event().await {
+            (RawEvent::Frame(message), len) => Ok((message, len)),
+            (RawEvent::Closed(code), _) => Err(code),
+        }
+    }
+
     /// The next frame or the close code.
     pub async fn next_event(&mut self) -> RawEvent {
+        self.next_sized_event().await.0
+    }
+
+    async fn next_sized_event(&mut self) -> (RawEvent, u64) {
         loop {
             let next = tokio::time::timeout(PATIENCE, self.socket.next())
                 .await
                 .expect("relay answers in time");
             match next {
                 Some(Ok(WsMessage::Binary(bytes))) => {
-                    return RawEvent::Frame(protocol::decode(&bytes).unwrap());
+                    let message = protocol::decode(&bytes).unwrap();
+                    return (RawEvent::Frame(message), bytes.len() as u64);
                 }
                 Some(Ok(WsMessage::Close(frame))) => {
-                    return RawEvent::Closed(frame.map(|f| u16::from(f.code)));
+                    return (RawEvent::Closed(frame.map(|f| u16::from(f.code))), 0);
                 }
                 Some(Ok(_)) => continue,
-                Some(Err(_)) | None => return RawEvent::Closed(None),
+                Some(Err(_)) | None => return (RawEvent::Closed(None), 0),
             }
         }
     }

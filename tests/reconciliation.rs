@@ -384,6 +384,51 @@ fn bucket_sketches_that_do_not_settle_are_relisted() {
     assert_converged(&history, &mut hub, &mut replica);
 }
 
+/// After a sketch that failed twice, `buckets.expected` is the capacity of the last sketch
+/// sent (the extension at `2^(m+1)`: ⌊3 · 2^(m+1) / 1.3⌋), not the estimate it started from
+/// (§5.9 step 1); `retry.cells_left` is diagnostic and changes nothing.
+#[test]
+fn buckets_after_a_failed_sketch_expect_the_last_sketch_capacity() {
+    let history = History::generate(12, 1_000, 30, 30, false);
+    let replica = history.replica(false);
+    let frames_of = |out: weft::room::Outbox| -> Vec<Message> {
+        out.frames
+            .iter()
+            .map(|o| protocol::decode(&o.frame).unwrap())
+            .collect()
+    };
+    for cells_left in [0, 7, u64::MAX] {
+        let mut hub = Hub::new(history.room(), HubConfig::default());
+        hub.connect(1, now());
+        let (_, hello) = Link::start(&replica, SKETCHES, 1 << 20).unwrap();
+        let first = frames_of(hub.handle_frame(1, &hello, now()));
+        let log2 = first
+            .iter()
+            .find_map(|m| match m {
+                Message::Sketch(s) => Some(s.log2),
+                _ => None,
+            })
+            .expect("plan sketch sends a sketch");
+        let retry = Message::Retry(protocol::Retry { cells_left })
+            .encode()
+            .unwrap();
+        let extension = frames_of(hub.handle_frame(1, &retry, now()));
+        assert!(
+            matches!(extension.first(), Some(Message::Sketch(s)) if s.extension && s.log2 == log2 + 1),
+            "{extension:?}"
+        );
+        let refine = frames_of(hub.handle_frame(1, &retry, now()));
+        let Some(Message::Buckets(buckets)) = refine.first() else {
+            panic!("expected buckets, got {refine:?}");
+        };
+        let capacity = ((3u64 << (log2 + 1)) as f64 / 1.3) as u64;
+        assert_eq!(
+            buckets.expected, capacity,
+            "sketch at 2^{log2}, extended once"
+        );
+    }
+}
+
 /// `bucket_ids` a relay must refuse: sketches for buckets not marked as differing, twice for
 /// one bucket, truncated; a second round that is not exactly the relisted buckets by lists.
 #[test]
@@ -774,7 +819,16 @@ fn watermarks_skip_sketches_and_bad_estimators_are_reported() {
         }
         other => panic!("expected an error first, got {other:?}"),
     }
+    // Then the welcome: the hello was accepted, as if it carried no estimator.
+    let second = protocol::decode(&out.frames[1].frame).unwrap();
+    assert!(matches!(second, Message::Welcome(_)), "{second:?}");
     assert!(out.closes.is_empty());
+    // The estimator error does not count toward the limit of 8: only the 8th malformed frame
+    // after it closes the session.
+    for i in 1..=8 {
+        let out = hub.handle_frame(1, &[0xc1], now);
+        assert_eq!(out.closes.is_empty(), i < 8, "malformed frame {i}");
+    }
 }
 
 /// A relay whose `catch_up_done` root disagrees with what it streamed (a decode that went

@@ -446,8 +446,34 @@ async fn oversized_frame_closes_with_1009() {
 #[tokio::test]
 async fn invalid_room_id_is_refused_before_upgrade() {
     let relay = Relay::start().await;
-    let result = tokio_tungstenite::connect_async(relay.room_url("bad%20room")).await;
-    assert!(result.is_err(), "upgrade must fail for an invalid room id");
+    for bad in ["bad%20room", "a%2Fb", "%FF", "x%"] {
+        match tokio_tungstenite::connect_async(relay.room_url(bad)).await {
+            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+                assert_eq!(response.status(), 400, "{bad}");
+            }
+            other => panic!("{bad}: expected HTTP 400, got {other:?}"),
+        }
+    }
+    relay.shutdown().await;
+}
+
+/// The path segment is percent-decoded before it is checked: `%61bc` is room `abc`, the same
+/// room, not another one (protocol/README.md §1).
+#[tokio::test]
+async fn an_encoded_room_id_names_the_same_room() {
+    let relay = Relay::start().await;
+    let mut writer = Raw::connect(&relay, "abc").await;
+    writer.join_and_catch_up().await;
+    let n = node("abc", &[], "doc", "hello");
+    writer
+        .send(Message::Pack(Pack {
+            number: 1,
+            nodes: vec![n.clone()],
+        }))
+        .await;
+    assert!(matches!(writer.recv().await, Message::Ack(_)));
+    let mut reader = Raw::connect(&relay, "%61bc").await;
+    assert_eq!(reader.join_and_catch_up().await, vec![n]);
     relay.shutdown().await;
 }
 

@@ -134,6 +134,33 @@ fn appends_survive_a_restart_in_order() {
     });
 }
 
+/// A room's objects live under `rooms/r-{room}/` with the id percent-encoded as object_store
+/// encodes a path segment: every allowed character is kept except `~`, written `%7E`
+/// (protocol/storage.md). Ids that differ only in `~` and its encoding stay apart.
+#[test]
+fn room_ids_map_to_keys_as_specified() {
+    each_backend(|backend| {
+        Box::pin(async move {
+            for (id, dir) in [
+                ("a~b", "r-a%7Eb"),
+                ("~", "r-%7E"),
+                (".", "r-."),
+                ("..", "r-.."),
+                ("Az09._-", "r-Az09._-"),
+            ] {
+                let r = room(id);
+                let nodes = chain(&r, None, 2, id);
+                backend.store().append_nodes(&r, 5, &nodes).await.unwrap();
+                let prefix = Path::parse(format!("suite/rooms/{dir}/manifest")).unwrap();
+                let listed: Vec<_> = backend.objects().list(Some(&prefix)).collect().await;
+                assert_eq!(listed.len(), 1, "room {id:?}: one manifest under {prefix}");
+                let loaded = backend.store().load(&r).await.unwrap().unwrap();
+                assert_eq!(loaded.nodes, nodes, "room {id:?}");
+            }
+        })
+    });
+}
+
 /// Two relays on the same objects: the second one's write, based on a stale manifest, fails
 /// with a conflict instead of overwriting; after reloading it continues, and every
 /// acknowledged append is there.

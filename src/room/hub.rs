@@ -183,6 +183,8 @@ struct Relisting {
 
 struct Member {
     session: RelaySession,
+    /// The peer number other sessions know this one by (`welcome.peer`, presence).
+    peer: u64,
     cursor: Option<Cursor>,
     recon: Recon,
     relisting: Option<Relisting>,
@@ -219,6 +221,9 @@ pub struct Hub {
     /// Joined sessions without a subscription: a routed broadcast reaches them in one frame,
     /// resolved without a pass over the subscribed ones.
     unsubscribed: BTreeSet<SessionId>,
+    /// The last peer number given out. Peers are numbered per room, not from the relay's
+    /// session ids, so a client learns nothing about connections to other rooms.
+    last_peer: u64,
 }
 
 impl Hub {
@@ -234,6 +239,7 @@ impl Hub {
             subscriptions: Subscriptions::default(),
             handshakes: BTreeSet::new(),
             unsubscribed: BTreeSet::new(),
+            last_peer: 0,
         }
     }
 
@@ -309,10 +315,12 @@ impl Hub {
         if let Some(deadline) = deadline {
             self.handshakes.insert((deadline, id));
         }
+        self.last_peer = self.last_peer.saturating_add(1);
         self.members.insert(
             id,
             Member {
                 session: RelaySession::new(self.config.session),
+                peer: self.last_peer,
                 cursor: None,
                 recon: Recon::Idle,
                 relisting: None,
@@ -454,10 +462,14 @@ impl Hub {
             Request::Pump => self.pump(id, out),
             Request::Pack(pack) => self.submit(id, pack, now, out),
             Request::Presence(state) => {
-                if let Some(member) = self.members.get_mut(&id) {
-                    member.presence = state.clone();
-                }
-                let update = Message::PresenceUpdate(PresenceUpdate { peer: id, state });
+                let Some(member) = self.members.get_mut(&id) else {
+                    return;
+                };
+                member.presence = state.clone();
+                let update = Message::PresenceUpdate(PresenceUpdate {
+                    peer: member.peer,
+                    state,
+                });
                 self.send(Audience::PresencePeers { except: id }, update, out);
             }
         }
@@ -506,10 +518,13 @@ impl Hub {
             Start::Recon(recon @ Recon::Sketch { .. }) => (Plan::Sketch, None, recon),
             Start::Recon(recon) => (Plan::Refine, None, recon),
         };
+        let Some(peer) = self.members.get(&id).map(|m| m.peer) else {
+            return;
+        };
         let welcome = Welcome {
             version: PROTOCOL_VERSION,
             capabilities,
-            peer: id,
+            peer,
             epoch: self.room.epoch(),
             seq: self.room.seq(),
             plan,
@@ -558,12 +573,13 @@ impl Hub {
         if !capabilities.contains(Capabilities::PRESENCE) {
             return;
         }
-        let present: Vec<(SessionId, Bytes)> = self
+        let mut present: Vec<(u64, Bytes)> = self
             .members
             .iter()
-            .filter(|(peer, m)| **peer != id && !m.presence.is_empty())
-            .map(|(peer, m)| (*peer, m.presence.clone()))
+            .filter(|(other, m)| **other != id && !m.presence.is_empty())
+            .map(|(_, m)| (m.peer, m.presence.clone()))
             .collect();
+        present.sort_unstable_by_key(|(peer, _)| *peer);
         for (peer, state) in present {
             self.send(
                 Audience::One(id),
@@ -1214,7 +1230,7 @@ impl Hub {
         self.unsubscribed.remove(&id);
         if !member.presence.is_empty() {
             let left = Message::PresenceUpdate(PresenceUpdate {
-                peer: id,
+                peer: member.peer,
                 state: Bytes::new(),
             });
             self.send(Audience::PresencePeers { except: id }, left, out);

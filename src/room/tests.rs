@@ -1492,6 +1492,48 @@ fn crediting_what_was_consumed_keeps_outstanding_bytes_within_the_window() {
     }
 }
 
+/// Peer numbers count the room's own connections, whatever session ids the relay gave them,
+/// so a client cannot learn how many connections other rooms had; presence names the same
+/// numbers, and a number is not reused after its session left.
+#[test]
+fn peers_are_numbered_per_room() {
+    let mut first = Relay::new(empty_room());
+    let mut second = Relay::new(empty_room());
+    let caps = Capabilities::PRESENCE;
+    assert_eq!(
+        welcome_of(&first.join(100, SyncHints::default(), 1, caps).to(100)).peer,
+        1
+    );
+    assert_eq!(
+        welcome_of(&second.join(150, SyncHints::default(), 1, caps).to(150)).peer,
+        1
+    );
+    assert_eq!(
+        welcome_of(&first.join(200, SyncHints::default(), 1, caps).to(200)).peer,
+        2
+    );
+    let sent = first.frame(
+        100,
+        Message::Presence(Presence {
+            state: Bytes::from_static(b"here"),
+        }),
+    );
+    match &sent.to(200)[..] {
+        [Message::PresenceUpdate(update)] => assert_eq!(update.peer, 1),
+        other => panic!("{other:?}"),
+    }
+    let _ = first.hub.disconnect(200);
+    let sent = first.join(300, SyncHints::default(), 1, caps);
+    assert_eq!(welcome_of(&sent.to(300)).peer, 3);
+    // The late joiner hears peer 1's state under its peer number.
+    match &sent.to(300)[1..] {
+        [Message::PresenceUpdate(update)] => {
+            assert_eq!((update.peer, &update.state[..]), (1, &b"here"[..]))
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
 #[test]
 fn credit_bounds_each_pump_by_spent_bytes() {
     let big: Vec<Node> = {

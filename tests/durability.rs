@@ -9,10 +9,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use faults::{Faults, Faulty};
-use net::{PATIENCE, Raw, RawEvent, Relay, node, room};
+use net::{PATIENCE, Raw, RawEvent, Relay, http_get, node, room};
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use weft::node::{Node, NodeId};
 use weft::protocol::{CloseCode, ErrorCode, Message, Outcome, Pack};
 use weft::server::ServerConfig;
@@ -76,19 +75,7 @@ const STORE_FAILED: Failure = Failure {
 
 /// `GET path` on the relay; the HTTP status code.
 async fn http_status(relay: &Relay, path: &str) -> u16 {
-    let mut tcp = tokio::net::TcpStream::connect(relay.addr).await.unwrap();
-    let request = format!("GET {path} HTTP/1.1\r\nHost: relay\r\nConnection: close\r\n\r\n");
-    tcp.write_all(request.as_bytes()).await.unwrap();
-    let mut response = String::new();
-    tokio::time::timeout(PATIENCE, tcp.read_to_string(&mut response))
-        .await
-        .unwrap()
-        .unwrap();
-    response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .unwrap_or(0)
+    http_get(relay, path, &[]).await.0
 }
 
 async fn steady_client(relay: &Relay, room_name: &str) -> Raw {

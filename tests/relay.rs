@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::StreamExt;
+use futures::{SinkExt, StreamExt};
 use net::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -440,6 +440,72 @@ async fn oversized_frame_closes_with_1009() {
     raw.join_and_catch_up().await;
     raw.send_bytes(Bytes::from(vec![0u8; 128 * 1024])).await;
     assert_eq!(raw.closed().await, Some(CloseCode::TooBig.code()));
+    relay.shutdown().await;
+}
+
+/// A frame far over the limit must end in close 1009 every time, never in a connection reset.
+/// The relay refuses it from its header, long before the client has finished writing it; a
+/// client that writes the whole frame before it reads again (as a simple client does) only
+/// sees the close if the relay reads and drops the rest of the frame before it closes the
+/// socket: closing with unread input resets the connection and fails the client's write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_far_over_the_limit_is_closed_with_1009_not_reset() {
+    let relay = Relay::start().await;
+    let max_frame = ServerConfig::default().rooms.hub.session.limits.max_frame as usize;
+    // Far more than loopback socket buffers hold, so the write is still going on when the
+    // relay refuses the frame.
+    let huge = Bytes::from(vec![7u8; 32 * max_frame]);
+    for attempt in 0..5 {
+        let mut raw = Raw::connect(&relay, "huge").await;
+        raw.join_and_catch_up().await;
+        let sent = tokio::time::timeout(
+            Duration::from_secs(30),
+            raw.socket.send(WsMessage::Binary(huge.clone())),
+        )
+        .await
+        .expect("the relay keeps reading until the frame is written");
+        assert!(
+            sent.is_ok(),
+            "attempt {attempt}: the write failed: {sent:?}"
+        );
+        assert_eq!(
+            raw.closed().await,
+            Some(CloseCode::TooBig.code()),
+            "attempt {attempt}"
+        );
+    }
+    relay.shutdown().await;
+}
+
+/// A room route answers requests that are not WebSocket upgrades with the reason, before
+/// any session exists.
+#[tokio::test]
+async fn plain_http_to_a_room_route_is_told_what_it_needs() {
+    let relay = Relay::start().await;
+    let (status, body) = http_get(&relay, "/v1/rooms/notes", &[]).await;
+    assert_eq!(status, 400);
+    assert!(body.contains("only accepts WebSocket"), "{body}");
+    let upgrade = [
+        "Connection: Upgrade",
+        "Upgrade: websocket",
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+    ];
+    let (status, body) = http_get(
+        &relay,
+        "/v1/rooms/notes",
+        &[upgrade.as_slice(), &["Sec-WebSocket-Version: 8"]].concat(),
+    )
+    .await;
+    assert_eq!(status, 426);
+    assert!(body.contains("version 13"), "{body}");
+    let (status, body) = http_get(
+        &relay,
+        "/v1/rooms/notes",
+        &[&upgrade[..2], &["Sec-WebSocket-Version: 13"]].concat(),
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert!(body.contains("Sec-WebSocket-Key"), "{body}");
     relay.shutdown().await;
 }
 

@@ -4,15 +4,19 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket};
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Error as WsError;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::tungstenite::error::CapacityError;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_util::sync::CancellationToken;
 
 use super::outbound::{self, QueueStats};
 use super::rooms::RoomCommand;
+use super::upgrade::Socket;
 use crate::protocol::CloseCode;
 use crate::room::SessionId;
 
@@ -58,7 +62,7 @@ struct Tally {
 
 /// Runs one connection until either side ends it.
 pub async fn run(
-    socket: WebSocket,
+    socket: Socket,
     session: SessionId,
     room: mpsc::Sender<RoomCommand>,
     settings: ConnectionSettings,
@@ -112,7 +116,7 @@ pub async fn run(
 }
 
 async fn pump(
-    socket: WebSocket,
+    socket: Socket,
     session: SessionId,
     room: &mpsc::Sender<RoomCommand>,
     inbound: &mut outbound::Inbound,
@@ -192,11 +196,13 @@ async fn pump(
                             break CloseCode::GoingAway;
                         }
                     }
-                    Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => {}
+                    // Raw frames only appear when writing; pings are answered by tungstenite.
+                    Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_))) => {}
                     Some(Ok(WsMessage::Close(_))) | None => return CloseCode::Normal,
                     Some(Err(e)) => {
                         tracing::debug!(error = %e, "websocket read failed");
-                        break if is_too_big(&e) { CloseCode::TooBig } else { return CloseCode::Normal };
+                        let too_big = matches!(e, WsError::Capacity(CapacityError::MessageTooLong { .. }));
+                        break if too_big { CloseCode::TooBig } else { return CloseCode::Normal };
                     }
                 }
             }
@@ -219,7 +225,7 @@ async fn pump(
             }
         }
         let close = CloseFrame {
-            code: code.code(),
+            code: code.code().into(),
             reason: code.meaning().into(),
         };
         sink.send(WsMessage::Close(Some(close))).await
@@ -228,13 +234,39 @@ async fn pump(
     if let Ok(Err(e)) = tokio::time::timeout(settings.close_timeout, farewell).await {
         tracing::debug!(error = %e, "close handshake failed");
     }
+    if code == CloseCode::TooBig {
+        // The rest of the refused frame is still arriving. Closing the socket with unread
+        // input would reset the connection, and a client still busy writing would lose the
+        // close frame; so read and discard until it stops sending (bounded in time).
+        if let Ok(mut socket) = sink.reunite(stream) {
+            discard_input(socket.get_mut(), settings.close_timeout).await;
+        }
+    }
     code
 }
 
+/// Quiet time after which a refused client is taken to have stopped sending.
+const DISCARD_QUIET: Duration = Duration::from_millis(250);
+
+/// Reads and drops whatever the peer still sends, until it closes, stays quiet for
+/// [`DISCARD_QUIET`], or `limit` has passed. Nothing is buffered beyond one read.
+async fn discard_input(io: &mut (impl tokio::io::AsyncRead + Unpin), limit: Duration) {
+    use tokio::io::AsyncReadExt;
+    let deadline = Instant::now() + limit;
+    let mut scratch = [0u8; 8192];
+    loop {
+        let quiet = (Instant::now() + DISCARD_QUIET).min(deadline);
+        match tokio::time::timeout_at(quiet, io.read(&mut scratch)).await {
+            Ok(Ok(n)) if n > 0 => {}
+            _ => return,
+        }
+    }
+}
+
 /// Closes a connection that never reached its room.
-async fn refuse(mut socket: WebSocket, code: CloseCode, settings: ConnectionSettings) {
+async fn refuse(mut socket: Socket, code: CloseCode, settings: ConnectionSettings) {
     let close = CloseFrame {
-        code: code.code(),
+        code: code.code().into(),
         reason: code.meaning().into(),
     };
     let sent = tokio::time::timeout(
@@ -244,16 +276,4 @@ async fn refuse(mut socket: WebSocket, code: CloseCode, settings: ConnectionSett
     if let Ok(Err(e)) = sent.await {
         tracing::debug!(error = %e, "close handshake failed");
     }
-}
-
-fn is_too_big(error: &axum::Error) -> bool {
-    use std::error::Error as _;
-    let mut source = error.source();
-    while let Some(e) = source {
-        if let Some(ws) = e.downcast_ref::<tokio_tungstenite::tungstenite::Error>() {
-            return matches!(ws, tokio_tungstenite::tungstenite::Error::Capacity(_));
-        }
-        source = e.source();
-    }
-    false
 }

@@ -9,6 +9,7 @@
 mod connection;
 mod outbound;
 mod rooms;
+mod upgrade;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -16,13 +17,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{Path, State, WebSocketUpgrade};
+use axum::extract::{Path, Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -32,6 +34,7 @@ pub use rooms::{DEFAULT_PAYLOAD_BUDGET, RoomSettings, StoreHealth};
 
 use crate::node::RoomId;
 use crate::store::Store;
+use upgrade::Upgrade;
 
 /// Everything the relay can be told.
 #[derive(Clone, Debug)]
@@ -180,10 +183,14 @@ async fn ready(State(state): State<Arc<AppState>>) -> Response {
 async fn upgrade(
     Path(room): Path<String>,
     State(state): State<Arc<AppState>>,
-    ws: WebSocketUpgrade,
+    mut request: Request,
 ) -> Response {
     let Ok(room) = RoomId::new(&room) else {
         return (StatusCode::BAD_REQUEST, "invalid room id").into_response();
+    };
+    let ws = match Upgrade::from_request(&mut request) {
+        Ok(ws) => ws,
+        Err(refusal) => return refusal.into_response(),
     };
     let Ok(permit) = state.permits.clone().try_acquire_owned() else {
         return (StatusCode::SERVICE_UNAVAILABLE, "too many connections").into_response();
@@ -198,28 +205,31 @@ async fn upgrade(
     // tungstenite's default 128 KiB read buffer would be most of an idle connection's memory
     // and is zero-filled on every read. Clients mostly send small frames; a large pack simply
     // takes more reads (the frame buffer still grows to fit it).
-    ws.read_buffer_size(READ_BUFFER)
-        .max_message_size(max_frame)
-        .max_frame_size(max_frame)
-        .on_upgrade(move |socket| {
-            let span = tracing::info_span!("conn", room = %room, session);
-            let state = task_state;
-            let tracker = state.tracker.clone();
-            tracker.track_future(tracing::Instrument::instrument(
-                async move {
-                    connection::run(
-                        socket,
-                        session,
-                        room_tx,
-                        state.config.connection,
-                        state.stats.queues.clone(),
-                        &state.stats.connections,
-                        state.shutdown.clone(),
-                    )
-                    .await;
-                    drop(permit);
-                },
-                span,
-            ))
-        })
+    let ws_config = WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER)
+        .max_message_size(Some(max_frame))
+        .max_frame_size(Some(max_frame));
+    let (response, connection) = ws.accept(ws_config);
+    let span = tracing::info_span!("conn", room = %room, session);
+    let tracker = state.tracker.clone();
+    tracker.spawn(tracing::Instrument::instrument(
+        async move {
+            let Some(socket) = connection.await else {
+                return;
+            };
+            connection::run(
+                socket,
+                session,
+                room_tx,
+                task_state.config.connection,
+                task_state.stats.queues.clone(),
+                &task_state.stats.connections,
+                task_state.shutdown.clone(),
+            )
+            .await;
+            drop(permit);
+        },
+        span,
+    ));
+    response
 }

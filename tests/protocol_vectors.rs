@@ -281,8 +281,8 @@ fn limits(mut o: Obj) -> Res<RelayLimits> {
             max_blobs: n.narrow("max_blobs")?,
         },
         patterns: PatternLimits {
-            max_len: p.narrow("max_len")?,
-            max_segments: p.narrow("max_segments")?,
+            max_pattern_len: p.narrow("max_pattern_len")?,
+            max_pattern_segments: p.narrow("max_pattern_segments")?,
             max_patterns: p.narrow("max_patterns")?,
         },
     };

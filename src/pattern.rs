@@ -11,13 +11,13 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 /// Bounds on what a session may subscribe to, announced in `welcome` as
-/// `[max_len, max_segments, max_patterns]`.
+/// `[max_pattern_len, max_pattern_segments, max_patterns]` (protocol/README.md §4.2).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PatternLimits {
     /// Longest pattern, in bytes.
-    pub max_len: u16,
+    pub max_pattern_len: u16,
     /// Most `/`-separated segments in a pattern.
-    pub max_segments: u16,
+    pub max_pattern_segments: u16,
     /// Most patterns one session holds at once.
     pub max_patterns: u16,
 }
@@ -25,8 +25,8 @@ pub struct PatternLimits {
 impl Default for PatternLimits {
     fn default() -> Self {
         Self {
-            max_len: 256,
-            max_segments: 32,
+            max_pattern_len: 256,
+            max_pattern_segments: 32,
             max_patterns: 64,
         }
     }
@@ -37,8 +37,8 @@ impl PatternLimits {
     /// under limits no longer at hand.
     pub fn widest() -> Self {
         Self {
-            max_len: u16::MAX,
-            max_segments: MAX_SEGMENTS as u16,
+            max_pattern_len: u16::MAX,
+            max_pattern_segments: MAX_SEGMENTS as u16,
             max_patterns: u16::MAX,
         }
     }
@@ -153,13 +153,13 @@ impl Pattern {
         if source.is_empty() {
             return Err(PatternError::Empty);
         }
-        if source.len() > usize::from(limits.max_len) {
+        if source.len() > usize::from(limits.max_pattern_len) {
             return Err(PatternError::TooLong {
                 len: source.len(),
-                max: limits.max_len,
+                max: limits.max_pattern_len,
             });
         }
-        let max_segments = usize::from(limits.max_segments).min(MAX_SEGMENTS);
+        let max_segments = usize::from(limits.max_pattern_segments).min(MAX_SEGMENTS);
         let mut segments: Vec<Segment> = Vec::new();
         for (index, raw) in source.split('/').enumerate() {
             if index >= max_segments {

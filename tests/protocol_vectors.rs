@@ -16,9 +16,9 @@ use weft::node::{
 };
 use weft::pattern::PatternLimits;
 use weft::protocol::{
-    self, Ack, Batch, Broadcast, BucketIds, Buckets, Capabilities, CatchUpDone, Credit,
-    DecodeError, ErrorCode, ErrorMessage, Hello, Ids, Message, MessageType, Missing, Need, Outcome,
-    Pack, Plan, Presence, PresenceUpdate, RelayLimits, Resolved, Retry, Sketch, Subscribe,
+    self, Ack, Batch, BodyProblem, Broadcast, BucketIds, Buckets, Capabilities, CatchUpDone,
+    Credit, DecodeError, ErrorCode, ErrorMessage, Hello, Ids, Message, MessageType, Missing, Need,
+    Outcome, Pack, Plan, Presence, PresenceUpdate, RelayLimits, Resolved, Retry, Sketch, Subscribe,
     Subscribed, SyncHints, TreeRoot, Unsubscribe, Want, Watermark, Welcome,
 };
 use weft::recon::SetDigest;
@@ -281,8 +281,8 @@ fn limits(mut o: Obj) -> Res<RelayLimits> {
             max_blobs: n.narrow("max_blobs")?,
         },
         patterns: PatternLimits {
-            max_len: p.narrow("max_len")?,
-            max_segments: p.narrow("max_segments")?,
+            max_pattern_len: p.narrow("max_pattern_len")?,
+            max_pattern_segments: p.narrow("max_pattern_segments")?,
             max_patterns: p.narrow("max_patterns")?,
         },
     };
@@ -511,19 +511,32 @@ fn check_error(mut v: Obj, seen: &mut BTreeSet<String>) -> Res<()> {
     let bytes = v.hex("hex")?;
     let mut e = v.obj("error")?;
     v.finish()?;
+    let stated = Value::Object(e.members.clone());
     let kind = e.str("kind")?;
     let result = protocol::decode(&bytes);
     let err = match result {
         Ok(m) => return Err(format!("expected {kind}, but it decoded to {m:?}")),
         Err(err) => err,
     };
+    if let DecodeError::BadBody { problem, .. } = &err {
+        seen.insert(format!("bad_body/{problem}"));
+    }
     let (matches, peek, code) = match (kind.as_str(), &err) {
         ("bad_envelope", DecodeError::BadEnvelope) => (true, None, ErrorCode::Malformed),
         ("unknown_type", DecodeError::UnknownType(got)) => {
             (e.u64("code")? == *got, None, ErrorCode::UnknownType)
         }
-        ("bad_body", DecodeError::BadBody { ty, .. }) => (
-            type_by_name(&e.str("type")?)? == *ty,
+        // A body error must be the stated problem at the stated field, so that a vector with
+        // a second, earlier defect (an outdated field list, say) cannot pass for the first.
+        (
+            "bad_body",
+            DecodeError::BadBody {
+                ty, field, problem, ..
+            },
+        ) => (
+            type_by_name(&e.str("type")?)? == *ty
+                && e.str("field")? == *field
+                && e.str("problem")? == problem.name(),
             Some(*ty),
             ErrorCode::Malformed,
         ),
@@ -543,7 +556,7 @@ fn check_error(mut v: Obj, seen: &mut BTreeSet<String>) -> Res<()> {
         (other, _) => return Err(format!("unknown error kind {other:?}")),
     };
     if !matches {
-        return Err(format!("expected {kind} {:?}, got {err:?}", e.members));
+        return Err(format!("expected {stated}, got {}", shown(&err)));
     }
     e.finish()?;
     if protocol::peek_type(&bytes) != peek {
@@ -555,6 +568,19 @@ fn check_error(mut v: Obj, seen: &mut BTreeSet<String>) -> Res<()> {
     }
     seen.insert(kind);
     Ok(())
+}
+
+/// An error as an error vector would state it.
+fn shown(err: &DecodeError) -> String {
+    match err {
+        DecodeError::BadBody {
+            ty, field, problem, ..
+        } => format!(
+            r#"{{"kind": "bad_body", "type": "{}", "field": "{field}", "problem": "{problem}"}} ({err})"#,
+            type_name(*ty)
+        ),
+        other => format!("{other:?}"),
+    }
 }
 
 /// The canonical encoding of protocol/README.md §3.1, written out independently of `Node`.
@@ -729,6 +755,14 @@ fn every_vector_holds_in_both_directions() {
             failures.push(format!("no error vector of kind {kind}"));
         }
     }
+    // Every problem a body can have, but `depth`: no v1 field nests arrays without bound, so
+    // the decoder's depth limit cannot be reached through a body.
+    for problem in BodyProblem::ALL {
+        if *problem != BodyProblem::Depth && !tally.errors.contains(&format!("bad_body/{problem}"))
+        {
+            failures.push(format!("no error vector with problem {problem}"));
+        }
+    }
     if tally.node_ids == 0 {
         failures.push("no node_id vector".to_owned());
     }
@@ -759,6 +793,8 @@ fn the_vector_reader_is_strict() {
     };
     let good = r#"{"kind":"message","name":"x","hex":"92 07 91 05","message":{"type":"credit","bytes":5}}"#;
     assert_eq!(run(good), Ok(()));
+    let good = r#"{"kind":"error","name":"x","hex":"9207 91 a135","error":{"kind":"bad_body","type":"credit","field":"credit.bytes","problem":"type"}}"#;
+    assert_eq!(run(good), Ok(()));
     for bad in [
         // Unknown member in the vector, and in the message.
         r#"{"kind":"message","name":"x","hex":"92079105","message":{"type":"credit","bytes":5},"extra":1}"#,
@@ -774,6 +810,10 @@ fn the_vector_reader_is_strict() {
         r#"{"kind":"error","name":"x","hex":"92079105","error":{"kind":"bad_body","type":"credit"}}"#,
         r#"{"kind":"error","name":"x","hex":"920790","error":{"kind":"bad_envelope"}}"#,
         r#"{"kind":"error","name":"x","hex":"920790","error":{"kind":"bad_body","type":"ids"}}"#,
+        // A body error without its field and problem, or with either wrong.
+        r#"{"kind":"error","name":"x","hex":"9207 91 a135","error":{"kind":"bad_body","type":"credit"}}"#,
+        r#"{"kind":"error","name":"x","hex":"9207 91 a135","error":{"kind":"bad_body","type":"credit","field":"credit","problem":"type"}}"#,
+        r#"{"kind":"error","name":"x","hex":"9207 91 a135","error":{"kind":"bad_body","type":"credit","field":"credit.bytes","problem":"range"}}"#,
         r#"{"kind":"mystery","name":"x"}"#,
     ] {
         assert!(run(bad).is_err(), "accepted {bad}");

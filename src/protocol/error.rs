@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::MessageType;
+use super::{BodyProblem, MessageType};
 
 macro_rules! code_table {
     ($(#[$meta:meta])* $name:ident : $repr:ty { $($(#[$vmeta:meta])* $variant:ident = $code:literal, $text:literal;)* }) => {
@@ -132,10 +132,16 @@ pub enum DecodeError {
     #[error("unknown message type {0}")]
     UnknownType(u64),
     /// The body does not decode as the named message.
-    #[error("invalid {ty:?} body: {source}")]
+    #[error("invalid {ty:?} body: {problem} at {field}: {source}")]
     BadBody {
         /// The frame's type.
         ty: MessageType,
+        /// Where decoding stopped: the path from the message to the field, e.g.
+        /// `hello.hints.digest` or `pack.nodes[0].parents[1]` (protocol/README.md §11). The
+        /// message name alone when the body itself is at fault.
+        field: String,
+        /// What was wrong there.
+        problem: BodyProblem,
         /// What the MessagePack decoder found.
         #[source]
         source: rmp_serde::decode::Error,

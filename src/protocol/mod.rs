@@ -14,10 +14,10 @@ mod presence;
 mod recon;
 mod subscribe;
 mod sync;
+mod trace;
 
 use bytes::Bytes;
 use serde::Serialize;
-use serde::de::DeserializeOwned;
 
 pub use error::{CloseCode, DecodeError, EncodeError, ErrorCode, ErrorMessage};
 pub use handshake::{
@@ -35,9 +35,10 @@ pub use recon::{
 };
 pub use subscribe::{Subscribe, Subscribed, Unsubscribe};
 pub use sync::{Batch, CatchUpDone, Credit, Ids, Need};
+pub use trace::BodyProblem;
 
 macro_rules! messages {
-    ($($variant:ident = $code:literal, $dir:ident;)*) => {
+    ($($variant:ident = $code:literal, $dir:ident, $name:literal;)*) => {
         /// The type number in a frame's envelope.
         #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
         #[repr(u8)]
@@ -67,6 +68,13 @@ macro_rules! messages {
                     $(MessageType::$variant => Direction::$dir,)*
                 }
             }
+
+            /// The message's name in the spec (protocol/README.md §10.3), e.g. `catch_up_done`.
+            pub fn name(self) -> &'static str {
+                match self {
+                    $(MessageType::$variant => $name,)*
+                }
+            }
         }
 
         impl Message {
@@ -84,9 +92,23 @@ macro_rules! messages {
                 }
             }
 
-            fn decode_body(ty: MessageType, body: &mut &[u8]) -> Result<Self, rmp_serde::decode::Error> {
+            fn decode_body(ty: MessageType, body: &mut &[u8]) -> Result<Self, DecodeError> {
+                let failed = |(source, field, problem)| DecodeError::BadBody { ty, field, problem, source };
                 match ty {
-                    $(MessageType::$variant => decode_body(body).map(Message::$variant),)*
+                    $(MessageType::$variant => {
+                        trace::decode_traced(ty.name(), body).map(Message::$variant).map_err(failed)
+                    })*
+                }
+            }
+
+            /// The body decoded by rmp-serde alone, without the tracing layer: what
+            /// [`trace`]'s tests compare it with.
+            #[cfg(test)]
+            fn decode_body_plain(ty: MessageType, body: &mut &[u8]) -> Result<Self, rmp_serde::decode::Error> {
+                use serde::Deserialize;
+                let mut de = rmp_serde::Deserializer::new(body);
+                match ty {
+                    $(MessageType::$variant => $variant::deserialize(&mut de).map(Message::$variant),)*
                 }
             }
         }
@@ -94,29 +116,29 @@ macro_rules! messages {
 }
 
 messages! {
-    Hello = 1, ClientToRelay;
-    Welcome = 2, RelayToClient;
-    Ids = 3, ClientToRelay;
-    Need = 4, RelayToClient;
-    Batch = 5, RelayToClient;
-    CatchUpDone = 6, RelayToClient;
-    Credit = 7, ClientToRelay;
-    Pack = 8, ClientToRelay;
-    Ack = 9, RelayToClient;
-    Resolved = 10, RelayToClient;
-    Broadcast = 11, RelayToClient;
-    Presence = 12, ClientToRelay;
-    PresenceUpdate = 13, RelayToClient;
-    ErrorMessage = 14, Both;
-    Sketch = 15, RelayToClient;
-    Want = 16, ClientToRelay;
-    Retry = 17, ClientToRelay;
-    Buckets = 18, RelayToClient;
-    BucketIds = 19, ClientToRelay;
-    Missing = 20, RelayToClient;
-    Subscribe = 21, ClientToRelay;
-    Unsubscribe = 22, ClientToRelay;
-    Subscribed = 23, RelayToClient;
+    Hello = 1, ClientToRelay, "hello";
+    Welcome = 2, RelayToClient, "welcome";
+    Ids = 3, ClientToRelay, "ids";
+    Need = 4, RelayToClient, "need";
+    Batch = 5, RelayToClient, "batch";
+    CatchUpDone = 6, RelayToClient, "catch_up_done";
+    Credit = 7, ClientToRelay, "credit";
+    Pack = 8, ClientToRelay, "pack";
+    Ack = 9, RelayToClient, "ack";
+    Resolved = 10, RelayToClient, "resolved";
+    Broadcast = 11, RelayToClient, "broadcast";
+    Presence = 12, ClientToRelay, "presence";
+    PresenceUpdate = 13, RelayToClient, "presence_update";
+    ErrorMessage = 14, Both, "error";
+    Sketch = 15, RelayToClient, "sketch";
+    Want = 16, ClientToRelay, "want";
+    Retry = 17, ClientToRelay, "retry";
+    Buckets = 18, RelayToClient, "buckets";
+    BucketIds = 19, ClientToRelay, "bucket_ids";
+    Missing = 20, RelayToClient, "missing";
+    Subscribe = 21, ClientToRelay, "subscribe";
+    Unsubscribe = 22, ClientToRelay, "unsubscribe";
+    Subscribed = 23, RelayToClient, "subscribed";
 }
 
 /// Which side may send a message type.
@@ -153,11 +175,6 @@ fn encode_frame<T: Serialize>(ty: MessageType, body: &T) -> Result<Bytes, Encode
     Ok(Bytes::from(buf))
 }
 
-fn decode_body<T: DeserializeOwned>(body: &mut &[u8]) -> Result<T, rmp_serde::decode::Error> {
-    let mut de = rmp_serde::Deserializer::new(body);
-    T::deserialize(&mut de)
-}
-
 /// Decodes one frame, rejecting unknown types, bad bodies and trailing bytes.
 pub fn decode(frame: &[u8]) -> Result<Message, DecodeError> {
     let mut rest = frame;
@@ -170,8 +187,7 @@ pub fn decode(frame: &[u8]) -> Result<Message, DecodeError> {
     if !only_arrays_and_scalars(rest) {
         return Err(DecodeError::MapOrExt { ty });
     }
-    let message = Message::decode_body(ty, &mut rest)
-        .map_err(|source| DecodeError::BadBody { ty, source })?;
+    let message = Message::decode_body(ty, &mut rest)?;
     if !rest.is_empty() {
         return Err(DecodeError::TrailingBytes {
             ty,

@@ -136,6 +136,8 @@ enum Down {
 /// A live connection of a client.
 struct Conn {
     sid: SessionId,
+    /// The peer number the relay gave this session in `welcome` (numbered per room).
+    peer: Option<u64>,
     link: Link,
     up: Wire<Bytes>,
     down: Wire<Down>,
@@ -452,6 +454,7 @@ impl Sim {
             .unwrap_or_else(|e| panic!("seed {}: link start: {e}", self.seed));
         let mut conn = Conn {
             sid,
+            peer: None,
             link,
             up: Wire::new(latency),
             down: Wire::new(latency),
@@ -651,6 +654,7 @@ impl Sim {
         let conn = client.conn.as_mut().unwrap();
         match &message {
             Message::Welcome(w) => {
+                conn.peer = Some(w.peer);
                 match w.plan {
                     Plan::InSync => self.stats.plans_in_sync += 1,
                     Plan::CatchUp => self.stats.plans_catch_up += 1,
@@ -1230,7 +1234,10 @@ impl Sim {
                 for (d, other) in self.clients.iter().enumerate() {
                     let o = other.conn.as_ref().unwrap();
                     if d != c && o.offered_presence && !o.presence_sent.is_empty() {
-                        want.insert(o.sid, o.presence_sent.clone());
+                        let peer = o.peer.unwrap_or_else(|| {
+                            self.fail(format!("client {d} sent presence before welcome"))
+                        });
+                        want.insert(peer, o.presence_sent.clone());
                     }
                 }
             }

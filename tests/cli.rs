@@ -278,3 +278,94 @@ fn sigterm_drains_and_exits_cleanly() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// Sizes and durations take units in flags and environment variables, bare numbers keep their
+/// old meaning, `--listen` takes a port or a host name, and `--help` shows defaults the way
+/// the flags take them.
+#[test]
+fn flags_take_units() {
+    let data = tempfile::tempdir().unwrap();
+    // 280 KiB is over the default payload limit (256 KiB), so the push below is accepted
+    // only because `--max-payload 300KiB` was understood.
+    let serve = Serve::start_with(
+        data.path(),
+        &[
+            "--listen",
+            "localhost:0",
+            "--max-frame",
+            "1MiB",
+            "--max-payload",
+            "300KiB",
+        ],
+        &[
+            ("WEFT_MAX_LAG", "2s"),
+            ("WEFT_ROOM_IDLE_SECS", "90"),
+            ("WEFT_QUEUE_LIMIT", "4 MiB"),
+        ],
+    );
+    let file = data.path().join("280k");
+    std::fs::write(&file, vec![7u8; 280 << 10]).unwrap();
+    let pushed = serve.weft(&[
+        "push",
+        "--room",
+        "u",
+        "--path",
+        "big",
+        "--file",
+        file.to_str().unwrap(),
+    ]);
+    assert_eq!(stdout(&pushed).trim().len(), 64);
+    drop(serve);
+
+    // A bare port listens on loopback; a bare --max-payload is bytes (the stored node is only
+    // loaded again under a limit that admits it); --timeout takes units.
+    let serve = Serve::start_with(
+        data.path(),
+        &["--listen", "0", "--max-payload", "307200"],
+        &[],
+    );
+    assert!(serve.url.starts_with("ws://127.0.0.1:"), "{}", serve.url);
+    let tailed = Command::new(WEFT)
+        .args([
+            "tail",
+            "--room",
+            "u",
+            "--once",
+            "--timeout",
+            "1m",
+            "--server",
+            &serve.url,
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(stdout(&tailed).lines().count(), 1);
+    drop(serve);
+
+    for (flag, value, says) in [
+        ("--max-frame", "lots", "\"lots\" is not a size"),
+        ("--max-frame", "8GiB", "too large"),
+        ("--max-lag", "soon", "\"soon\" is not a duration"),
+        (
+            "--listen",
+            "ws://127.0.0.1:7788",
+            "--listen takes an address, e.g. 127.0.0.1:7788",
+        ),
+        ("--listen", "localhost", "write PORT, IP:PORT or HOST:PORT"),
+    ] {
+        let refused = weft(&["serve", "--store", "memory://", flag, value]);
+        assert!(!refused.status.success(), "{flag} {value}");
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert!(stderr.contains(says), "{flag} {value}: {stderr}");
+    }
+
+    let help = stdout(&weft(&["serve", "--help"]));
+    for default in [
+        "[default: 1MiB]",
+        "[default: 256KiB]",
+        "[default: 5s]",
+        "[default: 64MiB]",
+    ] {
+        assert!(help.contains(default), "serve --help shows {default}");
+    }
+    assert!(stdout(&weft(&["push", "--help"])).contains("[default: 30s]"));
+}

@@ -2,7 +2,6 @@
 
 use std::io::Write as _;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
 use base64::Engine as _;
@@ -115,7 +114,7 @@ pub async fn push(args: PushArgs) -> anyhow::Result<()> {
         }
         (None, None) => bail!("give --data or --file"),
     };
-    let deadline = Instant::now() + Duration::from_secs(args.target.timeout);
+    let deadline = Instant::now() + args.target.timeout;
     let (client, mut events) = start(&args.target, args.target.replica.clone(), &[])?;
     until_synced(&mut events, deadline, |_| Ok(())).await?;
     // The driver keeps emitting events; nobody reads them from here on.
@@ -130,7 +129,7 @@ pub async fn push(args: PushArgs) -> anyhow::Result<()> {
 
 /// `weft tail`.
 pub async fn tail(args: TailArgs) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(args.target.timeout);
+    let deadline = Instant::now() + args.target.timeout;
     let (client, mut events) = start(&args.target, args.target.replica.clone(), &args.subscribe)?;
     let print = |node: &Node| print_node(node, args.json);
     until_synced(&mut events, deadline, print).await?;
@@ -151,7 +150,7 @@ pub async fn tail(args: TailArgs) -> anyhow::Result<()> {
 
 /// `weft pull`.
 pub async fn pull(args: PullArgs) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(args.target.timeout);
+    let deadline = Instant::now() + args.target.timeout;
     let (client, mut events) = start(&args.target, Some(args.out.clone()), &args.subscribe)?;
     until_synced(&mut events, deadline, |_| Ok(())).await?;
     drop(events);

@@ -3,8 +3,10 @@
 mod client_cmds;
 mod serve;
 mod store_cmds;
+mod units;
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use weft::node::RoomId;
@@ -62,9 +64,10 @@ struct Target {
     /// Keep a local replica in this file, so later runs only fetch what is new.
     #[arg(long, env = "WEFT_REPLICA")]
     replica: Option<PathBuf>,
-    /// Give up after this many seconds without reaching the relay or an ack.
-    #[arg(long, env = "WEFT_TIMEOUT", default_value_t = 30)]
-    timeout: u64,
+    /// Give up after this long without reaching the relay or an ack (`30s`, `2m`; a bare
+    /// number is seconds).
+    #[arg(long, env = "WEFT_TIMEOUT", default_value = "30s", value_parser = units::seconds)]
+    timeout: Duration,
 }
 
 /// Sets up stderr logging.

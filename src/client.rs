@@ -136,12 +136,12 @@ pub enum Event {
 pub enum StartError {
     /// The replica file could not be read.
     #[error("cannot read replica file: {0}")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
     /// The replica file is not valid.
     #[error(transparent)]
     File(#[from] ReplicaFileError),
     /// A subscription pattern is invalid.
-    #[error("{0}")]
+    #[error(transparent)]
     Pattern(#[from] SubscribeError),
     /// The replica file belongs to another room.
     #[error("replica file is for room {found}, not {wanted}")]
@@ -158,7 +158,7 @@ pub enum StartError {
 pub enum PushError {
     /// The node could not be created locally.
     #[error("cannot create node: {0}")]
-    Local(#[from] InsertError),
+    Local(InsertError),
     /// The relay refused the node. A final refusal removed it from the replica; after a
     /// transient one ([`Rejection::is_transient`]: its parents did not reach the relay in
     /// time) it stays and is pushed again on the next connection.
@@ -167,6 +167,20 @@ pub enum PushError {
     /// The client shut down before the relay answered.
     #[error("client closed before the node was acked")]
     Closed,
+}
+
+// The conversions below are written out rather than `#[from]`: each message already says its
+// cause, so the cause is not also a `source` that error reports would print a second time.
+impl From<std::io::Error> for StartError {
+    fn from(e: std::io::Error) -> Self {
+        Self::Io(e)
+    }
+}
+
+impl From<InsertError> for PushError {
+    fn from(e: InsertError) -> Self {
+        Self::Local(e)
+    }
 }
 
 /// The client is closed.

@@ -369,3 +369,75 @@ fn flags_take_units() {
     }
     assert!(stdout(&weft(&["push", "--help"])).contains("[default: 30s]"));
 }
+
+/// How often `needle` occurs in `haystack`.
+fn occurrences(haystack: &str, needle: &str) -> usize {
+    haystack.matches(needle).count()
+}
+
+/// A bad `--path` says which rule it breaks, once; a bad pattern says its reason once; a
+/// store location that is a file says so.
+#[test]
+fn errors_say_what_is_wrong_once() {
+    let serve = Serve::start();
+    for (path, reason) in [
+        (
+            "/notes/a",
+            "it starts with `/`; paths are written without one, like `a/b`",
+        ),
+        ("notes//a", "it has an empty segment (`//`)"),
+        ("notes/", "it ends with `/`"),
+        ("a/../b", "it has a `.` or `..` segment"),
+        (&"s/".repeat(40)[..79], "it has more than 32 segments"),
+    ] {
+        let refused = serve.weft(&["push", "--room", "e", "--path", path, "--data", "x"]);
+        assert!(!refused.status.success(), "{path}");
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert!(
+            stderr.contains(&format!("bad path {path:?}: {reason}")),
+            "{path}: {stderr}"
+        );
+        assert_eq!(occurrences(&stderr, reason), 1, "{path}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{path}: {stderr}");
+    }
+    let bad = serve.weft(&["tail", "--room", "e", "--subscribe", "docs**", "--once"]);
+    assert!(!bad.status.success());
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert_eq!(
+        occurrences(&stderr, "`**` must be a whole segment"),
+        1,
+        "{stderr}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("afile");
+    std::fs::write(&file, "not a store").unwrap();
+    let refused = weft(&["serve", "--listen", "0", "--store", file.to_str().unwrap()]);
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("afile: not a directory"), "{stderr}");
+}
+
+/// A bad `--path` is refused before connecting: no relay is needed to say so.
+#[test]
+fn bad_path_is_refused_without_a_relay() {
+    let refused = weft(&[
+        "push",
+        "--server",
+        "ws://127.0.0.1:9",
+        "--room",
+        "e",
+        "--path",
+        "/a",
+        "--data",
+        "x",
+        "--timeout",
+        "60",
+    ]);
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("bad path \"/a\": it starts with `/`"),
+        "{stderr}"
+    );
+}

@@ -9,7 +9,7 @@ use clap::Args;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use weft::client::{Client, ClientConfig, Event};
-use weft::node::Node;
+use weft::node::{Node, NodeLimits, path_problem};
 
 use super::Target;
 
@@ -101,6 +101,10 @@ async fn until_synced(
 
 /// `weft push`.
 pub async fn push(args: PushArgs) -> anyhow::Result<()> {
+    // Before connecting: a bad path must not wait for the relay to be refused.
+    if let Err(problem) = path_problem(&args.path, &NodeLimits::default()) {
+        bail!("bad path {:?}: {problem}", args.path);
+    }
     let payload = match (&args.data, &args.file) {
         (Some(data), _) => data.clone().into_bytes(),
         (None, Some(path)) if path.as_os_str() == "-" => {

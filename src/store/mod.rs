@@ -171,6 +171,10 @@ pub fn open(location: &str) -> Result<PackStore, StoreError> {
 }
 
 fn local(path: &std::path::Path, location: &str) -> Result<PackStore, StoreError> {
+    // create_dir_all would only say "File exists".
+    if path.exists() && !path.is_dir() {
+        return Err(StoreError::Location(format!("{location}: not a directory")));
+    }
     std::fs::create_dir_all(path).map_err(|e| StoreError::Location(format!("{location}: {e}")))?;
     let objects = object_store::local::LocalFileSystem::new_with_prefix(path)
         .map_err(|e| StoreError::Location(format!("{location}: {e}")))?

@@ -250,7 +250,7 @@ pub enum Rejection {
     #[error("id does not match the node's content in this room")]
     HashMismatch = 1,
     /// The payload is larger than `max_payload`.
-    #[error("payload exceeds the size limit")]
+    #[error("payload is larger than the relay's max_payload limit (announced in welcome)")]
     PayloadTooLarge = 2,
     /// More parents than `max_parents`.
     #[error("too many parents")]
@@ -625,6 +625,12 @@ mod tests {
         assert_eq!(
             root("a", b"12345").check(&room(), &limits),
             Err(Rejection::PayloadTooLarge)
+        );
+        // The message names the limit the relay announced.
+        assert!(
+            Rejection::PayloadTooLarge
+                .to_string()
+                .contains("max_payload")
         );
         let mut two_parents = root("a", b"");
         two_parents.parents = vec![NodeId([1; 32]), NodeId([2; 32])];

@@ -441,3 +441,33 @@ fn bad_path_is_refused_without_a_relay() {
         "{stderr}"
     );
 }
+
+/// A payload over the relay's limit fails at once with its size and the limit, instead of
+/// being resent until the timeout.
+#[test]
+fn push_over_the_payload_limit_fails_at_once_with_the_limit() {
+    let serve = Serve::start();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("5mb");
+    std::fs::write(&file, vec![0u8; 5 << 20]).unwrap();
+    let started = Instant::now();
+    let output = Command::new(WEFT)
+        .args(["push", "--room", "big", "--path", "f", "--file"])
+        .arg(&file)
+        .args(["--server", &serve.url, "--timeout", "60"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("payload is 5.0 MiB; this relay accepts at most 256 KiB per node"),
+        "{stderr}"
+    );
+    assert!(output.stdout.is_empty());
+    // It did not wait out its timeout (the old behaviour); the bound is generous.
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        started.elapsed()
+    );
+}

@@ -30,7 +30,7 @@ use crate::recon::ibf::SketchKey;
 use crate::recon::index::SetIndex;
 use crate::recon::{FastMap, FastSet, SetDigest};
 
-pub use link::{Link, LinkError, LinkOutput, SyncEvent};
+pub use link::{Link, LinkError, LinkOutput, OverLimit, SizeLimit, SyncEvent};
 
 /// Most heads a `hello` carries; a replica with more synced heads than this asks for the id list.
 pub const MAX_HELLO_HEADS: usize = 256;

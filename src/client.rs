@@ -82,7 +82,8 @@ impl ClientConfig {
         }
     }
 
-    fn url(&self) -> String {
+    /// The room's WebSocket URL: `server` + `/v1/rooms/{room}`.
+    pub fn room_url(&self) -> String {
         format!(
             "{}/v1/rooms/{}",
             self.server.trim_end_matches('/'),
@@ -126,11 +127,67 @@ pub enum Event {
         /// Relay arrival number.
         seq: u64,
     },
-    /// The connection dropped; the client reconnects by itself.
+    /// The connection dropped, or a connection attempt failed; the client reconnects by itself.
     Disconnected {
-        /// Why.
+        /// Why, for people.
         reason: String,
+        /// Why, for programs.
+        kind: DisconnectKind,
     },
+}
+
+/// What ended a connection or a connection attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DisconnectKind {
+    /// Nothing accepted the TCP connection at the relay's address.
+    Refused,
+    /// The server answered the WebSocket upgrade with this HTTP status instead (404: no relay
+    /// route at that URL; 503: the relay is at its connection limit).
+    Http(u16),
+    /// This build cannot connect to the URL (e.g. `wss://` without TLS support).
+    Unsupported,
+    /// The relay closed the connection with this close code (protocol/README.md §9.2).
+    Closed(u16),
+    /// Anything else: the network, a timeout, a broken frame.
+    Other,
+}
+
+impl DisconnectKind {
+    /// Whether the attempt failed on how the client is set up, or on whether a relay runs
+    /// there, rather than on a connection that worked: a refused connection, an HTTP status,
+    /// an unusable URL. A one-shot tool should stop and say so; a long-running client keeps
+    /// retrying, since the relay may come up or be fixed.
+    pub fn is_setup_error(self) -> bool {
+        matches!(self, Self::Refused | Self::Http(_) | Self::Unsupported)
+    }
+}
+
+/// A failed connection attempt, as an event's reason and kind.
+fn connect_failure(error: &tokio_tungstenite::tungstenite::Error) -> (String, DisconnectKind) {
+    use tokio_tungstenite::tungstenite::Error;
+    use tokio_tungstenite::tungstenite::error::UrlError;
+    match error {
+        Error::Io(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+            ("connection refused".into(), DisconnectKind::Refused)
+        }
+        Error::Http(response) => {
+            let status = response.status();
+            let name = status.canonical_reason().unwrap_or("");
+            (
+                format!("HTTP {} {name}", status.as_u16())
+                    .trim_end()
+                    .to_owned(),
+                DisconnectKind::Http(status.as_u16()),
+            )
+        }
+        Error::Url(UrlError::TlsFeatureNotEnabled) => (
+            "wss:// needs TLS, which this build of weft does not include; use a ws:// URL".into(),
+            DisconnectKind::Unsupported,
+        ),
+        Error::Url(e) => (e.to_string(), DisconnectKind::Unsupported),
+        other => (other.to_string(), DisconnectKind::Other),
+    }
 }
 
 /// The client could not start.
@@ -145,6 +202,14 @@ pub enum StartError {
     /// A subscription pattern is invalid.
     #[error(transparent)]
     Pattern(#[from] SubscribeError),
+    /// `server` is not a WebSocket URL.
+    #[error("relay URL {server:?} {problem}")]
+    BadServer {
+        /// The URL as given.
+        server: String,
+        /// What is wrong with it, and what to write instead.
+        problem: String,
+    },
     /// The replica file belongs to another room.
     #[error("replica file is for room {found}, not {wanted}")]
     WrongRoom {
@@ -266,6 +331,29 @@ enum Command {
     },
 }
 
+/// Refuses a `server` that is not a `ws://` or `wss://` URL, with what to write instead.
+fn check_server(server: &str) -> Result<(), StartError> {
+    let bad = |problem: String| {
+        Err(StartError::BadServer {
+            server: server.to_owned(),
+            problem,
+        })
+    };
+    let Some((scheme, rest)) = server.split_once("://") else {
+        return bad(format!("has no scheme: write ws://{server}"));
+    };
+    match scheme.to_ascii_lowercase().as_str() {
+        "ws" | "wss" => Ok(()),
+        "http" => bad(format!(
+            "is an HTTP URL; the relay speaks WebSocket: write ws://{rest}"
+        )),
+        "https" => bad(format!(
+            "is an HTTPS URL; the relay speaks WebSocket: write wss://{rest}"
+        )),
+        _ => bad("must start with ws:// or wss://".into()),
+    }
+}
+
 /// `patterns` parsed, or the first invalid one.
 fn parse_subscription(patterns: &[String]) -> Result<PatternSet, SubscribeError> {
     let limits = PatternLimits::default();
@@ -313,6 +401,7 @@ impl Client {
     /// Returns the client and its event stream; events wait for the receiver, so read them or
     /// drop the receiver.
     pub fn start(config: ClientConfig) -> Result<(Self, mpsc::Receiver<Event>), StartError> {
+        check_server(&config.server)?;
         let replica = match &config.replica_file {
             Some(path) if path.exists() => {
                 let replica = Replica::from_bytes(&std::fs::read(path)?)?;
@@ -526,15 +615,17 @@ type Socket =
 
 impl Driver {
     async fn run(mut self) {
-        let url = self.config.url();
+        let url = self.config.room_url();
         let mut failures: u32 = 0;
+        // Logged once per change, not on every attempt.
+        let mut last_reason: Option<String> = None;
         loop {
             // Relay frames are at most 1 MiB by default; leave room for relays configured higher.
             let ws_config = WebSocketConfig::default()
                 .max_message_size(Some(64 << 20))
                 .max_frame_size(Some(64 << 20));
             let mut connected_for = None;
-            let reason =
+            let (reason, kind) =
                 match tokio_tungstenite::connect_async_with_config(&url, Some(ws_config), true)
                     .await
                 {
@@ -550,7 +641,7 @@ impl Driver {
                         }
                         match ended {
                             Ended::Stop => return,
-                            Ended::Lost(reason) => reason,
+                            Ended::Lost(reason) => (reason, DisconnectKind::Other),
                             Ended::Closed {
                                 reason,
                                 code,
@@ -559,13 +650,17 @@ impl Driver {
                                 if blames_our_frames(code) {
                                     self.strike(&in_flight, &reason);
                                 }
-                                reason
+                                (reason, DisconnectKind::Closed(code))
                             }
                         }
                     }
-                    Err(e) => e.to_string(),
+                    Err(e) => connect_failure(&e),
                 };
-            self.emit(Event::Disconnected { reason }).await;
+            if last_reason.as_ref() != Some(&reason) {
+                tracing::debug!(url = %url, %reason, "relay connection failed or ended; retrying with backoff");
+                last_reason = Some(reason.clone());
+            }
+            self.emit(Event::Disconnected { reason, kind }).await;
             failures = failures_after(failures, connected_for);
             let delay = backoff(self.config.backoff_min, self.config.backoff_max, failures);
             let sleep = tokio::time::sleep(delay);

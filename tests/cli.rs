@@ -203,28 +203,147 @@ fn weft(args: &[&str]) -> std::process::Output {
     Command::new(WEFT).args(args).output().unwrap()
 }
 
+/// A port on loopback where nothing listens (the relay that was there has stopped).
+fn closed_port() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("ws://{}", listener.local_addr().unwrap());
+    drop(listener);
+    url
+}
+
+/// Setup mistakes end a one-shot command at once, saying what was tried and what is wrong,
+/// instead of waiting out its timeout: a relay that is not running, an `http://` URL, a URL
+/// without a scheme, `wss://` without TLS, a URL with a wrong path.
 #[test]
-fn push_to_an_unreachable_relay_fails_readably() {
+fn setup_mistakes_fail_at_once_naming_what_was_tried() {
+    let serve = Serve::start();
+    let port = serve.url.trim_start_matches("ws://").to_owned();
+    let refused = closed_port();
+    let cases = [
+        (
+            refused.clone(),
+            format!(
+                "cannot connect to {refused}/v1/rooms/r: connection refused (is `weft serve` running there?)"
+            ),
+        ),
+        (
+            format!("http://{port}"),
+            format!(
+                "relay URL \"http://{port}\" is an HTTP URL; the relay speaks WebSocket: write ws://{port}"
+            ),
+        ),
+        (
+            port.clone(),
+            format!("relay URL \"{port}\" has no scheme: write ws://{port}"),
+        ),
+        (
+            format!("wss://{port}"),
+            format!(
+                "cannot connect to wss://{port}/v1/rooms/r: wss:// needs TLS, which this build of weft does not include; use a ws:// URL"
+            ),
+        ),
+        (
+            format!("ws://{port}/weft"),
+            format!(
+                "ws://{port}/weft/v1/rooms/r answered HTTP 404 Not Found: there is no relay route there"
+            ),
+        ),
+    ];
+    for command in [
+        &["push", "--path", "p", "--data", "x"][..],
+        &["pull", "--out", "never.replica"],
+        &["tail", "--once"],
+    ] {
+        for (server, says) in &cases {
+            let started = Instant::now();
+            let output = Command::new(WEFT)
+                .args(command)
+                .args(["--room", "r", "--server", server, "--timeout", "60"])
+                .output()
+                .unwrap();
+            assert!(!output.status.success(), "{command:?} {server}");
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            assert!(
+                stderr.contains(says.as_str()),
+                "{command:?} {server}: {stderr}"
+            );
+            assert_eq!(stderr.lines().count(), 1, "{command:?} {server}: {stderr}");
+            assert!(output.stdout.is_empty());
+            // Far from the 60 s timeout it used to wait out; the bound is generous.
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "{command:?} {server}"
+            );
+        }
+    }
+    assert!(!std::path::Path::new("never.replica").exists());
+}
+
+/// `tail` without `--once` keeps retrying an unreachable relay until its timeout, saying the
+/// reason once rather than on every attempt.
+#[test]
+fn tail_keeps_retrying_and_says_the_reason_once() {
+    let refused = closed_port();
     let output = Command::new(WEFT)
         .args([
-            "push",
-            "--server",
-            "ws://127.0.0.1:9",
+            "tail",
             "--room",
             "r",
-            "--path",
-            "p",
-            "--data",
-            "x",
+            "--server",
+            &refused,
             "--timeout",
-            "1",
+            "2s",
         ])
         .output()
         .unwrap();
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("relay not reachable"), "{stderr}");
-    assert!(output.stdout.is_empty());
+    assert_eq!(
+        occurrences(&stderr, "relay not reachable; retrying"),
+        1,
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!(
+            "weft: relay at {refused}/v1/rooms/r not reachable or not syncing in time (last: connection refused)"
+        )),
+        "{stderr}"
+    );
+}
+
+/// `--server` takes the room URL the relay prints, with or without a `--room` that agrees.
+#[test]
+fn server_takes_a_room_url() {
+    let serve = Serve::start();
+    let room_url = format!("{}/v1/rooms/notes", serve.url);
+    let id = stdout(
+        &Command::new(WEFT)
+            .args(["push", "--server", &room_url, "--path", "a", "--data", "x"])
+            .output()
+            .unwrap(),
+    );
+    let tailed = stdout(
+        &Command::new(WEFT)
+            .args(["tail", "--server", &room_url, "--room", "notes", "--once"])
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(tailed, format!("{} a x\n", id.trim()));
+    let disagree = Command::new(WEFT)
+        .args(["tail", "--server", &room_url, "--room", "other", "--once"])
+        .output()
+        .unwrap();
+    assert!(!disagree.status.success());
+    let stderr = String::from_utf8_lossy(&disagree.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "--server {room_url} names room notes, but --room says other"
+        )),
+        "{stderr}"
+    );
+    let neither = weft(&["tail", "--once"]);
+    assert!(!neither.status.success());
+    assert!(String::from_utf8_lossy(&neither.stderr).contains("which room? give --room ROOM"));
 }
 
 #[test]

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use net::*;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
-use weft::client::{Client, ClientConfig, Event, PushError};
+use weft::client::{Client, ClientConfig, DisconnectKind, Event, PushError};
 use weft::node::{NodeId, Rejection};
 use weft::protocol::Plan;
 use weft::protocol::{
@@ -575,6 +575,56 @@ async fn a_node_the_relay_keeps_closing_on_fails_its_push_with_the_reason() {
         .expect("a small push is acked in time");
     assert!(small.is_ok(), "{small:?}");
     relay.shutdown().await;
+}
+
+/// The library keeps retrying a relay that is not there, and says why in a form a program can
+/// act on; a URL that is not a WebSocket URL is refused at start.
+#[tokio::test]
+async fn connection_failures_are_typed_and_retried() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = port.local_addr().unwrap();
+    drop(port);
+    let mut config = ClientConfig::new(format!("ws://{addr}"), room("gone"));
+    config.backoff_min = Duration::from_millis(10);
+    config.backoff_max = Duration::from_millis(20);
+    let (client, mut events) = Client::start(config).unwrap();
+    for _ in 0..3 {
+        let event = tokio::time::timeout(PATIENCE, events.recv()).await.unwrap();
+        let Some(Event::Disconnected { reason, kind }) = event else {
+            panic!("expected a refused attempt, got {event:?}");
+        };
+        assert_eq!(kind, DisconnectKind::Refused);
+        assert!(kind.is_setup_error());
+        assert_eq!(reason, "connection refused");
+    }
+    client.close().await.unwrap();
+
+    let relay = Relay::start().await;
+    let mut config = ClientConfig::new(format!("{}/elsewhere", relay.url()), room("r"));
+    config.backoff_min = Duration::from_millis(10);
+    let (client, mut events) = Client::start(config).unwrap();
+    let event = tokio::time::timeout(PATIENCE, events.recv()).await.unwrap();
+    assert!(
+        matches!(
+            event,
+            Some(Event::Disconnected {
+                kind: DisconnectKind::Http(404),
+                ..
+            })
+        ),
+        "{event:?}"
+    );
+    client.close().await.unwrap();
+    relay.shutdown().await;
+
+    let refused = Client::start(ClientConfig::new("http://127.0.0.1:7788", room("r")));
+    let Err(error) = refused else {
+        panic!("an http:// URL must be refused");
+    };
+    assert_eq!(
+        error.to_string(),
+        "relay URL \"http://127.0.0.1:7788\" is an HTTP URL; the relay speaks WebSocket: write ws://127.0.0.1:7788"
+    );
 }
 
 #[tokio::test]

@@ -590,3 +590,54 @@ fn push_over_the_payload_limit_fails_at_once_with_the_limit() {
         started.elapsed()
     );
 }
+
+/// `push` without a payload shows the choice between `--data` and `--file`.
+#[test]
+fn push_without_a_payload_shows_the_choice() {
+    let output = weft(&["push", "--room", "r", "--path", "p"]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("<--data <DATA>|--file <FILE>>"), "{stderr}");
+}
+
+/// `pull` says how many nodes were new and how many the replica holds; `pull` has no
+/// `--replica` (its replica is `--out`); `tail --replica` prints only what is new since the
+/// replica, and `--from-start` the whole room.
+#[test]
+fn pull_counts_and_tail_replica_prints_what_is_new() {
+    let serve = Serve::start();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("r.replica");
+    let out = out.to_str().unwrap();
+    let pull = |expected: &str| {
+        let pulled = serve.weft(&["pull", "--room", "c", "--out", out]);
+        assert!(pulled.status.success());
+        let stderr = String::from_utf8_lossy(&pulled.stderr);
+        assert!(stderr.contains(expected), "{stderr}");
+    };
+    stdout(&serve.weft(&["push", "--room", "c", "--path", "a", "--data", "1"]));
+    pull(&format!("pulled 1 new node; {out} now holds 1 node"));
+    pull(&format!("pulled 0 new nodes; {out} now holds 1 node"));
+    stdout(&serve.weft(&["push", "--room", "c", "--path", "b", "--data", "2"]));
+    stdout(&serve.weft(&["push", "--room", "c", "--path", "c", "--data", "3"]));
+    pull(&format!("pulled 2 new nodes; {out} now holds 3 nodes"));
+    let refused = serve.weft(&["pull", "--room", "c", "--out", out, "--replica", out]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("unexpected argument '--replica'"));
+
+    let tail_file = dir.path().join("t.replica");
+    let tail_file = tail_file.to_str().unwrap();
+    let tail = |extra: &[&str]| -> Vec<String> {
+        let mut args = vec!["tail", "--room", "c", "--once", "--replica", tail_file];
+        args.extend_from_slice(extra);
+        stdout(&serve.weft(&args))
+            .lines()
+            .map(|l| l.rsplit(' ').next().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(tail(&[]), ["1", "2", "3"]);
+    assert!(tail(&[]).is_empty(), "nothing is new since the replica");
+    stdout(&serve.weft(&["push", "--room", "c", "--path", "d", "--data", "4"]));
+    assert_eq!(tail(&[]), ["4"]);
+    assert_eq!(tail(&["--from-start"]), ["1", "2", "3", "4"]);
+}

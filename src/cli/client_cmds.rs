@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, anyhow, bail};
 use base64::Engine as _;
-use clap::Args;
+use clap::{ArgGroup, Args};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use weft::client::{Client, ClientConfig, DisconnectKind, Event};
@@ -15,14 +15,18 @@ use super::Target;
 
 /// Flags of `weft push`.
 #[derive(Debug, Args)]
+#[command(group(ArgGroup::new("payload").required(true).args(["data", "file"])))]
 pub struct PushArgs {
     #[command(flatten)]
     target: Target,
+    /// Keep a local replica in this file, so later runs only fetch what is new.
+    #[arg(long, env = "WEFT_REPLICA")]
+    replica: Option<PathBuf>,
     /// The node's path, e.g. `docs/readme`.
     #[arg(long)]
     path: String,
-    /// Payload given inline.
-    #[arg(long, conflicts_with = "file", required_unless_present = "file")]
+    /// Payload given inline (for large ones, use --file, or --file - for stdin).
+    #[arg(long)]
     data: Option<String>,
     /// Payload read from a file (`-` for stdin).
     #[arg(long)]
@@ -34,6 +38,14 @@ pub struct PushArgs {
 pub struct TailArgs {
     #[command(flatten)]
     target: Target,
+    /// Keep a local replica in this file: later runs print only the nodes that are new since
+    /// (see --from-start).
+    #[arg(long, env = "WEFT_REPLICA")]
+    replica: Option<PathBuf>,
+    /// With --replica: print the nodes the replica already holds first, so the output is the
+    /// whole room (or subscription) again.
+    #[arg(long, requires = "replica")]
+    from_start: bool,
     /// One JSON object per line: id, parents, depth, path, payload or payload_b64.
     #[arg(long)]
     json: bool,
@@ -160,7 +172,7 @@ pub async fn push(args: PushArgs) -> anyhow::Result<()> {
         (None, None) => bail!("give --data or --file"),
     };
     let deadline = Instant::now() + args.target.timeout;
-    let (client, mut events, url) = start(&args.target, args.target.replica.clone(), &[])?;
+    let (client, mut events, url) = start(&args.target, args.replica.clone(), &[])?;
     until_synced(&mut events, deadline, &url, Retry::Never, |_| Ok(())).await?;
     // The driver keeps emitting events; nobody reads them from here on.
     drop(events);
@@ -175,9 +187,15 @@ pub async fn push(args: PushArgs) -> anyhow::Result<()> {
 /// `weft tail`.
 pub async fn tail(args: TailArgs) -> anyhow::Result<()> {
     let deadline = Instant::now() + args.target.timeout;
-    let (client, mut events, url) =
-        start(&args.target, args.target.replica.clone(), &args.subscribe)?;
+    let (client, mut events, url) = start(&args.target, args.replica.clone(), &args.subscribe)?;
     let print = |node: &Node| print_node(node, args.json);
+    if args.from_start {
+        // Only the replica file's nodes so far: arrivals are still queued as events.
+        let held: Vec<Node> = client.with_replica(|r| r.nodes().cloned().collect());
+        for node in &held {
+            print(node)?;
+        }
+    }
     let retry = if args.once {
         Retry::Never
     } else {
@@ -207,15 +225,32 @@ pub async fn tail(args: TailArgs) -> anyhow::Result<()> {
 pub async fn pull(args: PullArgs) -> anyhow::Result<()> {
     let deadline = Instant::now() + args.target.timeout;
     let (client, mut events, url) = start(&args.target, Some(args.out.clone()), &args.subscribe)?;
-    until_synced(&mut events, deadline, &url, Retry::Never, |_| Ok(())).await?;
+    // Each node event is a node new to the replica.
+    let mut new = 0usize;
+    let count = |_: &Node| {
+        new += 1;
+        Ok(())
+    };
+    until_synced(&mut events, deadline, &url, Retry::Never, count).await?;
     drop(events);
-    let count = client.with_replica(|r| r.len());
+    let held = client.with_replica(|r| r.len());
     client
         .close()
         .await
         .with_context(|| format!("cannot write {}", args.out.display()))?;
-    eprintln!("pulled {count} nodes into {}", args.out.display());
+    eprintln!(
+        "pulled {}; {} now holds {}",
+        nodes(new, "new "),
+        args.out.display(),
+        nodes(held, "")
+    );
     Ok(())
+}
+
+/// "1 new node", "N new nodes" (for `adjective` "new ").
+fn nodes(n: usize, adjective: &str) -> String {
+    let noun = if n == 1 { "node" } else { "nodes" };
+    format!("{n} {adjective}{noun}")
 }
 
 fn print_node(node: &Node, json: bool) -> anyhow::Result<()> {

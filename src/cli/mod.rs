@@ -5,7 +5,6 @@ mod serve;
 mod store_cmds;
 mod units;
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -63,9 +62,6 @@ struct Target {
     /// room URL.
     #[arg(long, env = "WEFT_ROOM")]
     room: Option<RoomId>,
-    /// Keep a local replica in this file, so later runs only fetch what is new.
-    #[arg(long, env = "WEFT_REPLICA")]
-    replica: Option<PathBuf>,
     /// Give up after this long without reaching the relay or an ack (`30s`, `2m`; a bare
     /// number is seconds).
     #[arg(long, env = "WEFT_TIMEOUT", default_value = "30s", value_parser = units::seconds)]

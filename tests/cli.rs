@@ -641,3 +641,60 @@ fn pull_counts_and_tail_replica_prints_what_is_new() {
     assert_eq!(tail(&[]), ["4"]);
     assert_eq!(tail(&["--from-start"]), ["1", "2", "3", "4"]);
 }
+
+/// `import` refuses a local store that a running relay serves (instead of making the relay
+/// close the room's sessions with 4006), and works once the relay is stopped; an export
+/// imported under another room name is refused as such.
+#[test]
+fn import_refuses_a_store_a_relay_serves() {
+    let source = tempfile::tempdir().unwrap();
+    let served = tempfile::tempdir().unwrap();
+    let (a, b) = (
+        source.path().to_str().unwrap(),
+        served.path().to_str().unwrap(),
+    );
+    let serve = Serve::start_at(source.path());
+    stdout(&serve.weft(&["push", "--room", "moved", "--path", "p", "--data", "1"]));
+    drop(serve);
+    let file = source.path().join("moved.weft");
+    let file = file.to_str().unwrap();
+    stdout(&weft(&[
+        "export", "--store", a, "--room", "moved", "--out", file,
+    ]));
+
+    let serve = Serve::start_at(served.path());
+    stdout(&serve.weft(&["push", "--room", "moved", "--path", "q", "--data", "2"]));
+    let refused = weft(&["import", "--store", b, "--room", "moved", "--in", file]);
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "a relay is serving {b} (it holds {b}/weft-serve.lock); stop it first, then import"
+        )),
+        "{stderr}"
+    );
+    // The relay's room was left alone.
+    let tailed = stdout(&serve.weft(&["tail", "--room", "moved", "--once"]));
+    assert_eq!(tailed.lines().count(), 1, "{tailed}");
+    // A second relay on the same directory is refused too.
+    let second = weft(&["serve", "--listen", "0", "--store", b]);
+    assert!(!second.status.success());
+    assert!(
+        String::from_utf8_lossy(&second.stderr).contains(&format!("another relay is serving {b}"))
+    );
+    drop(serve);
+
+    let imported = stdout(&weft(&[
+        "import", "--store", b, "--room", "moved", "--in", file,
+    ]));
+    assert!(imported.contains("imported 1 new node into"), "{imported}");
+    let other = weft(&["import", "--store", b, "--room", "other", "--in", file]);
+    assert!(!other.status.success());
+    let stderr = String::from_utf8_lossy(&other.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "{file} is not an export of room other: its nodes belong to another room"
+        )),
+        "{stderr}"
+    );
+}

@@ -11,7 +11,7 @@ use tokio::time::Instant;
 use weft::client::{Client, ClientConfig, DisconnectKind, Event};
 use weft::node::{Node, NodeLimits, path_problem};
 
-use super::Target;
+use super::{Target, nodes};
 
 /// Flags of `weft push`.
 #[derive(Debug, Args)]
@@ -245,12 +245,6 @@ pub async fn pull(args: PullArgs) -> anyhow::Result<()> {
         nodes(held, "")
     );
     Ok(())
-}
-
-/// "1 new node", "N new nodes" (for `adjective` "new ").
-fn nodes(n: usize, adjective: &str) -> String {
-    let noun = if n == 1 { "node" } else { "nodes" };
-    format!("{n} {adjective}{noun}")
 }
 
 fn print_node(node: &Node, json: bool) -> anyhow::Result<()> {

@@ -3,6 +3,7 @@
 mod client_cmds;
 mod serve;
 mod store_cmds;
+mod store_lock;
 mod units;
 
 use std::time::Duration;
@@ -102,6 +103,12 @@ fn split_room_url(server: &str) -> anyhow::Result<(String, Option<RoomId>)> {
         anyhow::anyhow!("--server {server}: the room in the URL is not a room id: {e}")
     })?;
     Ok((format!("{scheme}://{authority}"), Some(room)))
+}
+
+/// "1 new node", "N new nodes" (for `adjective` "new ").
+pub(crate) fn nodes(n: usize, adjective: &str) -> String {
+    let noun = if n == 1 { "node" } else { "nodes" };
+    format!("{n} {adjective}{noun}")
 }
 
 /// Sets up stderr logging.

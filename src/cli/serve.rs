@@ -8,7 +8,7 @@ use clap::Args;
 use weft::server::{self, ServerConfig, ServerStats};
 use weft::store::Store;
 
-use super::units;
+use super::{store_lock, units};
 
 /// Flags of `weft serve`.
 ///
@@ -111,6 +111,17 @@ impl ServeArgs {
 /// Binds, serves until SIGINT or SIGTERM, then drains.
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let config = args.config()?;
+    // Held until the relay exits, so `weft import` cannot write this store behind its back.
+    let _lock = match store_lock::lock(&args.store) {
+        Ok(lock) => lock,
+        Err(store_lock::LockError::Held(path)) => bail!(
+            "another relay is serving {} (it holds {}); stop it first, or give this one \
+             another --store",
+            args.store,
+            path.display()
+        ),
+        Err(store_lock::LockError::Other(e)) => return Err(e),
+    };
     let store = weft::store::open(&args.store)?;
     // Fail fast on a store that is unreachable, read-only or of another layout version.
     let report = store

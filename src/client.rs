@@ -37,7 +37,9 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use crate::node::{Node, NodeId, Rejection, RoomId};
 use crate::pattern::{Pattern, PatternError, PatternLimits, PatternSet};
 use crate::protocol::{Capabilities, ErrorMessage, Message, Outcome, Plan, Presence};
-use crate::replica::{InsertError, Link, Replica, ReplicaFileError, SyncEvent};
+use crate::replica::{
+    InsertError, Link, OverLimit, Replica, ReplicaFileError, SizeLimit, SyncEvent,
+};
 
 /// How a client connects.
 #[derive(Clone, Debug)]
@@ -80,7 +82,8 @@ impl ClientConfig {
         }
     }
 
-    fn url(&self) -> String {
+    /// The room's WebSocket URL: `server` + `/v1/rooms/{room}`.
+    pub fn room_url(&self) -> String {
         format!(
             "{}/v1/rooms/{}",
             self.server.trim_end_matches('/'),
@@ -124,11 +127,67 @@ pub enum Event {
         /// Relay arrival number.
         seq: u64,
     },
-    /// The connection dropped; the client reconnects by itself.
+    /// The connection dropped, or a connection attempt failed; the client reconnects by itself.
     Disconnected {
-        /// Why.
+        /// Why, for people.
         reason: String,
+        /// Why, for programs.
+        kind: DisconnectKind,
     },
+}
+
+/// What ended a connection or a connection attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DisconnectKind {
+    /// Nothing accepted the TCP connection at the relay's address.
+    Refused,
+    /// The server answered the WebSocket upgrade with this HTTP status instead (404: no relay
+    /// route at that URL; 503: the relay is at its connection limit).
+    Http(u16),
+    /// This build cannot connect to the URL (e.g. `wss://` without TLS support).
+    Unsupported,
+    /// The relay closed the connection with this close code (protocol/README.md §9.2).
+    Closed(u16),
+    /// Anything else: the network, a timeout, a broken frame.
+    Other,
+}
+
+impl DisconnectKind {
+    /// Whether the attempt failed on how the client is set up, or on whether a relay runs
+    /// there, rather than on a connection that worked: a refused connection, an HTTP status,
+    /// an unusable URL. A one-shot tool should stop and say so; a long-running client keeps
+    /// retrying, since the relay may come up or be fixed.
+    pub fn is_setup_error(self) -> bool {
+        matches!(self, Self::Refused | Self::Http(_) | Self::Unsupported)
+    }
+}
+
+/// A failed connection attempt, as an event's reason and kind.
+fn connect_failure(error: &tokio_tungstenite::tungstenite::Error) -> (String, DisconnectKind) {
+    use tokio_tungstenite::tungstenite::Error;
+    use tokio_tungstenite::tungstenite::error::UrlError;
+    match error {
+        Error::Io(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+            ("connection refused".into(), DisconnectKind::Refused)
+        }
+        Error::Http(response) => {
+            let status = response.status();
+            let name = status.canonical_reason().unwrap_or("");
+            (
+                format!("HTTP {} {name}", status.as_u16())
+                    .trim_end()
+                    .to_owned(),
+                DisconnectKind::Http(status.as_u16()),
+            )
+        }
+        Error::Url(UrlError::TlsFeatureNotEnabled) => (
+            "wss:// needs TLS, which this build of weft does not include; use a ws:// URL".into(),
+            DisconnectKind::Unsupported,
+        ),
+        Error::Url(e) => (e.to_string(), DisconnectKind::Unsupported),
+        other => (other.to_string(), DisconnectKind::Other),
+    }
 }
 
 /// The client could not start.
@@ -136,13 +195,21 @@ pub enum Event {
 pub enum StartError {
     /// The replica file could not be read.
     #[error("cannot read replica file: {0}")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
     /// The replica file is not valid.
     #[error(transparent)]
     File(#[from] ReplicaFileError),
     /// A subscription pattern is invalid.
-    #[error("{0}")]
+    #[error(transparent)]
     Pattern(#[from] SubscribeError),
+    /// `server` is not a WebSocket URL.
+    #[error("relay URL {server:?} {problem}")]
+    BadServer {
+        /// The URL as given.
+        server: String,
+        /// What is wrong with it, and what to write instead.
+        problem: String,
+    },
     /// The replica file belongs to another room.
     #[error("replica file is for room {found}, not {wanted}")]
     WrongRoom {
@@ -158,15 +225,77 @@ pub enum StartError {
 pub enum PushError {
     /// The node could not be created locally.
     #[error("cannot create node: {0}")]
-    Local(#[from] InsertError),
+    Local(InsertError),
     /// The relay refused the node. A final refusal removed it from the replica; after a
     /// transient one ([`Rejection::is_transient`]: its parents did not reach the relay in
     /// time) it stays and is pushed again on the next connection.
     #[error("relay rejected the node: {0}")]
     Rejected(Rejection),
+    /// The node is over a size limit the relay announced, so it was never sent: no relay with
+    /// these limits can accept it. It was removed from the replica, with its descendants.
+    #[error("{}", too_large(.0))]
+    TooLarge(OverLimit),
+    /// The relay closed the connection every time the node was sent ([`GIVE_UP_AFTER`] times),
+    /// with a close code that says the frame itself is at fault (1009 too big, 4002 protocol
+    /// violation). It was removed from the replica, with its descendants.
+    #[error(
+        "the relay closed the connection each of the {GIVE_UP_AFTER} times this node was sent ({reason}); giving up on it"
+    )]
+    GaveUp {
+        /// The last close, e.g. `closed 1009: message too big`.
+        reason: String,
+    },
     /// The client shut down before the relay answered.
     #[error("client closed before the node was acked")]
     Closed,
+}
+
+/// How many closes for the same node's frame make the client give up on that node.
+pub const GIVE_UP_AFTER: u32 = 3;
+
+/// The message of [`PushError::TooLarge`].
+fn too_large(over: &OverLimit) -> String {
+    // A measured size reads best rounded; a configured limit is usually a whole number of
+    // some unit, and then it is shown exactly.
+    let size = bytesize::ByteSize(over.size).display().iec().to_string();
+    let max = [(1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")]
+        .into_iter()
+        .find(|(unit, _)| over.max >= *unit && over.max % unit == 0)
+        .map_or_else(
+            || bytesize::ByteSize(over.max).display().iec().to_string(),
+            |(unit, name)| format!("{} {name}", over.max / unit),
+        );
+    match over.limit {
+        SizeLimit::Payload => format!(
+            "payload is {size}; this relay accepts at most {max} per node — keep large files \
+             out of the room and push a reference to them (blobs are not in protocol v1 yet)"
+        ),
+        SizeLimit::Frame => format!(
+            "node is {size} as a frame; this relay accepts frames of at most {max} — shorten \
+             the payload"
+        ),
+    }
+}
+
+/// How a pushed node ended, as the driver tells its waiter.
+enum Answer {
+    Outcome(Outcome),
+    TooLarge(OverLimit),
+    GaveUp(String),
+}
+
+// The conversions below are written out rather than `#[from]`: each message already says its
+// cause, so the cause is not also a `source` that error reports would print a second time.
+impl From<std::io::Error> for StartError {
+    fn from(e: std::io::Error) -> Self {
+        Self::Io(e)
+    }
+}
+
+impl From<InsertError> for PushError {
+    fn from(e: InsertError) -> Self {
+        Self::Local(e)
+    }
 }
 
 /// The client is closed.
@@ -202,6 +331,29 @@ enum Command {
     },
 }
 
+/// Refuses a `server` that is not a `ws://` or `wss://` URL, with what to write instead.
+fn check_server(server: &str) -> Result<(), StartError> {
+    let bad = |problem: String| {
+        Err(StartError::BadServer {
+            server: server.to_owned(),
+            problem,
+        })
+    };
+    let Some((scheme, rest)) = server.split_once("://") else {
+        return bad(format!("has no scheme: write ws://{server}"));
+    };
+    match scheme.to_ascii_lowercase().as_str() {
+        "ws" | "wss" => Ok(()),
+        "http" => bad(format!(
+            "is an HTTP URL; the relay speaks WebSocket: write ws://{rest}"
+        )),
+        "https" => bad(format!(
+            "is an HTTPS URL; the relay speaks WebSocket: write wss://{rest}"
+        )),
+        _ => bad("must start with ws:// or wss://".into()),
+    }
+}
+
 /// `patterns` parsed, or the first invalid one.
 fn parse_subscription(patterns: &[String]) -> Result<PatternSet, SubscribeError> {
     let limits = PatternLimits::default();
@@ -220,7 +372,7 @@ fn parse_subscription(patterns: &[String]) -> Result<PatternSet, SubscribeError>
 struct Shared {
     /// Held only for synchronous replica work, never across an await.
     replica: Mutex<Replica>,
-    waiters: Mutex<HashMap<NodeId, oneshot::Sender<Outcome>>>,
+    waiters: Mutex<HashMap<NodeId, oneshot::Sender<Answer>>>,
     /// Number of completed reconciliations.
     syncs: watch::Sender<u64>,
     presence: Mutex<Bytes>,
@@ -249,6 +401,7 @@ impl Client {
     /// Returns the client and its event stream; events wait for the receiver, so read them or
     /// drop the receiver.
     pub fn start(config: ClientConfig) -> Result<(Self, mpsc::Receiver<Event>), StartError> {
+        check_server(&config.server)?;
         let replica = match &config.replica_file {
             Some(path) if path.exists() => {
                 let replica = Replica::from_bytes(&std::fs::read(path)?)?;
@@ -284,6 +437,7 @@ impl Client {
             commands: commands_rx,
             events: events_tx,
             subscribing: Vec::new(),
+            strikes: HashMap::new(),
         };
         let task = tokio::spawn(driver.run());
         Ok((
@@ -322,9 +476,11 @@ impl Client {
             .send(Command::Push)
             .map_err(|_| PushError::Closed)?;
         match rx.await {
-            Ok(Outcome::Accepted(_) | Outcome::Duplicate(_)) => Ok(id),
-            Ok(Outcome::Rejected(reason)) => Err(PushError::Rejected(reason)),
-            Ok(Outcome::Pending) | Err(_) => Err(PushError::Closed),
+            Ok(Answer::Outcome(Outcome::Accepted(_) | Outcome::Duplicate(_))) => Ok(id),
+            Ok(Answer::Outcome(Outcome::Rejected(reason))) => Err(PushError::Rejected(reason)),
+            Ok(Answer::TooLarge(over)) => Err(PushError::TooLarge(over)),
+            Ok(Answer::GaveUp(reason)) => Err(PushError::GaveUp { reason }),
+            Ok(Answer::Outcome(Outcome::Pending)) | Err(_) => Err(PushError::Closed),
         }
     }
 
@@ -398,7 +554,7 @@ impl Client {
         self.save()
     }
 
-    fn waiters(&self) -> MutexGuard<'_, HashMap<NodeId, oneshot::Sender<Outcome>>> {
+    fn waiters(&self) -> MutexGuard<'_, HashMap<NodeId, oneshot::Sender<Answer>>> {
         self.shared
             .waiters
             .lock()
@@ -413,6 +569,9 @@ struct Driver {
     events: mpsc::Sender<Event>,
     /// The subscription change in flight (patterns, add), with its callers.
     subscribing: Vec<(Vec<String>, bool, oneshot::Sender<Vec<String>>)>,
+    /// Our nodes that were in flight when the relay closed a connection for a bad frame, with
+    /// how many times that happened.
+    strikes: HashMap<NodeId, u32>,
 }
 
 /// Why a connection ended.
@@ -421,6 +580,34 @@ enum Ended {
     Stop,
     /// Lost; reconnect.
     Lost(String),
+    /// The relay closed the connection with `code`; `in_flight` are our nodes it had not
+    /// settled.
+    Closed {
+        reason: String,
+        code: u16,
+        in_flight: Vec<NodeId>,
+    },
+}
+
+/// A connection that lasted this long was healthy: the next failure starts the backoff over.
+/// One that ends sooner (a relay that closes it right after the handshake, every time) counts
+/// as a failure, so the delay keeps growing.
+const HEALTHY_CONNECTION: Duration = Duration::from_secs(10);
+
+/// The failure count after a connection attempt: reset by a connection that stayed up for
+/// [`HEALTHY_CONNECTION`], otherwise one more.
+fn failures_after(failures: u32, connected_for: Option<Duration>) -> u32 {
+    let before = match connected_for {
+        Some(lasted) if lasted >= HEALTHY_CONNECTION => 0,
+        _ => failures,
+    };
+    before.saturating_add(1)
+}
+
+/// Close codes that blame the frames we sent (protocol/README.md §9.2): sending the same ones
+/// again gets the same close.
+fn blames_our_frames(code: u16) -> bool {
+    matches!(code, 1009 | 4002)
 }
 
 type Socket =
@@ -428,21 +615,25 @@ type Socket =
 
 impl Driver {
     async fn run(mut self) {
-        let url = self.config.url();
+        let url = self.config.room_url();
         let mut failures: u32 = 0;
+        // Logged once per change, not on every attempt.
+        let mut last_reason: Option<String> = None;
         loop {
             // Relay frames are at most 1 MiB by default; leave room for relays configured higher.
             let ws_config = WebSocketConfig::default()
                 .max_message_size(Some(64 << 20))
                 .max_frame_size(Some(64 << 20));
-            let reason =
+            let mut connected_for = None;
+            let (reason, kind) =
                 match tokio_tungstenite::connect_async_with_config(&url, Some(ws_config), true)
                     .await
                 {
                     Ok((socket, _)) => {
-                        failures = 0;
+                        let connected_at = tokio::time::Instant::now();
                         self.emit(Event::Connected).await;
                         let ended = self.connection(socket).await;
+                        connected_for = Some(connected_at.elapsed());
                         // A change the relay did not confirm is made locally: the next
                         // connection reconciles the new subset from scratch.
                         for (patterns, add, waiter) in std::mem::take(&mut self.subscribing) {
@@ -450,13 +641,27 @@ impl Driver {
                         }
                         match ended {
                             Ended::Stop => return,
-                            Ended::Lost(reason) => reason,
+                            Ended::Lost(reason) => (reason, DisconnectKind::Other),
+                            Ended::Closed {
+                                reason,
+                                code,
+                                in_flight,
+                            } => {
+                                if blames_our_frames(code) {
+                                    self.strike(&in_flight, &reason);
+                                }
+                                (reason, DisconnectKind::Closed(code))
+                            }
                         }
                     }
-                    Err(e) => e.to_string(),
+                    Err(e) => connect_failure(&e),
                 };
-            self.emit(Event::Disconnected { reason }).await;
-            failures = failures.saturating_add(1);
+            if last_reason.as_ref() != Some(&reason) {
+                tracing::debug!(url = %url, %reason, "relay connection failed or ended; retrying with backoff");
+                last_reason = Some(reason.clone());
+            }
+            self.emit(Event::Disconnected { reason, kind }).await;
+            failures = failures_after(failures, connected_for);
             let delay = backoff(self.config.backoff_min, self.config.backoff_max, failures);
             let sleep = tokio::time::sleep(delay);
             tokio::pin!(sleep);
@@ -473,6 +678,36 @@ impl Driver {
                     },
                 }
             }
+        }
+    }
+
+    /// The relay closed a connection for a bad frame while `in_flight` were unsettled: count it
+    /// against each of them, and give up on those it happened to [`GIVE_UP_AFTER`] times.
+    fn strike(&mut self, in_flight: &[NodeId], reason: &str) {
+        for id in in_flight {
+            let strikes = self.strikes.entry(*id).or_insert(0);
+            *strikes = strikes.saturating_add(1);
+            if *strikes < GIVE_UP_AFTER {
+                continue;
+            }
+            self.strikes.remove(id);
+            tracing::warn!(%id, %reason, "giving up on a node the relay keeps refusing");
+            self.shared.replica().discard(id);
+            self.answer(*id, Answer::GaveUp(reason.to_owned()));
+        }
+    }
+
+    /// Tells whoever pushed `id` how it ended.
+    fn answer(&self, id: NodeId, answer: Answer) {
+        let waiter = self
+            .shared
+            .waiters
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&id);
+        if let Some(waiter) = waiter {
+            // The pusher may have stopped waiting; the outcome is in the replica anyway.
+            let _gone = waiter.send(answer);
         }
     }
 
@@ -499,10 +734,15 @@ impl Driver {
                     };
                     let frame = match received {
                         Some(Ok(WsMessage::Binary(frame))) => frame,
-                        Some(Ok(WsMessage::Close(close))) => {
-                            let reason = close.map_or("closed".to_owned(), |c| format!("closed {}: {}", u16::from(c.code), c.reason));
-                            return Ended::Lost(reason);
+                        Some(Ok(WsMessage::Close(Some(close)))) => {
+                            let code = u16::from(close.code);
+                            return Ended::Closed {
+                                reason: format!("closed {code}: {}", close.reason),
+                                code,
+                                in_flight: link.in_flight().copied().collect(),
+                            };
                         }
+                        Some(Ok(WsMessage::Close(None))) => return Ended::Lost("closed".into()),
                         Some(Ok(_)) => continue,
                         Some(Err(e)) => return Ended::Lost(e.to_string()),
                         None => return Ended::Lost("connection ended".into()),
@@ -527,10 +767,18 @@ impl Driver {
                         let _closing = socket.close(None).await;
                         return Ended::Stop;
                     }
-                    Some(Command::Push) => match link.push(&self.shared.replica()) {
-                        Ok(frames) => outgoing.extend(frames),
-                        Err(e) => return Ended::Lost(e.to_string()),
-                    },
+                    Some(Command::Push) => {
+                        let pushed = link.push(&mut self.shared.replica());
+                        match pushed {
+                            Ok(output) => {
+                                outgoing.extend(output.send);
+                                for event in output.events {
+                                    self.apply(event).await;
+                                }
+                            }
+                            Err(e) => return Ended::Lost(e.to_string()),
+                        }
+                    }
                     Some(Command::Presence) if welcomed => outgoing.extend(self.presence_frame(&link)),
                     Some(Command::Presence) => {}
                     Some(Command::Subscribe { patterns, add, done }) => {
@@ -612,16 +860,12 @@ impl Driver {
                 }
             }
             SyncEvent::Settled { id, outcome } => {
-                let waiter = self
-                    .shared
-                    .waiters
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .remove(&id);
-                if let Some(waiter) = waiter {
-                    // The pusher may have stopped waiting; the outcome is in the replica anyway.
-                    let _gone = waiter.send(outcome);
-                }
+                self.strikes.remove(&id);
+                self.answer(id, Answer::Outcome(outcome));
+            }
+            SyncEvent::TooLarge { id, over } => {
+                self.strikes.remove(&id);
+                self.answer(id, Answer::TooLarge(over));
             }
             SyncEvent::Presence { peer, state } => self.emit(Event::Presence { peer, state }).await,
             SyncEvent::Plan(plan) => self.emit(Event::Reconciling { plan }).await,
@@ -649,4 +893,53 @@ fn backoff(min: Duration, max: Duration, failures: u32) -> Duration {
     half + full
         .saturating_sub(half)
         .mul_f64(rand::rng().random::<f64>())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_while_connections_end_soon_after_the_handshake() {
+        let soon = Some(Duration::from_millis(50));
+        let mut failures = 0;
+        for expected in 1..=5 {
+            failures = failures_after(failures, soon);
+            assert_eq!(failures, expected);
+        }
+        // Refused attempts count the same way.
+        assert_eq!(failures_after(failures, None), 6);
+        // A connection that stayed up starts the backoff over.
+        assert_eq!(failures_after(6, Some(HEALTHY_CONNECTION)), 1);
+        let (min, max) = (Duration::from_millis(100), Duration::from_secs(10));
+        assert!(backoff(min, max, 1) <= Duration::from_millis(200));
+        assert!(backoff(min, max, 5) >= Duration::from_millis(1600));
+    }
+
+    #[test]
+    fn too_large_names_the_size_and_the_limit() {
+        let over = OverLimit {
+            limit: SizeLimit::Payload,
+            size: 5 << 20,
+            max: 256 << 10,
+        };
+        assert!(
+            too_large(&over)
+                .starts_with("payload is 5.0 MiB; this relay accepts at most 256 KiB per node"),
+            "{}",
+            too_large(&over)
+        );
+        let odd = OverLimit {
+            limit: SizeLimit::Frame,
+            size: 2_000_000,
+            max: 1536 << 10,
+        };
+        assert!(
+            too_large(&odd).starts_with(
+                "node is 1.9 MiB as a frame; this relay accepts frames of at most 1536 KiB"
+            ),
+            "{}",
+            too_large(&odd)
+        );
+    }
 }

@@ -250,7 +250,7 @@ pub enum Rejection {
     #[error("id does not match the node's content in this room")]
     HashMismatch = 1,
     /// The payload is larger than `max_payload`.
-    #[error("payload exceeds the size limit")]
+    #[error("payload is larger than the relay's max_payload limit (announced in welcome)")]
     PayloadTooLarge = 2,
     /// More parents than `max_parents`.
     #[error("too many parents")]
@@ -460,21 +460,83 @@ fn put_len_prefixed(h: &mut blake3::Hasher, bytes: &[u8]) {
 /// Checks path syntax (protocol/README.md §3.2): 1..=`max_path_len` bytes, 1..=`max_path_segments`
 /// non-empty segments separated by `/`, no `.` or `..` segments, no control characters.
 pub fn check_path(path: &str, limits: &NodeLimits) -> Result<(), Rejection> {
-    if path.is_empty() || path.len() > usize::from(limits.max_path_len) {
-        return Err(Rejection::BadPath);
+    path_problem(path, limits).map_err(|_| Rejection::BadPath)
+}
+
+/// Which rule of §3.2 a path breaks, for messages; [`check_path`] is the same check as a
+/// wire [`Rejection`].
+pub fn path_problem(path: &str, limits: &NodeLimits) -> Result<(), PathError> {
+    if path.is_empty() {
+        return Err(PathError::Empty);
+    }
+    if path.len() > usize::from(limits.max_path_len) {
+        return Err(PathError::TooLong {
+            len: path.len(),
+            max: limits.max_path_len,
+        });
+    }
+    if path.starts_with('/') {
+        return Err(PathError::LeadingSlash);
+    }
+    if path.ends_with('/') {
+        return Err(PathError::TrailingSlash);
     }
     let mut segments = 0usize;
     for segment in path.split('/') {
         segments += 1;
-        let bad = segment.is_empty()
-            || segment == "."
-            || segment == ".."
-            || segment.chars().any(char::is_control);
-        if bad || segments > usize::from(limits.max_path_segments) {
-            return Err(Rejection::BadPath);
+        if segments > usize::from(limits.max_path_segments) {
+            return Err(PathError::TooManySegments {
+                max: limits.max_path_segments,
+            });
+        }
+        if segment.is_empty() {
+            return Err(PathError::EmptySegment);
+        }
+        if segment == "." || segment == ".." {
+            return Err(PathError::DotSegment);
+        }
+        if segment.chars().any(char::is_control) {
+            return Err(PathError::ControlCharacter);
         }
     }
     Ok(())
+}
+
+/// The rule of §3.2 a path breaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PathError {
+    /// The path is the empty string.
+    #[error("the path is empty")]
+    Empty,
+    /// The path is longer than `max_path_len`.
+    #[error("the path is {len} bytes; at most {max} are allowed")]
+    TooLong {
+        /// Its length in bytes.
+        len: usize,
+        /// The limit.
+        max: u16,
+    },
+    /// The path starts with `/`; paths are relative (`a/b`).
+    #[error("it starts with `/`; paths are written without one, like `a/b`")]
+    LeadingSlash,
+    /// The path ends with `/`.
+    #[error("it ends with `/`")]
+    TrailingSlash,
+    /// Two `/` in a row make an empty segment.
+    #[error("it has an empty segment (`//`)")]
+    EmptySegment,
+    /// A segment is `.` or `..`.
+    #[error("it has a `.` or `..` segment")]
+    DotSegment,
+    /// A segment holds a control character.
+    #[error("it contains a control character")]
+    ControlCharacter,
+    /// More segments than `max_path_segments`.
+    #[error("it has more than {max} segments")]
+    TooManySegments {
+        /// The limit.
+        max: u16,
+    },
 }
 
 #[cfg(test)]
@@ -564,6 +626,12 @@ mod tests {
             root("a", b"12345").check(&room(), &limits),
             Err(Rejection::PayloadTooLarge)
         );
+        // The message names the limit the relay announced.
+        assert!(
+            Rejection::PayloadTooLarge
+                .to_string()
+                .contains("max_payload")
+        );
         let mut two_parents = root("a", b"");
         two_parents.parents = vec![NodeId([1; 32]), NodeId([2; 32])];
         assert_eq!(
@@ -588,6 +656,19 @@ mod tests {
             "aaaaaaaaaaaaaaaaa",
         ] {
             assert_eq!(check_path(bad, &limits), Err(Rejection::BadPath), "{bad:?}");
+        }
+        for (bad, problem) in [
+            ("", PathError::Empty),
+            ("/a", PathError::LeadingSlash),
+            ("a/", PathError::TrailingSlash),
+            ("a//b", PathError::EmptySegment),
+            ("a/./b", PathError::DotSegment),
+            ("..", PathError::DotSegment),
+            ("a\u{7}", PathError::ControlCharacter),
+            ("a/b/c/d", PathError::TooManySegments { max: 3 }),
+            ("aaaaaaaaaaaaaaaaa", PathError::TooLong { len: 17, max: 16 }),
+        ] {
+            assert_eq!(path_problem(bad, &limits), Err(problem), "{bad:?}");
         }
         for good in ["a", "a/b/c", "x.y/z-1", "ü/ß"] {
             assert_eq!(check_path(good, &limits), Ok(()), "{good:?}");

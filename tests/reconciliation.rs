@@ -232,7 +232,7 @@ fn run(
                 }
             }
         }
-        up.extend(link.push(replica).unwrap());
+        up.extend(link.push(replica).unwrap().send);
     }
     assert!(up.is_empty(), "the exchange did not settle");
     let _ = hub.disconnect(sid);

@@ -13,14 +13,14 @@ use net::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
-use weft::client::{Client, ClientConfig, Event};
+use weft::client::{Client, ClientConfig, DisconnectKind, Event, PushError};
 use weft::node::{NodeId, Rejection};
 use weft::protocol::Plan;
 use weft::protocol::{
     Ack, Batch, Broadcast, CatchUpDone, CloseCode, Credit, ErrorCode, Ids, Message, MessageType,
     Need, Outcome, Pack, Presence, PresenceUpdate, Resolved, Welcome,
 };
-use weft::replica::{Replica, replay};
+use weft::replica::{OverLimit, Replica, SizeLimit, replay};
 use weft::server::ServerConfig;
 use weft::store::{PackStore, Store};
 
@@ -507,6 +507,192 @@ async fn plain_http_to_a_room_route_is_told_what_it_needs() {
     assert_eq!(status, 400);
     assert!(body.contains("Sec-WebSocket-Key"), "{body}");
     relay.shutdown().await;
+}
+
+/// A node over the payload limit the relay announced is never sent: its push fails at once with
+/// the size and the limit, and it leaves the replica.
+#[tokio::test]
+async fn a_node_over_the_announced_limits_fails_its_push_without_being_sent() {
+    let mut config = ServerConfig::default();
+    config.rooms.hub.session.limits.max_frame = 64 * 1024;
+    config.rooms.hub.session.limits.node.max_payload = 1024;
+    let relay = Relay::start_with(config).await;
+    let (client, _events) = synced_client(&relay, "limits").await;
+    let pushed = tokio::time::timeout(PATIENCE, client.push("big", vec![1u8; 2048]))
+        .await
+        .expect("the push answers in time");
+    let Err(PushError::TooLarge(over)) = pushed else {
+        panic!("expected TooLarge, got {pushed:?}");
+    };
+    assert_eq!(
+        over,
+        OverLimit {
+            limit: SizeLimit::Payload,
+            size: 2048,
+            max: 1024
+        }
+    );
+    assert!(
+        PushError::TooLarge(over)
+            .to_string()
+            .starts_with("payload is 2.0 KiB; this relay accepts at most 1 KiB per node")
+    );
+    assert_eq!(client.with_replica(|r| r.len()), 0);
+    // Nothing reached the relay, and the client goes on working.
+    client.push("small", vec![1u8; 100]).await.unwrap();
+    let mut raw = Raw::connect(&relay, "limits").await;
+    let held = raw.join_and_catch_up().await;
+    assert_eq!(held.len(), 1);
+    assert_eq!(held[0].path, "small");
+    relay.shutdown().await;
+}
+
+/// A proxy in front of `upstream` that passes frames both ways but closes a connection with
+/// 1009 when the client sends a frame over `limit` bytes: a middlebox with a smaller frame
+/// limit than the relay announces. Returns its address and how many connections it took.
+async fn strict_proxy(
+    upstream: std::net::SocketAddr,
+    limit: usize,
+) -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    use futures::SinkExt;
+    use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut path = String::new();
+                // The callback's signature, error type included, is tungstenite's.
+                #[allow(clippy::result_large_err)]
+                let callback =
+                    |request: &tokio_tungstenite::tungstenite::handshake::server::Request,
+                     response| {
+                        path = request.uri().path().to_owned();
+                        Ok(response)
+                    };
+                let Ok(mut client) = tokio_tungstenite::accept_hdr_async(tcp, callback).await
+                else {
+                    return;
+                };
+                let url = format!("ws://{upstream}{path}");
+                let Ok((mut relay, _)) = tokio_tungstenite::connect_async(url).await else {
+                    return;
+                };
+                loop {
+                    tokio::select! {
+                        Some(Ok(message)) = client.next() => {
+                            if message.len() > limit {
+                                let close = CloseFrame {
+                                    code: 1009.into(),
+                                    reason: "message too big".into(),
+                                };
+                                let _ = client.send(WsMessage::Close(Some(close))).await;
+                                return;
+                            }
+                            if relay.send(message).await.is_err() {
+                                return;
+                            }
+                        }
+                        Some(Ok(message)) = relay.next() => {
+                            if client.send(message).await.is_err() {
+                                return;
+                            }
+                        }
+                        else => return,
+                    }
+                }
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+/// A relay (here: a proxy in front of it) that closes the connection every time a node's frame
+/// is sent makes the client back off and then fail that push with the reason, instead of
+/// resending the frame forever; the client goes on working.
+#[tokio::test]
+async fn a_node_the_relay_keeps_closing_on_fails_its_push_with_the_reason() {
+    let relay = Relay::start().await;
+    let (proxy, connections) = strict_proxy(relay.addr, 4096).await;
+    let mut config = ClientConfig::new(format!("ws://{proxy}"), room("closing"));
+    config.backoff_min = Duration::from_millis(20);
+    config.backoff_max = Duration::from_millis(200);
+    let (client, _events) = Client::start(config).unwrap();
+    tokio::time::timeout(PATIENCE, client.wait_synced())
+        .await
+        .expect("client syncs in time")
+        .unwrap();
+    let pushed = tokio::time::timeout(PATIENCE, client.push("big", vec![1u8; 8192]))
+        .await
+        .expect("the push gives up in time");
+    let Err(PushError::GaveUp { reason }) = pushed else {
+        panic!("expected GaveUp, got {pushed:?}");
+    };
+    assert_eq!(reason, "closed 1009: message too big");
+    // One connection per attempt: the first, and the two retries that hit the same close.
+    assert!(
+        connections.load(Ordering::SeqCst) >= weft::client::GIVE_UP_AFTER as usize,
+        "{connections:?}"
+    );
+    assert_eq!(client.with_replica(|r| r.len()), 0);
+    let small = tokio::time::timeout(PATIENCE, client.push("small", vec![1u8; 100]))
+        .await
+        .expect("a small push is acked in time");
+    assert!(small.is_ok(), "{small:?}");
+    relay.shutdown().await;
+}
+
+/// The library keeps retrying a relay that is not there, and says why in a form a program can
+/// act on; a URL that is not a WebSocket URL is refused at start.
+#[tokio::test]
+async fn connection_failures_are_typed_and_retried() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = port.local_addr().unwrap();
+    drop(port);
+    let mut config = ClientConfig::new(format!("ws://{addr}"), room("gone"));
+    config.backoff_min = Duration::from_millis(10);
+    config.backoff_max = Duration::from_millis(20);
+    let (client, mut events) = Client::start(config).unwrap();
+    for _ in 0..3 {
+        let event = tokio::time::timeout(PATIENCE, events.recv()).await.unwrap();
+        let Some(Event::Disconnected { reason, kind }) = event else {
+            panic!("expected a refused attempt, got {event:?}");
+        };
+        assert_eq!(kind, DisconnectKind::Refused);
+        assert!(kind.is_setup_error());
+        assert_eq!(reason, "connection refused");
+    }
+    client.close().await.unwrap();
+
+    let relay = Relay::start().await;
+    let mut config = ClientConfig::new(format!("{}/elsewhere", relay.url()), room("r"));
+    config.backoff_min = Duration::from_millis(10);
+    let (client, mut events) = Client::start(config).unwrap();
+    let event = tokio::time::timeout(PATIENCE, events.recv()).await.unwrap();
+    assert!(
+        matches!(
+            event,
+            Some(Event::Disconnected {
+                kind: DisconnectKind::Http(404),
+                ..
+            })
+        ),
+        "{event:?}"
+    );
+    client.close().await.unwrap();
+    relay.shutdown().await;
+
+    let refused = Client::start(ClientConfig::new("http://127.0.0.1:7788", room("r")));
+    let Err(error) = refused else {
+        panic!("an http:// URL must be refused");
+    };
+    assert_eq!(
+        error.to_string(),
+        "relay URL \"http://127.0.0.1:7788\" is an HTTP URL; the relay speaks WebSocket: write ws://127.0.0.1:7788"
+    );
 }
 
 #[tokio::test]

@@ -747,6 +747,9 @@ impl Sim {
                 SyncEvent::Subscribed { .. } => {
                     self.fail(format!("client {c}: subscribed without subscribing"))
                 }
+                SyncEvent::TooLarge { id, over } => self.fail(format!(
+                    "client {c}: node {id:?} refused as too large: {over:?}"
+                )),
             }
         }
         self.send(c, output.send);
@@ -774,11 +777,18 @@ impl Sim {
         self.log(|| format!("client {c} writes {id:?} to {path}"));
         let client = &mut self.clients[c];
         if let Some(conn) = client.conn.as_mut() {
-            let frames = conn
+            let output = conn
                 .link
-                .push(&client.replica)
+                .push(&mut client.replica)
                 .unwrap_or_else(|e| panic!("seed {}: push: {e}", self.seed));
-            self.send(c, frames);
+            // Simulated writes are far under every limit: none can be refused as too large.
+            assert!(
+                output.events.is_empty(),
+                "seed {}: {:?}",
+                self.seed,
+                output.events
+            );
+            self.send(c, output.send);
         }
     }
 

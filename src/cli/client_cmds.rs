@@ -2,28 +2,31 @@
 
 use std::io::Write as _;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
 use base64::Engine as _;
-use clap::Args;
+use clap::{ArgGroup, Args};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use weft::client::{Client, ClientConfig, Event};
-use weft::node::Node;
+use weft::client::{Client, ClientConfig, DisconnectKind, Event};
+use weft::node::{Node, NodeLimits, path_problem};
 
-use super::Target;
+use super::{Target, nodes};
 
 /// Flags of `weft push`.
 #[derive(Debug, Args)]
+#[command(group(ArgGroup::new("payload").required(true).args(["data", "file"])))]
 pub struct PushArgs {
     #[command(flatten)]
     target: Target,
+    /// Keep a local replica in this file, so later runs only fetch what is new.
+    #[arg(long, env = "WEFT_REPLICA")]
+    replica: Option<PathBuf>,
     /// The node's path, e.g. `docs/readme`.
     #[arg(long)]
     path: String,
-    /// Payload given inline.
-    #[arg(long, conflicts_with = "file", required_unless_present = "file")]
+    /// Payload given inline (for large ones, use --file, or --file - for stdin).
+    #[arg(long)]
     data: Option<String>,
     /// Payload read from a file (`-` for stdin).
     #[arg(long)]
@@ -35,6 +38,14 @@ pub struct PushArgs {
 pub struct TailArgs {
     #[command(flatten)]
     target: Target,
+    /// Keep a local replica in this file: later runs print only the nodes that are new since
+    /// (see --from-start).
+    #[arg(long, env = "WEFT_REPLICA")]
+    replica: Option<PathBuf>,
+    /// With --replica: print the nodes the replica already holds first, so the output is the
+    /// whole room (or subscription) again.
+    #[arg(long, requires = "replica")]
+    from_start: bool,
     /// One JSON object per line: id, parents, depth, path, payload or payload_b64.
     #[arg(long)]
     json: bool,
@@ -65,18 +76,34 @@ fn start(
     target: &Target,
     replica: Option<PathBuf>,
     subscribe: &[String],
-) -> anyhow::Result<(Client, mpsc::Receiver<Event>)> {
-    let mut config = ClientConfig::new(target.server.clone(), target.room.clone());
+) -> anyhow::Result<(Client, mpsc::Receiver<Event>, String)> {
+    let (server, room) = target.resolve()?;
+    let mut config = ClientConfig::new(server, room);
     config.replica_file = replica;
     config.subscribe = (!subscribe.is_empty()).then(|| subscribe.to_vec());
-    Client::start(config).context("cannot start the client")
+    let url = config.room_url();
+    let (client, events) = Client::start(config).context("cannot start the client")?;
+    Ok((client, events, url))
+}
+
+/// Whether a failure to reach the relay ends the command at once.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Retry {
+    /// A one-shot command: a refused connection, an HTTP status or an unusable URL will not
+    /// fix itself before the timeout, so say so now.
+    Never,
+    /// A long-running command: keep retrying until the timeout, logging each new reason once.
+    UntilTimeout,
 }
 
 /// Reads events until the first reconciliation completes, or fails at `deadline` with the last
-/// connection error seen. Nodes that arrive meanwhile go to `on_node`.
+/// connection error seen (or at once, for a setup error under [`Retry::Never`]). Nodes that
+/// arrive meanwhile go to `on_node`.
 async fn until_synced(
     events: &mut mpsc::Receiver<Event>,
     deadline: Instant,
+    url: &str,
+    retry: Retry,
     mut on_node: impl FnMut(&Node) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
     let mut last_error = String::from("no answer");
@@ -84,12 +111,20 @@ async fn until_synced(
         let event = tokio::time::timeout_at(deadline, events.recv())
             .await
             .map_err(|_| {
-                anyhow!("relay not reachable or not syncing in time (last: {last_error})")
+                anyhow!("relay at {url} not reachable or not syncing in time (last: {last_error})")
             })?;
         match event {
             Some(Event::Synced { .. }) => return Ok(()),
             Some(Event::Node(node)) => on_node(&node)?,
-            Some(Event::Disconnected { reason }) => last_error = reason,
+            Some(Event::Disconnected { reason, kind }) => {
+                if retry == Retry::Never && kind.is_setup_error() {
+                    bail!("{}", setup_error(url, &reason, kind));
+                }
+                if reason != last_error {
+                    tracing::warn!(%url, %reason, "relay not reachable; retrying");
+                }
+                last_error = reason;
+            }
             Some(Event::RelayError(e)) => {
                 tracing::warn!(code = e.code, detail = %e.detail, "relay error")
             }
@@ -100,8 +135,29 @@ async fn until_synced(
     }
 }
 
+/// What a setup error means, naming the URL that was tried.
+fn setup_error(url: &str, reason: &str, kind: DisconnectKind) -> String {
+    match kind {
+        DisconnectKind::Refused => {
+            format!("cannot connect to {url}: connection refused (is `weft serve` running there?)")
+        }
+        DisconnectKind::Http(404) => format!(
+            "{url} answered {reason}: there is no relay route there; --server takes the relay's \
+             base URL (ws://HOST:PORT) or a room URL (ws://HOST:PORT/v1/rooms/ROOM)"
+        ),
+        DisconnectKind::Http(_) => {
+            format!("{url} answered {reason} instead of accepting the WebSocket connection")
+        }
+        _ => format!("cannot connect to {url}: {reason}"),
+    }
+}
+
 /// `weft push`.
 pub async fn push(args: PushArgs) -> anyhow::Result<()> {
+    // Before connecting: a bad path must not wait for the relay to be refused.
+    if let Err(problem) = path_problem(&args.path, &NodeLimits::default()) {
+        bail!("bad path {:?}: {problem}", args.path);
+    }
     let payload = match (&args.data, &args.file) {
         (Some(data), _) => data.clone().into_bytes(),
         (None, Some(path)) if path.as_os_str() == "-" => {
@@ -115,9 +171,9 @@ pub async fn push(args: PushArgs) -> anyhow::Result<()> {
         }
         (None, None) => bail!("give --data or --file"),
     };
-    let deadline = Instant::now() + Duration::from_secs(args.target.timeout);
-    let (client, mut events) = start(&args.target, args.target.replica.clone(), &[])?;
-    until_synced(&mut events, deadline, |_| Ok(())).await?;
+    let deadline = Instant::now() + args.target.timeout;
+    let (client, mut events, url) = start(&args.target, args.replica.clone(), &[])?;
+    until_synced(&mut events, deadline, &url, Retry::Never, |_| Ok(())).await?;
     // The driver keeps emitting events; nobody reads them from here on.
     drop(events);
     let id = tokio::time::timeout_at(deadline, client.push(&args.path, payload))
@@ -130,17 +186,33 @@ pub async fn push(args: PushArgs) -> anyhow::Result<()> {
 
 /// `weft tail`.
 pub async fn tail(args: TailArgs) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(args.target.timeout);
-    let (client, mut events) = start(&args.target, args.target.replica.clone(), &args.subscribe)?;
+    let deadline = Instant::now() + args.target.timeout;
+    let (client, mut events, url) = start(&args.target, args.replica.clone(), &args.subscribe)?;
     let print = |node: &Node| print_node(node, args.json);
-    until_synced(&mut events, deadline, print).await?;
+    if args.from_start {
+        // Only the replica file's nodes so far: arrivals are still queued as events.
+        let held: Vec<Node> = client.with_replica(|r| r.nodes().cloned().collect());
+        for node in &held {
+            print(node)?;
+        }
+    }
+    let retry = if args.once {
+        Retry::Never
+    } else {
+        Retry::UntilTimeout
+    };
+    until_synced(&mut events, deadline, &url, retry, print).await?;
     if !args.once {
+        let mut last_reason = None;
         while let Some(event) = events.recv().await {
             match event {
                 Event::Node(node) => print(&node)?,
-                Event::Disconnected { reason } => {
-                    tracing::warn!(%reason, "disconnected; reconnecting")
+                // The client retries by itself, with backoff; say each new reason once.
+                Event::Disconnected { reason, .. } if last_reason.as_ref() != Some(&reason) => {
+                    tracing::warn!(%url, %reason, "disconnected; reconnecting");
+                    last_reason = Some(reason);
                 }
+                Event::Synced { .. } => last_reason = None,
                 _ => {}
             }
         }
@@ -151,16 +223,27 @@ pub async fn tail(args: TailArgs) -> anyhow::Result<()> {
 
 /// `weft pull`.
 pub async fn pull(args: PullArgs) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(args.target.timeout);
-    let (client, mut events) = start(&args.target, Some(args.out.clone()), &args.subscribe)?;
-    until_synced(&mut events, deadline, |_| Ok(())).await?;
+    let deadline = Instant::now() + args.target.timeout;
+    let (client, mut events, url) = start(&args.target, Some(args.out.clone()), &args.subscribe)?;
+    // Each node event is a node new to the replica.
+    let mut new = 0usize;
+    let count = |_: &Node| {
+        new += 1;
+        Ok(())
+    };
+    until_synced(&mut events, deadline, &url, Retry::Never, count).await?;
     drop(events);
-    let count = client.with_replica(|r| r.len());
+    let held = client.with_replica(|r| r.len());
     client
         .close()
         .await
         .with_context(|| format!("cannot write {}", args.out.display()))?;
-    eprintln!("pulled {count} nodes into {}", args.out.display());
+    eprintln!(
+        "pulled {}; {} now holds {}",
+        nodes(new, "new "),
+        args.out.display(),
+        nodes(held, "")
+    );
     Ok(())
 }
 

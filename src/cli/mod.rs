@@ -3,8 +3,10 @@
 mod client_cmds;
 mod serve;
 mod store_cmds;
+mod store_lock;
+mod units;
 
-use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use weft::node::RoomId;
@@ -53,18 +55,60 @@ enum Command {
 /// Where and which room a client command talks to.
 #[derive(Debug, Args)]
 struct Target {
-    /// Relay base URL.
+    /// The relay: its base URL (`ws://HOST:PORT`), or a room's URL (`ws://HOST:PORT/v1/rooms/ROOM`,
+    /// as `weft serve` prints it), which also names the room.
     #[arg(long, env = "WEFT_SERVER", default_value = "ws://127.0.0.1:7788")]
     server: String,
-    /// Room id (1-128 characters of A-Z a-z 0-9 . _ ~ -).
+    /// Room id (1-128 characters of A-Z a-z 0-9 . _ ~ -). Not needed when `--server` is a
+    /// room URL.
     #[arg(long, env = "WEFT_ROOM")]
-    room: RoomId,
-    /// Keep a local replica in this file, so later runs only fetch what is new.
-    #[arg(long, env = "WEFT_REPLICA")]
-    replica: Option<PathBuf>,
-    /// Give up after this many seconds without reaching the relay or an ack.
-    #[arg(long, env = "WEFT_TIMEOUT", default_value_t = 30)]
-    timeout: u64,
+    room: Option<RoomId>,
+    /// Give up after this long without reaching the relay or an ack (`30s`, `2m`; a bare
+    /// number is seconds).
+    #[arg(long, env = "WEFT_TIMEOUT", default_value = "30s", value_parser = units::seconds)]
+    timeout: Duration,
+}
+
+impl Target {
+    /// The relay's base URL and the room: `--server` may be a room URL, and then `--room` is
+    /// optional but must agree.
+    fn resolve(&self) -> anyhow::Result<(String, RoomId)> {
+        let (base, from_url) = split_room_url(&self.server)?;
+        match (from_url, &self.room) {
+            (Some(a), Some(b)) if &a != b => anyhow::bail!(
+                "--server {} names room {a}, but --room says {b}; give one of them",
+                self.server
+            ),
+            (Some(room), _) => Ok((base, room)),
+            (None, Some(room)) => Ok((base, room.clone())),
+            (None, None) => anyhow::bail!(
+                "which room? give --room ROOM, or a room URL as --server \
+                 (ws://HOST:PORT/v1/rooms/ROOM)"
+            ),
+        }
+    }
+}
+
+/// `server` without a trailing `/v1/rooms/ROOM`, and that room if it had one.
+fn split_room_url(server: &str) -> anyhow::Result<(String, Option<RoomId>)> {
+    let trimmed = server.trim_end_matches('/');
+    // Only the path counts: `://` keeps a bare `ws://host` from matching.
+    let Some((scheme, rest)) = trimmed.split_once("://") else {
+        return Ok((server.to_owned(), None));
+    };
+    let Some((authority, room)) = rest.split_once("/v1/rooms/") else {
+        return Ok((server.to_owned(), None));
+    };
+    let room = room.parse::<RoomId>().map_err(|e| {
+        anyhow::anyhow!("--server {server}: the room in the URL is not a room id: {e}")
+    })?;
+    Ok((format!("{scheme}://{authority}"), Some(room)))
+}
+
+/// "1 new node", "N new nodes" (for `adjective` "new ").
+pub(crate) fn nodes(n: usize, adjective: &str) -> String {
+    let noun = if n == 1 { "node" } else { "nodes" };
+    format!("{n} {adjective}{noun}")
 }
 
 /// Sets up stderr logging.
@@ -92,5 +136,27 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Store(args) => store_cmds::store(args).await,
         Command::Export(args) => store_cmds::export(args).await,
         Command::Import(args) => store_cmds::import(args).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn room_urls_split_into_base_and_room() {
+        let split = |s: &str| split_room_url(s).map_err(|e| e.to_string());
+        let room = |s: &str| RoomId::new(s).ok();
+        assert_eq!(
+            split("ws://127.0.0.1:7788/v1/rooms/notes"),
+            Ok(("ws://127.0.0.1:7788".into(), room("notes")))
+        );
+        assert_eq!(
+            split("ws://h:1/v1/rooms/notes/"),
+            Ok(("ws://h:1".into(), room("notes")))
+        );
+        assert_eq!(split("ws://h:1"), Ok(("ws://h:1".into(), None)));
+        assert_eq!(split("ws://h:1/"), Ok(("ws://h:1/".into(), None)));
+        assert!(split("ws://h:1/v1/rooms/a/b").is_err());
     }
 }

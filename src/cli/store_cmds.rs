@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::{Context, bail};
 use bytes::Bytes;
 use clap::{Args, Subcommand};
-use weft::node::{NodeLimits, RoomId};
+use weft::node::{NodeLimits, Rejection, RoomId};
 use weft::protocol;
 use weft::room::{OrphanLimits, Room};
 use weft::store::{self, Store, pack};
@@ -92,8 +92,8 @@ pub async fn export(args: ExportArgs) -> anyhow::Result<()> {
     std::fs::rename(&partial, &args.out)
         .with_context(|| format!("cannot write {}", args.out.display()))?;
     println!(
-        "exported {} nodes of room {} to {}",
-        stored.nodes.len(),
+        "exported {} of room {} to {}",
+        super::nodes(stored.nodes.len(), ""),
         args.room,
         args.out.display()
     );
@@ -113,6 +113,17 @@ pub async fn import(args: ImportArgs) -> anyhow::Result<()> {
             args.room
         )
     })?;
+    // A relay serving the room keeps it in memory and would close every session of it (4006)
+    // at its next commit after this one; refuse rather than break it.
+    let _lock = match super::store_lock::lock(&args.location.store) {
+        Ok(lock) => lock,
+        Err(super::store_lock::LockError::Held(path)) => bail!(
+            "a relay is serving {} (it holds {}); stop it first, then import",
+            args.location.store,
+            path.display()
+        ),
+        Err(super::store_lock::LockError::Other(e)) => return Err(e),
+    };
     let store = store::open(&args.location.store)?;
     let existing = store.load(&args.room).await?;
     let epoch = existing.as_ref().map_or(header.epoch, |room| room.epoch);
@@ -129,8 +140,18 @@ pub async fn import(args: ImportArgs) -> anyhow::Result<()> {
     let before = room.seq();
     for node in nodes {
         let id = node.id;
-        room.restore(node)
-            .map_err(|reason| anyhow::anyhow!("node {id} cannot be imported: {reason}"))?;
+        match room.restore(node) {
+            Ok(_) => {}
+            // Ids hash the room in (§3.1): the file's room name is not stored, only that it
+            // is another one.
+            Err(Rejection::HashMismatch) => bail!(
+                "{} is not an export of room {}: its nodes belong to another room; import it \
+                 under the room name it was exported from",
+                args.input.display(),
+                args.room
+            ),
+            Err(reason) => bail!("node {id} cannot be imported: {reason}"),
+        }
     }
     // The room was built without a payload budget: every encoding is resident.
     let fresh: Option<Vec<Bytes>> = (before + 1..=room.seq())
@@ -139,8 +160,8 @@ pub async fn import(args: ImportArgs) -> anyhow::Result<()> {
     let fresh = fresh.context("an imported node lost its encoding")?;
     store.append(&args.room, epoch, &fresh).await?;
     println!(
-        "imported {} new nodes into room {} ({} in total)",
-        fresh.len(),
+        "imported {} into room {} ({} in total)",
+        super::nodes(fresh.len(), "new "),
         args.room,
         room.seq()
     );

@@ -46,6 +46,15 @@ pub enum SyncEvent {
     },
     /// The relay complained about one of our frames.
     RelayError(ErrorMessage),
+    /// One of our nodes is over a limit the relay announced in `welcome`, so the relay can never
+    /// accept it. It was not sent, and it and its descendants have been removed from the
+    /// replica.
+    TooLarge {
+        /// The node.
+        id: NodeId,
+        /// Which limit it exceeds, and by how much.
+        over: OverLimit,
+    },
     /// A subscription change is complete: the replica now copies `patterns` and holds every
     /// matching node up to `seq`.
     Subscribed {
@@ -55,6 +64,29 @@ pub enum SyncEvent {
         seq: u64,
     },
 }
+
+/// A node over one of the relay's size limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OverLimit {
+    /// Which limit.
+    pub limit: SizeLimit,
+    /// The node's size against that limit, in bytes.
+    pub size: u64,
+    /// The limit, in bytes.
+    pub max: u64,
+}
+
+/// A size limit from `welcome`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SizeLimit {
+    /// `max_payload`: the payload alone.
+    Payload,
+    /// `max_frame`: the node in a `pack` frame of its own.
+    Frame,
+}
+
+/// Envelope, pack header and number take under 16 bytes.
+const PACK_OVERHEAD: usize = 16;
 
 /// What to send and report after a frame.
 #[derive(Debug, Default)]
@@ -340,7 +372,9 @@ impl Link {
             ClientEvent::RelayError(error) => out.events.push(SyncEvent::RelayError(error)),
         }
         if self.session.is_steady() {
-            out.send.extend(self.push(replica)?);
+            let pushed = self.push(replica)?;
+            out.send.extend(pushed.send);
+            out.events.extend(pushed.events);
         }
         Ok(out)
     }
@@ -407,17 +441,20 @@ impl Link {
     }
 
     /// Packs for every unsynced node not yet sent on this connection, within the relay's limits.
-    /// Empty until the session is steady.
-    pub fn push(&mut self, replica: &Replica) -> Result<Vec<Bytes>, LinkError> {
+    /// Empty until the session is steady. A node over a limit from `welcome` is not sent: it is
+    /// removed from the replica with its descendants and reported as [`SyncEvent::TooLarge`].
+    pub fn push(&mut self, replica: &mut Replica) -> Result<LinkOutput, LinkError> {
+        let mut out = LinkOutput::default();
         if !self.session.is_steady() {
-            return Ok(Vec::new());
+            return Ok(out);
         }
         let max_nodes = (self.limits.max_pack_nodes as usize).max(1);
-        // Envelope, pack header and number take under 16 bytes.
-        let max_bytes = (self.limits.max_frame as usize).saturating_sub(16);
-        let mut frames = Vec::new();
+        let max_bytes = (self.limits.max_frame as usize).saturating_sub(PACK_OVERHEAD);
+        let max_payload = self.limits.node.max_payload as usize;
         let mut nodes = Vec::new();
         let mut size = 0usize;
+        let mut too_large = Vec::new();
+        let mut doomed = HashSet::new();
         // Only nodes after the cursor are new to this connection: a push per frame must not
         // rescan everything already in flight.
         if replica.generation() != self.push_generation {
@@ -429,20 +466,52 @@ impl Link {
             if self.outstanding.contains(&node.id) {
                 continue;
             }
+            // Built on a node that is never sent: it goes with that node.
+            if node.parents.iter().any(|p| doomed.contains(p)) {
+                doomed.insert(node.id);
+                continue;
+            }
             let node_size = node.wire_size_bound();
+            let over = if node.payload.len() > max_payload {
+                Some((SizeLimit::Payload, node.payload.len(), max_payload))
+            } else if node_size > max_bytes {
+                let frame = node_size.saturating_add(PACK_OVERHEAD);
+                Some((SizeLimit::Frame, frame, self.limits.max_frame as usize))
+            } else {
+                None
+            };
+            if let Some((limit, size, max)) = over {
+                let over = OverLimit {
+                    limit,
+                    size: size as u64,
+                    max: max as u64,
+                };
+                doomed.insert(node.id);
+                too_large.push((node.id, over));
+                continue;
+            }
             if !nodes.is_empty()
                 && (nodes.len() >= max_nodes || size.saturating_add(node_size) > max_bytes)
             {
-                frames.push(self.pack(std::mem::take(&mut nodes))?);
+                out.send.push(self.pack(std::mem::take(&mut nodes))?);
                 size = 0;
             }
             size = size.saturating_add(node_size);
             nodes.push(node.clone());
         }
         if !nodes.is_empty() {
-            frames.push(self.pack(nodes)?);
+            out.send.push(self.pack(nodes)?);
         }
-        Ok(frames)
+        for (id, over) in too_large {
+            replica.discard(&id);
+            out.events.push(SyncEvent::TooLarge { id, over });
+        }
+        Ok(out)
+    }
+
+    /// Our nodes sent on this connection and not settled yet.
+    pub fn in_flight(&self) -> impl Iterator<Item = &NodeId> {
+        self.outstanding.iter()
     }
 
     fn pack(&mut self, nodes: Vec<crate::node::Node>) -> Result<Bytes, LinkError> {

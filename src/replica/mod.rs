@@ -22,7 +22,7 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::node::{Node, NodeId, NodeLimits, Rejection, RoomId};
+use crate::node::{Node, NodeId, NodeLimits, PathError, Rejection, RoomId};
 use crate::pattern::{Pattern, PatternError, PatternLimits, PatternSet};
 use crate::protocol::{SyncHints, Watermark};
 use crate::recon::estimator::Estimator;
@@ -30,7 +30,7 @@ use crate::recon::ibf::SketchKey;
 use crate::recon::index::SetIndex;
 use crate::recon::{FastMap, FastSet, SetDigest};
 
-pub use link::{Link, LinkError, LinkOutput, SyncEvent};
+pub use link::{Link, LinkError, LinkOutput, OverLimit, SizeLimit, SyncEvent};
 
 /// Most heads a `hello` carries; a replica with more synced heads than this asks for the id list.
 pub const MAX_HELLO_HEADS: usize = 256;
@@ -92,10 +92,26 @@ pub struct Replica {
 pub enum InsertError {
     /// The node failed its own checks.
     #[error("invalid node: {0}")]
-    Invalid(#[from] Rejection),
+    Invalid(Rejection),
+    /// The path breaks a rule of protocol/README.md §3.2.
+    #[error("bad path {path:?}: {problem}")]
+    BadPath {
+        /// The path as given.
+        path: String,
+        /// The rule it breaks.
+        problem: PathError,
+    },
     /// A parent is not in the replica.
     #[error("parent {0} is not in the replica")]
     MissingParent(NodeId),
+}
+
+// Not `#[from]`: the message already says the reason, so it is not also a `source` that error
+// reports would print a second time.
+impl From<Rejection> for InsertError {
+    fn from(reason: Rejection) -> Self {
+        Self::Invalid(reason)
+    }
 }
 
 impl Replica {
@@ -352,6 +368,12 @@ impl Replica {
     /// heads than a node may name (a subset replica, whose nodes' children at other paths it
     /// never sees, collects many), it builds on the deepest ones.
     pub fn create(&mut self, path: &str, payload: impl Into<Bytes>) -> Result<NodeId, InsertError> {
+        crate::node::path_problem(path, &NodeLimits::default()).map_err(|problem| {
+            InsertError::BadPath {
+                path: path.to_owned(),
+                problem,
+            }
+        })?;
         let mut parents: Vec<&Node> = self.heads.iter().filter_map(|id| self.get(id)).collect();
         let max_parents = usize::from(NodeLimits::default().max_parents);
         if parents.len() > max_parents {
@@ -740,7 +762,7 @@ pub fn read_subscription(patterns: &[String]) -> Result<PatternSet, PatternError
 pub enum ReplicaFileError {
     /// Not a replica file.
     #[error("not a replica file: {0}")]
-    Decode(#[from] rmp_serde::decode::Error),
+    Decode(rmp_serde::decode::Error),
     /// A format version this build does not read.
     #[error("replica file format {0} is not supported")]
     Format(u32),
@@ -752,10 +774,30 @@ pub enum ReplicaFileError {
     SketchKey,
     /// A stored node is invalid or out of order.
     #[error("replica file holds a bad node: {0}")]
-    Node(#[from] InsertError),
+    Node(InsertError),
     /// A stored subscription pattern is invalid.
     #[error("replica file holds a bad subscription pattern: {0}")]
-    Subscription(#[from] PatternError),
+    Subscription(PatternError),
+}
+
+// The conversions are written out rather than `#[from]`: each message already says its cause,
+// so the cause is not also a `source` that error reports would print a second time.
+impl From<rmp_serde::decode::Error> for ReplicaFileError {
+    fn from(e: rmp_serde::decode::Error) -> Self {
+        Self::Decode(e)
+    }
+}
+
+impl From<InsertError> for ReplicaFileError {
+    fn from(e: InsertError) -> Self {
+        Self::Node(e)
+    }
+}
+
+impl From<PatternError> for ReplicaFileError {
+    fn from(e: PatternError) -> Self {
+        Self::Subscription(e)
+    }
 }
 
 #[cfg(test)]

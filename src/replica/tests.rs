@@ -151,10 +151,13 @@ fn create_builds_on_every_head() {
     let root = empty.create("a", "1").unwrap();
     assert_eq!(empty.get(&root).unwrap().depth, 0);
     assert!(empty.get(&root).unwrap().parents.is_empty());
-    // Bad paths are the caller's error.
+    // Bad paths are the caller's error, and say which rule they break.
     assert_eq!(
         empty.create("a//b", "x"),
-        Err(InsertError::Invalid(Rejection::BadPath))
+        Err(InsertError::BadPath {
+            path: "a//b".into(),
+            problem: crate::node::PathError::EmptySegment
+        })
     );
     assert_eq!(empty.len(), 1);
 }

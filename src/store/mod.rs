@@ -150,13 +150,12 @@ pub fn open(location: &str) -> Result<PackStore, StoreError> {
     if location == "memory://" || location == "memory:" {
         return Ok(PackStore::memory());
     }
-    if !location.contains("://") {
-        return local(std::path::Path::new(location), location);
+    if let Some(path) = local_dir(location) {
+        return local(&path, location);
     }
     let url = url::Url::parse(location).map_err(|e| bad(&e))?;
     if url.scheme() == "file" {
-        let path = url.to_file_path().map_err(|()| bad(&"not a local path"))?;
-        return local(&path, location);
+        return Err(bad(&"not a local path"));
     }
     // Cloud clients speak TLS through rustls with ring; a provider installed earlier (by the
     // embedding application) is kept.
@@ -170,7 +169,26 @@ pub fn open(location: &str) -> Result<PackStore, StoreError> {
     ))
 }
 
+/// The directory of a local store location (a path or a `file://` URL), or `None` for any
+/// other store.
+pub fn local_dir(location: &str) -> Option<std::path::PathBuf> {
+    if location == "memory:" {
+        return None;
+    }
+    if !location.contains("://") {
+        return Some(location.into());
+    }
+    let url = url::Url::parse(location).ok()?;
+    (url.scheme() == "file")
+        .then(|| url.to_file_path().ok())
+        .flatten()
+}
+
 fn local(path: &std::path::Path, location: &str) -> Result<PackStore, StoreError> {
+    // create_dir_all would only say "File exists".
+    if path.exists() && !path.is_dir() {
+        return Err(StoreError::Location(format!("{location}: not a directory")));
+    }
     std::fs::create_dir_all(path).map_err(|e| StoreError::Location(format!("{location}: {e}")))?;
     let objects = object_store::local::LocalFileSystem::new_with_prefix(path)
         .map_err(|e| StoreError::Location(format!("{location}: {e}")))?

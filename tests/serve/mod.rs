@@ -26,11 +26,19 @@ impl Serve {
 
     /// A relay over the store in `store`.
     pub fn start_at(store: &std::path::Path) -> Self {
+        Self::start_with(store, &["--listen", "127.0.0.1:0"], &[])
+    }
+
+    /// A relay over the store in `store`, with these `serve` flags (which must bind an
+    /// ephemeral port) and environment variables.
+    pub fn start_with(store: &std::path::Path, args: &[&str], envs: &[(&str, &str)]) -> Self {
         let mut child = Command::new(WEFT)
-            .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "text"])
+            .args(["serve", "--log-format", "text"])
+            .args(args)
             .arg("--store")
             .arg(store)
             .env("WEFT_LOG", "info")
+            .envs(envs.iter().copied())
             .stderr(Stdio::piped())
             .stdout(Stdio::null())
             .spawn()

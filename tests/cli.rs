@@ -693,7 +693,7 @@ fn import_refuses_a_store_a_relay_serves() {
     let stderr = String::from_utf8_lossy(&other.stderr);
     assert!(
         stderr.contains(&format!(
-            "{file} is not an export of room other: its nodes belong to another room"
+            "{file} is an export of room moved, not of room other; import it with --room moved"
         )),
         "{stderr}"
     );

@@ -77,14 +77,39 @@ pub async fn store(args: StoreArgs) -> anyhow::Result<()> {
     }
 }
 
-/// `weft export`: the room's nodes, in arrival order, as one pack file.
+/// What an export file starts with, before the room id and the pack (protocol/storage.md).
+const EXPORT_MAGIC: &[u8; 8] = b"WEFTEXP1";
+
+/// An export file: the magic, the room id (one length byte, then its bytes) and the pack.
+fn export_file(room: &RoomId, pack: &[u8]) -> Vec<u8> {
+    let id = room.as_str().as_bytes();
+    let mut file = Vec::with_capacity(EXPORT_MAGIC.len() + 1 + id.len() + pack.len());
+    file.extend_from_slice(EXPORT_MAGIC);
+    // Room ids are at most 128 bytes (RoomId::MAX_LEN), so the length fits a byte.
+    file.push(u8::try_from(id.len()).unwrap_or(u8::MAX));
+    file.extend_from_slice(id);
+    file.extend_from_slice(pack);
+    file
+}
+
+/// The room id and the pack of an export file, or `None` when `file` does not start like one
+/// (a bare pack, or not an export at all: the pack decoder says which).
+fn split_export(file: &[u8]) -> Option<(&str, &[u8])> {
+    let rest = file.strip_prefix(EXPORT_MAGIC.as_slice())?;
+    let (&len, rest) = rest.split_first()?;
+    let (room, pack) = rest.split_at_checked(usize::from(len))?;
+    Some((std::str::from_utf8(room).ok()?, pack))
+}
+
+/// `weft export`: the room's id and its nodes, in arrival order, as one file.
 pub async fn export(args: ExportArgs) -> anyhow::Result<()> {
     let store = store::open(&args.location.store)?;
     let Some(stored) = store.load(&args.room).await? else {
         bail!("room {} is not in {}", args.room, args.location.store);
     };
     let records: Vec<Bytes> = stored.nodes.iter().map(protocol::encode_node).collect();
-    let (bytes, _) = pack::encode_pack(stored.epoch, 1, &records);
+    let (pack, _) = pack::encode_pack(stored.epoch, 1, &records);
+    let bytes = export_file(&args.room, &pack);
     // Written aside, then renamed: an interrupted export never leaves half a file behind.
     let partial = args.out.with_extension("partial");
     std::fs::write(&partial, &bytes)
@@ -106,7 +131,17 @@ pub async fn export(args: ExportArgs) -> anyhow::Result<()> {
 pub async fn import(args: ImportArgs) -> anyhow::Result<()> {
     let bytes = std::fs::read(&args.input)
         .with_context(|| format!("cannot read {}", args.input.display()))?;
-    let (header, nodes, _) = pack::decode_pack(&bytes).with_context(|| {
+    let pack = match split_export(&bytes) {
+        Some((room, _)) if room != args.room.as_str() => bail!(
+            "{} is an export of room {room}, not of room {}; import it with --room {room}",
+            args.input.display(),
+            args.room
+        ),
+        Some((_, pack)) => pack,
+        // A bare pack, as exports were before they named their room.
+        None => &bytes[..],
+    };
+    let (header, nodes, _) = pack::decode_pack(pack).with_context(|| {
         format!(
             "{} is not an export of room {}",
             args.input.display(),

@@ -208,3 +208,25 @@ fn a_set_holding_everything_holds_nothing_else() {
     let some = PatternSet::new([p("docs/**")]);
     assert_eq!(some.with(&[p("**")]), all);
 }
+
+/// The length and segment limits count the pattern as sent, not its canonical form (§3.5):
+/// `a/**/**/b` is 9 bytes and 4 segments although it canonicalises to `a/**/b`.
+#[test]
+fn limits_apply_before_canonical_form() {
+    let limits = |len, segments| PatternLimits {
+        max_pattern_len: len,
+        max_pattern_segments: segments,
+        ..PatternLimits::default()
+    };
+    let sent = "a/**/**/b";
+    assert_eq!(parse(sent).unwrap().as_str(), "a/**/b");
+    assert!(matches!(
+        Pattern::parse(sent, &limits(256, 3)),
+        Err(PatternError::TooManySegments { max: 3 })
+    ));
+    assert!(matches!(
+        Pattern::parse(sent, &limits(8, 32)),
+        Err(PatternError::TooLong { len: 9, max: 8 })
+    ));
+    assert!(Pattern::parse(sent, &limits(9, 4)).is_ok());
+}

@@ -253,7 +253,8 @@ const DISCARD_QUIET: Duration = Duration::from_millis(250);
 async fn discard_input(io: &mut (impl tokio::io::AsyncRead + Unpin), limit: Duration) {
     use tokio::io::AsyncReadExt;
     let deadline = Instant::now() + limit;
-    let mut scratch = [0u8; 8192];
+    // On the heap: an array here would sit in every connection task's future, used or not.
+    let mut scratch = vec![0u8; 8192];
     loop {
         let quiet = (Instant::now() + DISCARD_QUIET).min(deadline);
         match tokio::time::timeout_at(quiet, io.read(&mut scratch)).await {

@@ -952,7 +952,7 @@ impl WeftCurrent {
         throughput: Option<Duration>,
     ) -> Measured {
         let room = Self::build_room(sc);
-        let mut hub = Hub::new(room, HubConfig::default());
+        let mut hub = Hub::new(room, HubConfig::immediate());
         let t0 = now();
         let sid = 1;
         let mut t = Tally {

@@ -207,7 +207,7 @@ fn hello_with(
 /// A hub over `room`, with `sessions` steady sessions (subscribed or not) and an unsubscribed
 /// writer as session 0.
 fn hub_with_sessions(room: Room, sessions: usize, subscribed: bool, rng: &mut StdRng) -> Hub {
-    let mut hub = Hub::new(room, HubConfig::default());
+    let mut hub = Hub::new(room, HubConfig::immediate());
     let now = Instant::now();
     let seq = hub.room().seq();
     let in_sync = |hub: &Hub| SyncHints {
@@ -583,7 +583,7 @@ fn handshake(settings: &Settings, out: &Output) -> anyhow::Result<()> {
         parent = Some(node.clone());
         room.restore(node).map_err(|e| anyhow::anyhow!("{e}"))?;
     }
-    let mut hub = Hub::new(room, HubConfig::default());
+    let mut hub = Hub::new(room, HubConfig::immediate());
     let build_secs = built.elapsed().as_secs_f64();
     let seq = hub.room().seq();
     let epoch = hub.room().epoch();

@@ -535,7 +535,7 @@ impl Relay {
     fn new() -> Self {
         let room = Room::new(room_id(), 1, NodeLimits::default(), OrphanLimits::default());
         Self {
-            hub: Hub::new(room, HubConfig::default()),
+            hub: Hub::new(room, HubConfig::immediate()),
             now: start_time(),
             next_session: 1,
             next_node: 0,

@@ -243,7 +243,7 @@ const SKETCHES: Capabilities = Capabilities::IBF.union(Capabilities::MST);
 
 /// Reconciles `history` and checks the outcome against ground truth; returns the plans.
 fn reconcile(history: &History, synced: bool) -> Vec<Plan> {
-    let mut hub = Hub::new(history.room(), HubConfig::default());
+    let mut hub = Hub::new(history.room(), HubConfig::immediate());
     let mut replica = history.replica(synced);
     let first = connect(&mut hub, &mut replica, 1, SKETCHES);
     assert_eq!(first.link_error, None);
@@ -326,7 +326,7 @@ fn hard_divergence_refines_and_converges() {
 /// change): sized from counts, the sketch is far too small.
 fn relay_lost_synced_nodes() -> (History, Hub, Replica) {
     let history = History::generate(4, 3_000, 0, 400, false);
-    let hub = Hub::new(history.room(), HubConfig::default());
+    let hub = Hub::new(history.room(), HubConfig::immediate());
     let mut replica = history.replica(true);
     for (n, side) in &history.nodes {
         if *side == Side::Client {
@@ -398,7 +398,7 @@ fn buckets_after_a_failed_sketch_expect_the_last_sketch_capacity() {
             .collect()
     };
     for cells_left in [0, 7, u64::MAX] {
-        let mut hub = Hub::new(history.room(), HubConfig::default());
+        let mut hub = Hub::new(history.room(), HubConfig::immediate());
         hub.connect(1, now());
         let (_, hello) = Link::start(&replica, SKETCHES, 1 << 20).unwrap();
         let first = frames_of(hub.handle_frame(1, &hello, now()));
@@ -447,7 +447,7 @@ fn bad_bucket_sketches_get_typed_errors() {
     };
     // Two failed decodes take the session to refinement at depth 1: 16 buckets.
     let refining = || {
-        let mut hub = Hub::new(history.room(), HubConfig::default());
+        let mut hub = Hub::new(history.room(), HubConfig::immediate());
         hub.connect(1, now());
         let (_, hello) = Link::start(&replica, SKETCHES, 1 << 20).unwrap();
         let _ = hub.handle_frame(1, &hello, now());
@@ -514,7 +514,7 @@ fn bad_bucket_sketches_get_typed_errors() {
     is_error_and_close(send(&mut second, bucket_ids(&[0x03, 0], &[])));
     is_error_and_close(send(&mut hub, bucket_ids(&[0x01, 0], &[entry(0, 0x5a)])));
     // Sketch bytes count against the session's id bound.
-    let mut config = HubConfig::default();
+    let mut config = HubConfig::immediate();
     config.session.max_total_ids = 10;
     let mut hub = Hub::new(history.room(), config);
     hub.connect(1, now());
@@ -620,7 +620,7 @@ fn garbage_sketches_are_typed_errors_and_change_nothing() {
         ),
     ];
     for (what, sketch) in cases {
-        let mut hub = Hub::new(history.room(), HubConfig::default());
+        let mut hub = Hub::new(history.room(), HubConfig::immediate());
         let mut replica = history.replica(false);
         let before: Vec<(NodeId, bool)> = replica
             .ids()
@@ -712,7 +712,7 @@ fn bad_wants_get_typed_errors_or_refinement() {
         (types, closes)
     };
     // Short ids that are not a whole number of words.
-    let mut hub = Hub::new(history.room(), HubConfig::default());
+    let mut hub = Hub::new(history.room(), HubConfig::immediate());
     start(&mut hub);
     let (types, closes) = send(
         &mut hub,
@@ -770,7 +770,7 @@ fn bad_wants_get_typed_errors_or_refinement() {
     assert_eq!(closes, vec![CloseCode::ProtocolViolation]);
 
     // A want list beyond the relay's bound closes the session.
-    let mut config = HubConfig::default();
+    let mut config = HubConfig::immediate();
     config.session.max_total_ids = 10;
     let mut hub = Hub::new(history.room(), config);
     start(&mut hub);
@@ -791,7 +791,7 @@ fn bad_wants_get_typed_errors_or_refinement() {
 #[test]
 fn watermarks_skip_sketches_and_bad_estimators_are_reported() {
     let history = History::generate(10, 800, 40, 0, true);
-    let mut hub = Hub::new(history.room(), HubConfig::default());
+    let mut hub = Hub::new(history.room(), HubConfig::immediate());
     let mut replica = history.replica(true);
     replica.complete_through(EPOCH, 800);
     let session = connect(&mut hub, &mut replica, 1, SKETCHES);
@@ -803,7 +803,7 @@ fn watermarks_skip_sketches_and_bad_estimators_are_reported() {
     );
 
     let history = History::generate(11, 800, 5, 5, false);
-    let mut hub = Hub::new(history.room(), HubConfig::default());
+    let mut hub = Hub::new(history.room(), HubConfig::immediate());
     let replica = history.replica(false);
     let mut hints = replica.hints(true);
     hints.estimator = Some(Bytes::from_static(&[0; 65]));
@@ -837,7 +837,7 @@ fn watermarks_skip_sketches_and_bad_estimators_are_reported() {
 #[test]
 fn a_wrong_root_at_catch_up_done_is_caught_and_resynced_exactly() {
     let history = History::generate(12, 1_500, 20, 20, false);
-    let mut hub = Hub::new(history.room(), HubConfig::default());
+    let mut hub = Hub::new(history.room(), HubConfig::immediate());
     let mut replica = history.replica(false);
     let lie = |frame: Bytes| match protocol::decode(&frame) {
         Ok(Message::CatchUpDone(mut done)) => {
@@ -874,7 +874,7 @@ fn inconsistent_counts_in_hints_cannot_break_a_session() {
         (5, Some(1)),
         (0, Some(0)),
     ] {
-        let mut hub = Hub::new(history.room(), HubConfig::default());
+        let mut hub = Hub::new(history.room(), HubConfig::immediate());
         let mut replica = history.replica(true);
         let mut hints = replica.hints(true);
         hints.unsynced = unsynced;

@@ -11,6 +11,12 @@
 //! restarts that reload the replica from its file, short orphan lifetimes, and relay restarts
 //! with a new epoch and part of the history.
 //!
+//! The relay's store is simulated too: each write the hub asks for finishes after a random
+//! delay while the room goes on, and during chaos about one in 30 fails (every session is
+//! closed with `StoreUnavailable` and the room reloads what was stored, same epoch). Every frame
+//! the relay sends is checked against what is stored: no `ack`, `resolved`, `broadcast`, `batch`,
+//! `welcome`, `catch_up_done` or `subscribed` may name an arrival number not yet written.
+//!
 //! Four families of 250 schedules each (seeds 0..1000, family `seed % 4`): random chaos, a
 //! client that writes several nodes offline before it first connects, a relay restart that
 //! forces the id-list path, and a client that joins a populated room with an empty replica.
@@ -30,7 +36,8 @@
 //! must hold exactly the room's nodes, all confirmed (a subscribed one: every matching node,
 //! and nothing the room lacks); no created or acknowledged node may be missing; replay must
 //! agree across whole-room replicas; and presence views must match the live sessions. Any
-//! link error, relay `error` frame, rejection or unexpected close code fails the schedule.
+//! link error, relay `error` frame (but `StoreUnavailable` after a failed write), rejection or
+//! unexpected close code fails the schedule.
 //!
 //! A failing schedule prints its seed; `WEFT_SIM_SEED=<seed>` reruns only that seed (in its
 //! family's test) and `WEFT_SIM_TRACE=1` prints each step.
@@ -45,12 +52,12 @@ use rand::{Rng, SeedableRng};
 use weft::node::{Node, NodeId, NodeLimits, RoomId};
 use weft::pattern::PatternSet;
 use weft::protocol::{
-    self, Capabilities, CloseCode, Message, MessageType, Outcome, Plan, Presence, RelayLimits,
-    Watermark,
+    self, Capabilities, CloseCode, ErrorCode, Message, MessageType, Outcome, Plan, Presence,
+    RelayLimits, Watermark,
 };
 use weft::recon::SetDigest;
 use weft::replica::{Link, LinkError, Replica, SyncEvent, read_subscription, replay};
-use weft::room::{Audience, Hub, HubConfig, OrphanLimits, Outbox, Room, SessionId};
+use weft::room::{Audience, Durability, Hub, HubConfig, OrphanLimits, Outbox, Room, SessionId};
 use weft::session::RelaySessionConfig;
 
 const ROOM: &str = "sim-room";
@@ -248,6 +255,8 @@ struct Stats {
     subscribed_sketches: u64,
     transient_rejections: u64,
     retry_connections: u64,
+    writes: u64,
+    failed_writes: u64,
 }
 
 impl Stats {
@@ -284,6 +293,8 @@ impl Stats {
         self.subscribed_sketches += o.subscribed_sketches;
         self.transient_rejections += o.transient_rejections;
         self.retry_connections += o.retry_connections;
+        self.writes += o.writes;
+        self.failed_writes += o.failed_writes;
     }
 }
 
@@ -301,6 +312,8 @@ struct Sim {
     ghosts: Vec<Ghost>,
     endpoints: BTreeMap<SessionId, Endpoint>,
     next_sid: SessionId,
+    /// The store write the hub asked for and when it finishes: through which arrival number.
+    write: Option<(u64, Instant)>,
     /// Chaos steps taken so far.
     step_no: usize,
     stats: Stats,
@@ -334,6 +347,7 @@ impl Sim {
                 ..RelaySessionConfig::default()
             },
             handshake_timeout: HANDSHAKE_TIMEOUT,
+            durability: Durability::Effect,
         };
         let n = rng.random_range(2..=4);
         let clients = (0..n)
@@ -376,6 +390,7 @@ impl Sim {
             ghosts: Vec::new(),
             endpoints: BTreeMap::new(),
             next_sid: 1,
+            write: None,
             step_no: 0,
             stats: Stats {
                 schedules: 1,
@@ -536,6 +551,7 @@ impl Sim {
         }
         self.log(|| format!("relay restarts ({how:?}) with {} nodes", room.seq()));
         self.hub = Hub::new(room, self.hub_config);
+        self.write = None;
         self.ghosts.clear();
         self.endpoints.clear();
         for client in &mut self.clients {
@@ -546,8 +562,27 @@ impl Sim {
 
     // ---- relay ---------------------------------------------------------------------------------
 
-    /// Queues an outbox: audiences are resolved now, as the server driver does.
+    /// Queues an outbox: audiences are resolved now, as the server driver does. Checks that
+    /// nothing sent reveals a node the store does not hold yet, and starts the store write
+    /// the hub asks for (it finishes after a random delay, now and then failing).
     fn route(&mut self, out: Outbox) {
+        if let Some(through) = out.persist {
+            if self.write.is_some() {
+                self.fail("the hub asked for a second write while one was in flight");
+            }
+            let delay = Duration::from_millis(self.rng.random_range(0..40));
+            self.write = Some((through, self.now + delay));
+        }
+        let durable = self.hub.durable_seq();
+        for outgoing in &out.frames {
+            let revealed = revealed_seq(&outgoing.frame);
+            if revealed > durable {
+                self.fail(format!(
+                    "a frame revealing node {revealed} left before the store held it (stored \
+                     through {durable})"
+                ));
+            }
+        }
         for outgoing in out.frames {
             if matches!(outgoing.to, Audience::Live { .. })
                 && protocol::peek_type(&outgoing.frame) != Some(MessageType::Broadcast)
@@ -637,10 +672,12 @@ impl Sim {
         let frame = match item {
             Down::Close(code) => {
                 self.log(|| format!("client {c} <- close {code:?} on {sid}"));
-                if code != CloseCode::HandshakeTimeout {
-                    self.fail(format!("client {c} closed with {code:?}"));
+                match code {
+                    CloseCode::HandshakeTimeout => self.stats.handshake_timeouts += 1,
+                    // A store write failed; the client pushes its unacked nodes again.
+                    CloseCode::StoreUnavailable => {}
+                    _ => self.fail(format!("client {c} closed with {code:?}")),
                 }
-                self.stats.handshake_timeouts += 1;
                 self.endpoints.remove(&sid);
                 self.clients[c].conn = None;
                 return;
@@ -737,6 +774,9 @@ impl Sim {
                         conn.presence_view.insert(peer, state);
                     }
                 }
+                // The one error a well-behaved client may hear: a store write failed (the
+                // session is closed right after it).
+                SyncEvent::RelayError(e) if e.code == ErrorCode::StoreUnavailable.code() => {}
                 SyncEvent::RelayError(e) => {
                     self.fail(format!("client {c}: relay complained: {e:?}"))
                 }
@@ -951,12 +991,46 @@ impl Sim {
         let times = conns
             .flat_map(|conn| [conn.up.next_at(), conn.down.next_at()])
             .chain(self.ghosts.iter().map(|g| g.up.next_at()));
-        times.flatten().min()
+        times.flatten().chain(self.write.map(|(_, at)| at)).min()
+    }
+
+    /// The store write in flight finishes: mostly it succeeds and what waited for it goes
+    /// out; during chaos it sometimes fails, every session is closed, and the relay reloads the
+    /// room from what the store holds (same epoch: nothing unstored was ever revealed).
+    fn finish_write(&mut self, chaos: bool) {
+        let Some((through, _)) = self.write.take() else {
+            return;
+        };
+        self.stats.writes += 1;
+        if chaos && self.rng.random_bool(0.03) {
+            self.stats.failed_writes += 1;
+            let durable = self.hub.durable_seq();
+            self.log(|| format!("store write through {through} fails; reloading {durable} nodes"));
+            let out = self.hub.persist_failed();
+            self.route(out);
+            let stored: Vec<Node> = decoded(self.hub.room())
+                .into_iter()
+                .take(usize::try_from(durable).unwrap())
+                .collect();
+            let mut room = new_room(self.epoch, self.orphan_ttl);
+            for node in stored {
+                room.restore(node)
+                    .unwrap_or_else(|e| self.fail(format!("reload: {e}")));
+            }
+            self.hub = Hub::new(room, self.hub_config);
+            return;
+        }
+        self.log(|| format!("store write through {through} done"));
+        let out = self.hub.persisted(through);
+        self.route(out);
     }
 
     /// One scheduling step. Returns false when nothing is in flight and nothing was done.
     fn step(&mut self, chaos: bool) -> bool {
         self.stats.steps += 1;
+        if self.write.is_some_and(|(_, at)| at <= self.now) {
+            self.finish_write(chaos);
+        }
         if self.hub.poll_timeout().is_some_and(|t| t <= self.now) {
             let orphans = self.hub.room().orphan_count();
             let out = self.hub.handle_timeout(self.now);
@@ -1346,6 +1420,10 @@ fn random_schedules_converge() {
         assert_eq!(stats.schedules, SEEDS_PER_FAMILY);
         // The chaos really happened, in every kind.
         assert!(stats.hard_disconnects > 200, "{stats:?}");
+        // Store writes ran beside the room, and some failed (every session closed, the room
+        // reloaded from what was stored).
+        assert!(stats.writes > 2_000, "{stats:?}");
+        assert!(stats.failed_writes > 50, "{stats:?}");
         assert!(stats.half_opens > 100, "{stats:?}");
         assert!(stats.duplicate_packs > 100, "{stats:?}");
         assert!(stats.ghost_duplicates > 500, "{stats:?}");
@@ -1607,4 +1685,28 @@ fn catch_up_does_not_stall_when_the_window_exceeds_the_relay_credit_cap() {
 /// Every node of the room, decoded (simulated rooms keep every encoding resident).
 fn decoded(room: &Room) -> Vec<Node> {
     room.nodes().map(|n| n.node().unwrap()).collect()
+}
+
+/// The highest arrival number a relay frame tells its receiver about: what must be stored
+/// before it may be sent (0 for frames that name none).
+fn revealed_seq(frame: &[u8]) -> u64 {
+    let numbered = |outcome: &Outcome| match outcome {
+        Outcome::Accepted(seq) | Outcome::Duplicate(seq) => *seq,
+        _ => 0,
+    };
+    match protocol::decode(frame) {
+        Ok(Message::Ack(ack)) => ack.outcomes.iter().map(numbered).max().unwrap_or(0),
+        Ok(Message::Resolved(resolved)) => resolved
+            .outcomes
+            .iter()
+            .map(|(_, outcome)| numbered(outcome))
+            .max()
+            .unwrap_or(0),
+        Ok(Message::Broadcast(b)) => b.first_seq + b.nodes.len() as u64 - 1,
+        Ok(Message::Batch(batch)) => batch.through,
+        Ok(Message::CatchUpDone(done)) => done.seq,
+        Ok(Message::Welcome(welcome)) => welcome.seq,
+        Ok(Message::Subscribed(subscribed)) => subscribed.seq,
+        _ => 0,
+    }
 }

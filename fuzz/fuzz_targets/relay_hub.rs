@@ -30,7 +30,7 @@ use weft::protocol::{
 use weft::recon::prefix_tree::PrefixTree;
 use weft::recon::SetDigest;
 use weft::recon::ibf::SketchKey;
-use weft::room::{Audience, Hub, HubConfig, OrphanLimits, Outbox, Room, SessionId};
+use weft::room::{Durability, Hub, HubConfig, OrphanLimits, Outbox, Room, SessionId};
 use weft::session::RelaySessionConfig;
 
 const SLOTS: usize = 3;
@@ -236,6 +236,7 @@ impl World {
         let config = HubConfig {
             session,
             handshake_timeout: Duration::from_secs(3),
+            durability: Durability::Effect,
         };
         Self {
             hub: Hub::new(room, config),
@@ -386,7 +387,20 @@ impl World {
     }
 
     /// Checks every emitted frame and updates what each peer received.
-    fn deliver(&mut self, out: Outbox, sender: Option<SessionId>, pack: &[NodeId]) {
+    fn deliver(&mut self, mut out: Outbox, sender: Option<SessionId>, pack: &[NodeId]) {
+        // Output that may reveal unstored nodes is held until the write it asks for is
+        // reported; here every write succeeds at once. Nothing held may already be out.
+        let durable = self.hub.durable_seq();
+        for outgoing in &out.frames {
+            assert!(
+                revealed_seq(&outgoing.frame) <= durable,
+                "a frame left before the store held what it names"
+            );
+        }
+        while let Some(through) = out.persist.take() {
+            let released = self.hub.persisted(through);
+            out.extend(released);
+        }
         let room = self.hub.room();
         let mut admitted_for_sender: HashSet<NodeId> = HashSet::new();
         for outgoing in &out.frames {
@@ -400,10 +414,7 @@ impl World {
             let to: Vec<SessionId> = self.hub.recipients(outgoing.to.clone()).collect();
             match &message {
                 Message::Ack(ack) => {
-                    assert_eq!(
-                        outgoing.to,
-                        Audience::One(sender.expect("acks answer packs"))
-                    );
+                    assert_eq!(to, vec![sender.expect("acks answer packs")]);
                     assert_eq!(ack.outcomes.len(), pack.len(), "one outcome per node");
                     for (id, outcome) in pack.iter().zip(&ack.outcomes) {
                         match outcome {
@@ -778,3 +789,21 @@ fuzz_target!(|ops: Vec<Op>| {
         world.step(op);
     }
 });
+
+/// The highest arrival number a relay frame names (0 for frames that name none).
+fn revealed_seq(frame: &[u8]) -> u64 {
+    let numbered = |outcome: &Outcome| match outcome {
+        Outcome::Accepted(seq) | Outcome::Duplicate(seq) => *seq,
+        _ => 0,
+    };
+    match protocol::decode(frame) {
+        Ok(Message::Ack(ack)) => ack.outcomes.iter().map(numbered).max().unwrap_or(0),
+        Ok(Message::Resolved(r)) => r.outcomes.iter().map(|(_, o)| numbered(o)).max().unwrap_or(0),
+        Ok(Message::Broadcast(b)) => b.first_seq + b.nodes.len() as u64 - 1,
+        Ok(Message::Batch(b)) => b.through,
+        Ok(Message::CatchUpDone(d)) => d.seq,
+        Ok(Message::Welcome(w)) => w.seq,
+        Ok(Message::Subscribed(s)) => s.seq,
+        _ => 0,
+    }
+}

@@ -263,8 +263,8 @@ impl World {
                     self.known.push(id);
                 }
                 if let Some(link) = self.link.as_mut() {
-                    match link.push(&self.replica) {
-                        Ok(frames) => check_sent(&frames),
+                    match link.push(&mut self.replica) {
+                        Ok(out) => check_sent(&out.send),
                         Err(_) => self.link = None,
                     }
                 }

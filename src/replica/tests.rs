@@ -529,7 +529,7 @@ mod link {
         for n in nodes {
             r.restore((*n).clone()).unwrap();
         }
-        Hub::new(r, HubConfig::default())
+        Hub::new(r, HubConfig::immediate())
     }
 
     /// Delivers `frames` from the client to the hub and returns what the hub sent back to it.

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+use super::durability::{Durability, Ledger};
 use super::recon::{Scope, bucket_summaries, plan_against, tree_root};
 use super::subscriptions::{ClassId, ClassRecon, Subscriptions};
 use super::{
@@ -32,6 +33,8 @@ pub struct HubConfig {
     pub session: RelaySessionConfig,
     /// How long a connection may take to send `hello`.
     pub handshake_timeout: Duration,
+    /// Whether output waits for the driver to store admitted nodes.
+    pub durability: Durability,
 }
 
 impl Default for HubConfig {
@@ -39,6 +42,18 @@ impl Default for HubConfig {
         Self {
             session: RelaySessionConfig::default(),
             handshake_timeout: Duration::from_secs(10),
+            durability: Durability::Effect,
+        }
+    }
+}
+
+impl HubConfig {
+    /// The default policy with [`Durability::Immediate`]: for harnesses that exercise sessions
+    /// and reconciliation without a store behind the hub.
+    pub fn immediate() -> Self {
+        Self {
+            durability: Durability::Immediate,
+            ..Self::default()
         }
     }
 }
@@ -90,6 +105,19 @@ pub struct Outbox {
     /// Stored nodes (arrival numbers, ascending) whose encodings catch-up needs back from the
     /// store: hand the result to [`Hub::fetched`].
     pub fetches: Vec<Vec<u64>>,
+    /// Store every admitted node up to this arrival number (at least), then call
+    /// [`Hub::persisted`] or [`Hub::persist_failed`]. At most one is asked for at a time.
+    pub persist: Option<u64>,
+}
+
+impl Outbox {
+    /// Appends `later`'s output after this one's.
+    pub fn extend(&mut self, later: Outbox) {
+        self.frames.extend(later.frames);
+        self.closes.extend(later.closes);
+        self.fetches.extend(later.fetches);
+        self.persist = self.persist.max(later.persist);
+    }
 }
 
 /// Where a session's sketch reconciliation stands.
@@ -215,6 +243,8 @@ pub struct Hub {
     /// Nodes asked of the store and not back yet, so no read is asked twice.
     fetching: HashSet<u64>,
     subscriptions: Subscriptions,
+    /// What is stored, and the output waiting for it.
+    ledger: Ledger,
     /// Sessions that have not sent `hello`, by deadline: the driver's timer asks for the
     /// earliest after every frame, so this must not cost a pass over every session.
     handshakes: BTreeSet<(Instant, SessionId)>,
@@ -231,7 +261,9 @@ impl Hub {
     pub fn new(mut room: Room, config: HubConfig) -> Self {
         // A room fresh from a bulk load must not answer sketches the slow way.
         room.warm_indexes();
+        let ledger = Ledger::new(config.durability, room.seq());
         Self {
+            ledger,
             room,
             config,
             members: BTreeMap::new(),
@@ -243,9 +275,52 @@ impl Hub {
         }
     }
 
-    /// Nodes up to `seq` are in the store (see [`Room::mark_stored`]).
-    pub fn mark_stored(&mut self, seq: u64) {
-        self.room.mark_stored(seq);
+    /// The write [`Outbox::persist`] asked for succeeded: nodes up to `seq` are stored.
+    /// Returns the output that waited for them, and possibly the next write to make.
+    pub fn persisted(&mut self, seq: u64) -> Outbox {
+        self.room.mark_stored(seq.min(self.room.seq()));
+        let out = self.ledger.persisted(seq, self.room.seq());
+        self.room.trim_payloads();
+        out
+    }
+
+    /// The write [`Outbox::persist`] asked for failed for good. Nothing that waited for it is
+    /// sent: every session gets `StoreUnavailable` and is closed, and the driver must replace
+    /// this hub with one loaded from the store (the unstored nodes were never acknowledged).
+    pub fn persist_failed(&mut self) -> Outbox {
+        self.ledger.failed();
+        let mut out = Outbox::default();
+        let error = Message::ErrorMessage(ErrorMessage::new(
+            ErrorCode::StoreUnavailable,
+            None,
+            "the relay could not store accepted nodes; reconnect and push again",
+        ));
+        let everyone: Vec<SessionId> = self.members.keys().copied().collect();
+        for id in everyone {
+            self.send(Audience::One(id), error.clone(), &mut out);
+            self.close(id, CloseCode::StoreUnavailable, &mut out);
+        }
+        out
+    }
+
+    /// Nodes up to this arrival number are stored.
+    pub fn durable_seq(&self) -> u64 {
+        self.ledger.durable()
+    }
+
+    /// Holds `out` while it may reveal unstored nodes (see [`super::durability`]).
+    fn settle(&mut self, mut out: Outbox) -> Outbox {
+        let seq = self.room.seq();
+        if !self.ledger.must_hold(seq) {
+            return out;
+        }
+        let frames = std::mem::take(&mut out.frames)
+            .into_iter()
+            .map(|o| (self.recipients(o.to).collect(), o.frame, o.paced))
+            .collect();
+        let closes = std::mem::take(&mut out.closes);
+        out.persist = self.ledger.hold(seq, frames, closes);
+        out
     }
 
     /// The store answered a fetch the hub asked for in [`Outbox::fetches`]: the encodings of
@@ -296,7 +371,7 @@ impl Hub {
             }
         }
         self.room.trim_payloads();
-        out
+        self.settle(out)
     }
 
     /// The room.
@@ -338,7 +413,8 @@ impl Hub {
     pub fn disconnect(&mut self, id: SessionId) -> Outbox {
         let mut out = Outbox::default();
         self.forget(id, &mut out);
-        out
+        self.ledger.departed(id);
+        self.settle(out)
     }
 
     /// Sessions an audience currently resolves to.
@@ -405,7 +481,7 @@ impl Hub {
             .into_iter()
             .map(|(origin, id)| (origin, id, Outcome::Rejected(Rejection::OrphanExpired)));
         self.send_resolved(outcomes, &mut out);
-        out
+        self.settle(out)
     }
 
     /// Handles one frame received from a session.
@@ -427,7 +503,7 @@ impl Hub {
             }
             Reaction::Request(request) => self.serve(id, request, now, &mut out),
         }
-        out
+        self.settle(out)
     }
 
     fn serve(&mut self, id: SessionId, request: Request, now: Instant, out: &mut Outbox) {

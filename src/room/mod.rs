@@ -8,6 +8,7 @@
 //! Both are pure: the server runs one hub per room on its own task and moves bytes; the
 //! property tests drive the very same hub through a simulated network.
 
+mod durability;
 mod hub;
 mod orphans;
 mod paths;
@@ -28,6 +29,7 @@ use crate::recon::ibf::SketchKey;
 use crate::recon::index::SetIndex;
 use crate::recon::{FastMap, SetDigest};
 
+pub use durability::Durability;
 pub use hub::{Audience, Hub, HubConfig, Outbox, Outgoing};
 pub use orphans::OrphanLimits;
 pub use recon::{BucketIdsError, BucketRound, Settled};

@@ -1,14 +1,15 @@
-//! One task per room: it owns the room's [`Hub`], applies frames in order, makes new nodes
-//! durable through the [`Store`] and only then delivers acks and broadcasts.
+//! One task per room: it owns the room's [`Hub`], applies frames in order, and runs the writes
+//! the hub asks for.
 //!
-//! **Group commit.** Nodes admitted by any session of the room within a short window are
-//! written to the store together. Until that write succeeded, every frame the hub produces is
-//! held back in order (acks, broadcasts, and also catch-up batches that might carry the new
-//! nodes), so nothing a client hears about can be lost by a crash. A write that keeps failing
-//! closes every session of the room with `StoreUnavailable` and reloads the room from the
-//! store, which drops the uncommitted nodes: they were never acked.
+//! **Group commit.** The hub holds back everything that may reveal a node not yet stored, and
+//! asks for a write through the newest admitted node ([`Outbox::persist`]); this task writes
+//! every admitted node not yet stored in one append, beside the room's other work, and tells the
+//! hub when it is done ([`Hub::persisted`]). At most one write is in flight; the nodes admitted
+//! meanwhile form the next. A write that keeps failing closes every session of the room with
+//! `StoreUnavailable` ([`Hub::persist_failed`]) and reloads the room from the store, which drops
+//! the unstored nodes: they were never acked.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -27,7 +28,7 @@ use tracing::Instrument;
 use super::ServerStats;
 use super::outbound::Outbound;
 use crate::node::RoomId;
-use crate::protocol::{CloseCode, ErrorCode, ErrorMessage, Message};
+use crate::protocol::CloseCode;
 use crate::room::{Hub, HubConfig, OrphanLimits, Outbox, Room, SessionId};
 use crate::store::{Store, StoreError};
 
@@ -180,8 +181,6 @@ impl Rooms {
                     settings: self.settings,
                     health: self.stats.store.clone(),
                     queues: HashMap::new(),
-                    held: VecDeque::new(),
-                    durable_seq: 0,
                     commit_at: None,
                     to_fetch: Vec::new(),
                 };
@@ -211,11 +210,7 @@ struct RoomTask {
     settings: RoomSettings,
     health: Arc<StoreHealth>,
     queues: HashMap<SessionId, Outbound>,
-    /// Outboxes produced since the last commit, in order, waiting for it.
-    held: VecDeque<Resolved>,
-    /// Nodes up to this arrival number are stored.
-    durable_seq: u64,
-    /// When the pending commit is due.
+    /// When the write the hub asked for is due to start.
     commit_at: Option<Instant>,
     /// Reads of stored encodings the hub asked for, not started yet.
     to_fetch: Vec<Vec<u64>>,
@@ -223,6 +218,9 @@ struct RoomTask {
 
 /// A finished read of stored encodings: the arrival numbers asked for and the records.
 type Fetched = (Vec<u64>, Result<Vec<Bytes>, StoreError>);
+
+/// A finished commit: the arrival number it stored through, or why it failed.
+type Committed = (u64, Result<(), StoreError>);
 
 impl RoomTask {
     async fn run(mut self, mut commands: mpsc::Receiver<RoomCommand>, shutdown: CancellationToken) {
@@ -233,20 +231,27 @@ impl RoomTask {
         let mut idle_since: Option<Instant> = None;
         // Reads of stored encodings for catch-up, running beside the room.
         let mut fetches = FuturesUnordered::new();
+        // The commit in flight, if any: it runs beside the room, which keeps serving.
+        let mut commit: Option<BoxFuture<'static, Committed>> = None;
         loop {
             for seqs in std::mem::take(&mut self.to_fetch) {
                 fetches.push(self.fetch(seqs));
             }
             let deadline = hub.poll_timeout().map(Instant::from_std);
             let idle = hub.session_count() == 0
-                && self.held.is_empty()
-                && hub.room().seq() == self.durable_seq;
+                && commit.is_none()
+                && hub.room().seq() == hub.durable_seq();
             idle_since = if idle {
                 Some(idle_since.unwrap_or_else(Instant::now))
             } else {
                 None
             };
             let evict_at = idle_since.map(|since| since + self.settings.idle_eviction);
+            let commit_due = if commit.is_none() {
+                self.commit_at
+            } else {
+                None
+            };
             tokio::select! {
                 command = commands.recv() => {
                     let Some(command) = command else { return };
@@ -261,9 +266,16 @@ impl RoomTask {
                     let outbox = hub.handle_timeout(Instant::now().into_std());
                     self.emit(&mut hub, outbox);
                 }
-                () = sleep_until(self.commit_at) => {
-                    if let Err(e) = self.commit(&mut hub).await {
+                () = sleep_until(commit_due) => {
+                    self.commit_at = None;
+                    commit = self.start_commit(&hub);
+                }
+                Some((through, result)) = maybe(&mut commit) => {
+                    commit = None;
+                    if let Err(e) = result {
                         tracing::error!(error = %e, "commit failed; closing the room's sessions");
+                        let outbox = hub.persist_failed();
+                        self.deliver(&mut hub, outbox);
                         self.abandon_sessions();
                         // Reads for the sessions just closed are of no use to anyone now.
                         fetches = FuturesUnordered::new();
@@ -271,7 +283,10 @@ impl RoomTask {
                             Some(reloaded) => hub = reloaded,
                             None => return self.retire(commands).await,
                         }
+                        continue;
                     }
+                    let outbox = hub.persisted(through);
+                    self.emit(&mut hub, outbox);
                 }
                 () = sleep_until(evict_at) => {
                     if self.evict() {
@@ -283,10 +298,39 @@ impl RoomTask {
                     idle_since = None;
                 }
                 () = shutdown.cancelled() => {
-                    // Whatever is committed may still be delivered; the rest was never acked.
-                    if self.commit(&mut hub).await.is_err() {
-                        self.abandon_sessions();
-                    }
+                    // Whatever gets stored may still be delivered; the rest was never acked.
+                    self.drain_commits(&mut hub, commit.take()).await;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// At shutdown: finishes the commit in flight and writes what is left, delivering what
+    /// waited for them; if a write fails, closes every session (nothing unstored was acked).
+    async fn drain_commits(
+        &mut self,
+        hub: &mut Hub,
+        mut in_flight: Option<BoxFuture<'static, Committed>>,
+    ) {
+        loop {
+            let commit = match in_flight.take() {
+                Some(commit) => commit,
+                None => match self.start_commit(hub) {
+                    Some(commit) => commit,
+                    None => return,
+                },
+            };
+            match commit.await {
+                (through, Ok(())) => {
+                    let outbox = hub.persisted(through);
+                    self.emit(hub, outbox);
+                }
+                (_, Err(e)) => {
+                    tracing::error!(error = %e, "commit failed at shutdown");
+                    let outbox = hub.persist_failed();
+                    self.deliver(hub, outbox);
+                    self.abandon_sessions();
                     return;
                 }
             }
@@ -321,7 +365,6 @@ impl RoomTask {
     async fn load(&mut self) -> Option<Hub> {
         match self.read().await {
             Ok(room) => {
-                self.durable_seq = room.seq();
                 tracing::info!(nodes = room.seq(), epoch = room.epoch(), "room loaded");
                 Some(Hub::new(room, self.settings.hub))
             }
@@ -382,54 +425,52 @@ impl RoomTask {
         }
     }
 
-    /// Delivers an outbox, or holds it (and everything after it) until the nodes admitted so
-    /// far are committed.
+    /// Delivers an outbox (the hub has held back what must wait for a write), starts the
+    /// reads it asks for, and schedules the write it asks for.
     fn emit(&mut self, hub: &mut Hub, mut outbox: Outbox) {
         self.to_fetch.append(&mut outbox.fetches);
-        let uncommitted = hub.room().seq().saturating_sub(self.durable_seq);
-        if uncommitted == 0 && self.held.is_empty() {
-            self.deliver(hub, outbox);
-            return;
+        if outbox.persist.is_some() {
+            let now = Instant::now();
+            let waiting = hub.room().seq().saturating_sub(hub.durable_seq());
+            let due = if waiting >= self.settings.commit_max_nodes {
+                now
+            } else {
+                now + self.settings.commit_window
+            };
+            self.commit_at = Some(self.commit_at.map_or(due, |at| at.min(due)));
         }
-        self.held.push_back(Resolved::of(hub, outbox));
-        let now = Instant::now();
-        if uncommitted >= self.settings.commit_max_nodes {
-            self.commit_at = Some(now);
-        } else if self.commit_at.is_none() {
-            self.commit_at = Some(now + self.settings.commit_window);
-        }
+        self.deliver(hub, outbox);
     }
 
-    /// Writes every admitted node not yet stored in one append (retrying a failing store a
-    /// few times), then delivers what was held for it.
-    async fn commit(&mut self, hub: &mut Hub) -> Result<(), StoreError> {
-        self.commit_at = None;
-        let from = self.durable_seq.saturating_add(1);
+    /// A write of every admitted node not yet stored (retrying a failing store a few times),
+    /// as a future that runs beside the room; `None` if everything is stored.
+    fn start_commit(&mut self, hub: &Hub) -> Option<BoxFuture<'static, Committed>> {
+        let from = hub.durable_seq().saturating_add(1);
         let to = hub.room().seq();
-        if to >= from {
-            // Uncommitted nodes are always resident: only stored ones give up their encoding.
-            let fresh: Option<Vec<Bytes>> = (from..=to)
-                .map(|seq| hub.room().wire_at(seq).cloned())
-                .collect();
-            let fresh = fresh.ok_or_else(|| {
-                StoreError::Corrupt("an uncommitted node lost its encoding".into())
-            })?;
-            let (store, health, room) = (&self.store, &self.health, &self.room);
-            let (epoch, fresh) = (hub.room().epoch(), fresh.as_slice());
-            with_retries("commit", || async move {
+        if to < from {
+            return None;
+        }
+        // Unstored nodes are always resident: only stored ones give up their encoding.
+        let fresh: Option<Vec<Bytes>> = (from..=to)
+            .map(|seq| hub.room().wire_at(seq).cloned())
+            .collect();
+        let (store, health, room) = (self.store.clone(), self.health.clone(), self.room.clone());
+        let epoch = hub.room().epoch();
+        Some(Box::pin(async move {
+            let Some(fresh) = fresh else {
+                let lost = StoreError::Corrupt("an unstored node lost its encoding".into());
+                return (to, Err(lost));
+            };
+            let fresh = fresh.as_slice();
+            let (store, health, room) = (&store, &health, &room);
+            let result = with_retries("commit", || async move {
                 let result = store.append(room, epoch, fresh).await;
                 health.record(&result);
                 result
             })
-            .await?;
-            self.durable_seq = to;
-            hub.mark_stored(to);
-        }
-        // Outboxes that delivering causes (an overflow's disconnect) queue up behind.
-        while let Some(resolved) = self.held.pop_front() {
-            self.send(hub, resolved);
-        }
-        Ok(())
+            .await;
+            (to, result)
+        }))
     }
 
     /// Reads stored encodings back (retrying a failing store a few times), beside the room.
@@ -442,23 +483,15 @@ impl RoomTask {
         })
     }
 
-    /// The store failed: tell every session, close it, and forget what was held for it.
+    /// The store failed: the hub has told and closed its sessions; close whatever queue is
+    /// left (a connection the hub has not heard of yet) the same way.
     fn abandon_sessions(&mut self) {
-        self.held.clear();
         self.commit_at = None;
-        let error = Message::ErrorMessage(ErrorMessage::new(
-            ErrorCode::StoreUnavailable,
-            None,
-            "the relay could not store accepted nodes; reconnect and push again",
-        ));
-        let frame = error.encode().ok();
         for (_, mut queue) in self.queues.drain() {
-            if let Some(frame) = &frame {
-                let _ = queue.push(frame.clone(), Some(Instant::now()));
-            }
             queue.close(CloseCode::StoreUnavailable);
         }
     }
+
     /// Queues an outbox's frames; a recipient whose queue overflows is closed with
     /// "resync required" and removed from the hub (which may produce more frames).
     fn deliver(&mut self, hub: &mut Hub, outbox: Outbox) {
@@ -539,6 +572,14 @@ where
             }
             result => return result,
         }
+    }
+}
+
+/// The commit's result once it finishes; never, if there is none.
+async fn maybe(commit: &mut Option<BoxFuture<'static, Committed>>) -> Option<Committed> {
+    match commit {
+        Some(commit) => Some(commit.await),
+        None => std::future::pending().await,
     }
 }
 

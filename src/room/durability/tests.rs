@@ -1,0 +1,177 @@
+//! The hub's output waits for the writes it asks for, and only for those.
+
+use std::time::Instant;
+
+use super::*;
+use crate::node::{Node, NodeLimits, RoomId};
+use crate::protocol::{self, Capabilities, Hello, Message, PROTOCOL_VERSION, Pack, Presence};
+use crate::protocol::{Outcome, SyncHints};
+use crate::room::{Hub, HubConfig, OrphanLimits, Room};
+
+/// An arbitrary origin for the virtual clock; only offsets from it matter.
+#[allow(clippy::disallowed_methods)]
+fn t0() -> Instant {
+    Instant::now()
+}
+
+fn room_id() -> RoomId {
+    RoomId::new("durability-tests").unwrap()
+}
+
+fn hub() -> Hub {
+    let room = Room::new(room_id(), 7, NodeLimits::default(), OrphanLimits::default());
+    Hub::new(room, HubConfig::default())
+}
+
+fn node(parents: &[&Node], path: &str) -> Node {
+    Node::child_of(&room_id(), parents, path, path.as_bytes().to_vec()).unwrap()
+}
+
+fn hello() -> Vec<u8> {
+    let hello = Message::Hello(Hello {
+        min_version: PROTOCOL_VERSION,
+        max_version: PROTOCOL_VERSION,
+        capabilities: Capabilities::PRESENCE,
+        hints: SyncHints::default(),
+        credit: 1 << 20,
+        subscribe: None,
+    });
+    hello.encode().unwrap().to_vec()
+}
+
+fn pack(number: u64, nodes: &[&Node]) -> Vec<u8> {
+    let pack = Message::Pack(Pack {
+        number,
+        nodes: nodes.iter().map(|n| (*n).clone()).collect(),
+    });
+    pack.encode().unwrap().to_vec()
+}
+
+/// Every frame of `out` with its recipients, decoded.
+fn sent(hub: &Hub, out: &Outbox) -> Vec<(Vec<SessionId>, Message)> {
+    out.frames
+        .iter()
+        .map(|o| {
+            let to = hub.recipients(o.to.clone()).collect();
+            (to, protocol::decode(&o.frame).unwrap())
+        })
+        .collect()
+}
+
+/// A hub with sessions 1 (writer) and 2 (reader), both steady in an empty room.
+fn two_sessions() -> Hub {
+    let mut hub = hub();
+    let now = t0();
+    for id in [1, 2] {
+        hub.connect(id, now);
+        let out = hub.handle_frame(id, &hello(), now);
+        assert!(out.persist.is_none(), "nothing to store yet");
+        assert!(!out.frames.is_empty(), "an idle room answers at once");
+    }
+    hub
+}
+
+#[test]
+fn acks_and_broadcasts_wait_for_the_write_they_depend_on() {
+    let mut hub = two_sessions();
+    let now = t0();
+    let a = node(&[], "a");
+    let out = hub.handle_frame(1, &pack(1, &[&a]), now);
+    assert_eq!(out.persist, Some(1), "one write, through the admitted node");
+    assert!(
+        out.frames.is_empty(),
+        "no ack or broadcast before the write"
+    );
+    assert_eq!(hub.room().seq(), 1, "the node is admitted meanwhile");
+    // A second pack while the write is in flight: admitted, held, and no second write yet.
+    let b = node(&[&a], "b");
+    let out = hub.handle_frame(1, &pack(2, &[&b]), now);
+    assert_eq!(out.persist, None, "at most one write in flight");
+    assert!(out.frames.is_empty());
+    // Presence made meanwhile keeps its place behind them.
+    let presence = Message::Presence(Presence {
+        state: bytes::Bytes::from_static(b"here"),
+    });
+    let out = hub.handle_frame(2, &presence.encode().unwrap(), now);
+    assert!(out.frames.is_empty());
+    // The first write succeeds: what depended on it goes out, in order; the rest waits for
+    // the next write, which is asked for at once.
+    let out = hub.persisted(1);
+    assert_eq!(
+        out.persist,
+        Some(2),
+        "the nodes admitted meanwhile form the next write"
+    );
+    let released = sent(&hub, &out);
+    assert!(
+        matches!(&released[..], [(to1, Message::Ack(ack)), (to2, Message::Broadcast(b))]
+            if to1 == &[1] && ack.outcomes == [Outcome::Accepted(1)]
+            && to2 == &[2] && b.first_seq == 1),
+        "{released:?}"
+    );
+    let out = hub.persisted(2);
+    assert_eq!(out.persist, None);
+    let released = sent(&hub, &out);
+    assert!(
+        matches!(&released[..], [(_, Message::Ack(ack)), (_, Message::Broadcast(_)), (to, Message::PresenceUpdate(_))]
+            if ack.outcomes == [Outcome::Accepted(2)] && to == &[1]),
+        "{released:?}"
+    );
+    assert_eq!(hub.durable_seq(), 2);
+}
+
+#[test]
+fn a_failed_write_closes_every_session_and_sends_nothing_that_waited() {
+    let mut hub = two_sessions();
+    let now = t0();
+    let a = node(&[], "a");
+    let out = hub.handle_frame(1, &pack(1, &[&a]), now);
+    assert_eq!(out.persist, Some(1));
+    let out = hub.persist_failed();
+    let frames = sent(&hub, &out);
+    assert_eq!(frames.len(), 2, "{frames:?}");
+    for (_, message) in &frames {
+        assert!(
+            matches!(message, Message::ErrorMessage(e) if e.code == crate::protocol::ErrorCode::StoreUnavailable.code()),
+            "{message:?}"
+        );
+    }
+    let mut closed = out.closes.clone();
+    closed.sort_unstable_by_key(|(id, _)| *id);
+    assert_eq!(
+        closed,
+        vec![
+            (1, CloseCode::StoreUnavailable),
+            (2, CloseCode::StoreUnavailable)
+        ]
+    );
+    assert_eq!(hub.session_count(), 0);
+}
+
+#[test]
+fn output_for_a_session_that_left_is_dropped_not_released() {
+    let mut hub = two_sessions();
+    let now = t0();
+    let a = node(&[], "a");
+    let _ = hub.handle_frame(1, &pack(1, &[&a]), now);
+    let _ = hub.disconnect(2);
+    let out = hub.persisted(1);
+    let released = sent(&hub, &out);
+    assert!(
+        matches!(&released[..], [(to, Message::Ack(_))] if to == &[1]),
+        "the broadcast to the departed session is dropped: {released:?}"
+    );
+}
+
+#[test]
+fn immediate_durability_holds_nothing() {
+    let room = Room::new(room_id(), 7, NodeLimits::default(), OrphanLimits::default());
+    let mut hub = Hub::new(room, HubConfig::immediate());
+    let now = t0();
+    hub.connect(1, now);
+    let _ = hub.handle_frame(1, &hello(), now);
+    let out = hub.handle_frame(1, &pack(1, &[&node(&[], "a")]), now);
+    assert_eq!(out.persist, None);
+    assert!(matches!(sent(&hub, &out).first(), Some((to, Message::Ack(_))) if to == &[1]));
+    assert_eq!(hub.durable_seq(), 1);
+}

@@ -263,7 +263,7 @@ impl RoomTask {
                 }
                 () = sleep_until(self.commit_at) => {
                     if let Err(e) = self.commit(&mut hub).await {
-                        tracing::error!(error = %e, "commit failed; closing the room's sessions");
+                        tracing::error!(error = %e.report(), "commit failed; closing the room's sessions");
                         self.abandon_sessions();
                         // Reads for the sessions just closed are of no use to anyone now.
                         fetches = FuturesUnordered::new();
@@ -326,7 +326,7 @@ impl RoomTask {
                 Some(Hub::new(room, self.settings.hub))
             }
             Err(e) => {
-                tracing::error!(error = %e, "room failed to load");
+                tracing::error!(error = %e.report(), "room failed to load");
                 // A load that works says nothing about writes: only failures are noted.
                 self.health.record::<()>(&Err(e));
                 None
@@ -352,11 +352,10 @@ impl RoomTask {
         )
         .with_payload_budget(self.settings.payload_budget);
         while let Some(batch) = reader.nodes.next().await {
-            for node in batch? {
-                let id = node.id;
-                room.restore(node).map_err(|reason| {
-                    StoreError::Corrupt(format!("stored node {id} failed validation: {reason}"))
-                })?;
+            for stored in batch? {
+                let id = stored.node.id;
+                room.restore_encoded(stored.node, stored.wire)
+                    .map_err(|reason| StoreError::InvalidNode { id, reason })?;
             }
         }
         room.warm_indexes();
@@ -411,9 +410,7 @@ impl RoomTask {
             let fresh: Option<Vec<Bytes>> = (from..=to)
                 .map(|seq| hub.room().wire_at(seq).cloned())
                 .collect();
-            let fresh = fresh.ok_or_else(|| {
-                StoreError::Corrupt("an uncommitted node lost its encoding".into())
-            })?;
+            let fresh = fresh.ok_or(StoreError::Bug("an uncommitted node lost its encoding"))?;
             let (store, health, room) = (&self.store, &self.health, &self.room);
             let (epoch, fresh) = (hub.room().epoch(), fresh.as_slice());
             with_retries("commit", || async move {
@@ -531,8 +528,8 @@ where
     let mut attempt = 1;
     loop {
         match call().await {
-            Err(StoreError::Backend(e)) if attempt < STORE_ATTEMPTS => {
-                tracing::warn!(error = %e, attempt, "{what} failed; retrying");
+            Err(e) if e.is_transient() && attempt < STORE_ATTEMPTS => {
+                tracing::warn!(error = %e.report(), attempt, "{what} failed; retrying");
                 tokio::time::sleep(pause).await;
                 pause *= 2;
                 attempt += 1;

@@ -118,7 +118,7 @@ pub async fn run(
     let state = Arc::new(AppState {
         store: store.clone(),
         rooms: rooms::Rooms::new(
-            store,
+            store.clone(),
             config.rooms,
             stats.clone(),
             tracker.clone(),
@@ -154,6 +154,8 @@ pub async fn run(
     cancel.cancel();
     tracker.close();
     tracker.wait().await;
+    // Rooms may start store work (compactions) until they stop: stop it last.
+    store.close().await;
     result
 }
 

@@ -9,13 +9,14 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use faults::{Faults, Faulty};
+use futures::future::BoxFuture;
 use net::{PATIENCE, Raw, RawEvent, Relay, http_get, node, room};
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
 use weft::node::{Node, NodeId};
 use weft::protocol::{CloseCode, ErrorCode, Message, Outcome, Pack};
 use weft::server::ServerConfig;
-use weft::store::{PackStore, Store};
+use weft::store::{PackStore, RoomReader, Store, StoreError, StoreReport};
 
 /// A relay over a faulty in-memory object store; also returns the underlying objects and the
 /// fault switches.
@@ -372,4 +373,174 @@ async fn catch_up_over_the_payload_budget_reads_nodes_back_from_the_store() {
     }
     let mut reader = Raw::connect(&relay, r).await;
     assert_eq!(ids(&reader.join_and_catch_up().await), ids(&nodes));
+}
+
+/// The packs stored for `room_name`, by object name.
+async fn pack_names(objects: &Arc<dyn ObjectStore>, room_name: &str) -> Vec<String> {
+    let dir = Path::from(format!("relay/rooms/r-{room_name}/packs"));
+    let listed: Vec<_> = futures::StreamExt::collect(objects.list(Some(&dir))).await;
+    let mut names: Vec<String> = listed
+        .into_iter()
+        .map(|meta| meta.unwrap().location.filename().unwrap().to_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// Sixteen one-node commits: enough small packs for a merge to start.
+async fn sixteen_commits(store: &PackStore, room_name: &str) -> Vec<Node> {
+    let mut nodes: Vec<Node> = Vec::new();
+    for i in 0..16 {
+        let parents: Vec<&Node> = nodes.last().into_iter().collect();
+        let next = node(room_name, &parents, "doc", &format!("n{i}"));
+        store
+            .append_nodes(&room(room_name), 1, std::slice::from_ref(&next))
+            .await
+            .unwrap();
+        nodes.push(next);
+    }
+    nodes
+}
+
+/// Shutdown stops a merge whose merged pack is still being written and waits for it: the
+/// store keeps the manifest it had (no merge published), loads the same nodes, and takes the
+/// next append; the half-done merge left at most an unreferenced pack.
+#[tokio::test]
+async fn a_merge_cut_short_by_shutdown_leaves_the_store_as_it_was() {
+    let objects: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+    let faults = Arc::new(Faults::default());
+    let store = faulty_store(&objects, &faults);
+    let r = "cut-short";
+    let nodes = sixteen_commits(&store, r).await;
+    assert_eq!(faults.manifests_written.load(Ordering::SeqCst), 16);
+    // The merge (started by the last append) gets to write its pack, which now takes a minute.
+    faults.write_latency_ms.store(60_000, Ordering::SeqCst);
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    tokio::time::timeout(std::time::Duration::from_secs(5), store.close())
+        .await
+        .expect("shutdown cuts the merge short instead of waiting for it");
+    faults.write_latency_ms.store(0, Ordering::SeqCst);
+    assert_eq!(
+        faults.manifests_written.load(Ordering::SeqCst),
+        16,
+        "no merge published"
+    );
+    let stored = stored_ids(&objects, r).await;
+    assert_eq!(stored, nodes.iter().map(|n| n.id).collect::<Vec<_>>());
+    // A relay starting now carries on from the same manifest.
+    let next = node(r, &[nodes.last().unwrap()], "doc", "after");
+    faulty_store(&objects, &faults)
+        .append_nodes(&room(r), 1, std::slice::from_ref(&next))
+        .await
+        .unwrap();
+    assert_eq!(stored_ids(&objects, r).await.last(), Some(&next.id));
+}
+
+/// A merge that was published leaves its merged-away packs for a grace period; shutdown does
+/// not wait it out: it cancels the deletes, and the packs stay as unreferenced garbage that
+/// loads ignore.
+#[tokio::test]
+async fn shutdown_does_not_wait_out_the_grace_period_of_merged_packs() {
+    let objects: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+    let faults = Arc::new(Faults::default());
+    let store = faulty_store(&objects, &faults);
+    let r = "graced";
+    let nodes = sixteen_commits(&store, r).await;
+    net::eventually("the merge is published", || {
+        faults.manifests_written.load(Ordering::SeqCst) == 17
+    })
+    .await;
+    tokio::time::timeout(std::time::Duration::from_secs(5), store.close())
+        .await
+        .expect("shutdown does not wait for the grace period");
+    // Sixteen merged-away packs and the merged one.
+    assert_eq!(pack_names(&objects, r).await.len(), 17);
+    let stored = stored_ids(&objects, r).await;
+    assert_eq!(stored, nodes.iter().map(|n| n.id).collect::<Vec<_>>());
+}
+
+/// A store that notes whether it was closed.
+struct Closing {
+    inner: PackStore,
+    closed: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Store for Closing {
+    fn read<'a>(
+        &'a self,
+        room: &'a weft::node::RoomId,
+    ) -> BoxFuture<'a, Result<Option<RoomReader<'a>>, StoreError>> {
+        self.inner.read(room)
+    }
+
+    fn append<'a>(
+        &'a self,
+        room: &'a weft::node::RoomId,
+        epoch: u64,
+        records: &'a [bytes::Bytes],
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        self.inner.append(room, epoch, records)
+    }
+
+    fn fetch<'a>(
+        &'a self,
+        room: &'a weft::node::RoomId,
+        seqs: &'a [u64],
+    ) -> BoxFuture<'a, Result<Vec<bytes::Bytes>, StoreError>> {
+        self.inner.fetch(room, seqs)
+    }
+
+    fn release(&self, room: &weft::node::RoomId) {
+        self.inner.release(room);
+    }
+
+    fn check(&self) -> BoxFuture<'_, Result<StoreReport, StoreError>> {
+        self.inner.check()
+    }
+
+    fn close(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async {
+            self.inner.close().await;
+            self.closed.store(true, Ordering::SeqCst);
+        })
+    }
+
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+}
+
+/// The server closes its store when it stops, after its rooms, and does not wait for a
+/// merge their commits started: `run` returns with the store's background work stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_closes_its_store_when_it_stops() {
+    let objects: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+    let faults = Arc::new(Faults::default());
+    let closed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let store = Closing {
+        inner: faulty_store(&objects, &faults),
+        closed: closed.clone(),
+    };
+    let relay = Relay::start_with_store(ServerConfig::default(), Arc::new(store)).await;
+    let r = "closing";
+    let mut client = steady_client(&relay, r).await;
+    let mut parent: Option<Node> = None;
+    for number in 1..=16 {
+        let parents: Vec<&Node> = parent.iter().collect();
+        let next = node(r, &parents, "doc", &format!("{number}"));
+        push(&mut client, number, vec![next.clone()]).await.unwrap();
+        parent = Some(next);
+    }
+    // The sixteenth commit started a merge; from now on its writes take a minute.
+    faults.write_latency_ms.store(60_000, Ordering::SeqCst);
+    drop(client);
+    assert!(!closed.load(Ordering::SeqCst));
+    tokio::time::timeout(std::time::Duration::from_secs(10), relay.shutdown())
+        .await
+        .expect("the server does not wait for the merge");
+    assert!(
+        closed.load(Ordering::SeqCst),
+        "run returned without closing the store"
+    );
+    assert_eq!(faults.manifests_written.load(Ordering::SeqCst), 16);
 }

@@ -13,7 +13,8 @@ use futures::StreamExt;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use weft::node::{Node, RoomId};
-use weft::store::{PackStore, Store, StoreError};
+use weft::store::pack::FormatError;
+use weft::store::{Conflict, PackStore, Store, StoreError};
 
 /// One backend under test.
 enum Backend {
@@ -179,7 +180,10 @@ fn a_second_writer_is_fenced_by_conditional_puts() {
             let from_b = chain(&r, base.last(), 2, "b");
             let refused = b.append_nodes(&r, 5, &from_b).await;
             assert!(
-                matches!(refused, Err(StoreError::Conflict(_))),
+                matches!(
+                    refused,
+                    Err(StoreError::Conflict(Conflict::Generation { .. }))
+                ),
                 "{}: {refused:?}",
                 backend.name()
             );
@@ -191,7 +195,16 @@ fn a_second_writer_is_fenced_by_conditional_puts() {
             let late = chain(&r, from_a.last(), 1, "late");
             assert!(matches!(
                 a.append_nodes(&r, 5, &late).await,
-                Err(StoreError::Conflict(_))
+                Err(StoreError::Conflict(Conflict::Generation { .. }))
+            ));
+            // A write for another epoch of the room is refused too, whatever its generation.
+            let fresh = backend.store();
+            assert!(matches!(
+                fresh.append_nodes(&r, 6, &late).await,
+                Err(StoreError::Conflict(Conflict::Epoch {
+                    stored: 5,
+                    asked: 6
+                }))
             ));
             let all = backend.store().load(&r).await.unwrap().unwrap().nodes;
             let expected: Vec<Node> = base.iter().chain(&from_a).chain(&from_b).cloned().collect();
@@ -238,7 +251,11 @@ fn torn_packs_are_detected_and_unreferenced_packs_ignored() {
             objects.put(path, PutPayload::from(torn)).await.unwrap();
             let result = backend.store().load(&r).await;
             assert!(
-                matches!(result, Err(StoreError::Corrupt(_))),
+                matches!(
+                    &result,
+                    Err(StoreError::Corrupt { path: torn, source: FormatError::Checksum })
+                        if torn == path.as_ref()
+                ),
                 "{}: {:?}",
                 backend.name(),
                 result.map(|room| room.map(|r| r.nodes.len()))
@@ -264,7 +281,13 @@ fn store_check_reports_reachability_and_layout() {
                 .unwrap();
             let refused = backend.store().check().await;
             assert!(
-                matches!(refused, Err(StoreError::Corrupt(_))),
+                matches!(
+                    refused,
+                    Err(StoreError::Corrupt {
+                        source: FormatError::Layout(99),
+                        ..
+                    })
+                ),
                 "{refused:?}"
             );
         })
@@ -398,7 +421,7 @@ fn stored_records_are_read_back_by_arrival_number() {
             // Numbers the room does not have, and a room that was never stored.
             assert!(matches!(
                 writer.fetch(&r, &[41]).await,
-                Err(StoreError::Corrupt(_))
+                Err(StoreError::NotStored { seq: 41 })
             ));
             assert!(writer.fetch(&room("never-stored"), &[1]).await.is_err());
         })

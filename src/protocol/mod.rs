@@ -24,7 +24,9 @@ pub use handshake::{
     Capabilities, Hello, PROTOCOL_VERSION, Plan, RelayLimits, SyncHints, Watermark, Welcome,
 };
 pub use pack::{Ack, Broadcast, Outcome, Pack, Resolved};
-pub use prebuilt::{BATCH_OVERHEAD, batch_frame, broadcast_frame, encode_node};
+pub use prebuilt::{
+    BATCH_OVERHEAD, batch_frame, broadcast_frame, decode_canonical_node, encode_node,
+};
 pub use presence::{Presence, PresenceUpdate};
 pub use recon::{
     BUCKET_HASH_BYTES, BucketIds, BucketSketch, BucketSketchError, BucketSummary, Buckets,

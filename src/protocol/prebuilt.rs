@@ -10,7 +10,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use rmp::encode::{ByteBuf, ValueWriteError};
 
 use super::MessageType;
-use crate::node::Node;
+use crate::node::{AuthorKey, BlobHash, BlobRef, Node, NodeId};
 
 /// Writing MessagePack into a `ByteBuf` cannot fail; the error type is uninhabited.
 fn infallible<T>(result: Result<T, ValueWriteError<Infallible>>) -> T {
@@ -48,6 +48,157 @@ pub fn encode_node(node: &Node) -> Bytes {
     }
     infallible(rmp::encode::write_bin(buf, &node.payload));
     Bytes::from(out.into_vec())
+}
+
+/// The node whose canonical wire encoding (§10.8: what [`encode_node`] writes) is exactly
+/// `record`, its payload a slice of `record` (no copy); `None` for any other bytes, including
+/// another encoding of a valid node that the lenient serde decoder would accept (§10.9: a
+/// non-shortest integer or header, `bin` for `str`, …). A stored record that passes can be
+/// served as it is, without encoding the node again.
+pub fn decode_canonical_node(record: &Bytes) -> Option<Node> {
+    let mut input = Canonical {
+        bytes: record,
+        at: 0,
+    };
+    input.expect(0x97)?;
+    let id = NodeId(input.id()?);
+    let count = input.array_len()?;
+    // A parent takes 34 bytes: a claimed count cannot reserve more than the record holds.
+    let mut parents = Vec::with_capacity(count.min(input.left() / 34));
+    for _ in 0..count {
+        parents.push(NodeId(input.id()?));
+    }
+    let depth = input.uint()?;
+    let author = match input.peek()? {
+        0xc0 => {
+            input.at += 1;
+            None
+        }
+        _ => Some(AuthorKey(input.id()?)),
+    };
+    let path = std::str::from_utf8(input.str()?).ok()?.to_owned();
+    let count = input.array_len()?;
+    let mut blobs = Vec::with_capacity(count.min(input.left() / 36));
+    for _ in 0..count {
+        input.expect(0x92)?;
+        let hash = BlobHash(input.id()?);
+        let size = input.uint()?;
+        blobs.push(BlobRef { hash, size });
+    }
+    let payload = input.bin()?;
+    (input.left() == 0).then(|| Node {
+        id,
+        parents,
+        depth,
+        author,
+        path,
+        blobs,
+        payload: record.slice(payload),
+    })
+}
+
+/// A cursor over a record that accepts each value only in its shortest form (§10.2).
+struct Canonical<'a> {
+    bytes: &'a Bytes,
+    at: usize,
+}
+
+impl Canonical<'_> {
+    fn left(&self) -> usize {
+        self.bytes.len().saturating_sub(self.at)
+    }
+
+    fn peek(&self) -> Option<u8> {
+        self.bytes.get(self.at).copied()
+    }
+
+    fn take(&mut self, len: usize) -> Option<std::ops::Range<usize>> {
+        let end = self
+            .at
+            .checked_add(len)
+            .filter(|end| *end <= self.bytes.len())?;
+        let range = self.at..end;
+        self.at = end;
+        Some(range)
+    }
+
+    fn byte(&mut self) -> Option<u8> {
+        let byte = self.peek()?;
+        self.at += 1;
+        Some(byte)
+    }
+
+    fn expect(&mut self, marker: u8) -> Option<()> {
+        (self.byte()? == marker).then_some(())
+    }
+
+    /// A big-endian integer of `N` bytes.
+    fn be<const N: usize>(&mut self) -> Option<u64> {
+        let range = self.take(N)?;
+        let bytes = self.bytes.get(range)?;
+        Some(bytes.iter().fold(0u64, |n, b| (n << 8) | u64::from(*b)))
+    }
+
+    /// The length after a `bin 8` / `str 8` / … family marker, refused unless shortest:
+    /// `min8` is the smallest length the 1-byte form is for.
+    fn len_after(&mut self, marker: u8, first: u8, min8: u64) -> Option<usize> {
+        let (len, min) = match marker.checked_sub(first)? {
+            0 => (self.be::<1>()?, min8),
+            1 => (self.be::<2>()?, 1 << 8),
+            2 => (self.be::<4>()?, 1 << 16),
+            _ => return None,
+        };
+        usize::try_from(len).ok().filter(|_| len >= min)
+    }
+
+    /// An unsigned integer in its shortest form.
+    fn uint(&mut self) -> Option<u64> {
+        let (value, min) = match self.byte()? {
+            small @ 0x00..=0x7f => return Some(u64::from(small)),
+            0xcc => (self.be::<1>()?, 1 << 7),
+            0xcd => (self.be::<2>()?, 1 << 8),
+            0xce => (self.be::<4>()?, 1 << 16),
+            0xcf => (self.be::<8>()?, 1 << 32),
+            _ => return None,
+        };
+        (value >= min).then_some(value)
+    }
+
+    /// An array header in its shortest form: the element count.
+    fn array_len(&mut self) -> Option<usize> {
+        match self.byte()? {
+            fix @ 0x90..=0x9f => Some(u64::from(fix - 0x90)),
+            0xdc => self.be::<2>().filter(|n| *n >= 16),
+            0xdd => self.be::<4>().filter(|n| *n >= 1 << 16),
+            _ => None,
+        }
+        .and_then(|n| usize::try_from(n).ok())
+    }
+
+    /// A `bin` in its shortest form: where its bytes lie.
+    fn bin(&mut self) -> Option<std::ops::Range<usize>> {
+        let marker = self.byte()?;
+        let len = self.len_after(marker, 0xc4, 0)?;
+        self.take(len)
+    }
+
+    /// A `str` in its shortest form: its bytes (not yet checked as UTF-8).
+    fn str(&mut self) -> Option<&[u8]> {
+        let len = match self.byte()? {
+            fix @ 0xa0..=0xbf => usize::from(fix - 0xa0),
+            marker => self.len_after(marker, 0xd9, 32)?,
+        };
+        let range = self.take(len)?;
+        self.bytes.get(range)
+    }
+
+    /// A 32-byte id (`bin 8` of length 32).
+    fn id(&mut self) -> Option<[u8; 32]> {
+        self.expect(0xc4)?;
+        self.expect(32)?;
+        let range = self.take(32)?;
+        self.bytes.get(range)?.try_into().ok()
+    }
 }
 
 /// Lengths of validated nodes are far below `u32::MAX`; saturate rather than wrap if not.
@@ -143,6 +294,121 @@ mod tests {
             prop_assert_eq!(batch_frame(head, &refs), batch);
             let broadcast = Message::Broadcast(Broadcast { first_seq: head, nodes }).encode().unwrap();
             prop_assert_eq!(broadcast_frame(head, &refs), broadcast);
+        }
+
+        #[test]
+        fn the_canonical_decoder_reads_back_every_encoding(
+            node in arb_node(),
+            depth in prop_oneof![0u64..300, 60_000u64..70_000, any::<u64>()],
+        ) {
+            let node = Node { depth, ..node };
+            let wire = encode_node(&node);
+            prop_assert_eq!(decode_canonical_node(&wire), Some(node));
+        }
+    }
+
+    fn sample(parents: usize, depth: u64, path: &str, payload: usize) -> Node {
+        let room = RoomId::new("p").unwrap();
+        let parents = (0..parents).map(|i| NodeId([i as u8; 32])).collect();
+        Node::new(
+            &room,
+            parents,
+            depth,
+            None,
+            path,
+            Vec::new(),
+            vec![7u8; payload],
+        )
+    }
+
+    /// Each size class boundary of §10.2, in both directions, reads back.
+    #[test]
+    fn shortest_forms_at_their_boundaries_read_back() {
+        for depth in [
+            0,
+            127,
+            128,
+            255,
+            256,
+            65_535,
+            65_536,
+            u32::MAX as u64,
+            1 << 32,
+            u64::MAX,
+        ] {
+            let node = sample(1, depth, "a", 1);
+            assert_eq!(
+                decode_canonical_node(&encode_node(&node)),
+                Some(node),
+                "{depth}"
+            );
+        }
+        for parents in [0, 15, 16] {
+            let node = sample(parents, 1, "a", 1);
+            assert_eq!(
+                decode_canonical_node(&encode_node(&node)),
+                Some(node),
+                "{parents}"
+            );
+        }
+        for len in [31, 32, 255, 256] {
+            let node = sample(0, 0, &"p".repeat(len), 1);
+            assert_eq!(
+                decode_canonical_node(&encode_node(&node)),
+                Some(node),
+                "{len}"
+            );
+        }
+        for len in [0, 255, 256, 65_535, 65_536] {
+            let node = sample(0, 0, "a", len);
+            assert_eq!(
+                decode_canonical_node(&encode_node(&node)),
+                Some(node),
+                "{len}"
+            );
+        }
+    }
+
+    /// Other encodings of the same node that the serde decoder reads (§10.9) are refused.
+    #[test]
+    fn other_encodings_of_a_node_are_refused() {
+        let node = sample(2, 1, "a", 3);
+        let wire = encode_node(&node).to_vec();
+        // [0x97] id(34) [0x92] parent(34) parent(34) depth(1) nil(1) [0xa1 'a'] [0x90] [0xc4 3 …]
+        let at_parents = 1 + 34;
+        let at_depth = at_parents + 1 + 68;
+        let at_path = at_depth + 2;
+        let at_payload = at_path + 2 + 1;
+        let splice = |at: usize, len: usize, with: &[u8]| {
+            let mut altered = wire[..at].to_vec();
+            altered.extend_from_slice(with);
+            altered.extend_from_slice(&wire[at + len..]);
+            altered
+        };
+        let variants = [
+            ("depth as uint 8", splice(at_depth, 1, &[0xcc, 1])),
+            (
+                "depth as uint 64",
+                splice(at_depth, 1, &[0xcf, 0, 0, 0, 0, 0, 0, 0, 1]),
+            ),
+            ("parents as array 16", splice(at_parents, 1, &[0xdc, 0, 2])),
+            ("path as str 8", splice(at_path, 1, &[0xd9, 1])),
+            ("path as bin", splice(at_path, 1, &[0xc4, 1])),
+            ("payload as bin 16", splice(at_payload, 2, &[0xc5, 0, 3])),
+            ("payload as str", splice(at_payload, 2, &[0xa3])),
+            ("a trailing byte", [wire.as_slice(), &[0]].concat()),
+        ];
+        for (what, altered) in variants {
+            let lenient: Node = rmp_serde::from_slice(&altered).unwrap();
+            assert_eq!(lenient, node, "{what}: serde reads the same node");
+            assert_eq!(decode_canonical_node(&Bytes::from(altered)), None, "{what}");
+        }
+        // Cut anywhere: refused, never a panic.
+        for cut in 0..wire.len() {
+            assert_eq!(
+                decode_canonical_node(&Bytes::copy_from_slice(&wire[..cut])),
+                None
+            );
         }
     }
 }

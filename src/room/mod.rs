@@ -212,8 +212,8 @@ pub struct LoggedNode {
 }
 
 impl LoggedNode {
-    fn new(node: Node, path: Arc<str>) -> Self {
-        let wire = protocol::encode_node(&node);
+    /// `wire` is `node`'s encoding ([`protocol::encode_node`]).
+    fn new(node: Node, path: Arc<str>, wire: Bytes) -> Self {
         Self {
             id: node.id,
             depth: node.depth,
@@ -447,7 +447,8 @@ impl Room {
         if Node::expected_depth(parent_depths) != Some(node.depth) {
             return Outcome::Rejected(Rejection::DepthMismatch);
         }
-        let seq = self.append(node);
+        let wire = protocol::encode_node(&node);
+        let seq = self.append(node, wire);
         out.admitted.push(Admitted { seq, origin });
         Outcome::Accepted(seq)
     }
@@ -476,8 +477,9 @@ impl Room {
         }
     }
 
-    /// Appends a node whose parents are present and whose depth was checked.
-    fn append(&mut self, node: Node) -> u64 {
+    /// Appends a node whose parents are present and whose depth was checked, with its
+    /// encoding.
+    fn append(&mut self, node: Node, wire: Bytes) -> u64 {
         for parent in &node.parents {
             self.heads.remove(parent);
         }
@@ -505,7 +507,7 @@ impl Room {
         let nodes = self.paths.entry(path.clone()).or_default();
         nodes.seqs.push(seq);
         nodes.digest.insert(&node.id);
-        let logged = LoggedNode::new(node, path);
+        let logged = LoggedNode::new(node, path, wire);
         self.payloads.resident = self
             .payloads
             .resident
@@ -568,6 +570,14 @@ impl Room {
     /// [`warm_indexes`](Self::warm_indexes), which the loader calls at the end (and
     /// [`Hub::new`](super::Hub::new) calls again, in case it did not).
     pub fn restore(&mut self, node: Node) -> Result<u64, Rejection> {
+        let wire = protocol::encode_node(&node);
+        self.restore_encoded(node, wire)
+    }
+
+    /// [`restore`](Self::restore) for a node read together with its encoding (a stored
+    /// record, checked to be `node`'s canonical encoding): the room keeps `wire` as it is
+    /// instead of encoding the node again.
+    pub fn restore_encoded(&mut self, node: Node, wire: Bytes) -> Result<u64, Rejection> {
         node.check(&self.id, &self.limits)?;
         if let Some(seq) = self.seq_of(&node.id) {
             return Ok(seq);
@@ -584,7 +594,7 @@ impl Room {
             return Err(Rejection::DepthMismatch);
         }
         self.sets.defer_levels();
-        let seq = self.append(node);
+        let seq = self.append(node, wire);
         self.mark_stored(seq);
         Ok(seq)
     }

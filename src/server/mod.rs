@@ -118,7 +118,7 @@ pub async fn run(
     let state = Arc::new(AppState {
         store: store.clone(),
         rooms: rooms::Rooms::new(
-            store,
+            store.clone(),
             config.rooms,
             stats.clone(),
             tracker.clone(),
@@ -154,6 +154,8 @@ pub async fn run(
     cancel.cancel();
     tracker.close();
     tracker.wait().await;
+    // Rooms may start store work (compactions) until they stop: stop it last.
+    store.close().await;
     result
 }
 
@@ -166,13 +168,13 @@ const READY_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 async fn ready(State(state): State<Arc<AppState>>) -> Response {
     if state.stats.store.is_failing() {
         let probe = tokio::time::timeout(READY_PROBE_TIMEOUT, state.store.check()).await;
-        let probe = probe
-            .unwrap_or_else(|_| Err(crate::store::StoreError::Backend("probe timed out".into())));
+        let probe =
+            probe.unwrap_or_else(|elapsed| Err(crate::store::StoreError::TimedOut(elapsed)));
         state.stats.store.record(&probe);
         if let Err(e) = probe {
             return (
                 StatusCode::SERVICE_UNAVAILABLE,
-                format!("store failing: {e}"),
+                format!("store failing: {}", e.report()),
             )
                 .into_response();
         }

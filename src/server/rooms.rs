@@ -273,7 +273,7 @@ impl RoomTask {
                 Some((through, result)) = maybe(&mut commit) => {
                     commit = None;
                     if let Err(e) = result {
-                        tracing::error!(error = %e, "commit failed; closing the room's sessions");
+                        tracing::error!(error = %e.report(), "commit failed; closing the room's sessions");
                         let outbox = hub.persist_failed();
                         self.deliver(&mut hub, outbox);
                         self.abandon_sessions();
@@ -327,7 +327,7 @@ impl RoomTask {
                     self.emit(hub, outbox);
                 }
                 (_, Err(e)) => {
-                    tracing::error!(error = %e, "commit failed at shutdown");
+                    tracing::error!(error = %e.report(), "commit failed at shutdown");
                     let outbox = hub.persist_failed();
                     self.deliver(hub, outbox);
                     self.abandon_sessions();
@@ -369,7 +369,7 @@ impl RoomTask {
                 Some(Hub::new(room, self.settings.hub))
             }
             Err(e) => {
-                tracing::error!(error = %e, "room failed to load");
+                tracing::error!(error = %e.report(), "room failed to load");
                 // A load that works says nothing about writes: only failures are noted.
                 self.health.record::<()>(&Err(e));
                 None
@@ -395,11 +395,10 @@ impl RoomTask {
         )
         .with_payload_budget(self.settings.payload_budget);
         while let Some(batch) = reader.nodes.next().await {
-            for node in batch? {
-                let id = node.id;
-                room.restore(node).map_err(|reason| {
-                    StoreError::Corrupt(format!("stored node {id} failed validation: {reason}"))
-                })?;
+            for stored in batch? {
+                let id = stored.node.id;
+                room.restore_encoded(stored.node, stored.wire)
+                    .map_err(|reason| StoreError::InvalidNode { id, reason })?;
             }
         }
         room.warm_indexes();
@@ -458,7 +457,7 @@ impl RoomTask {
         let epoch = hub.room().epoch();
         Some(Box::pin(async move {
             let Some(fresh) = fresh else {
-                let lost = StoreError::Corrupt("an unstored node lost its encoding".into());
+                let lost = StoreError::Bug("an unstored node lost its encoding");
                 return (to, Err(lost));
             };
             let fresh = fresh.as_slice();
@@ -564,8 +563,8 @@ where
     let mut attempt = 1;
     loop {
         match call().await {
-            Err(StoreError::Backend(e)) if attempt < STORE_ATTEMPTS => {
-                tracing::warn!(error = %e, attempt, "{what} failed; retrying");
+            Err(e) if e.is_transient() && attempt < STORE_ATTEMPTS => {
+                tracing::warn!(error = %e.report(), attempt, "{what} failed; retrying");
                 tokio::time::sleep(pause).await;
                 pause *= 2;
                 attempt += 1;

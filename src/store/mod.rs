@@ -5,6 +5,8 @@
 //! leaves the relay. [`PackStore`] keeps rooms as packs and manifests in any object store
 //! (local directory, memory, S3, GCS, Azure); [`open`] makes one from a location string.
 
+mod compact;
+mod manifest;
 mod objects;
 pub mod pack;
 
@@ -16,8 +18,9 @@ use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 
 pub use objects::PackStore;
+pub use pack::StoredNode;
 
-use crate::node::{Node, RoomId};
+use crate::node::{Node, NodeId, Rejection, RoomId};
 use crate::protocol;
 
 /// A room as stored: its epoch and its nodes in arrival order.
@@ -30,24 +33,159 @@ pub struct StoredRoom {
     pub nodes: Vec<Node>,
 }
 
-/// A storage failure.
+/// A storage failure. Each variant says what failed and keeps what caused it as its
+/// [`source`](std::error::Error::source), so a report prints the chain once
+/// ([`StoreError::report`]). [`is_transient`](Self::is_transient) tells the failures worth
+/// retrying from corruption and conflicts.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// The backend failed (unreachable, refused, timed out); nothing from the failed call is
-    /// durable, and trying again later may succeed.
-    #[error("store backend failed: {0}")]
-    Backend(String),
+    /// The backend failed (unreachable, refused, timed out) on `op` at `path`; nothing from
+    /// the failed call is durable, and trying again later may succeed.
+    #[error("store backend failed to {op} {path}")]
+    Backend {
+        /// What was asked of the backend: `get`, `put`, `list` or `delete`.
+        op: &'static str,
+        /// The object (or, for a list, the directory).
+        path: String,
+        /// What the backend said.
+        #[source]
+        source: object_store::Error,
+    },
+    /// The store did not answer in time.
+    #[error("the store did not answer in time")]
+    TimedOut(#[source] tokio::time::error::Elapsed),
+    /// An object the newest manifest lists is gone (a pack merged away between reading the
+    /// manifest and the pack): reading again through the newest manifest may succeed.
+    #[error("{path} is listed but missing")]
+    Missing {
+        /// The object.
+        path: String,
+    },
+    /// An object that had to be new exists already (a pack or probe name was taken); a new
+    /// attempt picks another name.
+    #[error("{path} exists already")]
+    Exists {
+        /// The object.
+        path: String,
+    },
     /// Stored bytes fail their checks (a torn or altered object, an unknown layout): the room
     /// is not served rather than served wrong.
-    #[error("stored data is corrupt: {0}")]
-    Corrupt(String),
+    #[error("stored object {path} is corrupt")]
+    Corrupt {
+        /// The object.
+        path: String,
+        /// What is wrong with it.
+        #[source]
+        source: pack::FormatError,
+    },
+    /// A stored node fails the room's validation (it is not a node of this room, or its
+    /// parents are not before it).
+    #[error("stored node {id} failed validation")]
+    InvalidNode {
+        /// The node's claimed id.
+        id: NodeId,
+        /// Why the room refused it.
+        #[source]
+        reason: Rejection,
+    },
+    /// An arrival number the room's newest manifest does not list (or the room is not
+    /// stored at all).
+    #[error("node {seq} is not stored")]
+    NotStored {
+        /// The arrival number asked for.
+        seq: u64,
+    },
     /// Another writer changed the room since this relay read it (or the room is stored in
     /// another epoch): this relay's view is stale and must be reloaded.
     #[error("store conflict: {0}")]
-    Conflict(String),
+    Conflict(Conflict),
     /// The store location cannot be used as given.
-    #[error("bad store location: {0}")]
-    Location(String),
+    #[error("bad store location {location}")]
+    Location {
+        /// The location, as given.
+        location: String,
+        /// Why it cannot be used.
+        #[source]
+        source: LocationError,
+    },
+    /// A lock of the store's cache was poisoned by a panic elsewhere.
+    #[error("the store's cache lock is poisoned")]
+    Poisoned,
+    /// The relay broke one of its own invariants around the store (a bug, not a store
+    /// failure).
+    #[error("relay bug: {0}")]
+    Bug(&'static str),
+}
+
+impl StoreError {
+    /// True for failures that may pass if the call is made again (the backend failed or was
+    /// slow, a listed object vanished, a fresh name was taken); false for corruption,
+    /// conflicts and misuse, which a retry would only repeat.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            Self::Backend { .. } | Self::TimedOut(_) | Self::Missing { .. } | Self::Exists { .. }
+        )
+    }
+
+    /// The error followed by its sources, `: `-separated, for logs and messages.
+    pub fn report(&self) -> Report<'_> {
+        Report(self)
+    }
+}
+
+/// How another writer got in the way (see [`StoreError::Conflict`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Conflict {
+    /// The manifest generation this write was to create exists: another writer created it.
+    #[error("{path} was created by another writer")]
+    Generation {
+        /// The manifest object.
+        path: String,
+    },
+    /// The room is stored in another epoch than the write is for.
+    #[error("the room is stored in epoch {stored}, not {asked}")]
+    Epoch {
+        /// The stored room's epoch.
+        stored: u64,
+        /// The epoch the write was for.
+        asked: u64,
+    },
+}
+
+/// Why a store location cannot be used (see [`StoreError::Location`]).
+#[derive(Debug, thiserror::Error)]
+pub enum LocationError {
+    /// Neither a path nor a URL.
+    #[error("not a URL")]
+    Url(#[source] url::ParseError),
+    /// A `file://` URL that names no local path.
+    #[error("not a local path")]
+    NotLocal,
+    /// A path that exists and is not a directory.
+    #[error("not a directory")]
+    NotADirectory,
+    /// The directory cannot be created.
+    #[error("cannot create the directory")]
+    CreateDir(#[source] std::io::Error),
+    /// object_store refused the location (an unknown scheme, missing configuration).
+    #[error("object store refused it")]
+    ObjectStore(#[source] object_store::Error),
+}
+
+/// An error and its sources, `: `-separated (see [`StoreError::report`]).
+pub struct Report<'a>(&'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for Report<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(error) = source {
+            write!(f, ": {error}")?;
+            source = error.source();
+        }
+        Ok(())
+    }
 }
 
 /// What `weft store check` learned about a store.
@@ -65,9 +203,10 @@ pub struct StoreReport {
 pub struct RoomReader<'a> {
     /// Epoch of the arrival numbering.
     pub epoch: u64,
-    /// Nodes in arrival order, parents before children, in batches. An error ends the read:
-    /// the room must not be used.
-    pub nodes: BoxStream<'a, Result<Vec<Node>, StoreError>>,
+    /// Nodes in arrival order, parents before children, in batches, each with its stored
+    /// record (its canonical wire encoding). An error ends the read: the room must not be
+    /// used.
+    pub nodes: BoxStream<'a, Result<Vec<StoredNode>, StoreError>>,
 }
 
 /// Where rooms live.
@@ -87,10 +226,10 @@ pub trait Store: Send + Sync + 'static {
             let Some(reader) = self.read(room).await? else {
                 return Ok(None);
             };
-            let batches: Vec<Vec<Node>> = reader.nodes.try_collect().await?;
+            let batches: Vec<Vec<StoredNode>> = reader.nodes.try_collect().await?;
             Ok(Some(StoredRoom {
                 epoch: reader.epoch,
-                nodes: batches.into_iter().flatten().collect(),
+                nodes: batches.into_iter().flatten().map(|s| s.node).collect(),
             }))
         })
     }
@@ -133,6 +272,12 @@ pub trait Store: Send + Sync + 'static {
     /// Checks that the store is reachable and writable and holds a layout this relay reads.
     fn check(&self) -> BoxFuture<'_, Result<StoreReport, StoreError>>;
 
+    /// Stops the store's background work (compactions, deferred deletes) and waits until it
+    /// has stopped. Called once nothing writes any more: the server calls it after its rooms
+    /// have stopped. What was appended stays durable; work cut short leaves the store
+    /// consistent.
+    fn close(&self) -> BoxFuture<'_, ()>;
+
     /// The store, as configured (for logs).
     fn describe(&self) -> String;
 }
@@ -146,22 +291,25 @@ pub trait Store: Send + Sync + 'static {
 ///   object_store parses), configured from the standard `AWS_*`, `GOOGLE_*` and `AZURE_*`
 ///   environment variables (for S3-compatible servers: `AWS_ENDPOINT_URL`, `AWS_ALLOW_HTTP`).
 pub fn open(location: &str) -> Result<PackStore, StoreError> {
-    let bad = |e: &dyn std::fmt::Display| StoreError::Location(format!("{location}: {e}"));
+    let bad = |source| StoreError::Location {
+        location: location.to_owned(),
+        source,
+    };
     if location == "memory://" || location == "memory:" {
         return Ok(PackStore::memory());
     }
     if let Some(path) = local_dir(location) {
         return local(&path, location);
     }
-    let url = url::Url::parse(location).map_err(|e| bad(&e))?;
+    let url = url::Url::parse(location).map_err(|e| bad(LocationError::Url(e)))?;
     if url.scheme() == "file" {
-        return Err(bad(&"not a local path"));
+        return Err(bad(LocationError::NotLocal));
     }
     // Cloud clients speak TLS through rustls with ring; a provider installed earlier (by the
     // embedding application) is kept.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let (objects, prefix) =
-        object_store::parse_url_opts(&url, std::env::vars()).map_err(|e| bad(&e))?;
+    let (objects, prefix) = object_store::parse_url_opts(&url, std::env::vars())
+        .map_err(|e| bad(LocationError::ObjectStore(e)))?;
     Ok(PackStore::new(
         Arc::from(objects),
         prefix,
@@ -185,13 +333,17 @@ pub fn local_dir(location: &str) -> Option<std::path::PathBuf> {
 }
 
 fn local(path: &std::path::Path, location: &str) -> Result<PackStore, StoreError> {
+    let bad = |source| StoreError::Location {
+        location: location.to_owned(),
+        source,
+    };
     // create_dir_all would only say "File exists".
     if path.exists() && !path.is_dir() {
-        return Err(StoreError::Location(format!("{location}: not a directory")));
+        return Err(bad(LocationError::NotADirectory));
     }
-    std::fs::create_dir_all(path).map_err(|e| StoreError::Location(format!("{location}: {e}")))?;
+    std::fs::create_dir_all(path).map_err(|e| bad(LocationError::CreateDir(e)))?;
     let objects = object_store::local::LocalFileSystem::new_with_prefix(path)
-        .map_err(|e| StoreError::Location(format!("{location}: {e}")))?
+        .map_err(|e| bad(LocationError::ObjectStore(e)))?
         .with_fsync(true);
     Ok(PackStore::new(
         Arc::new(objects),

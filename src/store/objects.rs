@@ -1,20 +1,28 @@
 //! Rooms in an object store (protocol/storage.md): immutable packs of accepted nodes, and a
 //! manifest per room that is never overwritten — each new generation is created only if it
 //! does not exist, which fences out a second relay writing the same room.
+//!
+//! [`PackStore`] glues the parts together: this module reads and writes packs and serves
+//! loads and range reads; [`manifest`](super::manifest) finds and creates manifest
+//! generations; [`compact`](super::compact) merges small packs in the background. Background
+//! work runs on the store's task tracker, and [`PackStore::shutdown`] stops and awaits it.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use object_store::{ObjectStore, ObjectStoreExt};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
-use super::pack::{self, LAYOUT_VERSION, Manifest, PackEntry, RecordIndex};
-use super::{RoomReader, StoreError, StoreReport};
+use super::compact::LARGE_PACK_BYTES;
+use super::pack::{self, FormatError, LAYOUT_VERSION, Manifest, PackEntry, RecordIndex};
+use super::{Conflict, RoomReader, StoreError, StoreReport};
 use crate::node::RoomId;
 
 /// Packs of one room read at the same time during a load, at most.
@@ -26,44 +34,34 @@ const LOAD_READ_AHEAD: u64 = 64 << 20;
 /// Nodes decoded at a time during a load.
 const LOAD_CHUNK: usize = 4096;
 
-/// Consecutive packs of one size tier are merged into one pack of the next tier once there
-/// are this many: a room is a logarithmic number of objects, and each byte is rewritten about
-/// once per tier.
-const COMPACT_RUN: usize = 16;
-
-/// How long merged packs stay readable after the manifest that replaced them.
-const MERGED_PACK_GRACE: Duration = Duration::from_secs(30);
-
-/// An unreferenced pack older than this is garbage: left by a writer that stopped between its
-/// pack and its manifest, or during a merge's grace period. Younger ones may be a commit in
-/// flight.
-const GARBAGE_AGE: Duration = Duration::from_secs(3600);
-
-/// Packs this large are left as they are.
-const LARGE_PACK_BYTES: u64 = 64 * 1024 * 1024;
-
-/// Rooms stored as packs and manifests in any [`ObjectStore`]. Cheap to clone.
+/// Rooms stored as packs and manifests in any [`ObjectStore`]. Cheap to clone; clones share
+/// one store, including its background work and [`shutdown`](Self::shutdown).
 #[derive(Clone)]
 pub struct PackStore {
     inner: Arc<Packs>,
 }
 
-struct Packs {
-    objects: Arc<dyn ObjectStore>,
+/// The state behind a [`PackStore`], shared with its background tasks.
+pub(super) struct Packs {
+    pub(super) objects: Arc<dyn ObjectStore>,
     prefix: Path,
     /// What the store is, for logs and `weft store check`.
     description: String,
     rooms: Mutex<HashMap<RoomId, Arc<RoomSlot>>>,
+    /// Compactions and deferred deletes: none of them is needed for what was acknowledged,
+    /// so shutdown cancels them (`cancel`) and waits until they have stopped (`tasks`).
+    tasks: TaskTracker,
+    cancel: CancellationToken,
 }
 
 /// What this process knows of one stored room.
 #[derive(Default)]
-struct RoomSlot {
+pub(super) struct RoomSlot {
     /// The last manifest read or written: the next change creates its successor. Held across
     /// a manifest write, so an append and a compaction never race for a generation.
-    manifest: tokio::sync::Mutex<Option<Manifest>>,
+    pub(super) manifest: tokio::sync::Mutex<Option<Manifest>>,
     /// A compaction of this room is running.
-    compacting: AtomicBool,
+    pub(super) compacting: AtomicBool,
     /// Where the records of the room's packs lie, by pack name, for range reads: learnt when
     /// a pack is written or read whole.
     indexes: Mutex<HashMap<String, Arc<RecordIndex>>>,
@@ -88,7 +86,7 @@ impl RoomSlot {
         }
     }
 
-    fn forget_indexes<'a>(&self, packs: impl IntoIterator<Item = &'a PackEntry>) {
+    pub(super) fn forget_indexes<'a>(&self, packs: impl IntoIterator<Item = &'a PackEntry>) {
         if let Ok(mut indexes) = self.indexes.lock() {
             for pack in packs {
                 indexes.remove(&pack.name);
@@ -106,6 +104,8 @@ impl PackStore {
                 prefix,
                 description,
                 rooms: Mutex::new(HashMap::new()),
+                tasks: TaskTracker::new(),
+                cancel: CancellationToken::new(),
             }),
         }
     }
@@ -118,10 +118,20 @@ impl PackStore {
             "memory://".into(),
         )
     }
+
+    /// Stops the store's background work (compactions, deferred deletes) and waits until it
+    /// has stopped. Nothing acknowledged depends on it: a merge cut short leaves the newest
+    /// manifest as it was and at most an unreferenced pack. Appends still work afterwards,
+    /// but start no more background work.
+    pub async fn shutdown(&self) {
+        self.inner.cancel.cancel();
+        self.inner.tasks.close();
+        self.inner.tasks.wait().await;
+    }
 }
 
 impl Packs {
-    fn room_dir(&self, room: &RoomId) -> Path {
+    pub(super) fn room_dir(&self, room: &RoomId) -> Path {
         // Room ids may be "." or "..", which are not valid path segments on their own.
         self.prefix
             .clone()
@@ -129,13 +139,7 @@ impl Packs {
             .join(format!("r-{}", room.as_str()))
     }
 
-    fn manifest_path(&self, room: &RoomId, generation: u64) -> Path {
-        self.room_dir(room)
-            .join("manifest")
-            .join(format!("{generation:020}.json"))
-    }
-
-    fn pack_path(&self, room: &RoomId, name: &str) -> Path {
+    pub(super) fn pack_path(&self, room: &RoomId, name: &str) -> Path {
         self.room_dir(room).join("packs").join(name)
     }
 
@@ -143,52 +147,34 @@ impl Packs {
         self.prefix.clone().join("weft-layout.json")
     }
 
-    fn slot(&self, room: &RoomId) -> Result<Arc<RoomSlot>, StoreError> {
-        let mut rooms = self.rooms.lock().map_err(|_| poisoned())?;
+    pub(super) fn slot(&self, room: &RoomId) -> Result<Arc<RoomSlot>, StoreError> {
+        let mut rooms = self.rooms.lock().map_err(|_| StoreError::Poisoned)?;
         Ok(rooms.entry(room.clone()).or_default().clone())
     }
 
-    /// The newest manifest of a room, or `None` if the room was never written.
-    async fn newest_manifest(&self, room: &RoomId) -> Result<Option<Manifest>, StoreError> {
-        let dir = self.room_dir(room).join("manifest");
-        let listed: Vec<_> = self
-            .objects
-            .list(Some(&dir))
-            .try_collect()
-            .await
-            .map_err(backend)?;
-        let newest = listed
-            .iter()
-            .filter_map(|meta| {
-                let name = meta.location.filename()?;
-                name.strip_suffix(".json")?.parse::<u64>().ok()
-            })
-            .max();
-        let Some(generation) = newest else {
-            return Ok(None);
-        };
-        let path = self.manifest_path(room, generation);
-        let bytes = self.read_object(&path).await?;
-        let manifest = Manifest::decode(&bytes, room)
-            .map_err(|e| StoreError::Corrupt(format!("{path}: {e}")))?;
-        if manifest.generation != generation {
-            return Err(StoreError::Corrupt(format!(
-                "{path}: says generation {}",
-                manifest.generation
-            )));
+    /// Runs `work` on the store's tracker until it ends or the store shuts down.
+    pub(super) fn background(&self, work: impl Future<Output = ()> + Send + 'static) {
+        if self.cancel.is_cancelled() {
+            return;
         }
-        Ok(Some(manifest))
+        let cancel = self.cancel.clone();
+        self.tasks.spawn(async move {
+            tokio::select! {
+                () = cancel.cancelled() => {}
+                () = work => {}
+            }
+        });
     }
 
     /// An object's whole contents.
-    async fn read_object(&self, path: &Path) -> Result<bytes::Bytes, StoreError> {
-        let found = self.objects.get(path).await.map_err(backend)?;
-        found.bytes().await.map_err(backend)
+    pub(super) async fn read_object(&self, path: &Path) -> Result<Bytes, StoreError> {
+        let found = self.objects.get(path).await.map_err(backend("get", path))?;
+        found.bytes().await.map_err(backend("get", path))
     }
 
     /// Reads a whole pack without decoding it: its bytes and record index, remembered.
     /// `None` if the object does not exist.
-    async fn open_pack(
+    pub(super) async fn open_pack(
         &self,
         room: &RoomId,
         entry: &PackEntry,
@@ -196,13 +182,12 @@ impl Packs {
     ) -> Result<Option<(Bytes, Arc<RecordIndex>)>, StoreError> {
         let path = self.pack_path(room, &entry.name);
         let bytes = match self.objects.get(&path).await {
-            Ok(found) => found.bytes().await.map_err(backend)?,
+            Ok(found) => found.bytes().await.map_err(backend("get", &path))?,
             Err(object_store::Error::NotFound { .. }) => return Ok(None),
-            Err(e) => return Err(backend(e)),
+            Err(e) => return Err(backend("get", &path)(e)),
         };
-        let corrupt = |e: pack::FormatError| StoreError::Corrupt(format!("{path}: {e}"));
-        let (header, index) = pack::open_pack(&bytes).map_err(corrupt)?;
-        pack::check_pack(header, entry, epoch).map_err(corrupt)?;
+        let (header, index) = pack::open_pack(&bytes).map_err(corrupt(&path))?;
+        pack::check_pack(header, entry, epoch).map_err(corrupt(&path))?;
         let index = self.slot(room)?.remember_index(&entry.name, index);
         Ok(Some((bytes, index)))
     }
@@ -227,13 +212,27 @@ impl Packs {
         let nodes = futures::stream::iter(entries)
             .map(move |entry| async move {
                 let path = self.pack_path(room, &entry.name);
-                let opened = self.open_pack(room, &entry, epoch).await?;
-                let (bytes, index) = opened
-                    .ok_or_else(|| StoreError::Backend(format!("{path} is listed but missing")))?;
+                let (bytes, index) =
+                    self.open_pack(room, &entry, epoch).await?.ok_or_else(|| {
+                        StoreError::Missing {
+                            path: path.to_string(),
+                        }
+                    })?;
+                // Each node comes with its record, a slice of the pack, which the room keeps
+                // as its encoding while it is resident. That pins the pack: a large one is
+                // copied record by record instead, so what stays resident after a load costs
+                // at most a large pack more than the payload budget.
+                let pin = entry.bytes < LARGE_PACK_BYTES;
                 let chunks = (0..index.len()).step_by(LOAD_CHUNK).map(move |start| {
                     let end = (start + LOAD_CHUNK).min(index.len());
-                    pack::decode_records(&bytes, &index, start..end)
-                        .map_err(|e| StoreError::Corrupt(format!("{path}: {e}")))
+                    let mut nodes =
+                        pack::decode_records(&bytes, &index, start..end).map_err(corrupt(&path))?;
+                    if !pin {
+                        for node in &mut nodes {
+                            node.wire = Bytes::copy_from_slice(&node.wire);
+                        }
+                    }
+                    Ok(nodes)
                 });
                 Ok::<_, StoreError>(futures::stream::iter(chunks))
             })
@@ -264,10 +263,10 @@ impl Packs {
                 .unwrap_or_else(|| Manifest::new(room, epoch)),
         };
         if current.epoch != epoch {
-            return Err(StoreError::Conflict(format!(
-                "room is stored in epoch {}, not {epoch}",
-                current.epoch
-            )));
+            return Err(StoreError::Conflict(Conflict::Epoch {
+                stored: current.epoch,
+                asked: epoch,
+            }));
         }
         let entry = match self
             .write_pack(room, epoch, current.next_seq(), records)
@@ -292,79 +291,14 @@ impl Packs {
                 return Err(e);
             }
         };
-        let compact = compaction_run(&next).is_some();
+        // The compaction waits for the lock held here.
+        self.compact_if_due(room, &slot, &next);
         *cached = Some(next);
-        drop(cached);
-        if compact && !slot.compacting.swap(true, Ordering::AcqRel) {
-            let packs = self.clone();
-            let room = room.clone();
-            tokio::spawn(async move { packs.compact_while_needed(&room, &slot).await });
-        }
         Ok(())
     }
 
-    /// Runs compactions of a room until none is due; the caller set `slot.compacting`.
-    async fn compact_while_needed(&self, room: &RoomId, slot: &RoomSlot) {
-        loop {
-            // Appends that came in meanwhile may have made another run: merge until none.
-            loop {
-                match self.compact(room).await {
-                    Ok(true) => continue,
-                    Ok(false) => break,
-                    Err(e) => {
-                        tracing::warn!(error = %e, %room, "compaction failed; retried later");
-                        slot.compacting.store(false, Ordering::Release);
-                        return;
-                    }
-                }
-            }
-            slot.compacting.store(false, Ordering::Release);
-            // An append that made a run after the last check saw the flag still set and left
-            // it to us: look once more, and carry on unless someone else took over.
-            let due = slot
-                .manifest
-                .lock()
-                .await
-                .as_ref()
-                .is_some_and(|m| compaction_run(m).is_some());
-            if !due || slot.compacting.swap(true, Ordering::AcqRel) {
-                return;
-            }
-        }
-    }
-
-    /// Deletes the room's unreferenced packs older than [`GARBAGE_AGE`]. Best effort: runs
-    /// after compactions, and a failure only leaves garbage for the next one.
-    #[allow(clippy::disallowed_methods)] // The store is runtime code: it owns the clock.
-    async fn collect_garbage(&self, room: &RoomId) {
-        let referenced: Vec<String> = match self.slot(room) {
-            Ok(slot) => match slot.manifest.lock().await.as_ref() {
-                Some(manifest) => manifest.packs.iter().map(|p| p.name.clone()).collect(),
-                None => return,
-            },
-            Err(_) => return,
-        };
-        let dir = self.room_dir(room).join("packs");
-        let Ok(listed) = self.objects.list(Some(&dir)).try_collect::<Vec<_>>().await else {
-            return;
-        };
-        let listed: Vec<(String, std::time::SystemTime)> = listed
-            .into_iter()
-            .filter_map(|meta| {
-                let name = meta.location.filename()?.to_owned();
-                Some((name, std::time::SystemTime::from(meta.last_modified)))
-            })
-            .collect();
-        for name in garbage(&listed, &referenced, std::time::SystemTime::now()) {
-            let path = self.pack_path(room, &name);
-            if let Err(e) = self.objects.delete(&path).await {
-                tracing::debug!(error = %e, %path, "garbage pack not deleted");
-            }
-        }
-    }
-
     /// Writes `records`, numbered from `first`, as a new pack; returns its manifest entry.
-    async fn write_pack(
+    pub(super) async fn write_pack(
         &self,
         room: &RoomId,
         epoch: u64,
@@ -380,105 +314,12 @@ impl Packs {
         };
         let path = self.pack_path(room, &entry.name);
         if !self.create(&path, bytes).await? {
-            return Err(StoreError::Backend(format!("{path} exists already")));
+            return Err(StoreError::Exists {
+                path: path.to_string(),
+            });
         }
         self.slot(room)?.remember_index(&entry.name, index);
         Ok(entry)
-    }
-
-    /// Creates manifest generation `current + 1` with `next`'s packs; the caller holds the
-    /// room's manifest lock. A generation that exists already means another writer: conflict.
-    async fn publish(
-        &self,
-        room: &RoomId,
-        current: &Manifest,
-        mut next: Manifest,
-    ) -> Result<Manifest, StoreError> {
-        next.generation = current.generation + 1;
-        let path = self.manifest_path(room, next.generation);
-        if !self.create(&path, next.encode()).await? {
-            return Err(StoreError::Conflict(format!(
-                "{path} was created by another writer"
-            )));
-        }
-        self.forget_manifest(room, next.generation.saturating_sub(2));
-        Ok(next)
-    }
-
-    /// Merges the room's trailing run of small packs into one, in the background of the room:
-    /// the reading and writing happen outside the manifest lock, which is only taken to
-    /// publish the new manifest. The merged packs are deleted afterwards. `Ok(true)` if it
-    /// merged a run.
-    async fn compact(&self, room: &RoomId) -> Result<bool, StoreError> {
-        let slot = self.slot(room)?;
-        let (epoch, run) = {
-            let cached = slot.manifest.lock().await;
-            let Some(manifest) = cached.as_ref() else {
-                return Ok(false);
-            };
-            let Some(run) = compaction_run(manifest) else {
-                return Ok(false);
-            };
-            (manifest.epoch, run.to_vec())
-        };
-        let mut records = Vec::new();
-        for entry in &run {
-            let Some((bytes, index)) = self.open_pack(room, entry, epoch).await? else {
-                return Err(StoreError::Backend(format!(
-                    "pack {} is missing",
-                    entry.name
-                )));
-            };
-            records.extend(pack::records(&bytes, &index));
-        }
-        let first = run.first().map_or(1, |entry| entry.first);
-        let merged = self.write_pack(room, epoch, first, &records).await?;
-        let mut cached = slot.manifest.lock().await;
-        let Some(current) = cached.take() else {
-            return Ok(false);
-        };
-        // Appends only add packs at the end, so the run is still where it was.
-        let start = run
-            .first()
-            .and_then(|head| current.packs.iter().position(|p| p.name == head.name));
-        let still_there = start.is_some_and(|start| {
-            current.packs.get(start..start + run.len()) == Some(run.as_slice())
-        });
-        let Some(start) = start.filter(|_| still_there) else {
-            *cached = Some(current);
-            return Ok(false);
-        };
-        let mut next = current.clone();
-        next.packs.splice(start..start + run.len(), [merged]);
-        match self.publish(room, &current, next).await {
-            Ok(next) => {
-                *cached = Some(next);
-                slot.forget_indexes(&run);
-            }
-            Err(e) => {
-                if !matches!(e, StoreError::Conflict(_)) {
-                    *cached = Some(current);
-                }
-                return Err(e);
-            }
-        }
-        drop(cached);
-        // A reader that listed the previous manifest a moment ago may still be reading these
-        // packs: delete them only after a grace period. (A relay that stops before leaves
-        // them unreferenced, which readers ignore.)
-        let objects = self.objects.clone();
-        let paths: Vec<Path> = run.iter().map(|e| self.pack_path(room, &e.name)).collect();
-        tokio::spawn(async move {
-            tokio::time::sleep(MERGED_PACK_GRACE).await;
-            for path in paths {
-                if let Err(e) = objects.delete(&path).await {
-                    tracing::debug!(error = %e, %path, "merged pack not deleted");
-                }
-            }
-        });
-        tracing::debug!(%room, packs = run.len(), nodes = records.len(), "compacted");
-        self.collect_garbage(room).await;
-        Ok(true)
     }
 
     /// Reads the records of `seqs` (ascending arrival numbers) with range reads, located
@@ -486,64 +327,68 @@ impl Packs {
     /// or a number past the cached manifest, sends the read through the newest manifest once
     /// more.
     async fn fetch_records(&self, room: &RoomId, seqs: &[u64]) -> Result<Vec<Bytes>, StoreError> {
-        match self.fetch_once(room, seqs, false).await? {
-            Some(records) => Ok(records),
-            None => self.fetch_once(room, seqs, true).await?.ok_or_else(|| {
-                StoreError::Backend("a pack of the newest manifest is missing".into())
-            }),
+        match self.fetch_once(room, seqs, false).await {
+            // Another writer may have added them, or a compaction merged their pack away.
+            Err(StoreError::NotStored { .. } | StoreError::Missing { .. }) => {
+                self.fetch_once(room, seqs, true).await
+            }
+            result => result,
         }
     }
 
-    /// One attempt of [`fetch_records`](Self::fetch_records); `Ok(None)` if a pack is gone or
-    /// (unless `refresh`) a number is not in the cached manifest.
+    /// One attempt of [`fetch_records`](Self::fetch_records), through the newest manifest if
+    /// `refresh` (or nothing is cached).
     async fn fetch_once(
         &self,
         room: &RoomId,
         seqs: &[u64],
         refresh: bool,
-    ) -> Result<Option<Vec<Bytes>>, StoreError> {
+    ) -> Result<Vec<Bytes>, StoreError> {
+        let Some(&first) = seqs.first() else {
+            return Ok(Vec::new());
+        };
         let slot = self.slot(room)?;
         let (epoch, wanted) = {
             let mut cached = slot.manifest.lock().await;
             if refresh || cached.is_none() {
                 *cached = self.newest_manifest(room).await?;
             }
-            let Some(manifest) = cached.as_ref() else {
-                return Err(StoreError::Corrupt(format!("room {room} is not stored")));
-            };
-            match locate(manifest, seqs) {
-                Ok(wanted) => (manifest.epoch, wanted),
-                // Another writer may have added them: look at the newest manifest.
-                Err(_) if !refresh => return Ok(None),
-                Err(e) => return Err(e),
-            }
+            let manifest = cached
+                .as_ref()
+                .ok_or(StoreError::NotStored { seq: first })?;
+            (manifest.epoch, locate(manifest, seqs)?)
         };
         let mut out = Vec::with_capacity(seqs.len());
         for (entry, positions) in wanted {
+            let path = self.pack_path(room, &entry.name);
+            let missing = || StoreError::Missing {
+                path: path.to_string(),
+            };
+            let short = || corrupt(&path)(FormatError::Mismatch("node count"));
             // Copies, not slices: a record kept in memory must not pin a whole read buffer.
             let Some(index) = slot.index(&entry.name) else {
-                let Some((bytes, index)) = self.open_pack(room, &entry, epoch).await? else {
-                    return Ok(None);
-                };
+                let (bytes, index) = self
+                    .open_pack(room, &entry, epoch)
+                    .await?
+                    .ok_or_else(missing)?;
                 for position in positions {
                     let record = index
                         .range(position)
                         .and_then(|r| bytes.get(r.start as usize..r.end as usize))
-                        .ok_or_else(|| short_pack(&entry))?;
+                        .ok_or_else(short)?;
                     out.push(Bytes::copy_from_slice(record));
                 }
                 continue;
             };
             let ranges: Option<Vec<_>> = positions.iter().map(|p| index.range(*p)).collect();
-            let ranges = ranges.ok_or_else(|| short_pack(&entry))?;
-            let path = self.pack_path(room, &entry.name);
+            let ranges = ranges.ok_or_else(short)?;
             match self.objects.get_ranges(&path, &ranges).await {
                 Ok(parts) => out.extend(parts.iter().map(|p| Bytes::copy_from_slice(p))),
-                Err(object_store::Error::NotFound { .. }) => return Ok(None),
-                Err(e) => return Err(backend(e)),
+                Err(object_store::Error::NotFound { .. }) => return Err(missing()),
+                Err(e) => return Err(backend("get", &path)(e)),
             }
         }
-        Ok(Some(out))
+        Ok(out)
     }
 
     /// Forgets the room's cached manifest and record indexes, unless a compaction still
@@ -561,38 +406,6 @@ impl Packs {
         }
     }
 
-    /// Creates an object that must not exist yet; `Ok(false)` if it does.
-    async fn create(&self, path: &Path, bytes: Vec<u8>) -> Result<bool, StoreError> {
-        let options = PutOptions {
-            mode: PutMode::Create,
-            ..PutOptions::default()
-        };
-        match self
-            .objects
-            .put_opts(path, PutPayload::from(bytes), options)
-            .await
-        {
-            Ok(_) => Ok(true),
-            Err(object_store::Error::AlreadyExists { .. }) => Ok(false),
-            Err(e) => Err(backend(e)),
-        }
-    }
-
-    /// Deletes an old manifest generation in the background: loads read only the newest, and
-    /// keeping one older one helps an operator see what changed last.
-    fn forget_manifest(&self, room: &RoomId, generation: u64) {
-        if generation == 0 {
-            return;
-        }
-        let objects = self.objects.clone();
-        let path = self.manifest_path(room, generation);
-        tokio::spawn(async move {
-            if let Err(e) = objects.delete(&path).await {
-                tracing::debug!(error = %e, %path, "old manifest not deleted");
-            }
-        });
-    }
-
     async fn check_store(&self) -> Result<StoreReport, StoreError> {
         // Reachable and writable: create, read back and delete a probe object.
         let probe = self
@@ -601,44 +414,44 @@ impl Packs {
             .join(format!("weft-probe-{:016x}", rand::random::<u64>()));
         let payload = b"weft store check".to_vec();
         if !self.create(&probe, payload.clone()).await? {
-            return Err(StoreError::Backend(format!("{probe} exists already")));
+            return Err(StoreError::Exists {
+                path: probe.to_string(),
+            });
         }
         let read = self.read_object(&probe).await?;
-        self.objects.delete(&probe).await.map_err(backend)?;
+        self.objects
+            .delete(&probe)
+            .await
+            .map_err(backend("delete", &probe))?;
         if read.as_ref() != payload.as_slice() {
-            return Err(StoreError::Corrupt(
-                "probe object read back differently".into(),
-            ));
+            return Err(corrupt(&probe)(FormatError::ReadBack));
         }
         // The layout marker: written on first use, and it must match this relay's version.
         let marker = self.layout_path();
         let layout = match self.objects.get(&marker).await {
             Ok(found) => {
-                let bytes = found.bytes().await.map_err(backend)?;
+                let bytes = found.bytes().await.map_err(backend("get", &marker))?;
                 let value: serde_json::Value = serde_json::from_slice(&bytes)
-                    .map_err(|e| StoreError::Corrupt(format!("{marker}: {e}")))?;
-                let layout = value
+                    .map_err(|e| corrupt(&marker)(FormatError::Json(e)))?;
+                value
                     .get("layout")
                     .and_then(serde_json::Value::as_u64)
-                    .ok_or_else(|| StoreError::Corrupt(format!("{marker}: no layout")))?;
-                u32::try_from(layout).unwrap_or(u32::MAX)
+                    .ok_or_else(|| corrupt(&marker)(FormatError::NoLayout))?
             }
             Err(object_store::Error::NotFound { .. }) => {
                 let body = serde_json::json!({ "layout": LAYOUT_VERSION }).to_string();
                 // Lost a race with another relay writing the same marker: same version.
                 self.create(&marker, body.into_bytes()).await?;
-                LAYOUT_VERSION
+                u64::from(LAYOUT_VERSION)
             }
-            Err(e) => return Err(backend(e)),
+            Err(e) => return Err(backend("get", &marker)(e)),
         };
-        if layout != LAYOUT_VERSION {
-            return Err(StoreError::Corrupt(format!(
-                "store layout version {layout}; this relay reads {LAYOUT_VERSION}"
-            )));
+        if layout != u64::from(LAYOUT_VERSION) {
+            return Err(corrupt(&marker)(FormatError::Layout(layout)));
         }
         Ok(StoreReport {
             description: self.description.clone(),
-            layout,
+            layout: LAYOUT_VERSION,
         })
     }
 }
@@ -676,29 +489,13 @@ impl super::Store for PackStore {
         Box::pin(self.inner.check_store())
     }
 
+    fn close(&self) -> BoxFuture<'_, ()> {
+        Box::pin(self.shutdown())
+    }
+
     fn describe(&self) -> String {
         self.inner.description.clone()
     }
-}
-
-/// Packs in `listed` (name, last modified) that `referenced` does not name and that are older
-/// than [`GARBAGE_AGE`] at `now`.
-fn garbage(
-    listed: &[(String, std::time::SystemTime)],
-    referenced: &[String],
-    now: std::time::SystemTime,
-) -> Vec<String> {
-    listed
-        .iter()
-        .filter(|(name, modified)| {
-            name.ends_with(".pack")
-                && !referenced.contains(name)
-                && now
-                    .duration_since(*modified)
-                    .is_ok_and(|age| age > GARBAGE_AGE)
-        })
-        .map(|(name, _)| name.clone())
-        .collect()
 }
 
 /// The packs holding `seqs` (ascending), each with the positions of the wanted records in
@@ -711,9 +508,7 @@ fn locate(manifest: &Manifest, seqs: &[u64]) -> Result<Vec<(PackEntry, Vec<usize
             .checked_sub(1)
             .and_then(|i| manifest.packs.get(i))
             .filter(|p| seq - p.first < u64::from(p.count))
-            .ok_or_else(|| {
-                StoreError::Corrupt(format!("node {seq} is in no pack of the manifest"))
-            })?;
+            .ok_or(StoreError::NotStored { seq })?;
         let position = usize::try_from(seq - entry.first).unwrap_or(usize::MAX);
         match wanted.last_mut() {
             Some((last, positions)) if last.name == entry.name => positions.push(position),
@@ -723,111 +518,25 @@ fn locate(manifest: &Manifest, seqs: &[u64]) -> Result<Vec<(PackEntry, Vec<usize
     Ok(wanted)
 }
 
-fn short_pack(entry: &PackEntry) -> StoreError {
-    StoreError::Corrupt(format!("pack {} has fewer records than listed", entry.name))
-}
-
 /// A fresh pack name starting at arrival number `first`.
 fn pack_name(first: u64) -> String {
     format!("{first:020}-{:016x}.pack", rand::random::<u64>())
 }
 
-/// A pack's size tier: under 4 KiB, under 64 KiB, under 1 MiB, … (factors of 16); `None`
-/// for packs that are never merged again.
-fn tier(bytes: u64) -> Option<u32> {
-    let units = bytes / 4096;
-    (bytes < LARGE_PACK_BYTES).then(|| if units == 0 { 0 } else { units.ilog(16) + 1 })
+/// Maps an object_store error on `op` at `path` to [`StoreError::Backend`].
+pub(super) fn backend(
+    op: &'static str,
+    path: &Path,
+) -> impl FnOnce(object_store::Error) -> StoreError {
+    let path = path.to_string();
+    move |source| StoreError::Backend { op, path, source }
 }
 
-/// The newest run of at least [`COMPACT_RUN`] consecutive packs of one tier, if any.
-fn compaction_run(manifest: &Manifest) -> Option<&[PackEntry]> {
-    let packs = &manifest.packs;
-    let mut end = packs.len();
-    while let Some(before) = packs.get(..end).filter(|before| !before.is_empty()) {
-        let last = before.last().and_then(|p| tier(p.bytes));
-        let len = before
-            .iter()
-            .rev()
-            .take_while(|p| tier(p.bytes) == last)
-            .count();
-        if last.is_some() && len >= COMPACT_RUN {
-            return before.get(end - len..);
-        }
-        end -= len;
-    }
-    None
-}
-
-fn backend(e: object_store::Error) -> StoreError {
-    StoreError::Backend(e.to_string())
-}
-
-fn poisoned() -> StoreError {
-    StoreError::Backend("manifest cache lock poisoned".into())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn manifest(sizes: &[u64]) -> Manifest {
-        let mut manifest = Manifest::new(&RoomId::new("t").unwrap(), 1);
-        for (i, bytes) in sizes.iter().enumerate() {
-            manifest.packs.push(PackEntry {
-                name: format!("p{i}"),
-                first: i as u64 + 1,
-                count: 1,
-                bytes: *bytes,
-            });
-        }
-        manifest
-    }
-
-    fn run_names(sizes: &[u64]) -> Option<(String, usize)> {
-        let manifest = manifest(sizes);
-        compaction_run(&manifest).map(|run| (run[0].name.clone(), run.len()))
-    }
-
-    #[test]
-    fn only_old_unreferenced_packs_are_garbage() {
-        let now = std::time::UNIX_EPOCH + Duration::from_secs(1_000_000);
-        let old = now - GARBAGE_AGE - Duration::from_secs(1);
-        let young = now - Duration::from_secs(5);
-        let listed = vec![
-            ("kept.pack".to_owned(), old),
-            ("orphan.pack".to_owned(), old),
-            ("in-flight.pack".to_owned(), young),
-            ("notes.txt".to_owned(), old),
-        ];
-        let referenced = vec!["kept.pack".to_owned()];
-        assert_eq!(garbage(&listed, &referenced, now), vec!["orphan.pack"]);
-    }
-
-    #[test]
-    fn tiers_grow_by_sixteen() {
-        assert_eq!(tier(0), Some(0));
-        assert_eq!(tier(4095), Some(0));
-        assert_eq!(tier(4096), Some(1));
-        assert_eq!(tier(65_535), Some(1));
-        assert_eq!(tier(65_536), Some(2));
-        assert_eq!(tier(LARGE_PACK_BYTES), None);
-    }
-
-    #[test]
-    fn the_newest_long_run_of_one_tier_is_merged() {
-        // Fifteen small packs: not yet.
-        assert_eq!(run_names(&[100; 15]), None);
-        // Sixteen: all of them.
-        assert_eq!(run_names(&[100; 16]), Some(("p0".into(), 16)));
-        // A larger pack, then sixteen small ones: only the small ones.
-        let mut sizes = vec![200_000];
-        sizes.extend([100; 16]);
-        assert_eq!(run_names(&sizes), Some(("p1".into(), 16)));
-        // Sixteen mid-size packs followed by a few small ones: the mid-size run.
-        let mut sizes = vec![10_000; 16];
-        sizes.extend([100; 3]);
-        assert_eq!(run_names(&sizes), Some(("p0".into(), 16)));
-        // Large packs are never merged.
-        assert_eq!(run_names(&[LARGE_PACK_BYTES; 20]), None);
+/// Maps a format error in the object at `path` to [`StoreError::Corrupt`].
+fn corrupt(path: &Path) -> impl Fn(FormatError) -> StoreError {
+    let path = path.to_string();
+    move |source| StoreError::Corrupt {
+        path: path.clone(),
+        source,
     }
 }

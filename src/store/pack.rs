@@ -4,11 +4,14 @@
 //! A pack ends with a BLAKE3 hash of everything before it, so a torn or altered object is
 //! detected before any of its nodes reach a room; each node is also content-addressed, so a
 //! record read alone (a range read) is checked by recomputing its id
-//! ([`Node::decode_checked`]).
+//! ([`Node::decode_checked`]). A record must be its node's canonical encoding, so a load
+//! keeps the stored bytes as the node's encoding instead of encoding it again.
 
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::node::{Node, RoomId};
+use crate::protocol;
 
 /// The storage layout version this relay reads and writes.
 pub const LAYOUT_VERSION: u32 = 1;
@@ -23,7 +26,7 @@ const HEADER_BYTES: usize = 8 + 8 + 8 + 4;
 const TRAILER_BYTES: usize = 32;
 
 /// Why stored bytes cannot be used.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum FormatError {
     /// The object is shorter than its structure says, or has bytes left over.
     #[error("truncated or padded object")]
@@ -37,12 +40,54 @@ pub enum FormatError {
     /// A record does not decode as a node.
     #[error("record {0} is not a valid node")]
     BadRecord(u32),
+    /// A record decodes as a node, but is not its canonical encoding (protocol/README.md
+    /// §10.8): no relay writes that, so the record was altered.
+    #[error("record {0} is a node, but not in its canonical encoding")]
+    NotCanonical(u32),
     /// The pack's header disagrees with what the manifest says about it.
     #[error("pack header disagrees with the manifest: {0}")]
     Mismatch(&'static str),
-    /// The manifest does not parse, or is of another layout version.
-    #[error("bad manifest: {0}")]
-    Manifest(String),
+    /// A manifest or the layout marker is not JSON of the expected shape.
+    #[error("not JSON of the expected shape")]
+    Json(#[source] serde_json::Error),
+    /// The layout marker names no layout version.
+    #[error("no layout version")]
+    NoLayout,
+    /// The layout marker or a manifest is of another layout version.
+    #[error("layout version {0}; this relay reads {LAYOUT_VERSION}")]
+    Layout(u64),
+    /// The manifest is another room's.
+    #[error("manifest of room {0:?}")]
+    OtherRoom(String),
+    /// The manifest's packs do not number the nodes 1, 2, … without gaps.
+    #[error("pack {pack} does not continue at {next}")]
+    Gap {
+        /// The pack that does not continue the numbering.
+        pack: String,
+        /// The arrival number it should start at.
+        next: u64,
+    },
+    /// A manifest object's name and contents disagree on its generation.
+    #[error("named generation {named}, says generation {found}")]
+    Generation {
+        /// The generation its name says.
+        named: u64,
+        /// The generation its contents say.
+        found: u64,
+    },
+    /// An object read back differently from what was just written.
+    #[error("read back differently from what was written")]
+    ReadBack,
+}
+
+/// A stored node with its record: the bytes it is stored as, which are its canonical wire
+/// encoding (checked), so the room can keep them as the node's encoding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredNode {
+    /// The node, decoded (its id is not checked yet: the room checks it on restore).
+    pub node: Node,
+    /// Its record, exactly [`protocol::encode_node`] of `node`.
+    pub wire: Bytes,
 }
 
 /// A decoded pack header.
@@ -170,25 +215,37 @@ pub fn records(bytes: &bytes::Bytes, index: &RecordIndex) -> Vec<bytes::Bytes> {
 /// fully), so a load hashes each node once.
 pub fn decode_pack(bytes: &[u8]) -> Result<(PackHeader, Vec<Node>, RecordIndex), FormatError> {
     let (header, index) = open_pack(bytes)?;
-    let nodes = decode_records(bytes, &index, 0..index.len())?;
+    let bytes = Bytes::copy_from_slice(bytes);
+    let records = decode_records(&bytes, &index, 0..index.len())?;
+    let nodes = records.into_iter().map(|stored| stored.node).collect();
     Ok((header, nodes, index))
 }
 
-/// Decodes the records at positions `range` of an opened pack (see [`decode_pack`]).
+/// Decodes the records at positions `range` of an opened pack (see [`decode_pack`]), each
+/// with its record as a slice of `bytes` (no copy). A record that decodes but is not its
+/// node's canonical encoding is refused rather than encoded anew: every relay writes the
+/// canonical one, so different bytes were altered.
 pub fn decode_records(
-    bytes: &[u8],
+    bytes: &Bytes,
     index: &RecordIndex,
     range: std::ops::Range<usize>,
-) -> Result<Vec<Node>, FormatError> {
+) -> Result<Vec<StoredNode>, FormatError> {
     let mut nodes = Vec::with_capacity(range.len());
     for i in range {
-        let record = index
+        let wire = index
             .range(i)
-            .and_then(|r| bytes.get(r.start as usize..r.end as usize))
+            .and_then(|r| Some(usize::try_from(r.start).ok()?..usize::try_from(r.end).ok()?))
+            .filter(|r| r.end <= bytes.len())
+            .map(|r| bytes.slice(r))
             .ok_or(FormatError::Truncated)?;
-        let node: Node =
-            rmp_serde::from_slice(record).map_err(|_| FormatError::BadRecord(len32(i)))?;
-        nodes.push(node);
+        let Some(node) = protocol::decode_canonical_node(&wire) else {
+            // Only on failure: tell a node in another encoding from bytes that are no node.
+            return Err(match rmp_serde::from_slice::<Node>(&wire) {
+                Ok(_) => FormatError::NotCanonical(len32(i)),
+                Err(_) => FormatError::BadRecord(len32(i)),
+            });
+        };
+        nodes.push(StoredNode { node, wire });
     }
     Ok(nodes)
 }
@@ -265,27 +322,20 @@ impl Manifest {
     /// Decodes and checks a manifest: its layout version, its room, and that its packs number
     /// the nodes without gaps.
     pub fn decode(bytes: &[u8], room: &RoomId) -> Result<Self, FormatError> {
-        let manifest: Manifest =
-            serde_json::from_slice(bytes).map_err(|e| FormatError::Manifest(e.to_string()))?;
+        let manifest: Manifest = serde_json::from_slice(bytes).map_err(FormatError::Json)?;
         if manifest.layout != LAYOUT_VERSION {
-            return Err(FormatError::Manifest(format!(
-                "layout version {} (this relay reads {LAYOUT_VERSION})",
-                manifest.layout
-            )));
+            return Err(FormatError::Layout(manifest.layout.into()));
         }
         if manifest.room != room.as_str() {
-            return Err(FormatError::Manifest(format!(
-                "manifest of room {:?}",
-                manifest.room
-            )));
+            return Err(FormatError::OtherRoom(manifest.room));
         }
         let mut next = 1u64;
         for pack in &manifest.packs {
             if pack.first != next || pack.count == 0 {
-                return Err(FormatError::Manifest(format!(
-                    "pack {} does not continue at {next}",
-                    pack.name
-                )));
+                return Err(FormatError::Gap {
+                    pack: pack.name.clone(),
+                    next,
+                });
             }
             next = next.saturating_add(u64::from(pack.count));
         }
@@ -354,6 +404,41 @@ mod tests {
         assert_eq!(records(&shared, &index), records_of(&nodes));
     }
 
+    /// A load keeps each record's own bytes as the node's encoding: they are the canonical
+    /// encoding, and a record in another encoding of the same node (one a lenient decoder
+    /// reads, with the same id) is refused, not encoded anew.
+    #[test]
+    fn records_pass_through_and_must_be_canonical() {
+        let nodes = chain(3);
+        let records = records_of(&nodes);
+        let (bytes, index) = encode_pack(1, 1, &records);
+        let bytes = bytes::Bytes::from(bytes);
+        let stored = decode_records(&bytes, &index, 0..3).unwrap();
+        for ((stored, node), record) in stored.iter().zip(&nodes).zip(&records) {
+            assert_eq!(&stored.node, node);
+            assert_eq!(&stored.wire, record);
+            // A slice of the pack, not a copy.
+            let within = bytes.as_ptr_range();
+            assert!(within.contains(&stored.wire.as_ptr()));
+        }
+        // Node 1's depth (1) written as a `uint 64`: the same node, the same id, 8 bytes more.
+        let mut lenient = records.clone();
+        let canonical = records[1].as_ref();
+        let depth_at = 1 + 34 + 1 + 34;
+        assert_eq!(canonical[depth_at], 0x01);
+        let mut altered = canonical[..depth_at].to_vec();
+        altered.extend_from_slice(&[0xcf, 0, 0, 0, 0, 0, 0, 0, 1]);
+        altered.extend_from_slice(&canonical[depth_at + 1..]);
+        let reread: Node = rmp_serde::from_slice(&altered).unwrap();
+        assert_eq!(reread, nodes[1]);
+        lenient[1] = bytes::Bytes::from(altered);
+        let (bytes, index) = encode_pack(1, 1, &lenient);
+        assert!(matches!(
+            decode_records(&bytes::Bytes::from(bytes), &index, 0..3),
+            Err(FormatError::NotCanonical(1))
+        ));
+    }
+
     #[test]
     fn an_empty_pack_has_an_empty_index() {
         let (bytes, index) = encode_pack(1, 1, &[]);
@@ -365,14 +450,19 @@ mod tests {
     fn torn_and_altered_packs_are_detected() {
         let (bytes, _) = encode_pack(1, 1, &records_of(&chain(3)));
         for cut in [0, 10, HEADER_BYTES, bytes.len() / 2, bytes.len() - 1] {
-            assert!(decode_pack(&bytes[..cut]).is_err(), "cut at {cut}");
+            assert!(
+                matches!(
+                    decode_pack(&bytes[..cut]),
+                    Err(FormatError::Truncated | FormatError::Checksum)
+                ),
+                "cut at {cut}"
+            );
         }
         for at in [0, 9, HEADER_BYTES + 7, bytes.len() - 40, bytes.len() - 1] {
             let mut altered = bytes.clone();
             altered[at] ^= 0x01;
-            assert_eq!(
-                decode_pack(&altered).unwrap_err(),
-                FormatError::Checksum,
+            assert!(
+                matches!(decode_pack(&altered), Err(FormatError::Checksum)),
                 "flip at {at}"
             );
         }
@@ -382,7 +472,10 @@ mod tests {
         forged[index.range(1).unwrap().start as usize] = 0xc1; // never valid MessagePack
         let hash = blake3::hash(&forged);
         forged.extend_from_slice(hash.as_bytes());
-        assert_eq!(decode_pack(&forged).unwrap_err(), FormatError::BadRecord(1));
+        assert!(matches!(
+            decode_pack(&forged),
+            Err(FormatError::BadRecord(1))
+        ));
         // A node whose id does not match its content decodes (the room refuses it on
         // restore), and its record read alone is refused.
         let mut nodes = chain(2);
@@ -414,13 +507,25 @@ mod tests {
         let bytes = manifest.encode();
         assert_eq!(Manifest::decode(&bytes, &room()).unwrap(), manifest);
         let other = RoomId::new("other").unwrap();
-        assert!(Manifest::decode(&bytes, &other).is_err());
+        assert!(matches!(
+            Manifest::decode(&bytes, &other),
+            Err(FormatError::OtherRoom(room)) if room == "packs"
+        ));
         let mut gap = manifest.clone();
         gap.packs[1].first = 6;
-        assert!(Manifest::decode(&gap.encode(), &room()).is_err());
+        assert!(matches!(
+            Manifest::decode(&gap.encode(), &room()),
+            Err(FormatError::Gap { pack, next: 5 }) if pack == "b"
+        ));
         let mut future = manifest;
         future.layout = LAYOUT_VERSION + 1;
-        assert!(Manifest::decode(&future.encode(), &room()).is_err());
-        assert!(Manifest::decode(b"{not json", &room()).is_err());
+        assert!(matches!(
+            Manifest::decode(&future.encode(), &room()),
+            Err(FormatError::Layout(2))
+        ));
+        assert!(matches!(
+            Manifest::decode(b"{not json", &room()),
+            Err(FormatError::Json(_))
+        ));
     }
 }

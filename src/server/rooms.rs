@@ -182,6 +182,7 @@ impl Rooms {
                     health: self.stats.store.clone(),
                     queues: HashMap::new(),
                     commit_at: None,
+                    commit: None,
                     to_fetch: Vec::new(),
                 };
                 let span = tracing::info_span!("room", room = %room);
@@ -210,8 +211,10 @@ struct RoomTask {
     settings: RoomSettings,
     health: Arc<StoreHealth>,
     queues: HashMap<SessionId, Outbound>,
-    /// When the write the hub asked for is due to start.
+    /// When the write the hub asked for is due to start (with a commit window).
     commit_at: Option<Instant>,
+    /// The commit in flight, if any: it runs beside the room, which keeps serving.
+    commit: Option<BoxFuture<'static, Committed>>,
     /// Reads of stored encodings the hub asked for, not started yet.
     to_fetch: Vec<Vec<u64>>,
 }
@@ -231,15 +234,13 @@ impl RoomTask {
         let mut idle_since: Option<Instant> = None;
         // Reads of stored encodings for catch-up, running beside the room.
         let mut fetches = FuturesUnordered::new();
-        // The commit in flight, if any: it runs beside the room, which keeps serving.
-        let mut commit: Option<BoxFuture<'static, Committed>> = None;
         loop {
             for seqs in std::mem::take(&mut self.to_fetch) {
                 fetches.push(self.fetch(seqs));
             }
             let deadline = hub.poll_timeout().map(Instant::from_std);
             let idle = hub.session_count() == 0
-                && commit.is_none()
+                && self.commit.is_none()
                 && hub.room().seq() == hub.durable_seq();
             idle_since = if idle {
                 Some(idle_since.unwrap_or_else(Instant::now))
@@ -247,7 +248,7 @@ impl RoomTask {
                 None
             };
             let evict_at = idle_since.map(|since| since + self.settings.idle_eviction);
-            let commit_due = if commit.is_none() {
+            let commit_due = if self.commit.is_none() {
                 self.commit_at
             } else {
                 None
@@ -268,10 +269,10 @@ impl RoomTask {
                 }
                 () = sleep_until(commit_due) => {
                     self.commit_at = None;
-                    commit = self.start_commit(&hub);
+                    self.commit = self.start_commit(&hub);
                 }
-                Some((through, result)) = maybe(&mut commit) => {
-                    commit = None;
+                Some((through, result)) = maybe(&mut self.commit) => {
+                    self.commit = None;
                     if let Err(e) = result {
                         tracing::error!(error = %e.report(), "commit failed; closing the room's sessions");
                         let outbox = hub.persist_failed();
@@ -299,7 +300,8 @@ impl RoomTask {
                 }
                 () = shutdown.cancelled() => {
                     // Whatever gets stored may still be delivered; the rest was never acked.
-                    self.drain_commits(&mut hub, commit.take()).await;
+                    let in_flight = self.commit.take();
+                    self.drain_commits(&mut hub, in_flight).await;
                     return;
                 }
             }
@@ -378,7 +380,9 @@ impl RoomTask {
     }
 
     /// Reads the stored room pack by pack, restoring each node (fully checked) as it comes.
-    async fn read(&self) -> Result<Room, StoreError> {
+    // `&mut`, though it only reads: the task holds a commit future, which is `Send` but not
+    // `Sync`, so a shared borrow of the task may not live across an await.
+    async fn read(&mut self) -> Result<Room, StoreError> {
         let limits = self.settings.hub.session.limits.node;
         let Some(mut reader) = self.store.read(&self.room).await? else {
             let epoch = rand::random::<u64>();
@@ -428,15 +432,17 @@ impl RoomTask {
     /// reads it asks for, and schedules the write it asks for.
     fn emit(&mut self, hub: &mut Hub, mut outbox: Outbox) {
         self.to_fetch.append(&mut outbox.fetches);
-        if outbox.persist.is_some() {
-            let now = Instant::now();
+        if outbox.persist.is_some() && self.commit.is_none() {
             let waiting = hub.room().seq().saturating_sub(hub.durable_seq());
-            let due = if waiting >= self.settings.commit_max_nodes {
-                now
+            if self.settings.commit_window.is_zero() || waiting >= self.settings.commit_max_nodes {
+                // Started here, not through a timer: tokio rounds a timer up to the next
+                // millisecond, which would be most of an idle room's pack → ack time.
+                self.commit_at = None;
+                self.commit = self.start_commit(hub);
             } else {
-                now + self.settings.commit_window
-            };
-            self.commit_at = Some(self.commit_at.map_or(due, |at| at.min(due)));
+                let due = Instant::now() + self.settings.commit_window;
+                self.commit_at = Some(self.commit_at.map_or(due, |at| at.min(due)));
+            }
         }
         self.deliver(hub, outbox);
     }

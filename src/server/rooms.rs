@@ -183,6 +183,7 @@ impl Rooms {
                     queues: HashMap::new(),
                     commit_at: None,
                     commit: None,
+                    commit_when_idle: false,
                     to_fetch: Vec::new(),
                 };
                 let span = tracing::info_span!("room", room = %room);
@@ -215,6 +216,8 @@ struct RoomTask {
     commit_at: Option<Instant>,
     /// The commit in flight, if any: it runs beside the room, which keeps serving.
     commit: Option<BoxFuture<'static, Committed>>,
+    /// A commit is wanted as soon as no command is waiting (no commit window).
+    commit_when_idle: bool,
     /// Reads of stored encodings the hub asked for, not started yet.
     to_fetch: Vec<Vec<u64>>,
 }
@@ -237,6 +240,11 @@ impl RoomTask {
         loop {
             for seqs in std::mem::take(&mut self.to_fetch) {
                 fetches.push(self.fetch(seqs));
+            }
+            // Frames already waiting are read first, so the nodes they bring share the commit.
+            if self.commit_when_idle && self.commit.is_none() && commands.is_empty() {
+                self.commit_when_idle = false;
+                self.commit = self.start_commit(&hub);
             }
             let deadline = hub.poll_timeout().map(Instant::from_std);
             let idle = hub.session_count() == 0
@@ -434,11 +442,14 @@ impl RoomTask {
         self.to_fetch.append(&mut outbox.fetches);
         if outbox.persist.is_some() && self.commit.is_none() {
             let waiting = hub.room().seq().saturating_sub(hub.durable_seq());
-            if self.settings.commit_window.is_zero() || waiting >= self.settings.commit_max_nodes {
-                // Started here, not through a timer: tokio rounds a timer up to the next
-                // millisecond, which would be most of an idle room's pack → ack time.
+            if waiting >= self.settings.commit_max_nodes {
                 self.commit_at = None;
                 self.commit = self.start_commit(hub);
+            } else if self.settings.commit_window.is_zero() {
+                // Started once the room has read what is waiting for it (see `run`), not
+                // through a timer: tokio rounds a timer up to the next millisecond, which
+                // would be most of an idle room's pack → ack time.
+                self.commit_when_idle = true;
             } else {
                 let due = Instant::now() + self.settings.commit_window;
                 self.commit_at = Some(self.commit_at.map_or(due, |at| at.min(due)));
@@ -492,6 +503,7 @@ impl RoomTask {
     /// left (a connection the hub has not heard of yet) the same way.
     fn abandon_sessions(&mut self) {
         self.commit_at = None;
+        self.commit_when_idle = false;
         for (_, mut queue) in self.queues.drain() {
             queue.close(CloseCode::StoreUnavailable);
         }

@@ -1,0 +1,202 @@
+//! Joining: answering `hello` with the plan for the session, the subscription class it
+//! reconciles, and the presence it should hear.
+
+use super::*;
+
+impl Hub {
+    pub(super) fn join(
+        &mut self,
+        id: SessionId,
+        hints: &SyncHints,
+        capabilities: Capabilities,
+        out: &mut Outbox,
+    ) {
+        self.unsubscribed.insert(id);
+        let (path, estimator_error) = self.room.plan(hints, capabilities);
+        if let Some(e) = estimator_error {
+            self.estimator_error(id, &e, out);
+        }
+        let start = Start::from_path(path, self.room.seq(), |after| {
+            self.room.catch_up_cursor(after, &hints.heads)
+        });
+        self.welcome(id, capabilities, start, None, out);
+    }
+
+    pub(super) fn estimator_error(
+        &mut self,
+        id: SessionId,
+        error: &EstimatorError,
+        out: &mut Outbox,
+    ) {
+        let error = ErrorMessage::new(
+            ErrorCode::Malformed,
+            Some(MessageType::Hello),
+            error.to_string(),
+        );
+        self.send(Audience::One(id), Message::ErrorMessage(error), out);
+    }
+
+    /// Answers `hello` with `welcome` and starts the planned reconciliation.
+    pub(super) fn welcome(
+        &mut self,
+        id: SessionId,
+        capabilities: Capabilities,
+        start: Start,
+        subscription: Option<(Arc<PatternSet>, ClassId)>,
+        out: &mut Outbox,
+    ) {
+        let (plan, cursor, recon) = match start {
+            Start::InSync => (Plan::InSync, None, Recon::Idle),
+            Start::CatchUp(cursor) => (Plan::CatchUp, Some(cursor), Recon::Idle),
+            Start::SendIds => (Plan::SendIds, None, Recon::Idle),
+            Start::Recon(recon @ Recon::Sketch { .. }) => (Plan::Sketch, None, recon),
+            Start::Recon(recon) => (Plan::Refine, None, recon),
+        };
+        let Some(peer) = self.members.get(&id).map(|m| m.peer) else {
+            return;
+        };
+        let welcome = Welcome {
+            version: PROTOCOL_VERSION,
+            capabilities,
+            peer,
+            epoch: self.room.epoch(),
+            seq: self.room.seq(),
+            plan,
+            limits: (self.config.session.limits != RelayLimits::default())
+                .then_some(self.config.session.limits),
+        };
+        let Some(member) = self.members.get_mut(&id) else {
+            return;
+        };
+        member.session.welcome(plan);
+        member.cursor = cursor;
+        member.recon = recon;
+        member.verify_root = matches!(plan, Plan::Sketch | Plan::Refine);
+        member.subscription = subscription;
+        if let Some(deadline) = member.handshake_deadline.take() {
+            self.handshakes.remove(&(deadline, id));
+        }
+        self.send(Audience::One(id), Message::Welcome(welcome), out);
+        match recon {
+            Recon::Sketch { log2, at_seq, .. } => self.send_sketch(id, log2, false, at_seq, out),
+            Recon::Refine {
+                depth, expected, ..
+            } => self.send_buckets(id, depth, expected, out),
+            Recon::Idle => {}
+        }
+        self.send_present_peers(id, capabilities, out);
+        self.pump(id, out);
+    }
+
+    /// The subscription class session `id` reconciles, if it has a subscription.
+    pub(super) fn class_of(&self, id: SessionId) -> Option<ClassId> {
+        let member = self.members.get(&id)?;
+        member.subscription.as_ref().map(|(_, class)| *class)
+    }
+
+    /// A subscribed session's class is gone: a relay bug, not the client's fault.
+    pub(super) fn lost_class(&mut self, id: SessionId, out: &mut Outbox) {
+        tracing::error!(session = id, "subscribed session without its class");
+        let error = ErrorMessage::new(ErrorCode::Internal, None, "subscription state lost");
+        self.send(Audience::One(id), Message::ErrorMessage(error), out);
+        self.close(id, CloseCode::Internal, out);
+    }
+
+    /// A session that negotiated presence hears every peer's current state after `welcome`.
+    pub(super) fn send_present_peers(
+        &mut self,
+        id: SessionId,
+        capabilities: Capabilities,
+        out: &mut Outbox,
+    ) {
+        if !capabilities.contains(Capabilities::PRESENCE) {
+            return;
+        }
+        let mut present: Vec<(u64, Bytes)> = self
+            .members
+            .iter()
+            .filter(|(other, m)| **other != id && !m.presence.is_empty())
+            .map(|(_, m)| (m.peer, m.presence.clone()))
+            .collect();
+        present.sort_unstable_by_key(|(peer, _)| *peer);
+        for (peer, state) in present {
+            self.send(
+                Audience::One(id),
+                Message::PresenceUpdate(PresenceUpdate { peer, state }),
+                out,
+            );
+        }
+    }
+
+    /// `hello` with a subscription (§7.5, §5.11): the session reconciles the matching subset
+    /// only. Its class (shared by every session with the same subscription) lists the matching
+    /// nodes, so planning and the catch-up cost what matches, not the room; a client that
+    /// lost its watermark reconciles by sketch against the class's own sketch structures.
+    pub(super) fn join_subscribed(
+        &mut self,
+        id: SessionId,
+        hints: &SyncHints,
+        capabilities: Capabilities,
+        patterns: Vec<Pattern>,
+        out: &mut Outbox,
+    ) {
+        let set = Arc::new(PatternSet::new(patterns));
+        let class_id = self.subscriptions.join(id, set.clone(), &self.room);
+        let Some(class) = self.subscriptions.class(class_id) else {
+            return self.lost_class(id, out);
+        };
+        let epoch = self.room.epoch();
+        let seq = self.room.seq();
+        let watermark = hints
+            .watermark
+            .filter(|w| w.epoch == epoch && w.seq <= seq)
+            .map(|w| w.seq);
+        let sketches = capabilities.contains(Capabilities::IBF.union(Capabilities::MST));
+        // `hints.digest` covers the client's matching nodes only.
+        let path = if hints.digest == class.digest(&self.room) {
+            ReconPath::InSync
+        } else if let Some(after) = watermark {
+            ReconPath::CatchUp { after }
+        } else if hints.digest.count == 0 {
+            ReconPath::CatchUp { after: 0 }
+        } else if sketches && self.subscriptions.allow_recon(class_id, &self.room) {
+            self.plan_class(id, hints, capabilities, class_id, out)
+        } else {
+            // No sketches, or the classes' sketch structures are at their bound.
+            ReconPath::IdList
+        };
+        let Some(class) = self.subscriptions.class(class_id) else {
+            return self.lost_class(id, out);
+        };
+        let start = Start::from_path(path, seq, |after| {
+            let explicit = class.seqs_after(&self.room, after, |_| true);
+            Cursor::new(explicit, seq.saturating_add(1)).filtered(set.clone())
+        });
+        self.welcome(id, capabilities, start, Some((set, class_id)), out);
+    }
+
+    /// The sketch or refinement plan of a subscribed client that holds matching nodes but no
+    /// watermark: sized from its estimator against the class's.
+    pub(super) fn plan_class(
+        &mut self,
+        id: SessionId,
+        hints: &SyncHints,
+        capabilities: Capabilities,
+        class: ClassId,
+        out: &mut Outbox,
+    ) -> ReconPath {
+        let Some(recon) = self.subscriptions.recon_mut(class, &self.room) else {
+            return ReconPath::IdList;
+        };
+        let side = RelaySide {
+            digest: recon.digest(),
+            epoch: self.room.epoch(),
+            seq: self.room.seq(),
+        };
+        let (path, error) = plan_against(hints, capabilities, side, recon.estimator(), |_| false);
+        if let Some(e) = error {
+            self.estimator_error(id, &e, out);
+        }
+        path
+    }
+}

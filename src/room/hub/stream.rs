@@ -1,0 +1,164 @@
+//! Streaming: catch-up and backfill batches paced by credit, and subscription changes.
+
+use super::*;
+
+impl Hub {
+    /// Reconciliation is settled: stream the cursor as catch-up.
+    pub(super) fn start_stream(&mut self, id: SessionId, cursor: Cursor, out: &mut Outbox) {
+        if let Some(member) = self.members.get_mut(&id) {
+            let cursor = match &member.subscription {
+                Some((set, _)) => cursor.filtered(set.clone()),
+                None => cursor,
+            };
+            member.cursor = Some(cursor);
+            member.waiting_on = None;
+            member.recon = Recon::Idle;
+            member.session.need_sent();
+        }
+        self.pump(id, out);
+    }
+
+    /// `subscribe` / `unsubscribe`: changes the session's subscription, streams what newly
+    /// matches (a backfill, paced like catch-up), then answers `subscribed`.
+    pub(super) fn change_subscription(
+        &mut self,
+        id: SessionId,
+        number: u64,
+        patterns: &[Pattern],
+        add: bool,
+        out: &mut Outbox,
+    ) {
+        let Some(member) = self.members.get(&id) else {
+            return;
+        };
+        let old = member.subscription.as_ref().map_or_else(
+            || Arc::new(PatternSet::new([Pattern::everything()])),
+            |(set, _)| set.clone(),
+        );
+        let new = if add {
+            old.with(patterns)
+        } else {
+            old.without(patterns)
+        };
+        let max = self.config.session.limits.patterns.max_patterns;
+        if new.len() > usize::from(max) {
+            let error = ErrorMessage::new(
+                ErrorCode::BadPattern,
+                Some(MessageType::Subscribe),
+                format!("the subscription would hold more than {max} patterns"),
+            );
+            return self.send(Audience::One(id), Message::ErrorMessage(error), out);
+        }
+        let seq = self.room.seq();
+        if new == *old {
+            let done = Subscribed {
+                number,
+                patterns: new.canonical(),
+                seq,
+            };
+            return self.send(Audience::One(id), Message::Subscribed(done), out);
+        }
+        if let Some((_, class)) = member.subscription.clone() {
+            self.subscriptions.leave(id, class);
+        }
+        let new = Arc::new(new);
+        let class = self.subscriptions.join(id, new.clone(), &self.room);
+        // Newly matching history: the nodes of the paths the new subscription matches and the
+        // old did not.
+        let explicit: Vec<u64> = self
+            .subscriptions
+            .class(class)
+            .map(|class| class.seqs_after(&self.room, 0, |path| !old.matches(path)))
+            .unwrap_or_default();
+        let Some(member) = self.members.get_mut(&id) else {
+            return;
+        };
+        member.subscription = Some((new.clone(), class));
+        self.unsubscribed.remove(&id);
+        if explicit.is_empty() {
+            let done = Subscribed {
+                number,
+                patterns: new.canonical(),
+                seq,
+            };
+            return self.send(Audience::One(id), Message::Subscribed(done), out);
+        }
+        member.session.backfill();
+        member.backfill = Some(number);
+        member.waiting_on = None;
+        member.cursor = Some(Cursor::new(explicit, seq.saturating_add(1)).filtered(new));
+        self.pump(id, out);
+    }
+
+    /// Streams catch-up while the session has credit; finishes it when the log is exhausted.
+    pub(super) fn pump(&mut self, id: SessionId, out: &mut Outbox) {
+        let max_frame = self.config.session.limits.max_frame as usize;
+        loop {
+            let Some(member) = self.members.get_mut(&id) else {
+                return;
+            };
+            if !member.session.is_catching_up()
+                || !member.session.has_credit()
+                || member.waiting_on.is_some()
+            {
+                return;
+            }
+            let Some(cursor) = member.cursor.as_mut() else {
+                return;
+            };
+            match self.room.next_batch(cursor, max_frame) {
+                BatchStep::Batch { frame, .. } => {
+                    member.session.spend_credit(frame.len() as u64);
+                    out.frames.push(Outgoing {
+                        to: Audience::One(id),
+                        frame,
+                        paced: true,
+                    });
+                }
+                BatchStep::Fetch(seqs) => {
+                    member.waiting_on = seqs.first().copied();
+                    let new: Vec<u64> = seqs
+                        .into_iter()
+                        .filter(|seq| self.fetching.insert(*seq))
+                        .collect();
+                    if !new.is_empty() {
+                        out.fetches.push(new);
+                    }
+                    return;
+                }
+                BatchStep::Done => {
+                    member.cursor = None;
+                    member.session.caught_up();
+                    let seq = self.room.seq();
+                    let backfill = member.backfill.take();
+                    let verify_root = member.verify_root;
+                    let class_id = member.subscription.as_ref().map(|(_, class)| *class);
+                    let class = class_id.and_then(|class| self.subscriptions.class(class));
+                    if let Some(number) = backfill {
+                        let patterns = class.map(|c| c.set().canonical()).unwrap_or_default();
+                        let done = Subscribed {
+                            number,
+                            patterns,
+                            seq,
+                        };
+                        self.send(Audience::One(id), Message::Subscribed(done), out);
+                        return;
+                    }
+                    // A subscribed session holds the matching subset: its digest is the class's.
+                    let digest = class.map_or(self.room.digest(), |c| c.digest(&self.room));
+                    // Sketch and refine sessions decided what to send from short ids and
+                    // digests; the root (of the class's nodes for a subscribed session) makes
+                    // the result collision-resistant (§5.10).
+                    let root = if verify_root {
+                        sets_mut(&mut self.room, &mut self.subscriptions, class_id).map(tree_root)
+                    } else {
+                        None
+                    };
+                    let done = CatchUpDone { seq, digest, root };
+                    self.send(Audience::One(id), Message::CatchUpDone(done), out);
+                    return;
+                }
+            }
+        }
+    }
+}

@@ -76,7 +76,7 @@ use weft::node::{Node, NodeId, NodeLimits, RoomId};
 use weft::protocol::{self, Capabilities, Message, MessageType, Outcome, Plan};
 use weft::recon::ibf::SketchKey;
 use weft::replica::{Link, Replica, SyncEvent};
-use weft::room::{Audience, Hub, HubConfig, OrphanLimits, Room};
+use weft::room::{Hub, HubConfig, OrphanLimits, Room};
 
 const ROOM: &str = "bench-recon";
 /// Epoch of the relay's room; `prev-epoch` clients carry a watermark from the one before.
@@ -1014,15 +1014,7 @@ impl WeftCurrent {
                 if !out.closes.is_empty() {
                     t.m.fail(format!("relay closed the session: {:?}", out.closes));
                 }
-                for o in out.frames {
-                    let to_us = match o.to {
-                        Audience::One(id) => id == sid,
-                        _ => hub.recipients(o.to).any(|id| id == sid),
-                    };
-                    if to_us {
-                        down.push(o.frame);
-                    }
-                }
+                down.extend(hub.resolve(out).frames_for(sid).cloned());
             }
             let mut pushes_now = false;
             for frame in std::mem::take(&mut down) {

@@ -249,10 +249,11 @@ fn push_all(hub: &mut Hub, nodes: &[Node]) -> RoutingRun {
         .expect("pack encodes");
         let started = Instant::now();
         let outbox = hub.handle_frame(0, &frame, now);
+        let outbox = hub.resolve(outbox);
         let mut recipients = 0u64;
         for outgoing in outbox.frames {
             if protocol::peek_type(&outgoing.frame) == Some(protocol::MessageType::Broadcast) {
-                recipients += hub.recipients(outgoing.to).count() as u64;
+                recipients += outgoing.to.len() as u64;
             }
         }
         busy += started.elapsed();
@@ -866,11 +867,7 @@ fn reconcile(
         let started = Instant::now();
         for frame in outgoing.drain(..) {
             let outbox = hub.handle_frame(id, &frame, now);
-            for o in outbox.frames {
-                if hub.recipients(o.to).any(|s| s == id) {
-                    incoming.push(o.frame);
-                }
-            }
+            incoming.extend(hub.resolve(outbox).frames_for(id).cloned());
         }
         whole.hub_ms += started.elapsed().as_secs_f64() * 1e3;
         let mut synced = false;

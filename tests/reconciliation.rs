@@ -19,7 +19,7 @@ use weft::protocol::{
 use weft::recon::SetDigest;
 use weft::recon::ibf::{self, Cell, Placement, SketchKey};
 use weft::replica::{Link, LinkError, Replica, SyncEvent};
-use weft::room::{Audience, Hub, HubConfig, OrphanLimits, Room};
+use weft::room::{Hub, HubConfig, OrphanLimits, Room};
 
 const EPOCH: u64 = 9;
 const WAVES: usize = 10_000;
@@ -201,16 +201,9 @@ fn run(
                     .len();
             }
             let out = hub.handle_frame(sid, &frame, now);
+            let out = hub.resolve(out);
             session.closes.extend(out.closes.iter().map(|(_, c)| *c));
-            for o in out.frames {
-                let ours = match o.to {
-                    Audience::One(id) => id == sid,
-                    to => hub.recipients(to).any(|id| id == sid),
-                };
-                if ours {
-                    down.push(tamper(o.frame));
-                }
-            }
+            down.extend(out.frames_for(sid).cloned().map(&tamper));
         }
         for frame in down {
             if let Ok(Message::ErrorMessage(e)) = protocol::decode(&frame) {

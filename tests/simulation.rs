@@ -1500,12 +1500,9 @@ impl Pair<'_> {
         for _ in 0..10_000 {
             if let Some(frame) = up.pop_front() {
                 let out = self.hub.handle_frame(sid, &frame, self.now);
+                let out = self.hub.resolve(out);
                 assert!(out.closes.is_empty());
-                for o in out.frames {
-                    if self.hub.recipients(o.to).any(|r| r == sid) {
-                        down.push_back(o.frame);
-                    }
-                }
+                down.extend(out.frames_for(sid).cloned());
             } else if let Some(frame) = down.pop_front() {
                 match protocol::decode(&frame) {
                     Ok(Message::Welcome(w)) => plans.push(w.plan),

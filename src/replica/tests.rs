@@ -537,11 +537,7 @@ mod link {
         let mut back = Vec::new();
         for frame in frames {
             let out = hub.handle_frame(1, &frame, t);
-            for o in out.frames {
-                if hub.recipients(o.to).any(|s| s == 1) {
-                    back.push(o.frame);
-                }
-            }
+            back.extend(hub.resolve(out).frames_for(1).cloned());
         }
         back
     }

@@ -30,7 +30,7 @@ use crate::recon::index::SetIndex;
 use crate::recon::{FastMap, SetDigest};
 
 pub use durability::Durability;
-pub use hub::{Audience, Hub, HubConfig, Outbox, Outgoing};
+pub use hub::{Addressed, Audience, Delivery, Hub, HubConfig, Outbox, Outgoing};
 pub use orphans::OrphanLimits;
 pub use recon::{BucketIdsError, BucketRound, Settled};
 

@@ -29,7 +29,7 @@ use super::ServerStats;
 use super::outbound::Outbound;
 use crate::node::RoomId;
 use crate::protocol::CloseCode;
-use crate::room::{Hub, HubConfig, OrphanLimits, Outbox, Room, SessionId};
+use crate::room::{Addressed, Hub, HubConfig, OrphanLimits, Outbox, Room, SessionId};
 use crate::store::{Store, StoreError};
 
 /// Commands from connections to their room task.
@@ -512,16 +512,12 @@ impl RoomTask {
     /// Queues an outbox's frames; a recipient whose queue overflows is closed with
     /// "resync required" and removed from the hub (which may produce more frames).
     fn deliver(&mut self, hub: &mut Hub, outbox: Outbox) {
-        let resolved = Resolved::of(hub, outbox);
-        self.send(hub, resolved);
-    }
-
-    fn send(&mut self, hub: &mut Hub, resolved: Resolved) {
+        let delivery = hub.resolve(outbox);
         let mut overflowed = Vec::new();
         let now = Instant::now();
-        for (recipients, frame, paced) in resolved.frames {
+        for Addressed { to, frame, paced } in delivery.frames {
             let queued_at = (!paced).then_some(now);
-            for session in recipients {
+            for session in to {
                 let Some(queue) = self.queues.get(&session) else {
                     continue;
                 };
@@ -531,7 +527,7 @@ impl RoomTask {
                 }
             }
         }
-        for (session, code) in resolved.closes {
+        for (session, code) in delivery.closes {
             if let Some(mut queue) = self.queues.remove(&session) {
                 queue.close(code);
             }
@@ -546,27 +542,6 @@ impl RoomTask {
             }
             let outbox = hub.disconnect(session);
             self.emit(hub, outbox);
-        }
-    }
-}
-
-/// An outbox with its recipients fixed when the hub produced it: a frame held for a commit
-/// goes to the sessions it was meant for then, not to whoever joined since.
-struct Resolved {
-    /// Recipients, frame, and whether the frame is paced by credit.
-    frames: Vec<(Vec<SessionId>, Bytes, bool)>,
-    closes: Vec<(SessionId, CloseCode)>,
-}
-
-impl Resolved {
-    fn of(hub: &Hub, outbox: Outbox) -> Self {
-        Self {
-            frames: outbox
-                .frames
-                .into_iter()
-                .map(|o| (hub.recipients(o.to).collect(), o.frame, o.paced))
-                .collect(),
-            closes: outbox.closes,
         }
     }
 }

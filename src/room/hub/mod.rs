@@ -126,6 +126,41 @@ impl Outbox {
     }
 }
 
+/// An outbox with every audience resolved to the sessions it names now: what a driver queues.
+#[derive(Debug, Default)]
+#[must_use]
+pub struct Delivery {
+    /// Frames to queue, in order.
+    pub frames: Vec<Addressed>,
+    /// Sessions to close after their frames are queued.
+    pub closes: Vec<(SessionId, CloseCode)>,
+    /// As [`Outbox::fetches`].
+    pub fetches: Vec<Vec<u64>>,
+    /// As [`Outbox::persist`].
+    pub persist: Option<u64>,
+}
+
+/// One frame and the sessions it goes to.
+#[derive(Debug, Clone)]
+pub struct Addressed {
+    /// Receivers, as they were when the frame was resolved.
+    pub to: Vec<SessionId>,
+    /// The encoded frame, shared by every receiver.
+    pub frame: Bytes,
+    /// Paced by the receiver's credit (see [`Outgoing::paced`]).
+    pub paced: bool,
+}
+
+impl Delivery {
+    /// The frames session `id` receives, in order.
+    pub fn frames_for(&self, id: SessionId) -> impl Iterator<Item = &Bytes> + '_ {
+        self.frames
+            .iter()
+            .filter(move |a| a.to.contains(&id))
+            .map(|a| &a.frame)
+    }
+}
+
 /// Where a session's sketch reconciliation stands.
 #[derive(Debug, Clone, Copy)]
 enum Recon {
@@ -462,6 +497,26 @@ impl Hub {
             .into_iter()
             .chain(listed)
             .chain(many.into_iter().flatten())
+    }
+
+    /// Resolves every audience of `out` to the sessions it names now. Every driver delivers
+    /// through this, so all of them address frames alike.
+    pub fn resolve(&self, out: Outbox) -> Delivery {
+        let frames = out
+            .frames
+            .into_iter()
+            .map(|o| Addressed {
+                to: self.recipients(o.to).collect(),
+                frame: o.frame,
+                paced: o.paced,
+            })
+            .collect();
+        Delivery {
+            frames,
+            closes: out.closes,
+            fetches: out.fetches,
+            persist: out.persist,
+        }
     }
 
     /// When [`handle_timeout`](Self::handle_timeout) should next run.

@@ -853,12 +853,7 @@ impl Driver {
                 self.shared.syncs.send_modify(|n| *n = n.saturating_add(1));
                 self.emit(Event::Synced { seq }).await;
             }
-            SyncEvent::Arrived(id) => {
-                let node = self.shared.replica().get(&id).cloned();
-                if let Some(node) = node {
-                    self.emit(Event::Node(node)).await;
-                }
-            }
+            SyncEvent::Arrived(node) => self.emit(Event::Node(node)).await,
             SyncEvent::Settled { id, outcome } => {
                 self.strikes.remove(&id);
                 self.answer(id, Answer::Outcome(outcome));

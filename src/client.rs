@@ -725,13 +725,18 @@ impl Driver {
             return Ended::Lost(e.to_string());
         }
         let mut welcomed = false;
+        // Silence is measured from the relay's side only: whatever arrives from it (frames,
+        // pings, pongs) moves the deadline, and nothing the application does locally does.
+        let silent = || Ended::Lost("relay silent for too long".into());
+        let idle = tokio::time::sleep(self.config.idle_timeout);
+        tokio::pin!(idle);
         loop {
             let mut outgoing: Vec<Bytes> = Vec::new();
             tokio::select! {
-                received = tokio::time::timeout(self.config.idle_timeout, socket.next()) => {
-                    let Ok(received) = received else {
-                        return Ended::Lost("relay silent for too long".into());
-                    };
+                () = &mut idle => return silent(),
+                received = socket.next() => {
+                    idle.as_mut()
+                        .reset(tokio::time::Instant::now() + self.config.idle_timeout);
                     let frame = match received {
                         Some(Ok(WsMessage::Binary(frame))) => frame,
                         Some(Ok(WsMessage::Close(Some(close)))) => {
@@ -763,8 +768,9 @@ impl Driver {
                 }
                 command = self.commands.recv() => match command {
                     None | Some(Command::Close) => {
-                        // Best effort: the relay may already be gone.
-                        let _closing = socket.close(None).await;
+                        // Best effort: the relay may already be gone, or too silent to wait for.
+                        let _closing =
+                            tokio::time::timeout_at(idle.deadline(), socket.close(None)).await;
                         return Ended::Stop;
                     }
                     Some(Command::Push) => {
@@ -799,8 +805,17 @@ impl Driver {
                 },
             }
             for frame in outgoing {
-                if let Err(e) = socket.send(WsMessage::Binary(frame)).await {
-                    return Ended::Lost(e.to_string());
+                // A relay that stops reading while it stays silent blocks the write once the
+                // socket buffers fill; the deadline still holds.
+                match tokio::time::timeout_at(
+                    idle.deadline(),
+                    socket.send(WsMessage::Binary(frame)),
+                )
+                .await
+                {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => return Ended::Lost(e.to_string()),
+                    Err(_) => return silent(),
                 }
             }
         }

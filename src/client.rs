@@ -725,13 +725,18 @@ impl Driver {
             return Ended::Lost(e.to_string());
         }
         let mut welcomed = false;
+        // Silence is measured from the relay's side only: whatever arrives from it (frames,
+        // pings, pongs) moves the deadline, and nothing the application does locally does.
+        let silent = || Ended::Lost("relay silent for too long".into());
+        let idle = tokio::time::sleep(self.config.idle_timeout);
+        tokio::pin!(idle);
         loop {
             let mut outgoing: Vec<Bytes> = Vec::new();
             tokio::select! {
-                received = tokio::time::timeout(self.config.idle_timeout, socket.next()) => {
-                    let Ok(received) = received else {
-                        return Ended::Lost("relay silent for too long".into());
-                    };
+                () = &mut idle => return silent(),
+                received = socket.next() => {
+                    idle.as_mut()
+                        .reset(tokio::time::Instant::now() + self.config.idle_timeout);
                     let frame = match received {
                         Some(Ok(WsMessage::Binary(frame))) => frame,
                         Some(Ok(WsMessage::Close(Some(close)))) => {
@@ -757,14 +762,13 @@ impl Driver {
                         outgoing.extend(self.presence_frame(&link));
                     }
                     outgoing.extend(output.send);
-                    for event in output.events {
-                        self.apply(event).await;
-                    }
+                    self.apply_all(output.events).await;
                 }
                 command = self.commands.recv() => match command {
                     None | Some(Command::Close) => {
-                        // Best effort: the relay may already be gone.
-                        let _closing = socket.close(None).await;
+                        // Best effort: the relay may already be gone, or too silent to wait for.
+                        let _closing =
+                            tokio::time::timeout_at(idle.deadline(), socket.close(None)).await;
                         return Ended::Stop;
                     }
                     Some(Command::Push) => {
@@ -772,9 +776,7 @@ impl Driver {
                         match pushed {
                             Ok(output) => {
                                 outgoing.extend(output.send);
-                                for event in output.events {
-                                    self.apply(event).await;
-                                }
+                                self.apply_all(output.events).await;
                             }
                             Err(e) => return Ended::Lost(e.to_string()),
                         }
@@ -799,8 +801,17 @@ impl Driver {
                 },
             }
             for frame in outgoing {
-                if let Err(e) = socket.send(WsMessage::Binary(frame)).await {
-                    return Ended::Lost(e.to_string());
+                // A relay that stops reading while it stays silent blocks the write once the
+                // socket buffers fill; the deadline still holds.
+                match tokio::time::timeout_at(
+                    idle.deadline(),
+                    socket.send(WsMessage::Binary(frame)),
+                )
+                .await
+                {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => return Ended::Lost(e.to_string()),
+                    Err(_) => return silent(),
                 }
             }
         }
@@ -847,18 +858,51 @@ impl Driver {
         Message::Presence(Presence { state }).encode().ok()
     }
 
+    /// Applies a frame's events in order. Arrived nodes go to the application in runs through
+    /// one channel reservation each, rather than one per node: a catch-up batch carries
+    /// thousands of them.
+    async fn apply_all(&mut self, events: Vec<SyncEvent>) {
+        let mut nodes = Vec::new();
+        for event in events {
+            match event {
+                SyncEvent::Arrived(node) => {
+                    nodes.push(node);
+                    if nodes.len() >= NODE_EVENTS_PER_RESERVATION {
+                        self.emit_nodes(&mut nodes).await;
+                    }
+                }
+                other => {
+                    self.emit_nodes(&mut nodes).await;
+                    self.apply(other).await;
+                }
+            }
+        }
+        self.emit_nodes(&mut nodes).await;
+    }
+
+    /// Sends `nodes` as [`Event::Node`]s, in order, and empties the list.
+    async fn emit_nodes(&self, nodes: &mut Vec<Node>) {
+        if nodes.is_empty() {
+            return;
+        }
+        match self.events.reserve_many(nodes.len()).await {
+            Ok(permits) => {
+                for (permit, node) in permits.zip(nodes.drain(..)) {
+                    permit.send(Event::Node(node));
+                }
+            }
+            // A dropped receiver means the application does not want events.
+            Err(_) => nodes.clear(),
+        }
+    }
+
     async fn apply(&mut self, event: SyncEvent) {
         match event {
             SyncEvent::Synced { seq } => {
                 self.shared.syncs.send_modify(|n| *n = n.saturating_add(1));
                 self.emit(Event::Synced { seq }).await;
             }
-            SyncEvent::Arrived(id) => {
-                let node = self.shared.replica().get(&id).cloned();
-                if let Some(node) = node {
-                    self.emit(Event::Node(node)).await;
-                }
-            }
+            SyncEvent::Arrived(node) => self.emit(Event::Node(node)).await,
             SyncEvent::Settled { id, outcome } => {
                 self.strikes.remove(&id);
                 self.answer(id, Answer::Outcome(outcome));
@@ -884,6 +928,11 @@ impl Driver {
         let _unwanted = self.events.send(event).await;
     }
 }
+
+/// The most node events sent under one reservation of the event channel (capacity 1,024):
+/// large enough to make the reservation's cost vanish per node, small enough that the
+/// application starts reading long before the channel would have to drain completely.
+const NODE_EVENTS_PER_RESERVATION: usize = 64;
 
 /// Exponential backoff with jitter: a random delay in `[d/2, d]`, `d = min · 2^failures` capped.
 fn backoff(min: Duration, max: Duration, failures: u32) -> Duration {

@@ -645,6 +645,89 @@ async fn a_node_the_relay_keeps_closing_on_fails_its_push_with_the_reason() {
     relay.shutdown().await;
 }
 
+/// A stand-in relay that answers `hello` with an in-sync `welcome` and then never sends
+/// another byte, while it goes on reading (and dropping) whatever the client writes.
+async fn silent_relay() -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(tcp).await else {
+                    return;
+                };
+                let Some(Ok(WsMessage::Binary(_hello))) = ws.next().await else {
+                    return;
+                };
+                let welcome = Message::Welcome(Welcome {
+                    version: weft::protocol::PROTOCOL_VERSION,
+                    capabilities: weft::protocol::Capabilities::SUPPORTED,
+                    peer: 1,
+                    epoch: 1,
+                    seq: 0,
+                    plan: Plan::InSync,
+                    limits: None,
+                })
+                .encode()
+                .unwrap();
+                if ws.send(WsMessage::Binary(welcome)).await.is_err() {
+                    return;
+                }
+                while let Some(Ok(_)) = ws.next().await {}
+            });
+        }
+    });
+    addr
+}
+
+/// The idle timeout measures silence from the relay: an application that keeps pushing and
+/// setting its presence (each a local command to the driver) must not keep a dead connection
+/// alive. The relay here falls silent after `welcome`; the client has to give the connection
+/// up while the pushes are still going on.
+#[tokio::test]
+async fn local_commands_do_not_keep_a_silent_relay_alive() {
+    let addr = silent_relay().await;
+    let mut config = ClientConfig::new(format!("ws://{addr}"), room("quiet"));
+    config.idle_timeout = Duration::from_millis(400);
+    let (client, mut events) = Client::start(config).unwrap();
+    tokio::time::timeout(PATIENCE, client.wait_synced())
+        .await
+        .expect("client syncs in time")
+        .unwrap();
+    let client = Arc::new(client);
+    let mut lost = None;
+    // 100 rounds of 40 ms: ten times the idle timeout, with a local command every 40 ms.
+    'rounds: for round in 0..100 {
+        let pusher = client.clone();
+        // Never acked by this relay, so the push is not awaited.
+        tokio::spawn(async move { pusher.push("doc", format!("edit {round}")).await });
+        client.set_presence(format!("typing {round}")).unwrap();
+        let tick = tokio::time::sleep(Duration::from_millis(40));
+        tokio::pin!(tick);
+        loop {
+            tokio::select! {
+                () = &mut tick => break,
+                event = events.recv() => match event {
+                    Some(Event::Disconnected { reason, .. }) => {
+                        lost = Some((round, reason));
+                        break 'rounds;
+                    }
+                    Some(_) => {}
+                    None => panic!("the client stopped"),
+                },
+            }
+        }
+    }
+    let Some((round, reason)) = lost else {
+        panic!("the client kept a silent relay's connection through 4 s of local commands");
+    };
+    assert_eq!(reason, "relay silent for too long");
+    assert!(
+        round > 0,
+        "the connection was lost before any command was sent"
+    );
+}
+
 /// The library keeps retrying a relay that is not there, and says why in a form a program can
 /// act on; a URL that is not a WebSocket URL is refused at start.
 #[tokio::test]

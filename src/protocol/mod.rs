@@ -7,6 +7,7 @@
 //! capability, never silently. Pure: no I/O.
 
 mod error;
+mod fast;
 mod handshake;
 mod pack;
 mod prebuilt;
@@ -189,7 +190,8 @@ fn encode_frame<T: Serialize>(ty: MessageType, body: &T) -> Result<Bytes, Encode
     Ok(Bytes::from(buf))
 }
 
-/// Decodes one frame, rejecting unknown types, bad bodies and trailing bytes.
+/// Decodes one frame, rejecting unknown types, bad bodies and trailing bytes. The payloads of
+/// a `batch` or `broadcast` share one buffer per frame.
 pub fn decode(frame: &[u8]) -> Result<Message, DecodeError> {
     let mut rest = frame;
     let len = rmp::decode::read_array_len(&mut rest).map_err(|_| DecodeError::BadEnvelope)?;
@@ -198,6 +200,11 @@ pub fn decode(frame: &[u8]) -> Result<Message, DecodeError> {
     }
     let code: u64 = rmp::decode::read_int(&mut rest).map_err(|_| DecodeError::BadEnvelope)?;
     let ty = MessageType::from_code(code).ok_or(DecodeError::UnknownType(code))?;
+    // Catch-up and live nodes in their usual encoding; anything else, valid or not, is
+    // decided below.
+    if let Some(message) = fast::decode_body(ty, rest) {
+        return Ok(message);
+    }
     if !only_arrays_and_scalars(rest) {
         return Err(DecodeError::MapOrExt { ty });
     }

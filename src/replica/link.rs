@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet};
 use bytes::Bytes;
 
 use super::{InsertError, Replica};
-use crate::node::{NodeId, TreeHash};
+use crate::node::{Node, NodeId, TreeHash};
 use crate::pattern::PatternSet;
 use crate::protocol::{
     self, BucketSketch, BucketSummary, Buckets, Capabilities, EncodeError, ErrorMessage, Ids,
@@ -27,8 +27,9 @@ pub enum SyncEvent {
         /// The relay arrival number the replica is now complete up to.
         seq: u64,
     },
-    /// A node from the relay was stored (catch-up or live).
-    Arrived(NodeId),
+    /// A node from the relay was stored (catch-up or live); a copy of it, made while it is
+    /// at hand, so that the application need not look it up again.
+    Arrived(Node),
     /// Final outcome of one of our nodes: accepted, duplicate or rejected. Rejected nodes and
     /// their descendants have been removed from the replica.
     Settled {
@@ -303,7 +304,8 @@ impl Link {
                         .insert(node, true)
                         .map_err(|error| bad_node(replica, id, error))?
                     {
-                        out.events.push(SyncEvent::Arrived(id));
+                        out.events
+                            .extend(replica.get(&id).cloned().map(SyncEvent::Arrived));
                     }
                 }
                 replica.complete_through(self.epoch, batch.through);
@@ -349,7 +351,8 @@ impl Link {
                         .insert(node, true)
                         .map_err(|error| bad_node(replica, id, error))?
                     {
-                        out.events.push(SyncEvent::Arrived(id));
+                        out.events
+                            .extend(replica.get(&id).cloned().map(SyncEvent::Arrived));
                     }
                     self.received(replica, seq);
                 }
@@ -514,7 +517,7 @@ impl Link {
         self.outstanding.iter()
     }
 
-    fn pack(&mut self, nodes: Vec<crate::node::Node>) -> Result<Bytes, LinkError> {
+    fn pack(&mut self, nodes: Vec<Node>) -> Result<Bytes, LinkError> {
         let number = self.next_pack;
         self.next_pack = self.next_pack.saturating_add(1);
         let ids: Vec<NodeId> = nodes.iter().map(|n| n.id).collect();

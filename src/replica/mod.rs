@@ -17,7 +17,7 @@
 mod link;
 pub mod replay;
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashSet};
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -38,28 +38,29 @@ pub const MAX_HELLO_HEADS: usize = 256;
 struct Entry {
     node: Node,
     synced: bool,
-    /// Index in `Replica::order`.
-    pos: usize,
 }
 
 /// A local replica of one room.
 ///
-/// Invariants: `order` lists every node once, parents before children; every parent of a stored
-/// node is stored, or (in a subscribed replica only) listed in `absent`; synced nodes' stored
-/// parents are synced; `heads` and `synced_heads` describe the stored and synced sets exactly,
-/// and `digest`, `synced_digest`, `estimator` and `sets` the stored and synced nodes in scope;
-/// `unsynced` holds exactly the positions of the nodes that are not synced.
+/// Invariants: `entries` holds every node once, parents before children, and `index` maps each
+/// id to its position there; every parent of a stored node is stored, or (in a subscribed
+/// replica only) listed in `absent`; synced nodes' stored parents are synced; `heads` and
+/// `synced_heads` describe the stored and synced sets exactly, and `digest`, `synced_digest`,
+/// `estimator` and `sets` the stored and synced nodes in scope; `unsynced` holds exactly the
+/// positions of the nodes that are not synced.
 pub struct Replica {
     room: RoomId,
-    entries: FastMap<NodeId, Entry>,
-    order: Vec<NodeId>,
+    /// The nodes in order. A vector rather than map values, so that growing the map moves
+    /// small `(id, position)` pairs and never the nodes themselves.
+    entries: Vec<Entry>,
+    index: FastMap<NodeId, usize>,
     heads: BTreeSet<NodeId>,
     digest: SetDigest,
     synced_heads: BTreeSet<NodeId>,
     synced_digest: SetDigest,
-    /// Position in `order` → id, for every node the relay is not known to hold. Kept so that
-    /// pushing after every frame costs O(unsynced), not O(replica).
-    unsynced: BTreeMap<usize, NodeId>,
+    /// Positions of every node the relay is not known to hold. Kept so that pushing after
+    /// every frame costs O(unsynced), not O(replica).
+    unsynced: BTreeSet<usize>,
     watermark: Option<Watermark>,
     /// The relay epoch the sync marks refer to, once a relay named one.
     epoch: Option<u64>,
@@ -69,7 +70,7 @@ pub struct Replica {
     /// answer (in sync, or `need`) arrives, `hello` asks for the id list rather than for the
     /// whole room.
     resync: bool,
-    /// Bumped whenever nodes may have moved in `order` or become unsynced again, so a reader
+    /// Bumped whenever nodes may have moved in `entries` or become unsynced again, so a reader
     /// that remembers positions (the link's push cursor) knows to start over.
     generation: u64,
     /// Sketch, short ids and prefix tree of every node in scope, under the room's sketch key
@@ -119,13 +120,13 @@ impl Replica {
     pub fn new(room: RoomId) -> Self {
         Self {
             room,
-            entries: FastMap::default(),
-            order: Vec::new(),
+            entries: Vec::new(),
+            index: FastMap::default(),
             heads: BTreeSet::new(),
             digest: SetDigest::default(),
             synced_heads: BTreeSet::new(),
             synced_digest: SetDigest::default(),
-            unsynced: BTreeMap::new(),
+            unsynced: BTreeSet::new(),
             watermark: None,
             epoch: None,
             ahead: BTreeSet::new(),
@@ -178,7 +179,7 @@ impl Replica {
         self.synced_digest = SetDigest::default();
         self.estimator = Estimator::new();
         let key = self.sets.take().map(|sets| *sets.key());
-        for entry in self.order.iter().filter_map(|id| self.entries.get(id)) {
+        for entry in &self.entries {
             if covered_by(self.subscription.as_ref(), &entry.node) {
                 self.digest.insert(&entry.node.id);
                 self.estimator.insert(&entry.node.id);
@@ -200,7 +201,12 @@ impl Replica {
 
     /// Whether a held node is in scope (see the module docs).
     pub fn in_scope(&self, id: &NodeId) -> bool {
-        self.entries.get(id).is_some_and(|e| self.covers(&e.node))
+        self.entry(id).is_some_and(|e| self.covers(&e.node))
+    }
+
+    /// A held node's entry.
+    fn entry(&self, id: &NodeId) -> Option<&Entry> {
+        self.index.get(id).and_then(|pos| self.entries.get(*pos))
     }
 
     /// Number of nodes in scope.
@@ -215,54 +221,57 @@ impl Replica {
 
     /// Number of nodes held.
     pub fn len(&self) -> usize {
-        self.order.len()
+        self.entries.len()
     }
 
     /// Whether the replica holds no node.
     pub fn is_empty(&self) -> bool {
-        self.order.is_empty()
+        self.entries.is_empty()
     }
 
     /// Whether a node is held.
     pub fn contains(&self, id: &NodeId) -> bool {
-        self.entries.contains_key(id)
+        self.index.contains_key(id)
     }
 
     /// A node by id.
     pub fn get(&self, id: &NodeId) -> Option<&Node> {
-        self.entries.get(id).map(|e| &e.node)
+        self.entry(id).map(|e| &e.node)
     }
 
     /// Whether the relay is known to hold the node.
     pub fn is_synced(&self, id: &NodeId) -> bool {
-        self.entries.get(id).is_some_and(|e| e.synced)
+        self.entry(id).is_some_and(|e| e.synced)
     }
 
     /// Every node, parents before children.
     pub fn nodes(&self) -> impl Iterator<Item = &Node> {
-        self.order.iter().filter_map(|id| self.get(id))
+        self.entries.iter().map(|e| &e.node)
     }
 
     /// Ids of every node.
     pub fn ids(&self) -> impl Iterator<Item = &NodeId> {
-        self.order.iter()
+        self.entries.iter().map(|e| &e.node.id)
     }
 
     /// Nodes the relay is not known to hold, parents before children.
     pub fn unsynced(&self) -> impl Iterator<Item = &Node> {
-        self.unsynced.values().filter_map(|id| self.get(id))
+        self.unsynced_from(0).map(|(_, node)| node)
     }
 
     /// Unsynced nodes at or after position `from` of the node order, with their positions.
     pub fn unsynced_from(&self, from: usize) -> impl Iterator<Item = (usize, &Node)> {
         self.unsynced
             .range(from..)
-            .filter_map(|(pos, id)| Some((*pos, self.get(id)?)))
+            .filter_map(|pos| Some((*pos, &self.entries.get(*pos)?.node)))
     }
 
     /// Ids of the unsynced nodes among the first `len` of the node order.
     pub fn unsynced_before(&self, len: usize) -> Vec<NodeId> {
-        self.unsynced.range(..len).map(|(_, id)| *id).collect()
+        self.unsynced
+            .range(..len)
+            .filter_map(|pos| Some(self.entries.get(*pos)?.node.id))
+            .collect()
     }
 
     /// Changes whenever node positions may have moved or nodes became unsynced again.
@@ -345,7 +354,11 @@ impl Replica {
     /// or the key changed (O(n) then, O(1) otherwise).
     pub fn sets(&mut self, key: SketchKey) -> &mut SetIndex {
         let current = self.sets.take();
-        let in_scope = self.order.iter().filter(|id| self.in_scope(id));
+        let in_scope = self
+            .entries
+            .iter()
+            .filter(|e| self.covers(&e.node))
+            .map(|e| &e.node.id);
         let sets = match current {
             Some(sets) if *sets.key() == key => sets,
             // A new epoch's key: the prefix tree is kept, short ids and sketches rebuilt.
@@ -390,10 +403,14 @@ impl Replica {
 
     /// Stores a node (checked) whose parents are all held. Returns whether it was new.
     /// `synced` also marks it (and so its ancestors) as held by the relay.
+    ///
+    /// Checks the node itself ([`Node::check`]) and the depth rule against the parents held
+    /// (protocol/README.md §3.3): exactly when all of them are, as a lower bound when a
+    /// subscribed replica lacks some.
     pub fn insert(&mut self, node: Node, synced: bool) -> Result<bool, InsertError> {
-        if self.entries.contains_key(&node.id) {
+        if let Some(&pos) = self.index.get(&node.id) {
             if synced {
-                self.mark_synced(&node.id);
+                self.mark_synced_at(pos);
             }
             return Ok(false);
         }
@@ -403,53 +420,96 @@ impl Replica {
             ..NodeLimits::default()
         };
         node.check(&self.room, &limits)?;
+        let parents = self.parents(&node);
         // A subscribed replica takes the relay's word for parents outside its subscription,
         // which the relay never sends (and keeps them absent in its file); a whole-room
         // replica gets parents first, and a missing one means its own claims were wrong.
-        let vouched = self.subscription.is_some();
-        if let Some(missing) = node.parents.iter().find(|p| !self.entries.contains_key(*p))
-            && !vouched
+        if let Some(missing) = parents.missing
+            && self.subscription.is_none()
         {
-            return Err(InsertError::MissingParent(*missing));
+            return Err(InsertError::MissingParent(missing));
         }
-        self.store(node, synced);
+        let depth_ok = match (parents.missing, parents.deepest) {
+            (None, deepest) => Node::expected_depth(deepest) == Some(node.depth),
+            (Some(_), Some(deepest)) => node.depth > deepest,
+            (Some(_), None) => true,
+        };
+        if !depth_ok {
+            return Err(InsertError::Invalid(Rejection::DepthMismatch));
+        }
+        self.store(node, synced, &parents);
         Ok(true)
     }
 
-    /// Appends a new node whose parents are held, without checks.
-    fn store(&mut self, node: Node, synced: bool) {
+    /// What the replica holds of a node's parents.
+    fn parents(&self, node: &Node) -> Parents {
+        let mut parents = Parents {
+            missing: None,
+            deepest: None,
+            synced: true,
+        };
+        for parent in &node.parents {
+            match self.entry(parent) {
+                Some(entry) => {
+                    parents.deepest = parents.deepest.max(Some(entry.node.depth));
+                    parents.synced &= entry.synced;
+                }
+                None => parents.missing = parents.missing.or(Some(*parent)),
+            }
+        }
+        parents
+    }
+
+    /// Appends a new node, without checks; `parents` describes its parents.
+    fn store(&mut self, node: Node, synced: bool, parents: &Parents) {
         let id = node.id;
-        let late = self.absent.remove(&id);
+        let late = !self.absent.is_empty() && self.absent.remove(&id);
         for parent in &node.parents {
             self.heads.remove(parent);
-            if !self.entries.contains_key(parent) {
-                self.absent.insert(*parent);
+        }
+        if parents.missing.is_some() {
+            for parent in &node.parents {
+                if !self.index.contains_key(parent) {
+                    self.absent.insert(*parent);
+                }
             }
         }
         // A parent that arrives after its children is not a head.
         if !late {
             self.heads.insert(id);
         }
-        if self.covers(&node) {
+        let covered = self.covers(&node);
+        if covered {
             self.digest.insert(&id);
             self.estimator.insert(&id);
             if let Some(sets) = self.sets.as_mut() {
                 sets.insert(id);
             }
         }
-        let pos = self.order.len();
-        self.order.push(id);
-        self.unsynced.insert(pos, id);
-        self.entries.insert(
-            id,
-            Entry {
-                node,
-                synced: false,
-                pos,
-            },
-        );
-        if synced {
-            self.mark_synced(&id);
+        let pos = self.entries.len();
+        self.index.insert(id, pos);
+        // A synced node on synced parents (everything catch-up and broadcasts bring) is
+        // marked directly; otherwise `mark_synced_at` walks up the unsynced ancestors.
+        let direct = synced && parents.synced && !late;
+        self.entries.push(Entry {
+            node,
+            synced: direct,
+        });
+        if direct {
+            if let Some(entry) = self.entries.get(pos) {
+                for parent in &entry.node.parents {
+                    self.synced_heads.remove(parent);
+                }
+            }
+            self.synced_heads.insert(id);
+            if covered {
+                self.synced_digest.insert(&id);
+            }
+        } else {
+            self.unsynced.insert(pos);
+            if synced {
+                self.mark_synced_at(pos);
+            }
         }
         if late {
             self.restore_order();
@@ -461,14 +521,11 @@ impl Replica {
     /// always shallower than its children), and re-derives the sync marks and positions.
     /// O(n log n), and only when that happens.
     fn restore_order(&mut self) {
-        let mut order = std::mem::take(&mut self.order);
-        order.sort_by_key(|id| self.entries.get(id).map(|e| (e.node.depth, e.pos)));
-        for (pos, id) in order.iter().enumerate() {
-            if let Some(entry) = self.entries.get_mut(id) {
-                entry.pos = pos;
-            }
+        // Stable: nodes of equal depth keep their order.
+        self.entries.sort_by_key(|e| e.node.depth);
+        for (pos, entry) in self.entries.iter().enumerate() {
+            self.index.insert(entry.node.id, pos);
         }
-        self.order = order;
         let resync = self.resync;
         self.rederive_sync(|_, entry, _| entry.synced);
         self.resync = resync;
@@ -476,26 +533,33 @@ impl Replica {
 
     /// Marks a node and every unsynced ancestor as held by the relay.
     pub fn mark_synced(&mut self, id: &NodeId) {
-        if self.is_synced(id) || !self.contains(id) {
-            return;
+        if let Some(&pos) = self.index.get(id) {
+            self.mark_synced_at(pos);
         }
-        self.synced_heads.insert(*id);
-        let mut stack = vec![*id];
+    }
+
+    /// [`mark_synced`](Self::mark_synced) for the node at `pos`.
+    fn mark_synced_at(&mut self, pos: usize) {
+        match self.entries.get(pos) {
+            Some(entry) if !entry.synced => self.synced_heads.insert(entry.node.id),
+            _ => return,
+        };
+        let mut stack = vec![pos];
         while let Some(next) = stack.pop() {
-            let Some(entry) = self.entries.get_mut(&next) else {
+            let Some(entry) = self.entries.get_mut(next) else {
                 continue;
             };
             if entry.synced {
                 continue;
             }
             entry.synced = true;
-            self.unsynced.remove(&entry.pos);
+            self.unsynced.remove(&next);
             if covered_by(self.subscription.as_ref(), &entry.node) {
-                self.synced_digest.insert(&next);
+                self.synced_digest.insert(&entry.node.id);
             }
             for parent in &entry.node.parents {
                 self.synced_heads.remove(parent);
-                stack.push(*parent);
+                stack.extend(self.index.get(parent).copied());
             }
         }
     }
@@ -524,13 +588,12 @@ impl Replica {
         // Backwards, children before parents: parents of synced nodes are synced too, and a
         // synced node no synced child named is a head of the synced subset.
         let mut named_by_synced_child: FastSet<NodeId> = FastSet::default();
-        let mut flags = vec![false; self.order.len()];
-        for (pos, id) in self.order.iter().enumerate().rev() {
+        let mut flags = vec![false; self.entries.len()];
+        for (pos, entry) in self.entries.iter().enumerate().rev() {
+            let id = &entry.node.id;
             let by_child = named_by_synced_child.remove(id);
-            let Some(entry) = self.entries.get(id) else {
-                continue;
-            };
-            if !(by_child || synced(id, entry, self.covers(&entry.node))) {
+            let in_scope = covered_by(self.subscription.as_ref(), &entry.node);
+            if !(by_child || synced(id, entry, in_scope)) {
                 continue;
             }
             if let Some(flag) = flags.get_mut(pos) {
@@ -541,17 +604,14 @@ impl Replica {
             }
             named_by_synced_child.extend(entry.node.parents.iter().copied());
         }
-        let mut unsynced = BTreeMap::new();
-        for ((pos, id), synced) in self.order.iter().enumerate().zip(flags) {
-            let Some(entry) = self.entries.get_mut(id) else {
-                continue;
-            };
+        let mut unsynced = BTreeSet::new();
+        for (pos, (entry, synced)) in self.entries.iter_mut().zip(flags).enumerate() {
             entry.synced = synced;
             if synced && covered_by(self.subscription.as_ref(), &entry.node) {
-                self.synced_digest.insert(id);
+                self.synced_digest.insert(&entry.node.id);
             }
             if !synced {
-                unsynced.insert(pos, *id);
+                unsynced.insert(pos);
             }
         }
         self.unsynced = unsynced;
@@ -571,20 +631,14 @@ impl Replica {
     pub fn discard(&mut self, id: &NodeId) {
         let mut gone: HashSet<NodeId> = HashSet::new();
         gone.insert(*id);
-        for candidate in &self.order {
-            let parent_gone = self
-                .entries
-                .get(candidate)
-                .is_some_and(|e| e.node.parents.iter().any(|p| gone.contains(p)));
-            if parent_gone {
-                gone.insert(*candidate);
+        for entry in &self.entries {
+            if entry.node.parents.iter().any(|p| gone.contains(p)) {
+                gone.insert(entry.node.id);
             }
         }
-        let kept: Vec<(Node, bool)> = self
-            .order
-            .iter()
-            .filter(|id| !gone.contains(*id))
-            .filter_map(|id| self.entries.remove(id))
+        let kept: Vec<(Node, bool)> = std::mem::take(&mut self.entries)
+            .into_iter()
+            .filter(|e| !gone.contains(&e.node.id))
             .map(|e| (e.node, e.synced))
             .collect();
         let (watermark, epoch, ahead) =
@@ -601,7 +655,8 @@ impl Replica {
         self.generation = generation;
         // Kept nodes were checked on the way in and keep their order, so parents come first.
         for (node, synced) in kept {
-            self.store(node, synced);
+            let parents = self.parents(&node);
+            self.store(node, synced, &parents);
         }
         self.watermark = watermark;
         self.epoch = epoch;
@@ -619,7 +674,7 @@ impl Replica {
             self.watermark = None;
             self.ahead.clear();
         }
-        let stale = self.epoch != Some(epoch) && self.unsynced.len() < self.order.len();
+        let stale = self.epoch != Some(epoch) && self.unsynced.len() < self.entries.len();
         self.epoch = Some(epoch);
         if !(stale && self.subscription.is_some()) {
             return false;
@@ -677,9 +732,8 @@ impl Replica {
             sketch_key: self.sets.as_ref().map(|sets| sets.key().wire().to_vec()),
             subscription: self.subscription.as_ref().map(PatternSet::canonical),
             nodes: self
-                .order
+                .entries
                 .iter()
-                .filter_map(|id| self.entries.get(id))
                 .map(|e| (e.node.clone(), e.synced))
                 .collect(),
         };
@@ -739,6 +793,16 @@ struct ReplicaFile {
     /// make `hello` name the synced heads, so the relay skips those nodes.
     #[serde(default)]
     ahead: Vec<u64>,
+}
+
+/// What a replica holds of a new node's parents.
+struct Parents {
+    /// A parent that is not held, if any.
+    missing: Option<NodeId>,
+    /// The largest depth among the parents held.
+    deepest: Option<u64>,
+    /// Whether every parent held is synced.
+    synced: bool,
 }
 
 /// Whether `node` is in the scope of a replica with `subscription` (`None`: the whole room).

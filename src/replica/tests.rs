@@ -134,6 +134,69 @@ fn insert_maintains_heads_and_digest() {
 }
 
 #[test]
+fn the_depth_rule_is_checked_against_the_parents_held() {
+    let (mut r, [root, a, _, c]) = small();
+    let at = |parents: &[&Node], depth: u64, payload: &str| {
+        let ids = parents.iter().map(|p| p.id).collect();
+        Node::new(
+            &room(),
+            ids,
+            depth,
+            None,
+            "doc",
+            vec![],
+            payload.as_bytes().to_vec(),
+        )
+    };
+    let digest = r.digest();
+    // a and c are at depth 1: a child of both is at 2, nothing else.
+    for wrong in [0, 1, 3, u64::MAX] {
+        assert_eq!(
+            r.insert(at(&[&a, &c], wrong, "x"), true),
+            Err(InsertError::Invalid(Rejection::DepthMismatch)),
+            "depth {wrong}"
+        );
+    }
+    assert_eq!(
+        r.insert(at(&[], 1, "a root below the top"), true),
+        Err(InsertError::Invalid(Rejection::DepthMismatch))
+    );
+    assert_eq!(r.digest(), digest);
+    assert_eq!(r.insert(at(&[&a, &c], 2, "x"), true), Ok(true));
+    assert_consistent(&r);
+    // A subscribed replica lacking a parent knows only a lower bound: deeper than the
+    // parents it holds.
+    let elsewhere = node(&[&root], "misc/x", "elsewhere");
+    let mut subset = Replica::new(room());
+    subset.set_subscription(Some(patterns(&["doc"])));
+    for n in [&root, &a] {
+        assert_eq!(subset.insert(n.clone(), true), Ok(true));
+    }
+    assert_eq!(
+        subset.insert(at(&[&a, &elsewhere], 1, "y"), true),
+        Err(InsertError::Invalid(Rejection::DepthMismatch))
+    );
+    assert_eq!(subset.insert(at(&[&a, &elsewhere], 9, "y"), true), Ok(true));
+    assert_consistent_subset(&subset);
+}
+
+#[test]
+fn a_synced_arrival_marks_its_unsynced_ancestors() {
+    let mut r = Replica::new(room());
+    let root = node(&[], "doc", "root");
+    let mine = node(&[&root], "doc", "mine");
+    let theirs = node(&[&mine], "doc", "theirs");
+    assert_eq!(r.insert(root.clone(), true), Ok(true));
+    assert_eq!(r.insert(mine.clone(), false), Ok(true));
+    assert!(!r.is_synced(&mine.id));
+    // The relay holds what its nodes name.
+    assert_eq!(r.insert(theirs.clone(), true), Ok(true));
+    assert!(r.is_synced(&mine.id) && r.is_synced(&theirs.id));
+    assert_eq!(r.unsynced().count(), 0);
+    assert_consistent(&r);
+}
+
+#[test]
 fn create_builds_on_every_head() {
     let (mut r, [_, _, b, c]) = small();
     let merge = r.create("doc", "merge").unwrap();

@@ -791,17 +791,18 @@ impl Relay {
             let released = self.hub.persisted(through);
             out.extend(released);
         }
+        let delivery = self.hub.resolve(out);
         let mut sent = Sent {
-            encoded: out.frames.len(),
-            closes: out.closes,
-            fetches: out.fetches,
+            encoded: delivery.frames.len(),
+            closes: delivery.closes,
+            fetches: delivery.fetches,
             ..Sent::default()
         };
-        for outgoing in out.frames {
-            let message = protocol::decode(&outgoing.frame).unwrap();
-            for to in self.hub.recipients(outgoing.to) {
+        for addressed in delivery.frames {
+            let message = protocol::decode(&addressed.frame).unwrap();
+            for to in addressed.to {
                 sent.frames
-                    .push((to, outgoing.frame.clone(), message.clone()));
+                    .push((to, addressed.frame.clone(), message.clone()));
             }
         }
         sent

@@ -49,12 +49,14 @@ fn pack(number: u64, nodes: &[&Node]) -> Vec<u8> {
 
 /// Every frame of `out` with its recipients, decoded.
 fn sent(hub: &Hub, out: &Outbox) -> Vec<(Vec<SessionId>, Message)> {
-    out.frames
-        .iter()
-        .map(|o| {
-            let to = hub.recipients(o.to.clone()).collect();
-            (to, protocol::decode(&o.frame).unwrap())
-        })
+    let out = Outbox {
+        frames: out.frames.clone(),
+        ..Outbox::default()
+    };
+    hub.resolve(out)
+        .frames
+        .into_iter()
+        .map(|a| (a.to, protocol::decode(&a.frame).unwrap()))
         .collect()
 }
 

@@ -800,7 +800,7 @@ impl Relay {
         };
         for addressed in delivery.frames {
             let message = protocol::decode(&addressed.frame).unwrap();
-            for to in addressed.to {
+            for &to in addressed.to.iter() {
                 sent.frames
                     .push((to, addressed.frame.clone(), message.clone()));
             }

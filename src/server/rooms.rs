@@ -517,7 +517,7 @@ impl RoomTask {
         let now = Instant::now();
         for Addressed { to, frame, paced } in delivery.frames {
             let queued_at = (!paced).then_some(now);
-            for session in to {
+            for &session in to.iter() {
                 let Some(queue) = self.queues.get(&session) else {
                     continue;
                 };

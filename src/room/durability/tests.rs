@@ -56,7 +56,7 @@ fn sent(hub: &Hub, out: &Outbox) -> Vec<(Vec<SessionId>, Message)> {
     hub.resolve(out)
         .frames
         .into_iter()
-        .map(|a| (a.to, protocol::decode(&a.frame).unwrap()))
+        .map(|a| (a.to.to_vec(), protocol::decode(&a.frame).unwrap()))
         .collect()
 }
 

@@ -143,8 +143,9 @@ pub struct Delivery {
 /// One frame and the sessions it goes to.
 #[derive(Debug, Clone)]
 pub struct Addressed {
-    /// Receivers, as they were when the frame was resolved.
-    pub to: Vec<SessionId>,
+    /// Receivers, as they were when the frame was resolved (shared, not copied, when the
+    /// frame was held for a write: a broadcast's list is made once).
+    pub to: Arc<[SessionId]>,
     /// The encoded frame, shared by every receiver.
     pub frame: Bytes,
     /// Paced by the receiver's credit (see [`Outgoing::paced`]).
@@ -506,7 +507,10 @@ impl Hub {
             .frames
             .into_iter()
             .map(|o| Addressed {
-                to: self.recipients(o.to).collect(),
+                to: match o.to {
+                    Audience::Many(ids) => ids,
+                    to => self.recipients(to).collect(),
+                },
                 frame: o.frame,
                 paced: o.paced,
             })

@@ -143,6 +143,10 @@ pub struct Rooms {
 /// Room tasks by room, each with a number that tells a task's own entry from a successor's.
 type Registry = Arc<DashMap<RoomId, (u64, mpsc::Sender<RoomCommand>)>>;
 
+/// Most commands a room reads after a commit is wanted before it starts the commit anyway:
+/// waiting frames usually bring more nodes for it, but a room that is never idle must commit.
+const COMMIT_DEFER_LIMIT: u32 = 64;
+
 /// Commands a room task may have waiting before senders feel backpressure.
 const ROOM_QUEUE: usize = 1024;
 
@@ -237,13 +241,20 @@ impl RoomTask {
         let mut idle_since: Option<Instant> = None;
         // Reads of stored encodings for catch-up, running beside the room.
         let mut fetches = FuturesUnordered::new();
+        // Commands read since a commit was wanted (see `COMMIT_DEFER_LIMIT`).
+        let mut deferred = 0u32;
         loop {
             for seqs in std::mem::take(&mut self.to_fetch) {
                 fetches.push(self.fetch(seqs));
             }
-            // Frames already waiting are read first, so the nodes they bring share the commit.
-            if self.commit_when_idle && self.commit.is_none() && commands.is_empty() {
+            // Frames already waiting are read first, so the nodes they bring share the commit;
+            // but only so many, or a busy room would never commit.
+            if self.commit_when_idle
+                && self.commit.is_none()
+                && (commands.is_empty() || deferred >= COMMIT_DEFER_LIMIT)
+            {
                 self.commit_when_idle = false;
+                deferred = 0;
                 self.commit = self.start_commit(&hub);
             }
             let deadline = hub.poll_timeout().map(Instant::from_std);
@@ -264,6 +275,9 @@ impl RoomTask {
             tokio::select! {
                 command = commands.recv() => {
                     let Some(command) = command else { return };
+                    if self.commit_when_idle {
+                        deferred += 1;
+                    }
                     self.handle(&mut hub, command);
                 }
                 Some((seqs, records)) = fetches.next(), if !fetches.is_empty() => {

@@ -12,8 +12,7 @@ use crate::node::TreeHash;
 use crate::recon::SetDigest;
 use crate::recon::ibf::CELL_BYTES;
 
-/// Bytes per short id in `want`, `bucket_ids` and `missing`: u64 little-endian.
-pub const SHORT_BYTES: usize = 8;
+pub use crate::recon::ibf::SHORT_BYTES;
 
 /// Bytes of a sketch key on the wire.
 pub const KEY_BYTES: usize = 16;
@@ -112,8 +111,7 @@ pub struct BucketSketch {
     pub cells: Bytes,
 }
 
-/// Largest `log2` a bucket sketch may have: 3 · 2^16 cells is far beyond any frame.
-pub const MAX_BUCKET_SKETCH_LOG2: u8 = 16;
+pub use crate::recon::refine::MAX_BUCKET_SKETCH_LOG2;
 
 impl BucketSketch {
     /// Bytes this entry takes on the wire.
@@ -240,7 +238,7 @@ pub fn unpack_shorts(bytes: &[u8]) -> Result<Vec<u64>, ShortsLengthError> {
 pub const FRAME_SLACK: usize = 64;
 
 /// Bytes of a bucket hash on the wire: the first 16 bytes of the prefix-tree hash.
-pub const BUCKET_HASH_BYTES: usize = 16;
+pub use crate::recon::prefix_tree::{BUCKET_HASH_BYTES, BucketSummary};
 
 /// `missing` messages for `shorts`, each under `max_frame` bytes; always at least one, the
 /// last carrying `relist`.
@@ -321,9 +319,6 @@ fn take_varint(input: &mut &[u8]) -> Option<u64> {
     }
     None
 }
-
-/// A bucket summary as it travels: `(count, first 16 bytes of the prefix-tree hash)`.
-pub type BucketSummary = (u64, [u8; BUCKET_HASH_BYTES]);
 
 /// Packs bucket summaries: per bucket, its count as a LEB128 varint, then its hash bytes.
 pub fn pack_buckets(summaries: &[BucketSummary]) -> Bytes {

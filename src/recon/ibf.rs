@@ -46,6 +46,9 @@ pub const MAX_LOG2_CELLS: u8 = 24;
 /// Bytes per cell on the wire (see [`encode_cells`]).
 pub const CELL_BYTES: usize = 13;
 
+/// Bytes per short id in `want`, `bucket_ids` and `missing`: a u64, little-endian.
+pub const SHORT_BYTES: usize = 8;
+
 /// The per-room, per-epoch key that maps ids to short ids.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct SketchKey(pub [u8; KEY_BYTES]);

@@ -32,7 +32,6 @@ pub type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomS
 pub type FastSet<T> = std::collections::HashSet<T, foldhash::fast::RandomState>;
 
 use crate::node::NodeId;
-use crate::protocol::{Capabilities, SyncHints, Watermark};
 
 use estimator::Estimate;
 use index::{MAX_SKETCH_FRACTION, log2_for};
@@ -64,6 +63,22 @@ pub enum ReconPath {
     },
 }
 
+/// What the planner needs to know about the client, from its `hello` (protocol/README.md
+/// §4.1): the room layer builds it from the hints and the negotiated capabilities.
+#[derive(Clone, Copy, Debug)]
+pub struct ClientSide<'a> {
+    /// Digest of every node the client holds (in its scope).
+    pub digest: SetDigest,
+    /// `(epoch, seq)`: the client holds every node numbered up to `seq` in that epoch.
+    pub watermark: Option<(u64, u64)>,
+    /// Heads of the client's synced subset.
+    pub heads: &'a [NodeId],
+    /// How many of the client's nodes are not synced.
+    pub unsynced: u64,
+    /// Both sides can sketch and refine (capabilities `ibf` and `mst`).
+    pub sketches: bool,
+}
+
 /// What the planner needs to know about the relay's side of a room.
 #[derive(Clone, Copy, Debug)]
 pub struct RelaySide {
@@ -79,9 +94,8 @@ pub struct RelaySide {
 /// holds a node; `estimate` is the difference measured from the client's estimator, if it
 /// sent a valid one.
 pub fn choose_path(
-    client: &SyncHints,
+    client: &ClientSide<'_>,
     relay: RelaySide,
-    capabilities: Capabilities,
     estimate: Option<Estimate>,
     knows: impl Fn(&NodeId) -> bool,
 ) -> ReconPath {
@@ -90,11 +104,11 @@ pub fn choose_path(
     }
     // A watermark from another epoch, or from the future, says nothing about this room.
     let after = match client.watermark {
-        Some(Watermark { epoch, seq }) if epoch == relay.epoch && seq <= relay.seq => seq,
+        Some((epoch, seq)) if epoch == relay.epoch && seq <= relay.seq => seq,
         _ => 0,
     };
     // The sketch path needs refinement as its fallback, so it takes both capabilities.
-    if capabilities.contains(Capabilities::IBF.union(Capabilities::MST)) {
+    if client.sketches {
         return plan_with_sketches(client, relay, after, estimate);
     }
     let synced_set_is_empty = client.heads.is_empty() && after == 0;
@@ -107,7 +121,7 @@ pub fn choose_path(
 
 /// §5.7.2: the plan for a client that negotiated `ibf` and `mst`.
 fn plan_with_sketches(
-    client: &SyncHints,
+    client: &ClientSide<'_>,
     relay: RelaySide,
     after: u64,
     estimate: Option<Estimate>,
@@ -154,6 +168,25 @@ fn plan_with_sketches(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::{Capabilities, SyncHints, Watermark};
+
+    /// The planner fed from a `hello`'s hints, as the room layer feeds it.
+    fn choose_path(
+        hints: &SyncHints,
+        relay: RelaySide,
+        capabilities: Capabilities,
+        estimate: Option<Estimate>,
+        knows: impl Fn(&NodeId) -> bool,
+    ) -> ReconPath {
+        let client = ClientSide {
+            digest: hints.digest,
+            watermark: hints.watermark.map(|w| (w.epoch, w.seq)),
+            heads: &hints.heads,
+            unsynced: hints.unsynced,
+            sketches: capabilities.contains(Capabilities::IBF.union(Capabilities::MST)),
+        };
+        super::choose_path(&client, relay, estimate, knows)
+    }
 
     fn relay(digest: SetDigest) -> RelaySide {
         RelaySide {

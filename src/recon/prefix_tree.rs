@@ -135,10 +135,16 @@ pub struct Summary {
     pub hash: [u8; 32],
 }
 
+/// Bytes of a bucket's hash as `buckets` carries it (protocol/README.md §5.9).
+pub const BUCKET_HASH_BYTES: usize = 16;
+
+/// A bucket summary as it travels: `(count, first 16 bytes of the prefix-tree hash)`.
+pub type BucketSummary = (u64, [u8; BUCKET_HASH_BYTES]);
+
 impl Summary {
     /// The summary as `buckets` carries it: the count and the first 16 hash bytes
     /// (protocol/README.md §5.9).
-    pub fn truncated(&self) -> crate::protocol::BucketSummary {
+    pub fn truncated(&self) -> BucketSummary {
         (
             self.count,
             self.hash.first_chunk().copied().unwrap_or_default(),

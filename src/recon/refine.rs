@@ -6,7 +6,10 @@
 //! the client's count, and the relay's expectation of the whole difference. The client sizes a
 //! bucket's sketch from them; the relay subtracts its own sketch of the bucket and peels.
 
-use super::ibf::{self, Ibf, SketchError};
+use super::ibf::{self, Ibf, SHORT_BYTES, SketchError};
+
+/// Largest `log2` a bucket sketch may have: 3 · 2^16 cells is far beyond any frame.
+pub const MAX_BUCKET_SKETCH_LOG2: u8 = 16;
 
 /// Deepest bucket level a refinement uses: 16^4 = 65,536 buckets.
 pub const MAX_REFINE_DEPTH: u8 = 4;
@@ -58,7 +61,7 @@ impl BucketView {
         let sketch_bytes = (ibf::K << log2) * ibf::CELL_BYTES + ENTRY_HEADER_BYTES;
         let list_bytes = usize::try_from(self.client_count)
             .unwrap_or(usize::MAX)
-            .saturating_mul(crate::protocol::SHORT_BYTES);
+            .saturating_mul(SHORT_BYTES);
         (sketch_bytes < list_bytes && sketch_bytes <= room).then_some(log2)
     }
 }
@@ -76,7 +79,7 @@ pub fn bucket_sketch_log2(difference: u64) -> Option<u8> {
     let log2 = per_table.next_power_of_two().trailing_zeros();
     u8::try_from(log2)
         .ok()
-        .filter(|log2| *log2 <= crate::protocol::MAX_BUCKET_SKETCH_LOG2)
+        .filter(|log2| *log2 <= MAX_BUCKET_SKETCH_LOG2)
 }
 
 /// A bucket settled by its sketch, as short ids.

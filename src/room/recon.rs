@@ -134,7 +134,14 @@ pub fn plan_against(
         Some(Err(e)) => (None, Some(e)),
         None => (None, None),
     };
-    let path = recon::choose_path(hints, side, capabilities, estimate, knows);
+    let client = recon::ClientSide {
+        digest: hints.digest,
+        watermark: hints.watermark.map(|w| (w.epoch, w.seq)),
+        heads: &hints.heads,
+        unsynced: hints.unsynced,
+        sketches: capabilities.contains(Capabilities::IBF.union(Capabilities::MST)),
+    };
+    let path = recon::choose_path(&client, side, estimate, knows);
     (path, error)
 }
 

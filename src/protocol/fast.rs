@@ -3,8 +3,8 @@
 //!
 //! A catch-up is almost all `batch` frames, and decoding them through serde costs an
 //! allocation and a copy per payload plus the generic visitor machinery for every field. This
-//! reader walks the common encoding directly (the one [`super::encode_node`] writes: minimal
-//! markers, `bin` ids and payloads, `str` paths) and copies every payload of the frame into
+//! reader walks the common encoding directly (the canonical one [`super::encode_node`] writes,
+//! read with the same cursor as stored records) and copies every payload of the frame into
 //! one shared buffer, so a node's payload, and every clone of it, is a slice of that buffer.
 //!
 //! It never decides what is invalid. Anything it does not recognise — another marker width for
@@ -15,8 +15,9 @@
 
 use bytes::{Bytes, BytesMut};
 
+use super::canonical::Canonical;
 use super::{Batch, Broadcast, Message, MessageType};
-use crate::node::{AuthorKey, BlobHash, BlobRef, Node, NodeId};
+use crate::node::Node;
 
 /// Smallest possible node encoding: array header, id, empty parents, depth, nil author, empty
 /// path, empty blobs, empty payload. Bounds what an untrusted element count may reserve.
@@ -28,20 +29,20 @@ pub(super) fn decode_body(ty: MessageType, body: &[u8]) -> Option<Message> {
     if !matches!(ty, MessageType::Batch | MessageType::Broadcast) {
         return None;
     }
-    let mut reader = Reader { rest: body };
+    let mut reader = Canonical::new(body);
     if reader.array_len()? != 2 {
         return None;
     }
     let head = reader.uint()?;
     let count = reader.array_len()?;
-    let mut nodes = Vec::with_capacity(count.min(reader.rest.len() / MIN_NODE_LEN));
+    let mut nodes = Vec::with_capacity(count.min(reader.left() / MIN_NODE_LEN));
     let mut payloads = Vec::with_capacity(nodes.capacity());
     for _ in 0..count {
         let (node, payload) = reader.node()?;
         nodes.push(node);
-        payloads.push(payload);
+        payloads.push(body.get(payload)?);
     }
-    if !reader.rest.is_empty() {
+    if reader.left() != 0 {
         return None;
     }
     share_payloads(&mut nodes, &payloads);
@@ -77,134 +78,10 @@ fn share_payloads(nodes: &mut [Node], payloads: &[&[u8]]) {
     }
 }
 
-/// A cursor over MessagePack bytes that reads only the encodings the fast path takes.
-struct Reader<'a> {
-    rest: &'a [u8],
-}
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, len: usize) -> Option<&'a [u8]> {
-        let (head, tail) = self.rest.split_at_checked(len)?;
-        self.rest = tail;
-        Some(head)
-    }
-
-    fn byte(&mut self) -> Option<u8> {
-        let (first, tail) = self.rest.split_first()?;
-        self.rest = tail;
-        Some(*first)
-    }
-
-    fn peek(&self) -> Option<u8> {
-        self.rest.first().copied()
-    }
-
-    /// A big-endian length of `width` bytes.
-    fn be(&mut self, width: usize) -> Option<u64> {
-        let bytes = self.take(width)?;
-        Some(bytes.iter().fold(0u64, |acc, b| (acc << 8) | u64::from(*b)))
-    }
-
-    fn len(&mut self, width: usize) -> Option<usize> {
-        usize::try_from(self.be(width)?).ok()
-    }
-
-    fn array_len(&mut self) -> Option<usize> {
-        match self.byte()? {
-            m @ 0x90..=0x9f => Some(usize::from(m & 0x0f)),
-            0xdc => self.len(2),
-            0xdd => self.len(4),
-            _ => None,
-        }
-    }
-
-    /// Unsigned integers only; serde also takes non-negative signed ones, which fall back.
-    fn uint(&mut self) -> Option<u64> {
-        match self.byte()? {
-            m @ 0x00..=0x7f => Some(u64::from(m)),
-            0xcc => self.be(1),
-            0xcd => self.be(2),
-            0xce => self.be(4),
-            0xcf => self.be(8),
-            _ => None,
-        }
-    }
-
-    /// `bin`; serde also takes a payload as `str` or as an array of integers, which fall back.
-    fn bin(&mut self) -> Option<&'a [u8]> {
-        let len = match self.byte()? {
-            0xc4 => self.len(1)?,
-            0xc5 => self.len(2)?,
-            0xc6 => self.len(4)?,
-            _ => return None,
-        };
-        self.take(len)
-    }
-
-    fn bytes32(&mut self) -> Option<[u8; 32]> {
-        self.bin()?.try_into().ok()
-    }
-
-    /// `str` holding UTF-8; serde also takes a path as UTF-8 `bin`, which falls back.
-    fn str(&mut self) -> Option<&'a str> {
-        let len = match self.byte()? {
-            m @ 0xa0..=0xbf => usize::from(m & 0x1f),
-            0xd9 => self.len(1)?,
-            0xda => self.len(2)?,
-            0xdb => self.len(4)?,
-            _ => return None,
-        };
-        std::str::from_utf8(self.take(len)?).ok()
-    }
-
-    /// `[id, parents, depth, author, path, blobs, payload]` (§10.4), with the payload's bytes
-    /// apart: the node's own payload is left empty until the frame's buffer is built.
-    fn node(&mut self) -> Option<(Node, &'a [u8])> {
-        if self.array_len()? != 7 {
-            return None;
-        }
-        let id = NodeId(self.bytes32()?);
-        let count = self.array_len()?;
-        let mut parents = Vec::with_capacity(count.min(self.rest.len() / 34));
-        for _ in 0..count {
-            parents.push(NodeId(self.bytes32()?));
-        }
-        let depth = self.uint()?;
-        let author = if self.peek()? == 0xc0 {
-            self.byte()?;
-            None
-        } else {
-            Some(AuthorKey(self.bytes32()?))
-        };
-        let path = self.str()?.to_owned();
-        let count = self.array_len()?;
-        let mut blobs = Vec::with_capacity(count.min(self.rest.len() / 36));
-        for _ in 0..count {
-            if self.array_len()? != 2 {
-                return None;
-            }
-            let hash = BlobHash(self.bytes32()?);
-            let size = self.uint()?;
-            blobs.push(BlobRef { hash, size });
-        }
-        let payload = self.bin()?;
-        let node = Node {
-            id,
-            parents,
-            depth,
-            author,
-            path,
-            blobs,
-            payload: Bytes::new(),
-        };
-        Some((node, payload))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::node::RoomId;
+    use crate::node::{AuthorKey, BlobHash, BlobRef, NodeId, RoomId};
     use crate::protocol::{decode, encode_node};
     use proptest::prelude::*;
 

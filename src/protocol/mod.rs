@@ -6,6 +6,7 @@
 //! types and trailing bytes are errors. New fields arrive only with a new version or a new
 //! capability, never silently. Pure: no I/O.
 
+mod canonical;
 mod error;
 mod fast;
 mod handshake;

@@ -10,7 +10,8 @@ use bytes::{BufMut, Bytes, BytesMut};
 use rmp::encode::{ByteBuf, ValueWriteError};
 
 use super::MessageType;
-use crate::node::{AuthorKey, BlobHash, BlobRef, Node, NodeId};
+use super::canonical::Canonical;
+use crate::node::Node;
 
 /// Writing MessagePack into a `ByteBuf` cannot fail; the error type is uninhabited.
 fn infallible<T>(result: Result<T, ValueWriteError<Infallible>>) -> T {
@@ -56,149 +57,13 @@ pub fn encode_node(node: &Node) -> Bytes {
 /// non-shortest integer or header, `bin` for `str`, …). A stored record that passes can be
 /// served as it is, without encoding the node again.
 pub fn decode_canonical_node(record: &Bytes) -> Option<Node> {
-    let mut input = Canonical {
-        bytes: record,
-        at: 0,
-    };
-    input.expect(0x97)?;
-    let id = NodeId(input.id()?);
-    let count = input.array_len()?;
-    // A parent takes 34 bytes: a claimed count cannot reserve more than the record holds.
-    let mut parents = Vec::with_capacity(count.min(input.left() / 34));
-    for _ in 0..count {
-        parents.push(NodeId(input.id()?));
+    let mut input = Canonical::new(record);
+    let (mut node, payload) = input.node()?;
+    if input.left() != 0 {
+        return None;
     }
-    let depth = input.uint()?;
-    let author = match input.peek()? {
-        0xc0 => {
-            input.at += 1;
-            None
-        }
-        _ => Some(AuthorKey(input.id()?)),
-    };
-    let path = std::str::from_utf8(input.str()?).ok()?.to_owned();
-    let count = input.array_len()?;
-    let mut blobs = Vec::with_capacity(count.min(input.left() / 36));
-    for _ in 0..count {
-        input.expect(0x92)?;
-        let hash = BlobHash(input.id()?);
-        let size = input.uint()?;
-        blobs.push(BlobRef { hash, size });
-    }
-    let payload = input.bin()?;
-    (input.left() == 0).then(|| Node {
-        id,
-        parents,
-        depth,
-        author,
-        path,
-        blobs,
-        payload: record.slice(payload),
-    })
-}
-
-/// A cursor over a record that accepts each value only in its shortest form (§10.2).
-struct Canonical<'a> {
-    bytes: &'a Bytes,
-    at: usize,
-}
-
-impl Canonical<'_> {
-    fn left(&self) -> usize {
-        self.bytes.len().saturating_sub(self.at)
-    }
-
-    fn peek(&self) -> Option<u8> {
-        self.bytes.get(self.at).copied()
-    }
-
-    fn take(&mut self, len: usize) -> Option<std::ops::Range<usize>> {
-        let end = self
-            .at
-            .checked_add(len)
-            .filter(|end| *end <= self.bytes.len())?;
-        let range = self.at..end;
-        self.at = end;
-        Some(range)
-    }
-
-    fn byte(&mut self) -> Option<u8> {
-        let byte = self.peek()?;
-        self.at += 1;
-        Some(byte)
-    }
-
-    fn expect(&mut self, marker: u8) -> Option<()> {
-        (self.byte()? == marker).then_some(())
-    }
-
-    /// A big-endian integer of `N` bytes.
-    fn be<const N: usize>(&mut self) -> Option<u64> {
-        let range = self.take(N)?;
-        let bytes = self.bytes.get(range)?;
-        Some(bytes.iter().fold(0u64, |n, b| (n << 8) | u64::from(*b)))
-    }
-
-    /// The length after a `bin 8` / `str 8` / … family marker, refused unless shortest:
-    /// `min8` is the smallest length the 1-byte form is for.
-    fn len_after(&mut self, marker: u8, first: u8, min8: u64) -> Option<usize> {
-        let (len, min) = match marker.checked_sub(first)? {
-            0 => (self.be::<1>()?, min8),
-            1 => (self.be::<2>()?, 1 << 8),
-            2 => (self.be::<4>()?, 1 << 16),
-            _ => return None,
-        };
-        usize::try_from(len).ok().filter(|_| len >= min)
-    }
-
-    /// An unsigned integer in its shortest form.
-    fn uint(&mut self) -> Option<u64> {
-        let (value, min) = match self.byte()? {
-            small @ 0x00..=0x7f => return Some(u64::from(small)),
-            0xcc => (self.be::<1>()?, 1 << 7),
-            0xcd => (self.be::<2>()?, 1 << 8),
-            0xce => (self.be::<4>()?, 1 << 16),
-            0xcf => (self.be::<8>()?, 1 << 32),
-            _ => return None,
-        };
-        (value >= min).then_some(value)
-    }
-
-    /// An array header in its shortest form: the element count.
-    fn array_len(&mut self) -> Option<usize> {
-        match self.byte()? {
-            fix @ 0x90..=0x9f => Some(u64::from(fix - 0x90)),
-            0xdc => self.be::<2>().filter(|n| *n >= 16),
-            0xdd => self.be::<4>().filter(|n| *n >= 1 << 16),
-            _ => None,
-        }
-        .and_then(|n| usize::try_from(n).ok())
-    }
-
-    /// A `bin` in its shortest form: where its bytes lie.
-    fn bin(&mut self) -> Option<std::ops::Range<usize>> {
-        let marker = self.byte()?;
-        let len = self.len_after(marker, 0xc4, 0)?;
-        self.take(len)
-    }
-
-    /// A `str` in its shortest form: its bytes (not yet checked as UTF-8).
-    fn str(&mut self) -> Option<&[u8]> {
-        let len = match self.byte()? {
-            fix @ 0xa0..=0xbf => usize::from(fix - 0xa0),
-            marker => self.len_after(marker, 0xd9, 32)?,
-        };
-        let range = self.take(len)?;
-        self.bytes.get(range)
-    }
-
-    /// A 32-byte id (`bin 8` of length 32).
-    fn id(&mut self) -> Option<[u8; 32]> {
-        self.expect(0xc4)?;
-        self.expect(32)?;
-        let range = self.take(32)?;
-        self.bytes.get(range)?.try_into().ok()
-    }
+    node.payload = record.slice(payload);
+    Some(node)
 }
 
 /// Lengths of validated nodes are far below `u32::MAX`; saturate rather than wrap if not.

@@ -4,6 +4,7 @@ use std::collections::{BTreeSet, HashSet};
 
 use bytes::Bytes;
 
+use super::file::{REPLICA_FORMAT, ReplicaFile};
 use super::*;
 
 fn room() -> RoomId {

@@ -7,11 +7,17 @@
 //! - the room's digest equals `SetDigest::of` its node ids, its arrival numbers are 1..=seq,
 //!   every node's parents are present with lower numbers, depths follow the rule and every node
 //!   passes its own checks; the heads are exactly the nodes nobody names as parent;
+//! - store writes the hub asks for complete when the input says (`Persist`), succeed or fail;
+//!   no frame ever leaves naming a node (an `ack`, `broadcast`, `resolved`, `batch` or
+//!   `catch_up_done` number) before the write that stores it succeeded, and a failed write
+//!   closes every session and the room reloads from what was stored;
 //! - every frame the hub emits decodes and is one the relay may send;
 //! - a broadcast carries consecutive numbers matching the room, and never carries a node back to
 //!   the session whose pack just admitted it;
-//! - an ack has one outcome per node, and accepted / duplicate numbers point at that node;
-//! - a session that joined with an empty replica receives, by `catch_up_done`, exactly the room.
+//! - an ack answers a pack its session sent, one outcome per node, and accepted / duplicate
+//!   numbers point at that node;
+//! - `catch_up_done` carries the digest (and root) of the room's nodes up to its number, and a
+//!   session that joined with an empty replica has received, by then, exactly those.
 
 #![no_main]
 
@@ -107,6 +113,10 @@ enum Op {
     Advance {
         millis: u16,
     },
+    /// The store write in flight, if any, completes.
+    Persist {
+        fail: bool,
+    },
 }
 
 #[derive(Arbitrary, Debug)]
@@ -176,6 +186,14 @@ fn room_id() -> RoomId {
 }
 
 #[allow(clippy::disallowed_methods)] // one real instant as the virtual clock's origin
+fn orphan_limits() -> OrphanLimits {
+    OrphanLimits {
+        max_nodes: 8,
+        max_bytes: 512,
+        ttl: Duration::from_secs(5),
+    }
+}
+
 fn origin() -> Instant {
     static ORIGIN: OnceLock<Instant> = OnceLock::new();
     *ORIGIN.get_or_init(Instant::now)
@@ -195,6 +213,10 @@ struct Peer {
     filter: Option<PatternSet>,
     /// Subscribed in `hello`: parents outside the subscription are never sent.
     subscribed: bool,
+    /// Packs sent and not answered yet, oldest first: (number, node ids).
+    packs: Vec<(u64, Vec<NodeId>)>,
+    /// Nodes its acks accepted: never broadcast back to it.
+    accepted: HashSet<NodeId>,
 }
 
 struct World {
@@ -204,6 +226,9 @@ struct World {
     peers: [Peer; SLOTS],
     pool: Vec<Node>,
     limits: NodeLimits,
+    config: HubConfig,
+    /// The store write asked for and not completed: through this arrival number.
+    write: Option<u64>,
 }
 
 impl World {
@@ -219,11 +244,7 @@ impl World {
             room_id(),
             9,
             limits,
-            OrphanLimits {
-                max_nodes: 8,
-                max_bytes: 512,
-                ttl: Duration::from_secs(5),
-            },
+            orphan_limits(),
         );
         let mut session = RelaySessionConfig::default();
         session.limits.node = limits;
@@ -245,6 +266,8 @@ impl World {
             peers: Default::default(),
             pool: Vec::new(),
             limits,
+            config,
+            write: None,
         }
     }
 
@@ -255,7 +278,7 @@ impl World {
     fn connect(&mut self, slot: usize) {
         if let Some(old) = self.peers[slot].id.take() {
             let out = self.hub.disconnect(old);
-            self.deliver(out, None, &[]);
+            self.deliver(out);
         }
         let id = self.next_id;
         self.next_id += 1;
@@ -356,8 +379,10 @@ impl World {
             return;
         };
         let peer = &mut self.peers[slot];
-        let pack: Vec<NodeId> = match protocol::decode(frame) {
-            Ok(Message::Pack(p)) => p.nodes.iter().map(|n| n.id).collect(),
+        match protocol::decode(frame) {
+            Ok(Message::Pack(p)) => peer
+                .packs
+                .push((p.number, p.nodes.iter().map(|n| n.id).collect())),
             Ok(Message::Hello(hello)) if !peer.hello_sent => {
                 peer.hello_sent = true;
                 peer.fresh = hello.hints == SyncHints::default();
@@ -370,7 +395,6 @@ impl World {
                         .collect();
                     parsed.map(PatternSet::new)
                 });
-                Vec::new()
             }
             Ok(Message::Subscribe(_) | Message::Unsubscribe(_)) => {
                 peer.filter = None;
@@ -378,18 +402,40 @@ impl World {
                 // A backfill is a stream of its own: its resume points start over from the
                 // oldest newly matching node.
                 peer.through = 0;
-                Vec::new()
             }
-            _ => Vec::new(),
-        };
+            _ => {}
+        }
         let out = self.hub.handle_frame(id, frame, self.now);
-        self.deliver(out, Some(id), &pack);
+        self.deliver(out);
+    }
+
+    /// The write in flight completes.
+    fn persist(&mut self, fail: bool) {
+        let Some(through) = self.write.take() else {
+            return;
+        };
+        if !fail {
+            let out = self.hub.persisted(through);
+            return self.deliver(out);
+        }
+        let out = self.hub.persist_failed();
+        assert_eq!(self.hub.session_count(), 0, "a failed write closes every session");
+        self.deliver(out);
+        // The room reloads from what was stored, in the same epoch.
+        let durable = usize::try_from(self.hub.durable_seq()).unwrap_or(usize::MAX);
+        let old = self.hub.room();
+        let mut room = Room::new(room_id(), old.epoch(), self.limits, orphan_limits());
+        for logged in old.nodes().take(durable) {
+            let node = logged.node().expect("the fuzzed room keeps every encoding");
+            room.restore(node).expect("stored nodes reload");
+        }
+        self.hub = Hub::new(room, self.config);
     }
 
     /// Checks every emitted frame and updates what each peer received.
-    fn deliver(&mut self, mut out: Outbox, sender: Option<SessionId>, pack: &[NodeId]) {
+    fn deliver(&mut self, out: Outbox) {
         // Output that may reveal unstored nodes is held until the write it asks for is
-        // reported; here every write succeeds at once. Nothing held may already be out.
+        // reported. Nothing held may already be out.
         let durable = self.hub.durable_seq();
         for outgoing in &out.frames {
             assert!(
@@ -397,12 +443,12 @@ impl World {
                 "a frame left before the store held what it names"
             );
         }
-        while let Some(through) = out.persist.take() {
-            let released = self.hub.persisted(through);
-            out.extend(released);
+        if let Some(through) = out.persist {
+            assert!(self.write.is_none(), "two writes in flight");
+            assert!(through > durable && through <= self.hub.room().seq());
+            self.write = Some(through);
         }
         let room = self.hub.room();
-        let mut admitted_for_sender: HashSet<NodeId> = HashSet::new();
         for outgoing in &out.frames {
             let message = protocol::decode(&outgoing.frame).expect("relay frames decode");
             let ty = message.message_type();
@@ -413,33 +459,11 @@ impl World {
             );
             let to: Vec<SessionId> = self.hub.recipients(outgoing.to.clone()).collect();
             match &message {
-                Message::Ack(ack) => {
-                    assert_eq!(to, vec![sender.expect("acks answer packs")]);
-                    assert_eq!(ack.outcomes.len(), pack.len(), "one outcome per node");
-                    for (id, outcome) in pack.iter().zip(&ack.outcomes) {
-                        match outcome {
-                            Outcome::Accepted(seq) => {
-                                assert_eq!(room.node_at(*seq).map(|n| *n.id()), Some(*id));
-                                admitted_for_sender.insert(*id);
-                            }
-                            Outcome::Duplicate(seq) => {
-                                assert_eq!(room.node_at(*seq).map(|n| *n.id()), Some(*id));
-                            }
-                            Outcome::Pending | Outcome::Rejected(_) => {}
-                        }
-                    }
-                }
                 Message::Broadcast(b) => {
                     assert!(!b.nodes.is_empty());
                     for (k, node) in b.nodes.iter().enumerate() {
                         let seq = b.first_seq + k as u64;
                         assert_eq!(room.node_at(seq).map(|n| *n.id()), Some(node.id));
-                        if let Some(s) = sender {
-                            assert!(
-                                !(to.contains(&s) && admitted_for_sender.contains(&node.id)),
-                                "a node was echoed to its sender"
-                            );
-                        }
                     }
                 }
                 Message::Resolved(r) => {
@@ -462,6 +486,32 @@ impl World {
                 }
                 match &message {
                     Message::Welcome(_) => {}
+                    Message::Ack(ack) => {
+                        // The oldest unanswered pack it answers: packs answered by an error
+                        // instead are skipped.
+                        let matches = |(number, ids): &(u64, Vec<NodeId>)| {
+                            *number == ack.number
+                                && ids.len() == ack.outcomes.len()
+                                && ids.iter().zip(&ack.outcomes).all(|(id, outcome)| {
+                                    match outcome {
+                                        Outcome::Accepted(seq) | Outcome::Duplicate(seq) => {
+                                            room.node_at(*seq).map(|n| *n.id()) == Some(*id)
+                                        }
+                                        Outcome::Pending | Outcome::Rejected(_) => true,
+                                    }
+                                })
+                        };
+                        let Some(at) = peer.packs.iter().position(matches) else {
+                            panic!("an ack that answers no pack of its session: {ack:?}");
+                        };
+                        let (_, ids) = peer.packs.remove(at);
+                        peer.packs.drain(..at);
+                        for (id, outcome) in ids.iter().zip(&ack.outcomes) {
+                            if matches!(outcome, Outcome::Accepted(_)) {
+                                peer.accepted.insert(*id);
+                            }
+                        }
+                    }
                     Message::Batch(batch) => {
                         assert!(batch.through >= peer.through, "resume point went back");
                         assert!(batch.through <= room.seq());
@@ -483,15 +533,18 @@ impl World {
                         }
                     }
                     Message::CatchUpDone(done) => {
-                        assert_eq!(done.seq, room.seq());
+                        assert!(done.seq <= room.seq());
+                        // The room as of the number the stream reached.
+                        let upto = usize::try_from(done.seq).unwrap_or(usize::MAX);
                         let expected = match &peer.filter {
                             Some(filter) => SetDigest::of(
                                 room.nodes()
+                                    .take(upto)
                                     .filter(|n| filter.matches(n.path()))
                                     .map(|n| n.id()),
                             ),
                             None if peer.subscribed => done.digest,
-                            None => room.digest(),
+                            None => SetDigest::of(room.nodes().take(upto).map(|n| n.id())),
                         };
                         assert_eq!(done.digest, expected);
                         // After a sketch or refinement, the root is of the same set: the
@@ -500,7 +553,7 @@ impl World {
                             && (peer.filter.is_some() || !peer.subscribed)
                         {
                             let mut tree = PrefixTree::new();
-                            for node in room.nodes() {
+                            for node in room.nodes().take(upto) {
                                 if peer.filter.as_ref().is_none_or(|f| f.matches(node.path())) {
                                     tree.insert(*node.id());
                                 }
@@ -517,6 +570,12 @@ impl World {
                         }
                     }
                     Message::Broadcast(b) => {
+                        for node in &b.nodes {
+                            assert!(
+                                !peer.accepted.contains(&node.id),
+                                "a node was echoed to its sender"
+                            );
+                        }
                         if let Some(filter) = &peer.filter {
                             for node in &b.nodes {
                                 assert!(
@@ -549,7 +608,7 @@ impl World {
                 let slot = self.slot(*slot);
                 if let Some(id) = self.peers[slot].id.take() {
                     let out = self.hub.disconnect(id);
-                    self.deliver(out, None, &[]);
+                    self.deliver(out);
                 }
             }
             Op::Hello {
@@ -728,9 +787,10 @@ impl World {
                 self.now += Duration::from_millis(u64::from(*millis) * 10);
                 if self.hub.poll_timeout().is_some_and(|t| t <= self.now) {
                     let out = self.hub.handle_timeout(self.now);
-                    self.deliver(out, None, &[]);
+                    self.deliver(out);
                 }
             }
+            Op::Persist { fail } => self.persist(*fail),
         }
         self.check_room();
     }
@@ -788,6 +848,9 @@ fuzz_target!(|ops: Vec<Op>| {
     for op in ops.iter().take(64) {
         world.step(op);
     }
+    // What is still held goes out, and is checked, once its write is done.
+    world.persist(false);
+    world.check_room();
 });
 
 /// The highest arrival number a relay frame names (0 for frames that name none).
@@ -802,7 +865,8 @@ fn revealed_seq(frame: &[u8]) -> u64 {
         Ok(Message::Broadcast(b)) => b.first_seq + b.nodes.len() as u64 - 1,
         Ok(Message::Batch(b)) => b.through,
         Ok(Message::CatchUpDone(d)) => d.seq,
-        Ok(Message::Welcome(w)) => w.seq,
+        // Only plan `in_sync` makes `welcome.seq` the client's watermark.
+        Ok(Message::Welcome(w)) if w.plan == protocol::Plan::InSync => w.seq,
         Ok(Message::Subscribed(s)) => s.seq,
         _ => 0,
     }

@@ -1,25 +1,28 @@
 //! Durability as an effect of the hub: nothing a client hears may depend on a node that is not
 //! stored yet.
 //!
-//! The hub admits nodes at once (so later frames can build on them), but every output it
-//! produces while admitted nodes are not yet stored is held, in order, with the arrival number
-//! it may reveal. The hub asks its driver to persist through that number ([`Outbox::persist`]),
-//! one write at a time; the driver answers [`Hub::persisted`](super::Hub::persisted) or
-//! [`Hub::persist_failed`](super::Hub::persist_failed), and the held outputs whose numbers are
+//! The hub admits nodes at once (so later frames can build on them). Every frame it makes is
+//! tagged with the highest arrival number it may reveal ([`Outgoing::through`]): an `ack`,
+//! `broadcast` or `resolved` the room's latest number, a catch-up `batch` its resume point, a
+//! `welcome`, sketch or presence update only what is stored. A frame whose number is not stored
+//! yet is held, with its recipients fixed then, and the hub asks its driver to persist through
+//! that number ([`Outbox::persist`]), one write at a time; the driver answers
+//! [`Hub::persisted`](super::Hub::persisted) or
+//! [`Hub::persist_failed`](super::Hub::persist_failed), and the held frames whose numbers are
 //! now stored go out. Nodes admitted while a write is in flight form the next one.
 //!
-//! Output is held whole and in order rather than per frame: everything after an uncommitted
-//! admission waits (including handshakes and presence), so no session can see frames in another
-//! order than the hub made them, and a frame held for a write goes to the sessions it was meant
-//! for when it was made, not to whoever joined since.
+//! Order is kept per session: once a session has a frame held, everything after it for that
+//! session is held behind it, so no session hears its frames in another order than the hub
+//! made them. Sessions with nothing held are served at once, so a handshake or a catch-up of
+//! stored history never waits for a commit of someone else's nodes.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::SessionId;
 use super::hub::{Audience, Outbox, Outgoing};
+use super::{Admitted, SessionId};
 use crate::protocol::CloseCode;
 
 /// When the hub's output may leave.
@@ -34,13 +37,24 @@ pub enum Durability {
     Immediate,
 }
 
-/// Output made while admitted nodes were not stored yet, with its recipients fixed then.
+/// What waits in the ledger.
+#[derive(Debug)]
+enum Waiting {
+    /// A frame, for the recipients it had when it was made.
+    Frame {
+        to: Arc<[SessionId]>,
+        frame: Bytes,
+        paced: bool,
+    },
+    /// A close, queued after the session's held frames.
+    Close(SessionId, CloseCode),
+}
+
+/// Output held until nodes up to `through` are stored.
 #[derive(Debug)]
 struct Held {
-    /// The highest arrival number the output may reveal.
     through: u64,
-    frames: Vec<(Arc<[SessionId]>, Bytes, bool)>,
-    closes: Vec<(SessionId, CloseCode)>,
+    waiting: Waiting,
 }
 
 /// The hub's side of persistence: what is stored, what is being written, what waits for it.
@@ -51,9 +65,15 @@ pub(super) struct Ledger {
     durable: u64,
     /// A write through this arrival number was asked for and has not been answered.
     persisting: Option<u64>,
+    /// Held output, in the order it was made.
     held: VecDeque<Held>,
+    /// How many held entries name each session: its later output waits behind them.
+    pending: HashMap<SessionId, usize>,
     /// Sessions whose connection ended while output for them was held: it is dropped.
     gone: HashSet<SessionId>,
+    /// Admitted nodes not stored yet, ascending, with their senders: a session that turns
+    /// steady before they are stored hears them as broadcasts.
+    unstored: Vec<Admitted>,
 }
 
 impl Ledger {
@@ -64,7 +84,9 @@ impl Ledger {
             durable,
             persisting: None,
             held: VecDeque::new(),
+            pending: HashMap::new(),
             gone: HashSet::new(),
+            unstored: Vec::new(),
         }
     }
 
@@ -73,37 +95,83 @@ impl Ledger {
         self.durable
     }
 
+    /// Nodes were admitted (in arrival order).
+    pub(super) fn admitted(&mut self, admitted: &[Admitted]) {
+        if self.mode == Durability::Effect {
+            let durable = self.durable;
+            self.unstored
+                .extend(admitted.iter().filter(|a| a.seq > durable).copied());
+        }
+    }
+
+    /// Admitted nodes not stored yet, ascending.
+    pub(super) fn unstored(&self) -> &[Admitted] {
+        &self.unstored
+    }
+
     /// The connection of `id` ended: output held for it will not be released.
     pub(super) fn departed(&mut self, id: SessionId) {
-        if !self.held.is_empty() {
+        if self.pending.contains_key(&id) {
             self.gone.insert(id);
         }
     }
 
-    /// Whether output made now, with the room at arrival number `seq`, must wait: some
-    /// admitted node is not stored, or earlier output is still waiting (order is kept).
-    pub(super) fn must_hold(&mut self, seq: u64) -> bool {
+    /// Whether output made now, with the room at arrival number `seq`, goes out as it is:
+    /// every admitted node is stored and nothing is held.
+    pub(super) fn is_clear(&mut self, seq: u64) -> bool {
         if self.mode == Durability::Immediate {
             self.durable = self.durable.max(seq);
-            return false;
+            return true;
         }
-        seq > self.durable || !self.held.is_empty()
+        seq <= self.durable && self.held.is_empty()
     }
 
-    /// Holds output that may reveal nodes up to `seq`, its recipients already fixed. Returns
-    /// the write to ask the driver for, unless one is in flight.
-    pub(super) fn hold(
-        &mut self,
-        seq: u64,
-        frames: Vec<(Arc<[SessionId]>, Bytes, bool)>,
-        closes: Vec<(SessionId, CloseCode)>,
-    ) -> Option<u64> {
+    /// Splits `frame` between the recipients that may have it now and those that must wait
+    /// (it may reveal an unstored node, or they have earlier output held). Returns the
+    /// recipients served now.
+    pub(super) fn admit_frame(&mut self, frame: &Outgoing, to: Vec<SessionId>) -> Vec<SessionId> {
+        let storable = frame.through <= self.durable;
+        let (now, later): (Vec<SessionId>, Vec<SessionId>) = to
+            .into_iter()
+            .partition(|id| storable && !self.pending.contains_key(id));
+        if !later.is_empty() {
+            for id in &later {
+                *self.pending.entry(*id).or_default() += 1;
+            }
+            self.held.push_back(Held {
+                through: frame.through,
+                waiting: Waiting::Frame {
+                    to: later.into(),
+                    frame: frame.frame.clone(),
+                    paced: frame.paced,
+                },
+            });
+        }
+        now
+    }
+
+    /// Whether closing `id` now keeps its order: otherwise the close is held behind its
+    /// frames.
+    pub(super) fn admit_close(&mut self, id: SessionId, code: CloseCode) -> bool {
+        if !self.pending.contains_key(&id) {
+            return true;
+        }
+        *self.pending.entry(id).or_default() += 1;
         self.held.push_back(Held {
-            through: seq,
-            frames,
-            closes,
+            through: self.durable,
+            waiting: Waiting::Close(id, code),
         });
-        self.request(seq)
+        false
+    }
+
+    /// The write to ask the driver for, with the room at `room_seq`: none while one is in
+    /// flight or when everything is stored.
+    pub(super) fn request(&mut self, room_seq: u64) -> Option<u64> {
+        if self.persisting.is_some() || room_seq <= self.durable {
+            return None;
+        }
+        self.persisting = Some(room_seq);
+        Some(room_seq)
     }
 
     /// A write through `seq` succeeded: releases what waited for it, in order, and asks for
@@ -113,55 +181,67 @@ impl Ledger {
         if self.persisting.is_some_and(|asked| asked <= self.durable) {
             self.persisting = None;
         }
+        let durable = self.durable;
+        self.unstored.retain(|a| a.seq > durable);
         let mut out = Outbox::default();
-        while self.held.front().is_some_and(|h| h.through <= self.durable) {
+        while self.held.front().is_some_and(|h| h.through <= durable) {
             let Some(held) = self.held.pop_front() else {
                 break;
             };
-            for (to, frame, paced) in held.frames {
-                let to: Arc<[SessionId]> = if self.gone.is_empty() {
-                    to
-                } else {
-                    to.iter()
-                        .filter(|id| !self.gone.contains(id))
-                        .copied()
-                        .collect()
-                };
-                if !to.is_empty() {
-                    out.frames.push(Outgoing {
-                        to: Audience::Many(to),
-                        frame,
-                        paced,
-                    });
+            match held.waiting {
+                Waiting::Frame { to, frame, paced } => {
+                    for id in to.iter() {
+                        self.release(*id);
+                    }
+                    let to: Arc<[SessionId]> = if self.gone.is_empty() {
+                        to
+                    } else {
+                        to.iter()
+                            .filter(|id| !self.gone.contains(id))
+                            .copied()
+                            .collect()
+                    };
+                    if !to.is_empty() {
+                        out.frames.push(Outgoing {
+                            to: Audience::Many(to),
+                            frame,
+                            paced,
+                            through: held.through,
+                        });
+                    }
+                }
+                Waiting::Close(id, code) => {
+                    self.release(id);
+                    if !self.gone.contains(&id) {
+                        out.closes.push((id, code));
+                    }
                 }
             }
-            let gone = &self.gone;
-            out.closes
-                .extend(held.closes.into_iter().filter(|(id, _)| !gone.contains(id)));
         }
         if self.held.is_empty() {
             self.gone.clear();
         }
-        if room_seq > self.durable {
-            out.persist = self.request(room_seq);
-        }
+        out.persist = self.request(room_seq);
         out
+    }
+
+    /// One held entry naming `id` went out.
+    fn release(&mut self, id: SessionId) {
+        if let Some(count) = self.pending.get_mut(&id) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                self.pending.remove(&id);
+            }
+        }
     }
 
     /// The write failed for good: what waited for it will never be sent.
     pub(super) fn failed(&mut self) {
         self.held.clear();
+        self.pending.clear();
         self.gone.clear();
+        self.unstored.clear();
         self.persisting = None;
-    }
-
-    /// Asks for a write through `seq` unless one is in flight.
-    fn request(&mut self, seq: u64) -> Option<u64> {
-        if self.persisting.is_some() {
-            return None;
-        }
-        self.persisting = Some(seq);
-        Some(seq)
     }
 }
 

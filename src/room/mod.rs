@@ -657,13 +657,13 @@ impl Room {
     }
 
     /// The next batch of at most `budget` bytes (always at least one node when any is left, so
-    /// a large node never stalls catch-up). Copies the stored encodings; encodes nothing. A
-    /// batch ends before the first node whose encoding is not resident; when that node is
-    /// next, the answer is [`BatchStep::Fetch`].
-    pub fn next_batch(&self, cursor: &mut Cursor, budget: usize) -> BatchStep {
+    /// a large node never stalls catch-up), of nodes numbered up to `end`. Copies the stored
+    /// encodings; encodes nothing. A batch ends before the first node whose encoding is not
+    /// resident; when that node is next, the answer is [`BatchStep::Fetch`].
+    pub fn next_batch(&self, cursor: &mut Cursor, budget: usize, end: u64) -> BatchStep {
         let mut wires: Vec<&Bytes> = Vec::new();
         let mut size = protocol::BATCH_OVERHEAD;
-        while let Some(seq) = self.cursor_next(cursor) {
+        while let Some(seq) = self.cursor_next(cursor, end) {
             let Some(node) = self.node_at(seq) else { break };
             if !cursor.admits(node) {
                 cursor.advance();
@@ -671,7 +671,7 @@ impl Room {
             }
             let Some(wire) = node.wire() else {
                 if wires.is_empty() {
-                    return BatchStep::Fetch(self.cold_run(cursor, budget));
+                    return BatchStep::Fetch(self.cold_run(cursor, budget, end));
                 }
                 break;
             };
@@ -698,12 +698,14 @@ impl Room {
     }
 
     /// The non-resident nodes among the next batch's worth (`budget` bytes) from the cursor.
-    fn cold_run(&self, cursor: &Cursor, budget: usize) -> Vec<u64> {
+    fn cold_run(&self, cursor: &Cursor, budget: usize, end: u64) -> Vec<u64> {
         let explicit = cursor.explicit.get(cursor.pos..).unwrap_or_default();
-        let tail = cursor.tail_next..=self.seq();
+        let end = end.min(self.seq());
+        let explicit = explicit.iter().copied().take_while(|seq| *seq <= end);
+        let tail = cursor.tail_next..=end;
         let mut size = protocol::BATCH_OVERHEAD;
         let mut cold = Vec::new();
-        for seq in explicit.iter().copied().chain(tail) {
+        for seq in explicit.chain(tail) {
             let Some(node) = self.node_at(seq) else { break };
             if !cursor.admits(node) {
                 continue;
@@ -719,11 +721,13 @@ impl Room {
         cold
     }
 
-    fn cursor_next(&self, cursor: &Cursor) -> Option<u64> {
-        match cursor.explicit.get(cursor.pos) {
-            Some(seq) => Some(*seq),
-            None => (cursor.tail_next <= self.seq()).then_some(cursor.tail_next),
-        }
+    /// The cursor's next arrival number, if it is at most `end`.
+    fn cursor_next(&self, cursor: &Cursor, end: u64) -> Option<u64> {
+        let next = match cursor.explicit.get(cursor.pos) {
+            Some(seq) => *seq,
+            None => cursor.tail_next,
+        };
+        (next <= end.min(self.seq())).then_some(next)
     }
 }
 

@@ -177,3 +177,76 @@ fn immediate_durability_holds_nothing() {
     assert!(matches!(sent(&hub, &out).first(), Some((to, Message::Ack(_))) if to == &[1]));
     assert_eq!(hub.durable_seq(), 1);
 }
+
+#[test]
+fn a_handshake_during_a_write_is_served_from_stored_history_at_once() {
+    let mut hub = two_sessions();
+    let now = t0();
+    let a = node(&[], "a");
+    let _ = hub.handle_frame(1, &pack(1, &[&a]), now);
+    let out = hub.persisted(1);
+    assert_eq!(out.persist, None);
+    // Node b is admitted; its write is in flight when session 3 says hello.
+    let b = node(&[&a], "b");
+    let out = hub.handle_frame(1, &pack(2, &[&b]), now);
+    assert_eq!(out.persist, Some(2));
+    hub.connect(3, now);
+    let out = hub.handle_frame(3, &hello(), now);
+    let answered = sent(&hub, &out);
+    let stored_digest = crate::recon::SetDigest::of([&a.id]);
+    assert!(
+        matches!(&answered[..], [(_, Message::Welcome(_)), (_, Message::Batch(batch)), (_, Message::CatchUpDone(done))]
+            if batch.nodes.len() == 1 && batch.nodes[0].id == a.id
+            && done.seq == 1 && done.digest == stored_digest),
+        "welcome, the stored node and catch_up_done as of it go out during the write: {answered:?}"
+    );
+    assert!(answered.iter().all(|(to, _)| to == &[3]));
+    // Once b is stored, session 3 hears it as a broadcast, right after its catch-up.
+    let out = hub.persisted(2);
+    let released = sent(&hub, &out);
+    let to_3: Vec<&Message> = released
+        .iter()
+        .filter(|(to, _)| to.contains(&3))
+        .map(|(_, m)| m)
+        .collect();
+    assert!(
+        matches!(&to_3[..], [Message::Broadcast(b3)] if b3.first_seq == 2 && b3.nodes.len() == 1 && b3.nodes[0].id == b.id),
+        "{released:?}"
+    );
+    let to_2 = released.iter().filter(|(to, _)| to.contains(&2)).count();
+    assert_eq!(to_2, 1, "session 2 gets b once: {released:?}");
+}
+
+#[test]
+fn a_session_with_held_output_hears_later_frames_behind_it() {
+    let mut hub = two_sessions();
+    let now = t0();
+    let a = node(&[], "a");
+    let _ = hub.handle_frame(1, &pack(1, &[&a]), now);
+    // Session 2's presence reveals no node, but session 1 has an ack held: it waits behind.
+    let presence = Message::Presence(Presence {
+        state: bytes::Bytes::from_static(b"here"),
+    });
+    let out = hub.handle_frame(2, &presence.encode().unwrap(), now);
+    assert!(out.frames.is_empty(), "{:?}", sent(&hub, &out));
+    // Session 1's own presence goes to session 2 at once only if 2 has nothing held; 2 has
+    // the broadcast of a held, so it waits too.
+    let out = hub.handle_frame(1, &presence.encode().unwrap(), now);
+    assert!(out.frames.is_empty(), "{:?}", sent(&hub, &out));
+    // A third session, with nothing held, hears both presences at once.
+    hub.connect(3, now);
+    let out = hub.handle_frame(3, &hello(), now);
+    let answered = sent(&hub, &out);
+    let presences = answered
+        .iter()
+        .filter(|(to, m)| to == &[3] && matches!(m, Message::PresenceUpdate(_)))
+        .count();
+    assert_eq!(presences, 2, "{answered:?}");
+    let out = hub.persisted(1);
+    let released = sent(&hub, &out);
+    assert!(
+        matches!(&released[..], [(to1, Message::Ack(_)), (to2, Message::Broadcast(_)), (p2, Message::PresenceUpdate(_)), (p1, Message::PresenceUpdate(_)), (to3, Message::Broadcast(_))]
+            if to1 == &[1] && to2 == &[2] && p2 == &[1] && p1 == &[2] && to3 == &[3]),
+        "{released:?}"
+    );
+}

@@ -9,6 +9,7 @@ impl Hub {
             admitted,
             resolved,
         } = self.room.submit(id, pack.nodes, now);
+        self.ledger.admitted(&admitted);
         if self.subscriptions.has_classes() {
             for a in &admitted {
                 let Some(node) = self.room.node_at(a.seq) else {
@@ -137,10 +138,12 @@ impl Hub {
             .filter_map(|a| self.room.wire_at(a.seq))
             .collect();
         let frame = protocol::broadcast_frame(first.seq, &wires);
+        let through = admitted.last().map_or(first.seq, |a| a.seq);
         out.frames.push(Outgoing {
             to,
             frame,
             paced: false,
+            through,
         });
     }
 

@@ -17,7 +17,8 @@ impl Hub {
             self.estimator_error(id, &e, out);
         }
         let start = Start::from_path(path, self.room.seq(), |after| {
-            self.room.catch_up_cursor(after, &hints.heads)
+            let cursor = self.room.catch_up_cursor(after, &hints.heads);
+            (cursor, self.holds_stored_only(after, &hints.heads))
         });
         self.welcome(id, capabilities, start, None, out);
     }
@@ -45,9 +46,16 @@ impl Hub {
         subscription: Option<(Arc<PatternSet>, ClassId)>,
         out: &mut Outbox,
     ) {
+        let mut stored = false;
         let (plan, cursor, recon) = match start {
             Start::InSync => (Plan::InSync, None, Recon::Idle),
-            Start::CatchUp(cursor) => (Plan::CatchUp, Some(cursor), Recon::Idle),
+            Start::CatchUp {
+                cursor,
+                stored_only,
+            } => {
+                stored = stored_only;
+                (Plan::CatchUp, Some(cursor), Recon::Idle)
+            }
             Start::SendIds => (Plan::SendIds, None, Recon::Idle),
             Start::Recon(recon @ Recon::Sketch { .. }) => (Plan::Sketch, None, recon),
             Start::Recon(recon) => (Plan::Refine, None, recon),
@@ -72,11 +80,19 @@ impl Hub {
         member.cursor = cursor;
         member.recon = recon;
         member.verify_root = matches!(plan, Plan::Sketch | Plan::Refine);
+        member.stored_only = stored;
         member.subscription = subscription;
         if let Some(deadline) = member.handshake_deadline.take() {
             self.handshakes.remove(&(deadline, id));
         }
-        self.send(Audience::One(id), Message::Welcome(welcome), out);
+        // Only `in_sync` lets the client take `welcome.seq` as its watermark; the other plans
+        // reveal no node by it, so they need not wait for a commit.
+        let through = if plan == Plan::InSync {
+            self.room.seq()
+        } else {
+            self.ledger.durable()
+        };
+        self.send_through(Audience::One(id), Message::Welcome(welcome), through, out);
         match recon {
             Recon::Sketch { log2, at_seq, .. } => self.send_sketch(id, log2, false, at_seq, out),
             Recon::Refine {
@@ -119,10 +135,12 @@ impl Hub {
             .map(|(_, m)| (m.peer, m.presence.clone()))
             .collect();
         present.sort_unstable_by_key(|(peer, _)| *peer);
+        let through = self.ledger.durable();
         for (peer, state) in present {
-            self.send(
+            self.send_through(
                 Audience::One(id),
                 Message::PresenceUpdate(PresenceUpdate { peer, state }),
+                through,
                 out,
             );
         }
@@ -170,7 +188,8 @@ impl Hub {
         };
         let start = Start::from_path(path, seq, |after| {
             let explicit = class.seqs_after(&self.room, after, |_| true);
-            Cursor::new(explicit, seq.saturating_add(1)).filtered(set.clone())
+            let cursor = Cursor::new(explicit, seq.saturating_add(1)).filtered(set.clone());
+            (cursor, self.holds_stored_only(after, &hints.heads))
         });
         self.welcome(id, capabilities, start, Some((set, class_id)), out);
     }

@@ -98,6 +98,9 @@ pub struct Outgoing {
     /// Paced by the receiver's credit (catch-up `batch`): it may wait in a queue as long as the
     /// receiver's link needs, so it never counts as the receiver lagging behind.
     pub paced: bool,
+    /// The highest arrival number the frame may reveal: it is not sent before nodes up to it
+    /// are stored (see [`super::durability`]).
+    pub through: u64,
 }
 
 /// Everything a hub call wants sent or closed, in order.
@@ -186,7 +189,11 @@ enum Recon {
 /// How a session's reconciliation starts, as planned at `hello`.
 enum Start {
     InSync,
-    CatchUp(Cursor),
+    /// Stream `cursor`; `stored_only` as [`Member::stored_only`].
+    CatchUp {
+        cursor: Cursor,
+        stored_only: bool,
+    },
     SendIds,
     /// Plan `sketch` or `refine`.
     Recon(Recon),
@@ -194,11 +201,21 @@ enum Start {
 
 impl Start {
     /// The start of `path`, planned at arrival number `at_seq`; `catch_up` makes the cursor
-    /// of a catch-up after a watermark.
-    fn from_path(path: ReconPath, at_seq: u64, catch_up: impl FnOnce(u64) -> Cursor) -> Self {
+    /// of a catch-up after a watermark, and says whether it may stream stored nodes only.
+    fn from_path(
+        path: ReconPath,
+        at_seq: u64,
+        catch_up: impl FnOnce(u64) -> (Cursor, bool),
+    ) -> Self {
         match path {
             ReconPath::InSync => Self::InSync,
-            ReconPath::CatchUp { after } => Self::CatchUp(catch_up(after)),
+            ReconPath::CatchUp { after } => {
+                let (cursor, stored_only) = catch_up(after);
+                Self::CatchUp {
+                    cursor,
+                    stored_only,
+                }
+            }
             ReconPath::IdList => Self::SendIds,
             ReconPath::Sketch { log2 } => Self::Recon(Recon::Sketch {
                 log2,
@@ -269,6 +286,11 @@ struct Member {
     subscription: Option<(Arc<PatternSet>, ClassId)>,
     /// The stream in progress is the backfill of this `subscribe`.
     backfill: Option<u64>,
+    /// The catch-up streams stored nodes only and ends at the last one: the unstored rest
+    /// follows as broadcasts once stored. Set for plan `catch_up`, whose `catch_up_done`
+    /// digest can be taken as of any number; other plans verify a root of the whole room, so
+    /// they stream to the room's latest number and wait for it to be stored.
+    stored_only: bool,
 }
 
 /// A room and its sessions. Every input is a method; every output is an [`Outbox`].
@@ -350,18 +372,42 @@ impl Hub {
         self.ledger.durable()
     }
 
-    /// Holds `out` while it may reveal unstored nodes (see [`super::durability`]).
+    /// Whether a client that holds every node up to `after` and the ancestry of `heads` holds
+    /// stored nodes only: its catch-up may then end at the last stored node, since the digest
+    /// of its set as of that number is known (the unstored nodes follow as broadcasts).
+    fn holds_stored_only(&self, after: u64, heads: &[NodeId]) -> bool {
+        let durable = self.ledger.durable();
+        // Parents have lower numbers than their children: the heads bound the ancestry.
+        after <= durable
+            && heads
+                .iter()
+                .all(|head| self.room.seq_of(head).is_none_or(|seq| seq <= durable))
+    }
+
+    /// Holds what `out` must not send yet (see [`super::durability`]): frames that may reveal
+    /// unstored nodes, and anything for a session whose earlier output is held.
     fn settle(&mut self, mut out: Outbox) -> Outbox {
         let seq = self.room.seq();
-        if !self.ledger.must_hold(seq) {
+        if self.ledger.is_clear(seq) {
             return out;
         }
-        let frames = std::mem::take(&mut out.frames)
-            .into_iter()
-            .map(|o| (self.recipients(o.to).collect(), o.frame, o.paced))
-            .collect();
+        let frames = std::mem::take(&mut out.frames);
+        for frame in frames {
+            let to: Vec<SessionId> = self.recipients(frame.to.clone()).collect();
+            let now = self.ledger.admit_frame(&frame, to);
+            if !now.is_empty() {
+                out.frames.push(Outgoing {
+                    to: Audience::Many(now.into()),
+                    ..frame
+                });
+            }
+        }
         let closes = std::mem::take(&mut out.closes);
-        out.persist = self.ledger.hold(seq, frames, closes);
+        out.closes = closes
+            .into_iter()
+            .filter(|(id, code)| self.ledger.admit_close(*id, *code))
+            .collect();
+        out.persist = out.persist.max(self.ledger.request(seq));
         out
     }
 
@@ -447,6 +493,7 @@ impl Hub {
                 waiting_on: None,
                 subscription: None,
                 backfill: None,
+                stored_only: false,
             },
         );
     }
@@ -611,17 +658,27 @@ impl Hub {
                     peer: member.peer,
                     state,
                 });
-                self.send(Audience::PresencePeers { except: id }, update, out);
+                // Presence reveals no node.
+                let through = self.ledger.durable();
+                self.send_through(Audience::PresencePeers { except: id }, update, through, out);
             }
         }
     }
 
+    /// Queues `message`, which may reveal any node admitted so far.
     fn send(&mut self, to: Audience, message: Message, out: &mut Outbox) {
+        let through = self.room.seq();
+        self.send_through(to, message, through, out);
+    }
+
+    /// Queues `message`, which reveals no node numbered after `through`.
+    fn send_through(&mut self, to: Audience, message: Message, through: u64, out: &mut Outbox) {
         match message.encode() {
             Ok(frame) => out.frames.push(Outgoing {
                 to,
                 frame,
                 paced: false,
+                through,
             }),
             Err(e) => {
                 // Never drop silently: whoever should have received it resyncs.
@@ -657,7 +714,8 @@ impl Hub {
                 peer: member.peer,
                 state: Bytes::new(),
             });
-            self.send(Audience::PresencePeers { except: id }, left, out);
+            let through = self.ledger.durable();
+            self.send_through(Audience::PresencePeers { except: id }, left, through, out);
         }
         true
     }

@@ -24,11 +24,15 @@ impl Hub {
             .sketch_frames(scope, log2, extension, at_seq, max_frame)
         {
             Ok(frames) => {
+                // A sketch reveals short ids, never a node: the nodes it leads to come in
+                // batches, held as any other until stored.
+                let through = self.ledger.durable();
                 for frame in frames {
                     out.frames.push(Outgoing {
                         to: Audience::One(id),
                         frame,
                         paced: false,
+                        through,
                     });
                 }
             }

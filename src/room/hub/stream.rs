@@ -12,6 +12,7 @@ impl Hub {
             };
             member.cursor = Some(cursor);
             member.waiting_on = None;
+            member.stored_only = false;
             member.recon = Recon::Idle;
             member.session.need_sent();
         }
@@ -86,6 +87,7 @@ impl Hub {
         member.session.backfill();
         member.backfill = Some(number);
         member.waiting_on = None;
+        member.stored_only = false;
         member.cursor = Some(Cursor::new(explicit, seq.saturating_add(1)).filtered(new));
         self.pump(id, out);
     }
@@ -103,16 +105,22 @@ impl Hub {
             {
                 return;
             }
+            let end = if member.stored_only {
+                self.ledger.durable()
+            } else {
+                self.room.seq()
+            };
             let Some(cursor) = member.cursor.as_mut() else {
                 return;
             };
-            match self.room.next_batch(cursor, max_frame) {
-                BatchStep::Batch { frame, .. } => {
+            match self.room.next_batch(cursor, max_frame, end) {
+                BatchStep::Batch { frame, through, .. } => {
                     member.session.spend_credit(frame.len() as u64);
                     out.frames.push(Outgoing {
                         to: Audience::One(id),
                         frame,
                         paced: true,
+                        through,
                     });
                 }
                 BatchStep::Fetch(seqs) => {
@@ -126,39 +134,69 @@ impl Hub {
                     }
                     return;
                 }
-                BatchStep::Done => {
-                    member.cursor = None;
-                    member.session.caught_up();
-                    let seq = self.room.seq();
-                    let backfill = member.backfill.take();
-                    let verify_root = member.verify_root;
-                    let class_id = member.subscription.as_ref().map(|(_, class)| *class);
-                    let class = class_id.and_then(|class| self.subscriptions.class(class));
-                    if let Some(number) = backfill {
-                        let patterns = class.map(|c| c.set().canonical()).unwrap_or_default();
-                        let done = Subscribed {
-                            number,
-                            patterns,
-                            seq,
-                        };
-                        self.send(Audience::One(id), Message::Subscribed(done), out);
-                        return;
-                    }
-                    // A subscribed session holds the matching subset: its digest is the class's.
-                    let digest = class.map_or(self.room.digest(), |c| c.digest(&self.room));
-                    // Sketch and refine sessions decided what to send from short ids and
-                    // digests; the root (of the class's nodes for a subscribed session) makes
-                    // the result collision-resistant (§5.10).
-                    let root = if verify_root {
-                        sets_mut(&mut self.room, &mut self.subscriptions, class_id).map(tree_root)
-                    } else {
-                        None
-                    };
-                    let done = CatchUpDone { seq, digest, root };
-                    self.send(Audience::One(id), Message::CatchUpDone(done), out);
-                    return;
-                }
+                BatchStep::Done => return self.finish_stream(id, end, out),
             }
+        }
+    }
+
+    /// The stream of session `id` reached arrival number `end`: answer `subscribed` after a
+    /// backfill, `catch_up_done` otherwise, and turn the session steady.
+    fn finish_stream(&mut self, id: SessionId, end: u64, out: &mut Outbox) {
+        let Some(member) = self.members.get_mut(&id) else {
+            return;
+        };
+        member.cursor = None;
+        member.session.caught_up();
+        let backfill = member.backfill.take();
+        let verify_root = member.verify_root;
+        let class_id = member.subscription.as_ref().map(|(_, class)| *class);
+        let class = class_id.and_then(|class| self.subscriptions.class(class));
+        if let Some(number) = backfill {
+            let patterns = class.map(|c| c.set().canonical()).unwrap_or_default();
+            let done = Subscribed {
+                number,
+                patterns,
+                seq: end,
+            };
+            return self.send(Audience::One(id), Message::Subscribed(done), out);
+        }
+        // A subscribed session holds the matching subset: its digest is the class's.
+        let mut digest = class.map_or(self.room.digest(), |c| c.digest(&self.room));
+        // Nodes after `end` are not in the stream: take them out of the digest (they are
+        // unstored, a commit's worth at most) and send them as broadcasts once stored.
+        let after: Vec<Admitted> = self
+            .ledger
+            .unstored()
+            .iter()
+            .filter(|a| a.seq > end)
+            .copied()
+            .collect();
+        for a in &after {
+            let Some(node) = self.room.node_at(a.seq) else {
+                continue;
+            };
+            if class.is_none_or(|c| c.set().matches(node.path())) {
+                digest.remove(node.id());
+            }
+        }
+        // Sketch and refine sessions decided what to send from short ids and digests; the
+        // root (of the class's nodes for a subscribed session) makes the result
+        // collision-resistant (§5.10). Their stream ends at the room's latest number.
+        let root = if verify_root {
+            sets_mut(&mut self.room, &mut self.subscriptions, class_id).map(tree_root)
+        } else {
+            None
+        };
+        let done = CatchUpDone {
+            seq: end,
+            digest,
+            root,
+        };
+        self.send_through(Audience::One(id), Message::CatchUpDone(done), end, out);
+        // Its own nodes are not echoed back (§7.3).
+        let others: Vec<Admitted> = after.into_iter().filter(|a| a.origin != id).collect();
+        for run in others.chunk_by(|a, b| a.seq.checked_add(1) == Some(b.seq)) {
+            self.broadcast(run, Audience::One(id), out);
         }
     }
 }

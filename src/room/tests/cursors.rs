@@ -54,7 +54,7 @@ fn cursor_follows_nodes_admitted_during_catch_up() {
     let b = node(&[&a], "b", "b");
     accept_all(&mut room, &[&a, &b], now);
     let mut cursor = room.catch_up_cursor(0, &[]);
-    let first = unpack(room.next_batch(&mut cursor, 1)).expect("something sent");
+    let first = unpack(room.next_batch(&mut cursor, 1, u64::MAX)).expect("something sent");
     assert_eq!((first.nodes.len(), first.through), (1, 1));
     let c = node(&[&b], "c", "c");
     accept_all(&mut room, &[&c], now);

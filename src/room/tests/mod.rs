@@ -341,13 +341,16 @@ fn unpack(step: BatchStep) -> Option<Batch> {
 
 fn drain(room: &Room, cursor: &mut Cursor, budget: usize) -> Vec<Batch> {
     let mut batches = Vec::new();
-    while let Some(batch) = unpack(room.next_batch(cursor, budget)) {
+    while let Some(batch) = unpack(room.next_batch(cursor, budget, u64::MAX)) {
         assert!(!batch.nodes.is_empty());
         batches.push(batch);
         assert!(batches.len() < 100_000, "cursor does not end");
     }
     // Done is sticky.
-    assert!(matches!(room.next_batch(cursor, budget), BatchStep::Done));
+    assert!(matches!(
+        room.next_batch(cursor, budget, u64::MAX),
+        BatchStep::Done
+    ));
     batches
 }
 

@@ -99,7 +99,7 @@ fn catch_up_over_a_budget_reads_cold_nodes_back_and_sends_the_same_nodes() {
         let mut sent = Vec::new();
         let mut fetches = 0;
         for _ in 0..100_000 {
-            match room.next_batch(&mut cursor, frame_budget) {
+            match room.next_batch(&mut cursor, frame_budget, u64::MAX) {
                 BatchStep::Batch { frame, .. } => {
                     let Message::Batch(batch) = protocol::decode(&frame).unwrap() else {
                         panic!("not a batch");

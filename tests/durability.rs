@@ -172,6 +172,59 @@ async fn acks_follow_the_write_and_sessions_share_commits() {
     relay.shutdown().await;
 }
 
+/// While a commit is in flight (a slow store), a new session is still served at once: its
+/// handshake and the catch-up of what is stored finish before the writer's ack, and the node
+/// being written reaches it as a broadcast once stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handshake_does_not_wait_for_the_commit_in_flight() {
+    let (relay, _objects, faults) = faulty_relay().await;
+    let r = "beside";
+    let stored = node(r, &[], "doc", "stored");
+    let mut writer = steady_client(&relay, r).await;
+    push(&mut writer, 1, vec![stored.clone()]).await.unwrap();
+    // Long enough that the handshake below cannot lose the race on a busy machine.
+    faults.write_latency_ms.store(3_000, Ordering::SeqCst);
+    let writes_before = faults.writes_started.load(Ordering::SeqCst);
+    let unstored = node(r, &[&stored], "doc", "being written");
+    writer
+        .send(Message::Pack(Pack {
+            number: 2,
+            nodes: vec![unstored.clone()],
+        }))
+        .await;
+    // The commit must be in flight before the newcomer says hello.
+    net::eventually("the commit starts", || {
+        faults.writes_started.load(Ordering::SeqCst) > writes_before
+    })
+    .await;
+    let mut newcomer = Raw::connect(&relay, r).await;
+    let caught_up = newcomer.join_and_catch_up().await;
+    assert_eq!(
+        caught_up.iter().map(|n| n.id).collect::<Vec<_>>(),
+        vec![stored.id],
+        "catch-up of stored history only"
+    );
+    let early = tokio::time::timeout(std::time::Duration::ZERO, writer.next_event()).await;
+    assert!(
+        early.is_err(),
+        "the handshake finished before the commit: no ack yet ({early:?})"
+    );
+    let outcomes = match writer.recv().await {
+        Message::Ack(ack) => ack.outcomes,
+        other => panic!("expected the ack, got {other:?}"),
+    };
+    assert!(matches!(outcomes.as_slice(), [Outcome::Accepted(2)]));
+    match newcomer.recv().await {
+        Message::Broadcast(b) => {
+            assert_eq!(b.first_seq, 2);
+            assert_eq!(b.nodes, vec![unstored]);
+        }
+        other => panic!("expected the stored node as a broadcast, got {other:?}"),
+    }
+    faults.write_latency_ms.store(0, Ordering::SeqCst);
+    relay.shutdown().await;
+}
+
 /// Many clients connecting at once to a room that is not loaded yet share one load, and each
 /// sees the whole room.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -40,6 +40,8 @@ pub struct Faults {
     pub corrupt_pack_ranges: AtomicBool,
     /// Ranged reads of pack objects that succeeded.
     pub pack_range_reads: AtomicU64,
+    /// Writes begun (counted before any latency).
+    pub writes_started: AtomicU64,
 }
 
 impl Faults {
@@ -91,6 +93,7 @@ impl ObjectStore for Faulty {
         payload: PutPayload,
         opts: PutOptions,
     ) -> Result<PutResult> {
+        self.faults.writes_started.fetch_add(1, Ordering::SeqCst);
         pause(&self.faults.write_latency_ms).await;
         let faults = &self.faults;
         if faults.fail_writes.load(Ordering::SeqCst) {

@@ -12,7 +12,9 @@
 //! [`relay::MAX_ERRORS`] such frames close it with `protocol violation`.
 
 mod client;
+pub mod error;
 pub mod relay;
 
 pub use client::{ClientError, ClientEvent, ClientSession};
+pub use error::{Fault, SessionError};
 pub use relay::{Reaction, RelaySession, RelaySessionConfig, Request};

@@ -5,12 +5,15 @@ use bytes::Bytes;
 use crate::node::NodeId;
 use crate::pattern::Pattern;
 use crate::protocol::{
-    self, BucketSketch, Capabilities, CloseCode, ErrorCode, ErrorMessage, Hello, Message,
-    MessageType, PROTOCOL_VERSION, Pack, RelayLimits, SyncHints,
+    self, BucketSketch, Capabilities, Hello, Message, MessageType, PROTOCOL_VERSION, Pack,
+    RelayLimits, SyncHints,
 };
 use crate::recon::SetDigest;
 
-/// Errors tolerated before a session is closed with [`CloseCode::ProtocolViolation`].
+use super::error::{Fault, SessionError};
+
+/// Errors tolerated before a session is closed with
+/// [`CloseCode::ProtocolViolation`](crate::protocol::CloseCode::ProtocolViolation).
 pub const MAX_ERRORS: u32 = 8;
 
 /// Where a relay session is (protocol/README.md §2).
@@ -110,10 +113,8 @@ pub enum Reaction {
     None,
     /// Hand this to the room.
     Request(Request),
-    /// Send this `error` frame; the session stays open.
-    Error(ErrorMessage),
-    /// Send the `error` frame if any, then close with the code.
-    Close(CloseCode, Option<ErrorMessage>),
+    /// Send the error's `error` frame, then close the session if the error says so.
+    Reject(SessionError),
 }
 
 /// Sans-IO relay session: checks every frame against the phase and the negotiated limits, and
@@ -260,22 +261,19 @@ impl RelaySession {
             Err(e) => {
                 // A garbled hello leaves nothing to talk about.
                 if matches!(self.phase, Phase::AwaitHello) {
-                    return self.fatal(CloseCode::ProtocolViolation, e.to_message());
+                    return self.fatal(SessionError::decode(&e));
                 }
-                return self.complain(e.to_message());
+                return self.complain(SessionError::decode(&e));
             }
         };
         let ty = message.message_type();
         match (&mut self.phase, message) {
             (Phase::AwaitHello, Message::Hello(hello)) => self.accept_hello(hello),
-            (Phase::AwaitHello, _) => self.fatal(
-                CloseCode::ProtocolViolation,
-                ErrorMessage::new(
-                    ErrorCode::Unexpected,
-                    Some(ty),
-                    "the first frame must be hello",
-                ),
-            ),
+            (Phase::AwaitHello, _) => self.fatal(SessionError::new(
+                Fault::Unexpected,
+                Some(ty),
+                "the first frame must be hello",
+            )),
             (Phase::CollectingIds(collected), Message::Ids(chunk)) => {
                 let max = self.config.limits.max_ids as usize;
                 if chunk.ids.len() > max {
@@ -283,10 +281,11 @@ impl RelaySession {
                 }
                 let total = self.config.max_total_ids;
                 if collected.len().saturating_add(chunk.ids.len()) > total {
-                    return self.fatal(
-                        CloseCode::ProtocolViolation,
-                        limit(ty, format!("id list longer than {total}")),
-                    );
+                    return self.complain(SessionError::new(
+                        Fault::ListTooLong,
+                        Some(ty),
+                        format!("id list longer than {total}"),
+                    ));
                 }
                 collected.extend(chunk.ids);
                 if chunk.last {
@@ -304,10 +303,11 @@ impl RelaySession {
                     Err(e) => return self.complain(malformed(ty, e.to_string())),
                 };
                 if collected.len().saturating_add(shorts.len()) > total {
-                    return self.fatal(
-                        CloseCode::ProtocolViolation,
-                        limit(ty, format!("want list longer than {total}")),
-                    );
+                    return self.complain(SessionError::new(
+                        Fault::ListTooLong,
+                        Some(ty),
+                        format!("want list longer than {total}"),
+                    ));
                 }
                 match (want.last, want.shared) {
                     (true, Some(shared)) => {
@@ -371,10 +371,11 @@ impl RelaySession {
                     .saturating_add(more.len())
                     .saturating_add(*sketch_bytes / protocol::SHORT_BYTES);
                 if size > total {
-                    return self.fatal(
-                        CloseCode::ProtocolViolation,
-                        limit(ty, format!("bucket id list longer than {total}")),
-                    );
+                    return self.complain(SessionError::new(
+                        Fault::ListTooLong,
+                        Some(ty),
+                        format!("bucket id list longer than {total}"),
+                    ));
                 }
                 shorts.extend(more);
                 sketches.extend(more_sketches);
@@ -428,7 +429,7 @@ impl RelaySession {
                     }),
                     // A bad pattern is the application's input, not a broken client: like a
                     // rejected node it does not count toward the error limit (§9.1).
-                    Err(error) => Reaction::Error(error),
+                    Err(error) => self.complain(error),
                 }
             }
             (_, Message::Presence(p)) if self.capabilities.contains(Capabilities::PRESENCE) => {
@@ -443,8 +444,8 @@ impl RelaySession {
                 tracing::debug!(code = e.code, detail = %e.detail, "client reported an error");
                 Reaction::None
             }
-            (_, _) => self.complain(ErrorMessage::new(
-                ErrorCode::Unexpected,
+            (_, _) => self.complain(SessionError::new(
+                Fault::Unexpected,
                 Some(ty),
                 format!("{ty:?} is not allowed now"),
             )),
@@ -457,33 +458,27 @@ impl RelaySession {
                 "relay speaks version {PROTOCOL_VERSION}, client {}..={}",
                 hello.min_version, hello.max_version
             );
-            return self.fatal(
-                CloseCode::UnsupportedVersion,
-                ErrorMessage::new(
-                    ErrorCode::UnsupportedVersion,
-                    Some(MessageType::Hello),
-                    detail,
-                ),
-            );
+            return self.complain(SessionError::new(
+                Fault::UnsupportedVersion,
+                Some(MessageType::Hello),
+                detail,
+            ));
         }
         self.capabilities = hello.capabilities.intersect(Capabilities::SUPPORTED);
         self.grant_credit(hello.credit);
         let subscribe = match hello.subscribe {
             None => None,
             Some(_) if !self.capabilities.contains(Capabilities::SUBSCRIPTIONS) => {
-                return self.fatal(
-                    CloseCode::ProtocolViolation,
-                    ErrorMessage::new(
-                        ErrorCode::Unexpected,
-                        Some(MessageType::Hello),
-                        "hello.subscribe needs the subscriptions capability",
-                    ),
-                );
+                return self.fatal(SessionError::new(
+                    Fault::Unexpected,
+                    Some(MessageType::Hello),
+                    "hello.subscribe needs the subscriptions capability",
+                ));
             }
             Some(sources) => match self.parse_patterns(&sources, MessageType::Hello) {
                 Ok(patterns) => Some(patterns),
                 // The session cannot start without knowing what it subscribes to.
-                Err(error) => return self.fatal(CloseCode::ProtocolViolation, error),
+                Err(error) => return self.fatal(error),
             },
         };
         Reaction::Request(Request::Join {
@@ -498,11 +493,11 @@ impl RelaySession {
         &self,
         sources: &[String],
         ty: MessageType,
-    ) -> Result<Vec<Pattern>, ErrorMessage> {
+    ) -> Result<Vec<Pattern>, SessionError> {
         let limits = &self.config.limits.patterns;
         if sources.len() > usize::from(limits.max_patterns) {
-            return Err(ErrorMessage::new(
-                ErrorCode::BadPattern,
+            return Err(SessionError::new(
+                Fault::BadPattern,
                 Some(ty),
                 format!("more than {} patterns", limits.max_patterns),
             ));
@@ -511,8 +506,8 @@ impl RelaySession {
             .iter()
             .map(|source| {
                 Pattern::parse(source, limits).map_err(|reason| {
-                    ErrorMessage::new(
-                        ErrorCode::BadPattern,
+                    SessionError::new(
+                        Fault::BadPattern,
                         Some(ty),
                         format!("pattern {source:?}: {reason}"),
                     )
@@ -521,24 +516,35 @@ impl RelaySession {
             .collect()
     }
 
-    fn complain(&mut self, error: ErrorMessage) -> Reaction {
-        self.errors = self.errors.saturating_add(1);
-        if self.errors >= MAX_ERRORS {
-            return self.fatal(CloseCode::ProtocolViolation, error);
+    /// Reports an error; the session ends over it if its fault says so, or if it is one
+    /// counted error too many.
+    fn complain(&mut self, error: SessionError) -> Reaction {
+        if error.counts() {
+            self.errors = self.errors.saturating_add(1);
+            if self.errors >= MAX_ERRORS {
+                return self.fatal(error);
+            }
         }
-        Reaction::Error(error)
+        if error.close_code().is_some() {
+            self.phase = Phase::Closed;
+        }
+        Reaction::Reject(error)
     }
 
-    fn fatal(&mut self, code: CloseCode, error: ErrorMessage) -> Reaction {
+    /// An error the session ends over, whatever its fault.
+    fn fatal(&mut self, error: SessionError) -> Reaction {
         self.phase = Phase::Closed;
-        Reaction::Close(code, Some(error))
+        Reaction::Reject(error.ending())
     }
 }
 
-fn malformed(ty: MessageType, detail: String) -> ErrorMessage {
-    ErrorMessage::new(ErrorCode::Malformed, Some(ty), detail)
+fn malformed(ty: MessageType, detail: String) -> SessionError {
+    SessionError::new(Fault::Malformed, Some(ty), detail)
 }
 
-fn limit(ty: MessageType, detail: String) -> ErrorMessage {
-    ErrorMessage::new(ErrorCode::LimitExceeded, Some(ty), detail)
+fn limit(ty: MessageType, detail: String) -> SessionError {
+    SessionError::new(Fault::LimitExceeded, Some(ty), detail)
 }
+
+#[cfg(test)]
+mod tests;

@@ -29,12 +29,12 @@ impl Hub {
         error: &EstimatorError,
         out: &mut Outbox,
     ) {
-        let error = ErrorMessage::new(
-            ErrorCode::Malformed,
+        let error = SessionError::new(
+            Fault::BadEstimator,
             Some(MessageType::Hello),
             error.to_string(),
         );
-        self.send(Audience::One(id), Message::ErrorMessage(error), out);
+        self.reject(id, error, out);
     }
 
     /// Answers `hello` with `welcome` and starts the planned reconciliation.
@@ -113,9 +113,8 @@ impl Hub {
     /// A subscribed session's class is gone: a relay bug, not the client's fault.
     pub(super) fn lost_class(&mut self, id: SessionId, out: &mut Outbox) {
         tracing::error!(session = id, "subscribed session without its class");
-        let error = ErrorMessage::new(ErrorCode::Internal, None, "subscription state lost");
-        self.send(Audience::One(id), Message::ErrorMessage(error), out);
-        self.close(id, CloseCode::Internal, out);
+        let error = SessionError::new(Fault::Internal, None, "subscription state lost");
+        self.reject(id, error, out);
     }
 
     /// A session that negotiated presence hears every peer's current state after `welcome`.

@@ -22,15 +22,15 @@ use crate::node::NodeId;
 use crate::node::Rejection;
 use crate::pattern::{Pattern, PatternSet};
 use crate::protocol::{
-    self, Ack, BucketSketch, Capabilities, CatchUpDone, CloseCode, ErrorCode, ErrorMessage,
-    Message, MessageType, Need, Outcome, PROTOCOL_VERSION, Pack, Plan, PresenceUpdate, RelayLimits,
-    Resolved, Subscribed, SyncHints, Welcome,
+    self, Ack, BucketSketch, Capabilities, CatchUpDone, CloseCode, Message, MessageType, Need,
+    Outcome, PROTOCOL_VERSION, Pack, Plan, PresenceUpdate, RelayLimits, Resolved, Subscribed,
+    SyncHints, Welcome,
 };
 use crate::recon::estimator::EstimatorError;
 use crate::recon::ibf::MAX_LOG2_CELLS;
 use crate::recon::index::SetIndex;
 use crate::recon::{ReconPath, RelaySide, SetDigest};
-use crate::session::{Reaction, RelaySession, RelaySessionConfig, Request};
+use crate::session::{Fault, Reaction, RelaySession, RelaySessionConfig, Request, SessionError};
 
 /// Policy for every session of a hub.
 #[derive(Clone, Copy, Debug)]
@@ -354,15 +354,14 @@ impl Hub {
     pub fn persist_failed(&mut self) -> Outbox {
         self.ledger.failed();
         let mut out = Outbox::default();
-        let error = Message::ErrorMessage(ErrorMessage::new(
-            ErrorCode::StoreUnavailable,
+        let error = SessionError::new(
+            Fault::StoreUnavailable,
             None,
             "the relay could not store accepted nodes; reconnect and push again",
-        ));
+        );
         let everyone: Vec<SessionId> = self.members.keys().copied().collect();
         for id in everyone {
-            self.send(Audience::One(id), error.clone(), &mut out);
-            self.close(id, CloseCode::StoreUnavailable, &mut out);
+            self.reject(id, error.clone(), &mut out);
         }
         out
     }
@@ -446,13 +445,12 @@ impl Hub {
             .collect();
         for (id, seq) in waiting {
             if failed.contains(&seq) {
-                let error = ErrorMessage::new(
-                    ErrorCode::StoreUnavailable,
+                let error = SessionError::new(
+                    Fault::StoreUnavailable,
                     None,
                     "the relay could not read stored history; reconnect to resume",
                 );
-                self.send(Audience::One(id), Message::ErrorMessage(error), &mut out);
-                self.close(id, CloseCode::StoreUnavailable, &mut out);
+                self.reject(id, error, &mut out);
             } else if let Some(member) = self.members.get_mut(&id) {
                 member.waiting_on = None;
                 self.pump(id, &mut out);
@@ -604,15 +602,7 @@ impl Hub {
         };
         match member.session.handle_frame(frame) {
             Reaction::None => {}
-            Reaction::Error(error) => {
-                self.send(Audience::One(id), Message::ErrorMessage(error), &mut out)
-            }
-            Reaction::Close(code, error) => {
-                if let Some(error) = error {
-                    self.send(Audience::One(id), Message::ErrorMessage(error), &mut out);
-                }
-                self.close(id, code, &mut out);
-            }
+            Reaction::Reject(error) => self.reject(id, error, &mut out),
             Reaction::Request(request) => self.serve(id, request, now, &mut out),
         }
         self.settle(out)
@@ -688,6 +678,18 @@ impl Hub {
                     self.close(victim, CloseCode::Internal, out);
                 }
             }
+        }
+    }
+
+    /// Sends `error` to session `id`, and closes it if the error ends the session.
+    fn reject(&mut self, id: SessionId, error: SessionError, out: &mut Outbox) {
+        self.send(
+            Audience::One(id),
+            Message::ErrorMessage(error.to_message()),
+            out,
+        );
+        if let Some(code) = error.close_code() {
+            self.close(id, code, out);
         }
     }
 

@@ -190,13 +190,12 @@ impl Hub {
                 }
             }
             Err(e) => {
-                let error = ErrorMessage::new(
-                    ErrorCode::Malformed,
+                let error = SessionError::new(
+                    Fault::Malformed,
                     Some(MessageType::BucketIds),
                     e.to_string(),
                 );
-                self.send(Audience::One(id), Message::ErrorMessage(error), out);
-                self.close(id, CloseCode::ProtocolViolation, out);
+                self.reject(id, error.ending(), out);
             }
         }
     }

@@ -43,12 +43,12 @@ impl Hub {
         };
         let max = self.config.session.limits.patterns.max_patterns;
         if new.len() > usize::from(max) {
-            let error = ErrorMessage::new(
-                ErrorCode::BadPattern,
+            let error = SessionError::new(
+                Fault::BadPattern,
                 Some(MessageType::Subscribe),
                 format!("the subscription would hold more than {max} patterns"),
             );
-            return self.send(Audience::One(id), Message::ErrorMessage(error), out);
+            return self.reject(id, error, out);
         }
         let seq = self.room.seq();
         if new == *old {

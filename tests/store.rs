@@ -417,15 +417,19 @@ fn stored_records_are_read_back_by_arrival_number() {
             writer.release(&r);
             assert_eq!(writer.fetch(&r, &wanted).await.unwrap(), expected, "{name}");
 
-            // The merged packs' grace period is over: of the packs before the manifest's end,
-            // only those it names remain (the commit packs after it are part of the room).
+            // The merged packs' grace period is over: the commit packs the manifest merged
+            // away are gone (the commit packs after its end are part of the room; a merged
+            // pack may be merged again meanwhile, so those are left alone).
             let dir = Path::from("suite/rooms/r-read-back/packs");
             let listed: Vec<_> = objects.list(Some(&dir)).collect().await;
             for meta in listed {
                 let path = meta.unwrap().location;
                 let file = path.filename().unwrap().to_owned();
                 let first: u64 = file[..20].parse().unwrap();
-                if first < manifest.next_seq() && !manifest.packs.iter().any(|p| p.name == file) {
+                let merged_away = first < manifest.next_seq()
+                    && !file.contains('-')
+                    && !manifest.packs.iter().any(|p| p.name == file);
+                if merged_away {
                     objects.delete(&path).await.unwrap();
                 }
             }
@@ -447,10 +451,18 @@ fn stored_records_are_read_back_by_arrival_number() {
 /// Two relays with the same view commit at once: both create the commit pack for the same
 /// arrival numbers, exactly one create wins, the other gets a typed conflict, and the room
 /// holds the winner's nodes and nothing of the loser's.
+///
+/// Not against s3s-fs: its conditional put checks, then writes, so two creates at the same
+/// moment can both succeed there (seen with s3s-fs 0.14.1). S3 itself, a local directory and
+/// memory create atomically; the s3s-fs run of `a_second_writer_is_fenced_by_conditional_puts`
+/// covers a loser that comes second.
 #[test]
 fn racing_commits_for_the_same_numbers_collide_on_the_pack() {
     each_backend(|backend| {
         Box::pin(async move {
+            if matches!(backend, Backend::S3(_)) {
+                return;
+            }
             let r = room("race");
             let base = chain(&r, None, 3, "base");
             backend.store().append_nodes(&r, 9, &base).await.unwrap();

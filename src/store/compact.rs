@@ -3,9 +3,10 @@
 //! left unreferenced are collected.
 //!
 //! A merge only ever adds objects until its manifest is published, and that publish is a
-//! create-only write under the room's manifest lock: a merge cut short at any point (by
+//! create-only write under the room's publish lock: a merge cut short at any point (by
 //! shutdown, a crash or a failure) leaves the newest manifest as it was, and at most an
-//! unreferenced pack, which readers ignore and [`Packs::collect_garbage`] deletes later.
+//! unreferenced merged pack, which readers ignore and [`Packs::collect_garbage`] deletes
+//! later. Merged packs carry a nonce in their name, so they never take a commit pack's name.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -16,6 +17,7 @@ use object_store::ObjectStoreExt;
 use object_store::path::Path;
 
 use super::StoreError;
+use super::head::{View, pack_first};
 use super::objects::{Packs, RoomSlot};
 use super::pack::{self, Manifest, PackEntry};
 use crate::node::RoomId;
@@ -25,8 +27,9 @@ use crate::node::RoomId;
 /// once per tier.
 const COMPACT_RUN: usize = 16;
 
-/// How long merged packs stay readable after the manifest that replaced them.
-const MERGED_PACK_GRACE: Duration = Duration::from_secs(30);
+/// How long merged packs stay readable after the manifest that replaced them. More than
+/// twice [`HEAD_TRUST`](super::head::HEAD_TRUST): see there.
+pub(super) const MERGED_PACK_GRACE: Duration = Duration::from_secs(30);
 
 /// An unreferenced pack older than this is garbage: left by a writer that stopped between its
 /// pack and its manifest, or during a merge's grace period. Younger ones may be a commit in
@@ -71,33 +74,29 @@ impl Packs {
             // An append that made a run after the last check saw the flag still set and left
             // it to us: look once more, and carry on unless someone else took over.
             let due = slot
-                .manifest
-                .lock()
-                .await
-                .as_ref()
-                .is_some_and(|m| compaction_run(m).is_some());
+                .head()
+                .ok()
+                .flatten()
+                .is_some_and(|m| compaction_run(&m).is_some());
             if !due || slot.compacting.swap(true, Ordering::AcqRel) {
                 return;
             }
         }
     }
 
-    /// Merges the room's trailing run of small packs into one, in the background of the room:
-    /// the reading and writing happen outside the manifest lock, which is only taken to
-    /// publish the new manifest. The merged packs are deleted afterwards. `Ok(true)` if it
-    /// merged a run.
+    /// Merges the room's newest run of small packs into one, in the background of the room:
+    /// the reading and writing happen outside the publish lock, which is only taken to
+    /// publish the new manifest (a checkpoint of the whole head, with the run replaced). The
+    /// merged packs are deleted after a grace period. `Ok(true)` if it merged a run.
     async fn compact(&self, room: &RoomId) -> Result<bool, StoreError> {
         let slot = self.slot(room)?;
-        let (epoch, run) = {
-            let cached = slot.manifest.lock().await;
-            let Some(manifest) = cached.as_ref() else {
-                return Ok(false);
-            };
-            let Some(run) = compaction_run(manifest) else {
-                return Ok(false);
-            };
-            (manifest.epoch, run.to_vec())
+        let Some(head) = slot.head()? else {
+            return Ok(false);
         };
+        let Some(run) = compaction_run(&head).map(<[PackEntry]>::to_vec) else {
+            return Ok(false);
+        };
+        let epoch = head.epoch;
         let mut records = Vec::new();
         for entry in &run {
             let Some((bytes, index)) = self.open_pack(room, entry, epoch).await? else {
@@ -109,36 +108,35 @@ impl Packs {
         }
         let first = run.first().map_or(1, |entry| entry.first);
         let merged = self.write_pack(room, epoch, first, &records).await?;
-        let mut cached = slot.manifest.lock().await;
-        let Some(current) = cached.take() else {
+        let publishing = slot.publish.lock().await;
+        // Commits only add packs at the end, and only merges (under this lock) replace any,
+        // so the run is still where it was unless the room was read again meanwhile.
+        let snapshot = slot.with_view(|view| {
+            let View::Known(head) = view else {
+                return None;
+            };
+            let start = run_position(&head.manifest, &run)?;
+            let mut next = head.manifest.clone();
+            next.packs
+                .splice(start..start + run.len(), [merged.clone()]);
+            head.checkpoint_due = false;
+            Some(next)
+        })?;
+        let Some(snapshot) = snapshot else {
             return Ok(false);
         };
-        // Appends only add packs at the end, so the run is still where it was.
-        let start = run
-            .first()
-            .and_then(|head| current.packs.iter().position(|p| p.name == head.name));
-        let still_there = start.is_some_and(|start| {
-            current.packs.get(start..start + run.len()) == Some(run.as_slice())
-        });
-        let Some(start) = start.filter(|_| still_there) else {
-            *cached = Some(current);
-            return Ok(false);
-        };
-        let mut next = current.clone();
-        next.packs.splice(start..start + run.len(), [merged]);
-        match self.publish(room, &current, next).await {
-            Ok(next) => {
-                *cached = Some(next);
-                slot.forget_indexes(&run);
-            }
-            Err(e) => {
-                if !matches!(e, StoreError::Conflict(_)) {
-                    *cached = Some(current);
+        self.publish_head(room, &slot, &snapshot).await?;
+        slot.with_view(|view| {
+            if let View::Known(head) = view {
+                if let Some(start) = run_position(&head.manifest, &run) {
+                    head.manifest
+                        .packs
+                        .splice(start..start + run.len(), [merged.clone()]);
                 }
-                return Err(e);
             }
-        }
-        drop(cached);
+        })?;
+        slot.forget_indexes(&run);
+        drop(publishing);
         // A reader that listed the previous manifest a moment ago may still be reading these
         // packs: delete them only after a grace period. (A relay that stops before leaves
         // them unreferenced, which readers ignore and a later collection deletes.)
@@ -157,17 +155,19 @@ impl Packs {
         Ok(true)
     }
 
-    /// Deletes the room's unreferenced packs older than [`GARBAGE_AGE`]. Best effort: runs
-    /// after compactions, and a failure only leaves garbage for the next one.
+    /// Deletes the room's unreferenced packs older than [`GARBAGE_AGE`] that start before the
+    /// head's end. Best effort: runs after compactions, and a failure only leaves garbage for
+    /// the next one.
     #[allow(clippy::disallowed_methods)] // The store is runtime code: it owns the clock.
     async fn collect_garbage(&self, room: &RoomId) {
-        let referenced: Vec<String> = match self.slot(room) {
-            Ok(slot) => match slot.manifest.lock().await.as_ref() {
-                Some(manifest) => manifest.packs.iter().map(|p| p.name.clone()).collect(),
-                None => return,
-            },
-            Err(_) => return,
+        let Some(head) = self
+            .slot(room)
+            .ok()
+            .and_then(|slot| slot.head().ok().flatten())
+        else {
+            return;
         };
+        let referenced: Vec<String> = head.packs.iter().map(|p| p.name.clone()).collect();
         let dir = self.room_dir(room).join("packs");
         let Ok(listed) = self.objects.list(Some(&dir)).try_collect::<Vec<_>>().await else {
             return;
@@ -179,7 +179,8 @@ impl Packs {
                 Some((name, std::time::SystemTime::from(meta.last_modified)))
             })
             .collect();
-        for name in garbage(&listed, &referenced, std::time::SystemTime::now()) {
+        let now = std::time::SystemTime::now();
+        for name in garbage(&listed, &referenced, head.next_seq(), now) {
             let path = self.pack_path(room, &name);
             if let Err(e) = self.objects.delete(&path).await {
                 tracing::debug!(error = %e, %path, "garbage pack not deleted");
@@ -188,17 +189,19 @@ impl Packs {
     }
 }
 
-/// Packs in `listed` (name, last modified) that `referenced` does not name and that are older
-/// than [`GARBAGE_AGE`] at `now`.
+/// Packs in `listed` (name, last modified) that `referenced` does not name, that start before
+/// arrival number `next` (a pack at or past the head's end may be another writer's commit)
+/// and that are older than [`GARBAGE_AGE`] at `now`.
 fn garbage(
     listed: &[(String, std::time::SystemTime)],
     referenced: &[String],
+    next: u64,
     now: std::time::SystemTime,
 ) -> Vec<String> {
     listed
         .iter()
         .filter(|(name, modified)| {
-            name.ends_with(".pack")
+            pack_first(name).is_some_and(|first| first < next)
                 && !referenced.contains(name)
                 && now
                     .duration_since(*modified)
@@ -206,6 +209,13 @@ fn garbage(
         })
         .map(|(name, _)| name.clone())
         .collect()
+}
+
+/// Where `run` lies in `manifest`'s packs, if it is there unchanged.
+fn run_position(manifest: &Manifest, run: &[PackEntry]) -> Option<usize> {
+    let head = run.first()?;
+    let start = manifest.packs.iter().position(|p| p.name == head.name)?;
+    (manifest.packs.get(start..start + run.len()) == Some(run)).then_some(start)
 }
 
 /// A pack's size tier: under 4 KiB, under 64 KiB, under 1 MiB, … (factors of 16); `None`
@@ -260,14 +270,20 @@ mod tests {
         let now = std::time::UNIX_EPOCH + Duration::from_secs(1_000_000);
         let old = now - GARBAGE_AGE - Duration::from_secs(1);
         let young = now - Duration::from_secs(5);
+        let name = |first: u64, nonce: &str| format!("{first:020}{nonce}.pack");
         let listed = vec![
-            ("kept.pack".to_owned(), old),
-            ("orphan.pack".to_owned(), old),
-            ("in-flight.pack".to_owned(), young),
+            (name(1, ""), old),
+            (name(1, "-00000000000000aa"), old),
+            (name(2, "-00000000000000bb"), young),
+            (name(9, ""), old),
             ("notes.txt".to_owned(), old),
         ];
-        let referenced = vec!["kept.pack".to_owned()];
-        assert_eq!(garbage(&listed, &referenced, now), vec!["orphan.pack"]);
+        let referenced = vec![name(1, "")];
+        // Arrival number 9 is past the head's end: maybe another writer's commit.
+        assert_eq!(
+            garbage(&listed, &referenced, 9, now),
+            vec![name(1, "-00000000000000aa")]
+        );
     }
 
     #[test]

@@ -1,7 +1,7 @@
-//! A room's manifests in the object store (protocol/storage.md, "Manifests" and "Writing"):
-//! one object per generation, found by listing; each new generation is created only if it
-//! does not exist yet, which fences out a second writer; old generations are deleted in the
-//! background, one kept behind the newest.
+//! A room's manifests in the object store (protocol/storage.md, "Manifests" and
+//! "Checkpoints"): one object per generation, found by listing; each new generation is created
+//! only if it does not exist yet, so two writers never both publish one; old generations are
+//! deleted in the background, one kept behind the newest.
 
 use futures::TryStreamExt;
 use object_store::path::Path;
@@ -20,11 +20,8 @@ impl Packs {
             .join(format!("{generation:020}.json"))
     }
 
-    /// The newest manifest of a room, or `None` if the room was never written.
-    pub(super) async fn newest_manifest(
-        &self,
-        room: &RoomId,
-    ) -> Result<Option<Manifest>, StoreError> {
+    /// The newest manifest generation of a room, or `None` if it has none.
+    pub(super) async fn newest_generation(&self, room: &RoomId) -> Result<Option<u64>, StoreError> {
         let dir = self.room_dir(room).join("manifest");
         let listed: Vec<_> = self
             .objects
@@ -32,11 +29,18 @@ impl Packs {
             .try_collect()
             .await
             .map_err(backend("list", &dir))?;
-        let newest = listed
+        Ok(listed
             .iter()
             .filter_map(|meta| generation_of(meta.location.filename()?))
-            .max();
-        let Some(generation) = newest else {
+            .max())
+    }
+
+    /// The newest manifest of a room, or `None` if it has none.
+    pub(super) async fn newest_manifest(
+        &self,
+        room: &RoomId,
+    ) -> Result<Option<Manifest>, StoreError> {
+        let Some(generation) = self.newest_generation(room).await? else {
             return Ok(None);
         };
         let path = self.manifest_path(room, generation);
@@ -55,36 +59,37 @@ impl Packs {
         Ok(Some(manifest))
     }
 
-    /// Creates manifest generation `current + 1` with `next`'s packs; the caller holds the
-    /// room's manifest lock. A generation that exists already means another writer: conflict.
+    /// Creates manifest generation `snapshot.generation + 1` listing `snapshot`'s packs, and
+    /// returns that generation; the caller holds the room's publish lock. A generation that
+    /// exists already means another writer: conflict.
     pub(super) async fn publish(
         &self,
         room: &RoomId,
-        current: &Manifest,
-        mut next: Manifest,
-    ) -> Result<Manifest, StoreError> {
-        next.generation = current.generation + 1;
+        snapshot: &Manifest,
+    ) -> Result<u64, StoreError> {
+        let mut next = snapshot.clone();
+        next.generation = snapshot.generation.saturating_add(1);
         let path = self.manifest_path(room, next.generation);
-        if !self.create(&path, next.encode()).await? {
+        if !self.create(&path, next.encode().into()).await? {
             return Err(StoreError::Conflict(Conflict::Generation {
                 path: path.to_string(),
             }));
         }
         self.forget_manifest(room, next.generation.saturating_sub(2));
-        Ok(next)
+        Ok(next.generation)
     }
 
     /// Creates an object that must not exist yet; `Ok(false)` if it does.
-    pub(super) async fn create(&self, path: &Path, bytes: Vec<u8>) -> Result<bool, StoreError> {
+    pub(super) async fn create(
+        &self,
+        path: &Path,
+        payload: PutPayload,
+    ) -> Result<bool, StoreError> {
         let options = PutOptions {
             mode: PutMode::Create,
             ..PutOptions::default()
         };
-        match self
-            .objects
-            .put_opts(path, PutPayload::from(bytes), options)
-            .await
-        {
+        match self.objects.put_opts(path, payload, options).await {
             Ok(_) => Ok(true),
             Err(object_store::Error::AlreadyExists { .. }) => Ok(false),
             Err(e) => Err(backend("put", path)(e)),

@@ -6,6 +6,7 @@
 //! (local directory, memory, S3, GCS, Azure); [`open`] makes one from a location string.
 
 mod compact;
+mod head;
 mod manifest;
 mod objects;
 pub mod pack;
@@ -99,6 +100,13 @@ pub enum StoreError {
     /// another epoch): this relay's view is stale and must be reloaded.
     #[error("store conflict: {0}")]
     Conflict(Conflict),
+    /// The store let a second create of the same name through: it cannot fence writers
+    /// (commits rely on create-if-absent), so it is not used.
+    #[error("{path} was created twice: the store does not honour create-if-absent")]
+    NoConditionalCreate {
+        /// The probe object.
+        path: String,
+    },
     /// The store location cannot be used as given.
     #[error("bad store location {location}")]
     Location {
@@ -137,10 +145,25 @@ impl StoreError {
 /// How another writer got in the way (see [`StoreError::Conflict`]).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Conflict {
-    /// The manifest generation this write was to create exists: another writer created it.
+    /// The manifest generation this checkpoint was to create exists: another writer created
+    /// it.
     #[error("{path} was created by another writer")]
     Generation {
         /// The manifest object.
+        path: String,
+    },
+    /// The commit pack for these arrival numbers exists with other contents: another writer
+    /// committed them first.
+    #[error("{path} was created by another writer")]
+    Pack {
+        /// The pack object.
+        path: String,
+    },
+    /// The store holds a manifest or pack this relay's view of the room does not know (found
+    /// when a view not confirmed for a while is checked before a commit).
+    #[error("{path} was written by another writer")]
+    Changed {
+        /// The object found.
         path: String,
     },
     /// The room is stored in another epoch than the write is for.

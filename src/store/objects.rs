@@ -1,11 +1,13 @@
-//! Rooms in an object store (protocol/storage.md): immutable packs of accepted nodes, and a
-//! manifest per room that is never overwritten — each new generation is created only if it
-//! does not exist, which fences out a second relay writing the same room.
+//! Rooms in an object store (protocol/storage.md): immutable packs of accepted nodes, each
+//! commit one pack created only if its name (its first arrival number) is free, which fences
+//! out a second relay writing the same room; manifests checkpoint the list of packs.
 //!
 //! [`PackStore`] glues the parts together: this module reads and writes packs and serves
-//! loads and range reads; [`manifest`](super::manifest) finds and creates manifest
-//! generations; [`compact`](super::compact) merges small packs in the background. Background
-//! work runs on the store's task tracker, and [`PackStore::shutdown`] stops and awaits it.
+//! loads and range reads; [`head`](super::head) rebuilds a room's head from the newest
+//! manifest and the commit packs after it, and checkpoints it; [`manifest`](super::manifest)
+//! finds and creates manifest generations; [`compact`](super::compact) merges small packs in
+//! the background. Background work runs on the store's task tracker, and
+//! [`PackStore::shutdown`] stops and awaits it.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -16,11 +18,12 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt};
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::compact::LARGE_PACK_BYTES;
+use super::head::{HEAD_TRUST, Head, View, commit_name};
 use super::pack::{self, FormatError, LAYOUT_VERSION, Manifest, PackEntry, RecordIndex};
 use super::{Conflict, RoomReader, StoreError, StoreReport};
 use crate::node::RoomId;
@@ -55,19 +58,53 @@ pub(super) struct Packs {
 }
 
 /// What this process knows of one stored room.
-#[derive(Default)]
 pub(super) struct RoomSlot {
-    /// The last manifest read or written: the next change creates its successor. Held across
-    /// a manifest write, so an append and a compaction never race for a generation.
-    pub(super) manifest: tokio::sync::Mutex<Option<Manifest>>,
+    /// The room's head. Never held across an await: commits and publishes serialise on
+    /// their own locks below.
+    view: Mutex<View>,
+    /// Held across a commit's pack create (and a load), so this process creates one commit
+    /// pack of the room at a time, each after the last.
+    pub(super) commit: tokio::sync::Mutex<()>,
+    /// Held across a manifest create, so a checkpoint and a merge never race for a
+    /// generation.
+    pub(super) publish: tokio::sync::Mutex<()>,
     /// A compaction of this room is running.
     pub(super) compacting: AtomicBool,
+    /// A checkpoint of this room is scheduled or running.
+    pub(super) checkpointing: AtomicBool,
     /// Where the records of the room's packs lie, by pack name, for range reads: learnt when
     /// a pack is written or read whole.
     indexes: Mutex<HashMap<String, Arc<RecordIndex>>>,
 }
 
+impl Default for RoomSlot {
+    fn default() -> Self {
+        Self {
+            view: Mutex::new(View::Unknown),
+            commit: tokio::sync::Mutex::default(),
+            publish: tokio::sync::Mutex::default(),
+            compacting: AtomicBool::new(false),
+            checkpointing: AtomicBool::new(false),
+            indexes: Mutex::default(),
+        }
+    }
+}
+
 impl RoomSlot {
+    /// Runs `f` on the room's view.
+    pub(super) fn with_view<T>(&self, f: impl FnOnce(&mut View) -> T) -> Result<T, StoreError> {
+        let mut view = self.view.lock().map_err(|_| StoreError::Poisoned)?;
+        Ok(f(&mut view))
+    }
+
+    /// A copy of the room's head, if this process knows it.
+    pub(super) fn head(&self) -> Result<Option<Manifest>, StoreError> {
+        self.with_view(|view| match view {
+            View::Known(head) => Some(head.manifest.clone()),
+            View::Unknown | View::Stale(_) => None,
+        })
+    }
+
     fn index(&self, pack: &str) -> Option<Arc<RecordIndex>> {
         self.indexes.lock().ok()?.get(pack).cloned()
     }
@@ -196,12 +233,24 @@ impl Packs {
         &'a self,
         room: &'a RoomId,
     ) -> Result<Option<RoomReader<'a>>, StoreError> {
-        let Some(manifest) = self.newest_manifest(room).await? else {
+        let slot = self.slot(room)?;
+        let manifest = {
+            let _committing = slot.commit.lock().await;
+            let found = self.discover(room).await?;
+            // A fresh read replaces whatever this process knew, a stale view included.
+            slot.with_view(|view| {
+                *view = match &found {
+                    Some(manifest) => View::Known(Head::new(manifest.clone())),
+                    None => View::Unknown,
+                }
+            })?;
+            found
+        };
+        let Some(manifest) = manifest else {
             return Ok(None);
         };
         let epoch = manifest.epoch;
-        let entries = manifest.packs.clone();
-        *self.slot(room)?.manifest.lock().await = Some(manifest);
+        let entries = manifest.packs;
         // Packs are read ahead of the room, a bounded number of bytes at a time, and decoded
         // a chunk at a time as the room takes them: a load never holds much more than the
         // room it builds, so the heap it leaves behind is not larger either.
@@ -244,6 +293,9 @@ impl Packs {
         }))
     }
 
+    /// One commit (protocol/storage.md, "Writing"): the records become the commit pack
+    /// named by the head's next arrival number, created only if that name is free. That
+    /// create is the only write the caller waits for; the manifest follows in the background.
     async fn append_records(
         self: &Arc<Self>,
         room: &RoomId,
@@ -254,50 +306,107 @@ impl Packs {
             return Ok(());
         }
         let slot = self.slot(room)?;
-        let mut cached = slot.manifest.lock().await;
-        let current = match cached.take() {
-            Some(manifest) => manifest,
-            None => self
-                .newest_manifest(room)
-                .await?
-                .unwrap_or_else(|| Manifest::new(room, epoch)),
-        };
-        if current.epoch != epoch {
+        let _committing = slot.commit.lock().await;
+        let (head, confirmed) = self.head_for_commit(room, &slot, epoch).await?;
+        if head.epoch != epoch {
             return Err(StoreError::Conflict(Conflict::Epoch {
-                stored: current.epoch,
+                stored: head.epoch,
                 asked: epoch,
             }));
         }
-        let entry = match self
-            .write_pack(room, epoch, current.next_seq(), records)
-            .await
-        {
-            Ok(entry) => entry,
-            Err(e) => {
-                *cached = Some(current);
-                return Err(e);
+        if confirmed.elapsed() > HEAD_TRUST {
+            let _publishing = slot.publish.lock().await;
+            let checked = self.confirm(room, &head).await;
+            stale_on_conflict(&slot, checked)?;
+        }
+        let created = self
+            .write_commit(room, epoch, head.next_seq(), records)
+            .await;
+        let entry = stale_on_conflict(&slot, created)?;
+        let grown = slot.with_view(|view| match view {
+            View::Known(known) => {
+                known.manifest.packs.push(entry);
+                known.checkpoint_due = true;
+                known.confirmed = tokio::time::Instant::now();
+                Some(known.manifest.clone())
             }
-        };
-        let mut next = current.clone();
-        next.packs.push(entry);
-        let next = match self.publish(room, &current, next).await {
-            Ok(next) => next,
-            Err(e) => {
-                // On a conflict the view is stale: leave the cache empty so the next call
-                // reads what the other writer made. On other errors keep it.
-                if !matches!(e, StoreError::Conflict(_)) {
-                    *cached = Some(current);
-                }
-                return Err(e);
-            }
-        };
-        // The compaction waits for the lock held here.
-        self.compact_if_due(room, &slot, &next);
-        *cached = Some(next);
+            View::Unknown | View::Stale(_) => None,
+        })?;
+        let grown = grown.ok_or(StoreError::Bug("a room's head vanished during a commit"))?;
+        self.checkpoint_soon(room, &slot);
+        self.compact_if_due(room, &slot, &grown);
         Ok(())
     }
 
-    /// Writes `records`, numbered from `first`, as a new pack; returns its manifest entry.
+    /// The head a commit extends, read from the store if this process does not know it
+    /// (a new room starts in `epoch`), and when the store last confirmed it; the caller
+    /// holds the commit lock. A stale view is a conflict: the room must be read again.
+    async fn head_for_commit(
+        &self,
+        room: &RoomId,
+        slot: &RoomSlot,
+        epoch: u64,
+    ) -> Result<(Manifest, tokio::time::Instant), StoreError> {
+        let known = slot.with_view(|view| match view {
+            View::Known(head) => Ok(Some((head.manifest.clone(), head.confirmed))),
+            View::Stale(conflict) => Err(StoreError::Conflict(conflict.clone())),
+            View::Unknown => Ok(None),
+        })??;
+        if let Some(known) = known {
+            return Ok(known);
+        }
+        let found = self
+            .discover(room)
+            .await?
+            .unwrap_or_else(|| Manifest::new(room, epoch));
+        let head = Head::new(found.clone());
+        let confirmed = head.confirmed;
+        slot.with_view(|view| *view = View::Known(head))?;
+        Ok((found, confirmed))
+    }
+
+    /// Creates the commit pack of `records`, numbered from `first`; returns its entry. The
+    /// name taken already is a conflict, unless it holds exactly these bytes: then it is
+    /// this commit's own earlier attempt, whose answer was lost, and the commit is durable.
+    async fn write_commit(
+        &self,
+        room: &RoomId,
+        epoch: u64,
+        first: u64,
+        records: &[Bytes],
+    ) -> Result<PackEntry, StoreError> {
+        let (bytes, index) = pack::encode_pack(epoch, first, records);
+        let bytes = Bytes::from(bytes);
+        let entry = PackEntry {
+            name: commit_name(first),
+            first,
+            count: u32::try_from(records.len()).unwrap_or(u32::MAX),
+            bytes: bytes.len() as u64,
+        };
+        let path = self.pack_path(room, &entry.name);
+        if !self.create(&path, PutPayload::from(bytes.clone())).await? {
+            let lost = || {
+                StoreError::Conflict(Conflict::Pack {
+                    path: path.to_string(),
+                })
+            };
+            match self.objects.get(&path).await {
+                Ok(found) => {
+                    let stored = found.bytes().await.map_err(backend("get", &path))?;
+                    if stored != bytes {
+                        return Err(lost());
+                    }
+                }
+                Err(object_store::Error::NotFound { .. }) => return Err(lost()),
+                Err(e) => return Err(backend("get", &path)(e)),
+            }
+        }
+        self.slot(room)?.remember_index(&entry.name, index);
+        Ok(entry)
+    }
+
+    /// Writes `records`, numbered from `first`, as a merged pack under a fresh name (only a
+    /// manifest makes it part of the room); returns its entry.
     pub(super) async fn write_pack(
         &self,
         room: &RoomId,
@@ -313,7 +422,7 @@ impl Packs {
             bytes: bytes.len() as u64,
         };
         let path = self.pack_path(room, &entry.name);
-        if !self.create(&path, bytes).await? {
+        if !self.create(&path, bytes.into()).await? {
             return Err(StoreError::Exists {
                 path: path.to_string(),
             });
@@ -348,16 +457,16 @@ impl Packs {
             return Ok(Vec::new());
         };
         let slot = self.slot(room)?;
-        let (epoch, wanted) = {
-            let mut cached = slot.manifest.lock().await;
-            if refresh || cached.is_none() {
-                *cached = self.newest_manifest(room).await?;
-            }
-            let manifest = cached
-                .as_ref()
-                .ok_or(StoreError::NotStored { seq: first })?;
-            (manifest.epoch, locate(manifest, seqs)?)
+        let known = if refresh { None } else { slot.head()? };
+        // Read through a fresh head, which is not kept: the room's writer owns its view.
+        let manifest = match known {
+            Some(manifest) => manifest,
+            None => self
+                .discover(room)
+                .await?
+                .ok_or(StoreError::NotStored { seq: first })?,
         };
+        let (epoch, wanted) = (manifest.epoch, locate(&manifest, seqs)?);
         let mut out = Vec::with_capacity(seqs.len());
         for (entry, positions) in wanted {
             let path = self.pack_path(room, &entry.name);
@@ -391,14 +500,15 @@ impl Packs {
         Ok(out)
     }
 
-    /// Forgets the room's cached manifest and record indexes, unless a compaction still
+    /// Forgets the room's head and record indexes, unless a compaction or checkpoint still
     /// works from them (it keeps the slot, and with it the room's single writer view).
     fn release(&self, room: &RoomId) {
         let Ok(mut rooms) = self.rooms.lock() else {
             return;
         };
         if let Some(slot) = rooms.get(room) {
-            if slot.compacting.load(Ordering::Acquire) {
+            if slot.compacting.load(Ordering::Acquire) || slot.checkpointing.load(Ordering::Acquire)
+            {
                 slot.forget_indexes_all();
             } else {
                 rooms.remove(room);
@@ -412,9 +522,16 @@ impl Packs {
             .prefix
             .clone()
             .join(format!("weft-probe-{:016x}", rand::random::<u64>()));
-        let payload = b"weft store check".to_vec();
-        if !self.create(&probe, payload.clone()).await? {
+        let payload = Bytes::from_static(b"weft store check");
+        if !self.create(&probe, payload.clone().into()).await? {
             return Err(StoreError::Exists {
+                path: probe.to_string(),
+            });
+        }
+        // Commits are fenced by create-if-absent: a store that lets a second create through
+        // could not keep two writers apart.
+        if self.create(&probe, payload.clone().into()).await? {
+            return Err(StoreError::NoConditionalCreate {
                 path: probe.to_string(),
             });
         }
@@ -423,7 +540,7 @@ impl Packs {
             .delete(&probe)
             .await
             .map_err(backend("delete", &probe))?;
-        if read.as_ref() != payload.as_slice() {
+        if read != payload {
             return Err(corrupt(&probe)(FormatError::ReadBack));
         }
         // The layout marker: written on first use, and it must match this relay's version.
@@ -441,7 +558,7 @@ impl Packs {
             Err(object_store::Error::NotFound { .. }) => {
                 let body = serde_json::json!({ "layout": LAYOUT_VERSION }).to_string();
                 // Lost a race with another relay writing the same marker: same version.
-                self.create(&marker, body.into_bytes()).await?;
+                self.create(&marker, body.into_bytes().into()).await?;
                 u64::from(LAYOUT_VERSION)
             }
             Err(e) => return Err(backend("get", &marker)(e)),
@@ -518,7 +635,7 @@ fn locate(manifest: &Manifest, seqs: &[u64]) -> Result<Vec<(PackEntry, Vec<usize
     Ok(wanted)
 }
 
-/// A fresh pack name starting at arrival number `first`.
+/// A fresh name for a merged pack starting at arrival number `first`.
 fn pack_name(first: u64) -> String {
     format!("{first:020}-{:016x}.pack", rand::random::<u64>())
 }
@@ -533,10 +650,19 @@ pub(super) fn backend(
 }
 
 /// Maps a format error in the object at `path` to [`StoreError::Corrupt`].
-fn corrupt(path: &Path) -> impl Fn(FormatError) -> StoreError {
+pub(super) fn corrupt(path: &Path) -> impl Fn(FormatError) -> StoreError {
     let path = path.to_string();
     move |source| StoreError::Corrupt {
         path: path.clone(),
         source,
     }
+}
+
+/// Passes `result` on; a conflict also marks the room's view stale, so nothing more is
+/// written from it until the room is read again.
+fn stale_on_conflict<T>(slot: &RoomSlot, result: Result<T, StoreError>) -> Result<T, StoreError> {
+    if let Err(StoreError::Conflict(conflict)) = &result {
+        slot.with_view(|view| *view = View::Stale(conflict.clone()))?;
+    }
+    result
 }

@@ -197,6 +197,23 @@ pub fn open_pack(bytes: &[u8]) -> Result<(PackHeader, RecordIndex), FormatError>
     Ok((header, index))
 }
 
+/// Bytes a pack's header takes at its start: what [`read_header`] needs.
+pub const HEADER_LEN: u64 = HEADER_BYTES as u64;
+
+/// Reads a pack's header from its first [`HEADER_LEN`] bytes (a range read), without the
+/// checksum, which covers the whole pack: a reader checks that when it reads the pack.
+pub fn read_header(bytes: &[u8]) -> Result<PackHeader, FormatError> {
+    let mut input = bytes.get(..HEADER_BYTES).ok_or(FormatError::Truncated)?;
+    if &take::<8>(&mut input)? != MAGIC {
+        return Err(FormatError::BadMagic);
+    }
+    Ok(PackHeader {
+        epoch: u64::from_le_bytes(take(&mut input)?),
+        first: u64::from_le_bytes(take(&mut input)?),
+        count: u32::from_le_bytes(take(&mut input)?),
+    })
+}
+
 /// The records of an opened pack, as slices of `bytes` (no copy).
 pub fn records(bytes: &bytes::Bytes, index: &RecordIndex) -> Vec<bytes::Bytes> {
     (0..index.len())
@@ -437,6 +454,25 @@ mod tests {
             decode_records(&bytes::Bytes::from(bytes), &index, 0..3),
             Err(FormatError::NotCanonical(1))
         ));
+    }
+
+    #[test]
+    fn a_header_reads_alone_from_the_start_of_a_pack() {
+        let (bytes, _) = encode_pack(9, 42, &records_of(&chain(2)));
+        let header = read_header(&bytes[..HEADER_LEN as usize]).unwrap();
+        assert_eq!(
+            header,
+            PackHeader {
+                epoch: 9,
+                first: 42,
+                count: 2
+            }
+        );
+        assert!(matches!(
+            read_header(&bytes[..10]),
+            Err(FormatError::Truncated)
+        ));
+        assert!(matches!(read_header(&[0; 28]), Err(FormatError::BadMagic)));
     }
 
     #[test]

@@ -250,3 +250,41 @@ fn a_session_with_held_output_hears_later_frames_behind_it() {
         "{released:?}"
     );
 }
+
+#[test]
+fn a_client_holding_the_stored_nodes_is_in_sync_at_once_during_a_write() {
+    let mut hub = two_sessions();
+    let now = t0();
+    let a = node(&[], "a");
+    let _ = hub.handle_frame(1, &pack(1, &[&a]), now);
+    let _ = hub.persisted(1);
+    let b = node(&[&a], "b");
+    let out = hub.handle_frame(1, &pack(2, &[&b]), now);
+    assert_eq!(out.persist, Some(2));
+    let hello = Message::Hello(Hello {
+        min_version: PROTOCOL_VERSION,
+        max_version: PROTOCOL_VERSION,
+        capabilities: Capabilities::NONE,
+        hints: SyncHints {
+            digest: crate::recon::SetDigest::of([&a.id]),
+            ..SyncHints::default()
+        },
+        credit: 1 << 20,
+        subscribe: None,
+    });
+    hub.connect(3, now);
+    let out = hub.handle_frame(3, &hello.encode().unwrap(), now);
+    let answered = sent(&hub, &out);
+    assert!(
+        matches!(&answered[..], [(to, Message::Welcome(w))]
+            if to == &[3] && w.plan == protocol::Plan::InSync && w.seq == 1),
+        "in sync as of the stored node, before the write ends: {answered:?}"
+    );
+    let out = hub.persisted(2);
+    let released = sent(&hub, &out);
+    assert!(
+        released.iter().any(|(to, m)| to == &[3]
+            && matches!(m, Message::Broadcast(x) if x.first_seq == 2 && x.nodes[0].id == b.id)),
+        "{released:?}"
+    );
+}

@@ -12,6 +12,9 @@ impl Hub {
         out: &mut Outbox,
     ) {
         self.unsubscribed.insert(id);
+        if let Some(at) = self.in_sync_as_stored(&hints.digest, None) {
+            return self.welcome(id, capabilities, Start::InSync { at }, None, out);
+        }
         let (path, estimator_error) = self.room.plan(hints, capabilities);
         if let Some(e) = estimator_error {
             self.estimator_error(id, &e, out);
@@ -47,8 +50,12 @@ impl Hub {
         out: &mut Outbox,
     ) {
         let mut stored = false;
+        let mut seq = self.room.seq();
         let (plan, cursor, recon) = match start {
-            Start::InSync => (Plan::InSync, None, Recon::Idle),
+            Start::InSync { at } => {
+                seq = at;
+                (Plan::InSync, None, Recon::Idle)
+            }
             Start::CatchUp {
                 cursor,
                 stored_only,
@@ -68,7 +75,7 @@ impl Hub {
             capabilities,
             peer,
             epoch: self.room.epoch(),
-            seq: self.room.seq(),
+            seq,
             plan,
             limits: (self.config.session.limits != RelayLimits::default())
                 .then_some(self.config.session.limits),
@@ -88,7 +95,7 @@ impl Hub {
         // Only `in_sync` lets the client take `welcome.seq` as its watermark; the other plans
         // reveal no node by it, so they need not wait for a commit.
         let through = if plan == Plan::InSync {
-            self.room.seq()
+            seq
         } else {
             self.ledger.durable()
         };
@@ -101,7 +108,21 @@ impl Hub {
             Recon::Idle => {}
         }
         self.send_present_peers(id, capabilities, out);
+        if plan == Plan::InSync {
+            self.send_unstored_after(id, seq, out);
+        }
         self.pump(id, out);
+    }
+
+    /// In sync with the stored nodes while later ones are being committed: the arrival
+    /// number to welcome the client at, if its digest (of the nodes `class` matches, or all)
+    /// is exactly that of the stored nodes.
+    fn in_sync_as_stored(&self, digest: &SetDigest, class: Option<ClassId>) -> Option<u64> {
+        if self.ledger.unstored().is_empty() {
+            return None;
+        }
+        let durable = self.ledger.durable();
+        (self.stored_digest(class, durable) == *digest).then_some(durable)
     }
 
     /// The subscription class session `id` reconciles, if it has a subscription.
@@ -159,6 +180,10 @@ impl Hub {
     ) {
         let set = Arc::new(PatternSet::new(patterns));
         let class_id = self.subscriptions.join(id, set.clone(), &self.room);
+        if let Some(at) = self.in_sync_as_stored(&hints.digest, Some(class_id)) {
+            let start = Start::InSync { at };
+            return self.welcome(id, capabilities, start, Some((set, class_id)), out);
+        }
         let Some(class) = self.subscriptions.class(class_id) else {
             return self.lost_class(id, out);
         };

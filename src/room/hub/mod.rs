@@ -188,7 +188,11 @@ enum Recon {
 
 /// How a session's reconciliation starts, as planned at `hello`.
 enum Start {
-    InSync,
+    /// In sync as of arrival number `at`: the room's latest, or its last stored one when the
+    /// client holds exactly the stored nodes (the rest follows as broadcasts once stored).
+    InSync {
+        at: u64,
+    },
     /// Stream `cursor`; `stored_only` as [`Member::stored_only`].
     CatchUp {
         cursor: Cursor,
@@ -208,7 +212,7 @@ impl Start {
         catch_up: impl FnOnce(u64) -> (Cursor, bool),
     ) -> Self {
         match path {
-            ReconPath::InSync => Self::InSync,
+            ReconPath::InSync => Self::InSync { at: at_seq },
             ReconPath::CatchUp { after } => {
                 let (cursor, stored_only) = catch_up(after);
                 Self::CatchUp {

@@ -160,25 +160,7 @@ impl Hub {
             };
             return self.send(Audience::One(id), Message::Subscribed(done), out);
         }
-        // A subscribed session holds the matching subset: its digest is the class's.
-        let mut digest = class.map_or(self.room.digest(), |c| c.digest(&self.room));
-        // Nodes after `end` are not in the stream: take them out of the digest (they are
-        // unstored, a commit's worth at most) and send them as broadcasts once stored.
-        let after: Vec<Admitted> = self
-            .ledger
-            .unstored()
-            .iter()
-            .filter(|a| a.seq > end)
-            .copied()
-            .collect();
-        for a in &after {
-            let Some(node) = self.room.node_at(a.seq) else {
-                continue;
-            };
-            if class.is_none_or(|c| c.set().matches(node.path())) {
-                digest.remove(node.id());
-            }
-        }
+        let digest = self.stored_digest(class_id, end);
         // Sketch and refine sessions decided what to send from short ids and digests; the
         // root (of the class's nodes for a subscribed session) makes the result
         // collision-resistant (§5.10). Their stream ends at the room's latest number.
@@ -193,8 +175,36 @@ impl Hub {
             root,
         };
         self.send_through(Audience::One(id), Message::CatchUpDone(done), end, out);
-        // Its own nodes are not echoed back (§7.3).
-        let others: Vec<Admitted> = after.into_iter().filter(|a| a.origin != id).collect();
+        self.send_unstored_after(id, end, out);
+    }
+
+    /// The digest of the nodes numbered up to `end` (those `class` matches, for a subscribed
+    /// session); `end` is at most a commit behind the room, so this costs the unstored nodes.
+    pub(super) fn stored_digest(&self, class: Option<ClassId>, end: u64) -> SetDigest {
+        let class = class.and_then(|class| self.subscriptions.class(class));
+        let mut digest = class.map_or(self.room.digest(), |c| c.digest(&self.room));
+        for a in self.ledger.unstored().iter().filter(|a| a.seq > end) {
+            let Some(node) = self.room.node_at(a.seq) else {
+                continue;
+            };
+            if class.is_none_or(|c| c.set().matches(node.path())) {
+                digest.remove(node.id());
+            }
+        }
+        digest
+    }
+
+    /// Session `id` turned steady at arrival number `end` while later nodes were not stored:
+    /// it hears them as broadcasts, held until they are (§6.1). Its own are not echoed back
+    /// (§7.3).
+    pub(super) fn send_unstored_after(&mut self, id: SessionId, end: u64, out: &mut Outbox) {
+        let others: Vec<Admitted> = self
+            .ledger
+            .unstored()
+            .iter()
+            .filter(|a| a.seq > end && a.origin != id)
+            .copied()
+            .collect();
         for run in others.chunk_by(|a, b| a.seq.checked_add(1) == Some(b.seq)) {
             self.broadcast(run, Audience::One(id), out);
         }

@@ -229,8 +229,9 @@ struct RoomTask {
 /// A finished read of stored encodings: the arrival numbers asked for and the records.
 type Fetched = (Vec<u64>, Result<Vec<Bytes>, StoreError>);
 
-/// A finished commit: the arrival number it stored through, or why it failed.
-type Committed = (u64, Result<(), StoreError>);
+/// A finished commit: the arrival number it stored through and how long the write took, or
+/// why it failed.
+type Committed = (u64, Duration, Result<(), StoreError>);
 
 impl RoomTask {
     async fn run(mut self, mut commands: mpsc::Receiver<RoomCommand>, shutdown: CancellationToken) {
@@ -293,7 +294,7 @@ impl RoomTask {
                     self.commit_at = None;
                     self.commit = self.start_commit(&hub);
                 }
-                Some((through, result)) = maybe(&mut self.commit) => {
+                Some((through, took, result)) = maybe(&mut self.commit) => {
                     self.commit = None;
                     if let Err(e) = result {
                         tracing::error!(error = %e.report(), "commit failed; closing the room's sessions");
@@ -309,6 +310,13 @@ impl RoomTask {
                         continue;
                     }
                     let outbox = hub.persisted(through);
+                    if outbox.persist.is_some() && self.settings.commit_window.is_zero() {
+                        // The writers just acked answer within a round trip; started at
+                        // once, the next commit would leave their nodes for the one after.
+                        if let Some(wait) = gather_time(took) {
+                            self.commit_at = Some(Instant::now() + wait);
+                        }
+                    }
                     self.emit(&mut hub, outbox);
                 }
                 () = sleep_until(evict_at) => {
@@ -346,11 +354,11 @@ impl RoomTask {
                 },
             };
             match commit.await {
-                (through, Ok(())) => {
+                (through, _, Ok(())) => {
                     let outbox = hub.persisted(through);
                     self.emit(hub, outbox);
                 }
-                (_, Err(e)) => {
+                (_, _, Err(e)) => {
                     tracing::error!(error = %e.report(), "commit failed at shutdown");
                     let outbox = hub.persist_failed();
                     self.deliver(hub, outbox);
@@ -462,8 +470,9 @@ impl RoomTask {
             } else if self.settings.commit_window.is_zero() {
                 // Started once the room has read what is waiting for it (see `run`), not
                 // through a timer: tokio rounds a timer up to the next millisecond, which
-                // would be most of an idle room's pack → ack time.
-                self.commit_when_idle = true;
+                // would be most of an idle room's pack → ack time. Unless a slow commit just
+                // ended and the next waits for its writers (`gather_time`).
+                self.commit_when_idle = self.commit_at.is_none();
             } else {
                 let due = Instant::now() + self.settings.commit_window;
                 self.commit_at = Some(self.commit_at.map_or(due, |at| at.min(due)));
@@ -487,9 +496,10 @@ impl RoomTask {
         let (store, health, room) = (self.store.clone(), self.health.clone(), self.room.clone());
         let epoch = hub.room().epoch();
         Some(Box::pin(async move {
+            let started = Instant::now();
             let Some(fresh) = fresh else {
                 let lost = StoreError::Bug("an unstored node lost its encoding");
-                return (to, Err(lost));
+                return (to, started.elapsed(), Err(lost));
             };
             let fresh = fresh.as_slice();
             let (store, health, room) = (&store, &health, &room);
@@ -499,7 +509,7 @@ impl RoomTask {
                 result
             })
             .await;
-            (to, result)
+            (to, started.elapsed(), result)
         }))
     }
 
@@ -582,6 +592,18 @@ where
 }
 
 /// The commit's result once it finishes; never, if there is none.
+/// How long a commit that follows one of `last` waits for the nodes of the writers that
+/// one acked: an eighth of it, so a slow store's writers share one commit instead of taking
+/// turns in two, at most `MAX_GATHER`. Nothing when that is under a millisecond (a fast
+/// store): a timer would round it up to one, more than the wait gains.
+fn gather_time(last: Duration) -> Option<Duration> {
+    let wait = last / 8;
+    (wait >= Duration::from_millis(1)).then(|| wait.min(MAX_GATHER))
+}
+
+/// The longest a commit waits for the writers the previous one acked.
+const MAX_GATHER: Duration = Duration::from_millis(10);
+
 async fn maybe(commit: &mut Option<BoxFuture<'static, Committed>>) -> Option<Committed> {
     match commit {
         Some(commit) => Some(commit.await),

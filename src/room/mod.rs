@@ -685,10 +685,13 @@ impl Room {
         if wires.is_empty() {
             return BatchStep::Done;
         }
+        // The resume point, claimed no further than `end`: nodes after it are not this
+        // stream's yet.
         let through = match cursor.explicit.get(cursor.pos) {
             Some(next) => next.saturating_sub(1),
             None => cursor.tail_next.saturating_sub(1),
-        };
+        }
+        .min(end);
         let frame = protocol::batch_frame(through, &wires);
         BatchStep::Batch {
             through,

@@ -288,3 +288,36 @@ fn a_client_holding_the_stored_nodes_is_in_sync_at_once_during_a_write() {
         "{released:?}"
     );
 }
+
+#[test]
+fn a_subscribed_catch_up_during_a_write_claims_no_unstored_number() {
+    let mut hub = two_sessions();
+    let now = t0();
+    let a = node(&[], "a");
+    let _ = hub.handle_frame(1, &pack(1, &[&a]), now);
+    let _ = hub.persisted(1);
+    let b = node(&[&a], "b");
+    let _ = hub.handle_frame(1, &pack(2, &[&b]), now);
+    let hello = Message::Hello(Hello {
+        min_version: PROTOCOL_VERSION,
+        max_version: PROTOCOL_VERSION,
+        capabilities: Capabilities::SUBSCRIPTIONS,
+        hints: SyncHints::default(),
+        credit: 1 << 20,
+        subscribe: Some(vec!["a".into()]),
+    });
+    hub.connect(3, now);
+    let out = hub.handle_frame(3, &hello.encode().unwrap(), now);
+    let answered = sent(&hub, &out);
+    assert!(
+        matches!(&answered[..], [(_, Message::Welcome(_)), (_, Message::Batch(batch)), (_, Message::CatchUpDone(done))]
+            if batch.through == 1 && batch.nodes.len() == 1 && done.seq == 1),
+        "the matching stored node, its resume point and catch_up_done all within the stored nodes: {answered:?}"
+    );
+    let out = hub.persisted(2);
+    let released = sent(&hub, &out);
+    assert!(
+        released.iter().all(|(to, _)| !to.contains(&3)),
+        "b does not match: {released:?}"
+    );
+}

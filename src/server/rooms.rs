@@ -188,6 +188,7 @@ impl Rooms {
                     commit_at: None,
                     commit: None,
                     commit_when_idle: false,
+                    gather: None,
                     to_fetch: Vec::new(),
                 };
                 let span = tracing::info_span!("room", room = %room);
@@ -222,6 +223,8 @@ struct RoomTask {
     commit: Option<BoxFuture<'static, Committed>>,
     /// A commit is wanted as soon as no command is waiting (no commit window).
     commit_when_idle: bool,
+    /// The next commit waits for the writers the last one acked (`gather_time`).
+    gather: Option<Gather>,
     /// Reads of stored encodings the hub asked for, not started yet.
     to_fetch: Vec<Vec<u64>>,
 }
@@ -247,6 +250,17 @@ impl RoomTask {
         loop {
             for seqs in std::mem::take(&mut self.to_fetch) {
                 fetches.push(self.fetch(seqs));
+            }
+            // Once as many nodes wait as the last commit held, its writers are back: no
+            // reason to wait out the rest of the gathering time.
+            if let Some(gather) = self.gather
+                && self.commit.is_none()
+                && self.commit_at.is_some()
+                && hub.room().seq().saturating_sub(hub.durable_seq()) >= gather.nodes
+            {
+                self.gather = None;
+                self.commit_at = None;
+                self.commit = self.start_commit(&hub);
             }
             // Frames already waiting are read first, so the nodes they bring share the commit;
             // but only so many, or a busy room would never commit.
@@ -309,14 +323,18 @@ impl RoomTask {
                         }
                         continue;
                     }
+                    // A commit of several writers' nodes: their next packs are a round trip
+                    // away, and a commit started before they arrive would leave them for
+                    // the one after, so that writers take turns in two groups.
+                    // Its nodes and those that came during it: as many as are writing.
+                    let nodes = hub.room().seq().saturating_sub(hub.durable_seq());
+                    self.gather = gather_time(took)
+                        .filter(|_| nodes > 1 && self.settings.commit_window.is_zero())
+                        .map(|wait| Gather {
+                            until: Instant::now() + wait,
+                            nodes,
+                        });
                     let outbox = hub.persisted(through);
-                    if outbox.persist.is_some() && self.settings.commit_window.is_zero() {
-                        // The writers just acked answer within a round trip; started at
-                        // once, the next commit would leave their nodes for the one after.
-                        if let Some(wait) = gather_time(took) {
-                            self.commit_at = Some(Instant::now() + wait);
-                        }
-                    }
                     self.emit(&mut hub, outbox);
                 }
                 () = sleep_until(evict_at) => {
@@ -468,11 +486,14 @@ impl RoomTask {
                 self.commit_at = None;
                 self.commit = self.start_commit(hub);
             } else if self.settings.commit_window.is_zero() {
-                // Started once the room has read what is waiting for it (see `run`), not
-                // through a timer: tokio rounds a timer up to the next millisecond, which
-                // would be most of an idle room's pack → ack time. Unless a slow commit just
-                // ended and the next waits for its writers (`gather_time`).
-                self.commit_when_idle = self.commit_at.is_none();
+                match self.gather.filter(|g| g.until > Instant::now()) {
+                    // A slow commit of several writers just ended: wait for their nodes.
+                    Some(gather) => self.commit_at = Some(gather.until),
+                    // Started once the room has read what is waiting for it (see `run`), not
+                    // through a timer: tokio rounds a timer up to the next millisecond, which
+                    // would be most of an idle room's pack → ack time.
+                    None => self.commit_when_idle = true,
+                }
             } else {
                 let due = Instant::now() + self.settings.commit_window;
                 self.commit_at = Some(self.commit_at.map_or(due, |at| at.min(due)));
@@ -592,13 +613,22 @@ where
 }
 
 /// The commit's result once it finishes; never, if there is none.
-/// How long a commit that follows one of `last` waits for the nodes of the writers that
-/// one acked: an eighth of it, so a slow store's writers share one commit instead of taking
-/// turns in two, at most `MAX_GATHER`. Nothing when that is under a millisecond (a fast
-/// store): a timer would round it up to one, more than the wait gains.
+/// A commit that waits for the writers the previous one acked.
+#[derive(Clone, Copy, Debug)]
+struct Gather {
+    /// It starts then at the latest.
+    until: Instant,
+    /// It starts as soon as this many nodes wait: the previous commit's and those that came
+    /// while it ran.
+    nodes: u64,
+}
+
+/// How long a commit that follows one of `last` may wait for the nodes of the writers that
+/// one acked: a quarter of it, at most `MAX_GATHER`, so a slow store's writers share one
+/// commit instead of taking turns in two. Nothing for a commit under 4 ms: a timer rounds up
+/// to the next millisecond, about what such a wait would gain.
 fn gather_time(last: Duration) -> Option<Duration> {
-    let wait = last / 8;
-    (wait >= Duration::from_millis(1)).then(|| wait.min(MAX_GATHER))
+    (last >= Duration::from_millis(4)).then(|| (last / 4).min(MAX_GATHER))
 }
 
 /// The longest a commit waits for the writers the previous one acked.

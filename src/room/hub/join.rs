@@ -74,7 +74,7 @@ impl Hub {
         member.verify_root = matches!(plan, Plan::Sketch | Plan::Refine);
         member.subscription = subscription;
         if let Some(deadline) = member.handshake_deadline.take() {
-            self.handshakes.remove(&(deadline, id));
+            self.handshake_done(deadline, id);
         }
         self.send(Audience::One(id), Message::Welcome(welcome), out);
         match recon {

@@ -7,6 +7,7 @@
 //! Routes: `GET /v1/rooms/{room}` (WebSocket upgrade), `GET /livez`, `GET /readyz`.
 
 mod connection;
+mod inbox;
 mod outbound;
 mod rooms;
 mod upgrade;

@@ -12,9 +12,6 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use tokio::sync::{Notify, Semaphore};
 
-/// A queue that held a burst keeps at most this many slots once it is empty again.
-const KEEP_SLOTS: usize = 64;
-
 struct Queue<T> {
     items: VecDeque<T>,
     /// The receiver closed or dropped its end: nothing more is accepted.
@@ -119,7 +116,9 @@ impl<T> Receiver<T> {
             {
                 let mut queue = self.shared.lock();
                 if let Some(value) = queue.items.pop_front() {
-                    if queue.items.is_empty() && queue.items.capacity() > KEEP_SLOTS {
+                    if queue.items.is_empty() {
+                        // An idle room keeps no slots (four are ~200 bytes): the next command
+                        // costs one small allocation instead.
                         queue.items = VecDeque::new();
                     }
                     drop(queue);

@@ -257,7 +257,8 @@ struct Member {
     peer: u64,
     cursor: Option<Cursor>,
     recon: Recon,
-    relisting: Option<Relisting>,
+    /// Boxed: only a refinement's second round needs it (80 bytes in every member).
+    relisting: Option<Box<Relisting>>,
     /// The session reconciles by sketch or refinement: `catch_up_done` carries the root.
     verify_root: bool,
     presence: Bytes,

@@ -111,8 +111,18 @@ fn fold_level(cells: &[PackedCell], log2: u8) -> Vec<PackedCell> {
 /// Reconciliation state for one set of ids.
 pub struct SetIndex {
     key: SketchKey,
-    /// Level `MIN_LOG2 + i` at index `i`, up to the top level. Empty until the first insert, so
-    /// an empty set (an idle room) holds no cells.
+    /// Bulk loading: inserts skip the sketch levels, which [`build_levels`](Self::build_levels)
+    /// makes in one pass at the end (a fraction of the cost of maintaining them per insert).
+    deferred: bool,
+    /// The structures, made on the first insert: an empty set (an idle room) holds only its
+    /// key, not ~150 bytes of empty maps and tree.
+    sets: Option<Box<Sets>>,
+}
+
+/// The structures of a non-empty set.
+#[derive(Default)]
+struct Sets {
+    /// Level `MIN_LOG2 + i` at index `i`, up to the top level.
     levels: Vec<Vec<PackedCell>>,
     /// Short id → (id, ordinal): the ordinal is the number of ids inserted before it, so a
     /// set filled in arrival order (a room) finds an id's arrival number in the same lookup.
@@ -121,10 +131,10 @@ pub struct SetIndex {
     /// sketch; sessions that meet one fall back to the prefix tree.
     collisions: u64,
     tree: PrefixTree,
-    /// Bulk loading: inserts skip the sketch levels, which [`build_levels`](Self::build_levels)
-    /// makes in one pass at the end (a fraction of the cost of maintaining them per insert).
-    deferred: bool,
 }
+
+/// The tree of an empty set, for [`SetIndex::tree`] before the first insert.
+static EMPTY_TREE: PrefixTree = PrefixTree::new();
 
 /// Sub-table size (power of two) for decoding `difference` elements.
 pub fn log2_for(difference: u64) -> u8 {
@@ -146,11 +156,8 @@ impl SetIndex {
     pub fn new(key: SketchKey) -> Self {
         Self {
             key,
-            levels: Vec::new(),
-            shorts: FastMap::default(),
-            collisions: 0,
-            tree: PrefixTree::new(),
             deferred: false,
+            sets: None,
         }
     }
 
@@ -161,45 +168,48 @@ impl SetIndex {
 
     /// Number of ids.
     pub fn len(&self) -> u64 {
-        self.tree.len()
+        self.tree().len()
     }
 
     /// Whether the set is empty.
     pub fn is_empty(&self) -> bool {
-        self.tree.is_empty()
+        self.tree().is_empty()
     }
 
     /// Ids that share a short id with an earlier one (see [`SetIndex`]).
     pub fn collisions(&self) -> u64 {
-        self.collisions
+        self.sets.as_ref().map_or(0, |sets| sets.collisions)
     }
 
     /// The largest level kept, as a power of two per sub-table: sized for differences up to
     /// [`MAX_SKETCH_FRACTION`] of the set.
     pub fn top_log2(&self) -> u8 {
+        let levels = self.sets.as_ref().map_or(0, |sets| sets.levels.len());
         // At most MAX_LOG2_CELLS − MIN_LOG2 + 1 levels, so the sum fits.
-        MIN_LOG2.saturating_add(u8::try_from(self.levels.len().saturating_sub(1)).unwrap_or(0))
+        MIN_LOG2.saturating_add(u8::try_from(levels.saturating_sub(1)).unwrap_or(0))
     }
 
     /// Adds an id; returns whether it was new. O(K × levels + prefix-tree depth), amortized.
     pub fn insert(&mut self, id: NodeId) -> bool {
-        let ordinal = self.tree.len();
-        if !self.tree.insert(id) {
+        let short = self.key.short_id(&id);
+        let deferred = self.deferred;
+        let sets = self.sets.get_or_insert_with(Box::default);
+        let ordinal = sets.tree.len();
+        if !sets.tree.insert(id) {
             return false;
         }
-        let short = self.key.short_id(&id);
-        match self.shorts.entry(short) {
-            std::collections::hash_map::Entry::Occupied(_) => self.collisions += 1,
+        match sets.shorts.entry(short) {
+            std::collections::hash_map::Entry::Occupied(_) => sets.collisions += 1,
             std::collections::hash_map::Entry::Vacant(slot) => {
                 slot.insert((id, ordinal));
-                if self.deferred {
+                if deferred {
                     return true;
                 }
-                if self.levels.is_empty() {
-                    self.levels.push(build_level(std::iter::empty(), MIN_LOG2));
+                if sets.levels.is_empty() {
+                    sets.levels.push(build_level(std::iter::empty(), MIN_LOG2));
                 }
                 let placement = Placement::new(short);
-                for (log2, level) in (MIN_LOG2..).zip(self.levels.iter_mut()) {
+                for (log2, level) in (MIN_LOG2..).zip(sets.levels.iter_mut()) {
                     toggle_level(level, log2, &placement, 1);
                 }
             }
@@ -214,21 +224,24 @@ impl SetIndex {
     /// every id again.
     pub fn rekey<'a>(&mut self, key: SketchKey, ids: impl Iterator<Item = &'a NodeId>) {
         self.key = key;
-        self.collisions = 0;
+        self.deferred = false;
+        let top = self.top_log2();
+        let Some(sets) = self.sets.as_mut() else {
+            return;
+        };
+        sets.collisions = 0;
         let mut shorts = FastMap::default();
-        shorts.reserve(usize::try_from(self.len()).unwrap_or(0));
+        shorts.reserve(usize::try_from(sets.tree.len()).unwrap_or(0));
         for (ordinal, id) in (0u64..).zip(ids) {
             match shorts.entry(key.short_id(id)) {
-                std::collections::hash_map::Entry::Occupied(_) => self.collisions += 1,
+                std::collections::hash_map::Entry::Occupied(_) => sets.collisions += 1,
                 std::collections::hash_map::Entry::Vacant(slot) => {
                     slot.insert((*id, ordinal));
                 }
             }
         }
-        self.shorts = shorts;
-        let top = self.top_log2();
-        self.levels = self.pyramid(top);
-        self.deferred = false;
+        sets.shorts = shorts;
+        sets.levels = sets.pyramid(top);
     }
 
     /// Starts a bulk load: until [`build_levels`](Self::build_levels), inserts leave the sketch
@@ -236,7 +249,9 @@ impl SetIndex {
     pub fn defer_levels(&mut self) {
         if !self.deferred {
             self.deferred = true;
-            self.levels.clear();
+            if let Some(sets) = self.sets.as_mut() {
+                sets.levels.clear();
+            }
         }
     }
 
@@ -246,23 +261,11 @@ impl SetIndex {
             return;
         }
         self.deferred = false;
-        if self.shorts.is_empty() {
+        let Some(sets) = self.sets.as_mut().filter(|sets| !sets.shorts.is_empty()) else {
             return;
-        }
-        let wanted = log2_for((self.len() as f64 * MAX_SKETCH_FRACTION) as u64);
-        self.levels = self.pyramid(wanted.max(MIN_LOG2));
-    }
-
-    /// Every level from `MIN_LOG2` to `top`: the top built from the short ids, the rest
-    /// folded from it.
-    fn pyramid(&self, top: u8) -> Vec<Vec<PackedCell>> {
-        let mut levels = vec![build_level(self.shorts.keys().copied(), top)];
-        for log2 in (MIN_LOG2.saturating_add(1)..=top).rev() {
-            let below = levels.last().map(|cells| fold_level(cells, log2));
-            levels.extend(below);
-        }
-        levels.reverse();
-        levels
+        };
+        let wanted = log2_for((sets.tree.len() as f64 * MAX_SKETCH_FRACTION) as u64);
+        sets.levels = sets.pyramid(wanted.max(MIN_LOG2));
     }
 
     fn grow_if_needed(&mut self) {
@@ -270,19 +273,22 @@ impl SetIndex {
             return;
         }
         let top = self.top_log2();
-        let wanted = log2_for((self.len() as f64 * MAX_SKETCH_FRACTION) as u64);
+        let Some(sets) = self.sets.as_mut() else {
+            return;
+        };
+        let wanted = log2_for((sets.tree.len() as f64 * MAX_SKETCH_FRACTION) as u64);
         if wanted <= top {
             return;
         }
         // Doubling at least, so rebuilds stay O(1) amortized per insert.
         let new_top = wanted.max(top.saturating_add(1)).min(MAX_LOG2_CELLS);
         // The levels up to `top` stay right; build the new top and fold it down to top + 1.
-        let mut fresh = vec![build_level(self.shorts.keys().copied(), new_top)];
+        let mut fresh = vec![build_level(sets.shorts.keys().copied(), new_top)];
         for log2 in (top.saturating_add(2)..=new_top).rev() {
             let below = fresh.last().map(|cells| fold_level(cells, log2));
             fresh.extend(below);
         }
-        self.levels.extend(fresh.into_iter().rev());
+        sets.levels.extend(fresh.into_iter().rev());
     }
 
     /// A sketch of the set sized to decode `difference` elements (see [`log2_for`] and
@@ -305,10 +311,15 @@ impl SetIndex {
         if log2 < MIN_LOG2 {
             return self.sketch_at(MIN_LOG2)?.fold(log2);
         }
-        match self.levels.get(usize::from(log2 - MIN_LOG2)) {
+        let sets = self.sets.as_deref();
+        let level = sets.and_then(|sets| sets.levels.get(usize::from(log2 - MIN_LOG2)));
+        match level {
             Some(level) => Ibf::from_cells(log2, level.iter().map(PackedCell::cell).collect()),
             None => {
-                let cells = build_level(self.shorts.keys().copied(), log2);
+                let shorts = sets
+                    .into_iter()
+                    .flat_map(|sets| sets.shorts.keys().copied());
+                let cells = build_level(shorts, log2);
                 Ibf::from_cells(log2, cells.iter().map(PackedCell::cell).collect())
             }
         }
@@ -317,36 +328,50 @@ impl SetIndex {
     /// Whether `id`, which is in the set and has short id `short`, is the id that short id
     /// names (no other id took it first). Free while the set has no collisions.
     pub fn names(&self, id: &NodeId, short: u64) -> bool {
-        self.collisions == 0
-            || self
-                .shorts
-                .get(&short)
-                .is_some_and(|(named, _)| named == id)
+        self.collisions() == 0 || self.locate(short).is_some_and(|(named, _)| named == *id)
     }
 
     /// The id behind a short id, if any.
     pub fn resolve(&self, short: u64) -> Option<NodeId> {
-        self.shorts.get(&short).map(|(id, _)| *id)
+        self.locate(short).map(|(id, _)| id)
     }
 
     /// The id behind a short id and its ordinal (how many ids were inserted before it).
     pub fn locate(&self, short: u64) -> Option<(NodeId, u64)> {
-        self.shorts.get(&short).copied()
+        self.sets.as_ref()?.shorts.get(&short).copied()
     }
 
     /// The prefix tree.
     pub fn tree_mut(&mut self) -> &mut PrefixTree {
-        &mut self.tree
+        &mut self.sets.get_or_insert_with(Box::default).tree
     }
 
     /// The prefix tree, read-only (listing ids needs no cached hash).
     pub fn tree(&self) -> &PrefixTree {
-        &self.tree
+        self.sets.as_ref().map_or(&EMPTY_TREE, |sets| &sets.tree)
     }
 
     /// The collision-resistant root of the set.
     pub fn root(&mut self) -> Summary {
-        self.tree.root()
+        match self.sets.as_mut() {
+            Some(sets) => sets.tree.root(),
+            // Hashing the empty tree needs no stored structures.
+            None => PrefixTree::new().root(),
+        }
+    }
+}
+
+impl Sets {
+    /// Every level from `MIN_LOG2` to `top`: the top built from the short ids, the rest
+    /// folded from it.
+    fn pyramid(&self, top: u8) -> Vec<Vec<PackedCell>> {
+        let mut levels = vec![build_level(self.shorts.keys().copied(), top)];
+        for log2 in (MIN_LOG2.saturating_add(1)..=top).rev() {
+            let below = levels.last().map(|cells| fold_level(cells, log2));
+            levels.extend(below);
+        }
+        levels.reverse();
+        levels
     }
 }
 

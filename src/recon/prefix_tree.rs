@@ -165,7 +165,7 @@ struct Subtree {
 }
 
 impl Subtree {
-    fn empty() -> Self {
+    const fn empty() -> Self {
         Self {
             tree: Tree::Leaf(Vec::new()),
             count: 0,
@@ -398,16 +398,16 @@ pub struct PrefixTree {
 
 impl Default for PrefixTree {
     fn default() -> Self {
-        Self {
-            root: Subtree::empty(),
-        }
+        Self::new()
     }
 }
 
 impl PrefixTree {
     /// An empty tree.
-    pub fn new() -> Self {
-        Self::default()
+    pub const fn new() -> Self {
+        Self {
+            root: Subtree::empty(),
+        }
     }
 
     /// Number of ids.

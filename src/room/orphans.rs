@@ -37,12 +37,20 @@ struct Orphan {
     expires: Instant,
 }
 
-/// Nodes whose parents are not (yet) in the room, indexed by the parents they wait for.
+/// Nodes whose parents are not (yet) in the room, indexed by the parents they wait for. The
+/// buffer exists only while some node waits: most rooms never hold an orphan, and its maps
+/// cost ~130 bytes inline.
+pub(super) struct Orphans {
+    limits: OrphanLimits,
+    buffer: Option<Box<Buffer>>,
+}
+
+/// The waiting nodes.
 ///
 /// Invariant: every id in `waiting` lists and `expiry` is either in `by_id` or stale; stale
 /// entries are skipped when read and removed with their orphan.
-pub(super) struct Orphans {
-    limits: OrphanLimits,
+#[derive(Default)]
+struct Buffer {
     by_id: HashMap<NodeId, Orphan>,
     /// Missing parent -> orphans waiting for it.
     waiting: HashMap<NodeId, Vec<NodeId>>,
@@ -55,24 +63,23 @@ impl Orphans {
     pub(super) fn new(limits: OrphanLimits) -> Self {
         Self {
             limits,
-            by_id: HashMap::new(),
-            waiting: HashMap::new(),
-            expiry: VecDeque::new(),
-            bytes: 0,
+            buffer: None,
         }
     }
 
     pub(super) fn len(&self) -> usize {
-        self.by_id.len()
+        self.buffer.as_ref().map_or(0, |b| b.by_id.len())
     }
 
     pub(super) fn contains(&self, id: &NodeId) -> bool {
-        self.by_id.contains_key(id)
+        self.buffer
+            .as_ref()
+            .is_some_and(|b| b.by_id.contains_key(id))
     }
 
     /// Another session sent a node that is already waiting: it hears the final outcome too.
     pub(super) fn add_origin(&mut self, id: &NodeId, origin: SessionId) {
-        if let Some(orphan) = self.by_id.get_mut(id) {
+        if let Some(orphan) = self.buffer.as_mut().and_then(|b| b.by_id.get_mut(id)) {
             if !orphan.origins.contains(&origin) {
                 orphan.origins.push(origin);
             }
@@ -81,7 +88,7 @@ impl Orphans {
 
     /// Earliest time an orphan expires.
     pub(super) fn next_expiry(&self) -> Option<Instant> {
-        self.expiry.front().map(|(at, _)| *at)
+        self.buffer.as_ref()?.expiry.front().map(|(at, _)| *at)
     }
 
     /// Parks `node` until `missing` parents arrive.
@@ -93,19 +100,20 @@ impl Orphans {
         now: Instant,
     ) -> Result<(), Rejection> {
         let size = node.heap_size();
-        if self.by_id.len() >= self.limits.max_nodes
-            || self.bytes.saturating_add(size) > self.limits.max_bytes
+        let bytes = self.buffer.as_ref().map_or(0, |b| b.bytes);
+        if self.len() >= self.limits.max_nodes || bytes.saturating_add(size) > self.limits.max_bytes
         {
             return Err(Rejection::OrphanBufferFull);
         }
+        let expires = now.checked_add(self.limits.ttl).unwrap_or(now);
+        let buffer = self.buffer.get_or_insert_with(Box::default);
         let id = node.id;
         for parent in &missing {
-            self.waiting.entry(*parent).or_default().push(id);
+            buffer.waiting.entry(*parent).or_default().push(id);
         }
-        let expires = now.checked_add(self.limits.ttl).unwrap_or(now);
-        self.expiry.push_back((expires, id));
-        self.bytes = self.bytes.saturating_add(size);
-        self.by_id.insert(
+        buffer.expiry.push_back((expires, id));
+        buffer.bytes = buffer.bytes.saturating_add(size);
+        buffer.by_id.insert(
             id,
             Orphan {
                 node,
@@ -119,43 +127,60 @@ impl Orphans {
 
     /// `parent` arrived: returns the orphans that now have every parent, removed from the buffer.
     pub(super) fn parent_arrived(&mut self, parent: &NodeId) -> Vec<(Node, Vec<SessionId>)> {
-        let Some(waiters) = self.waiting.remove(parent) else {
+        let Some(buffer) = self.buffer.as_mut() else {
+            return Vec::new();
+        };
+        let Some(waiters) = buffer.waiting.remove(parent) else {
             return Vec::new();
         };
         let mut ready = Vec::new();
         for id in waiters {
-            let Some(orphan) = self.by_id.get_mut(&id) else {
+            let Some(orphan) = buffer.by_id.get_mut(&id) else {
                 continue;
             };
             orphan.missing = orphan.missing.saturating_sub(1);
             if orphan.missing == 0 {
-                if let Some(orphan) = self.remove(&id) {
+                if let Some(orphan) = buffer.remove(&id) {
                     ready.push((orphan.node, orphan.origins));
                 }
             }
         }
+        self.free_if_empty();
         ready
     }
 
     /// Removes every orphan whose time is up; returns `(origin, id)` for each of its senders.
     pub(super) fn expire(&mut self, now: Instant) -> Vec<(SessionId, NodeId)> {
         let mut expired = Vec::new();
-        while let Some(&(at, id)) = self.expiry.front() {
+        let Some(buffer) = self.buffer.as_mut() else {
+            return expired;
+        };
+        while let Some(&(at, id)) = buffer.expiry.front() {
             if at > now {
                 break;
             }
-            self.expiry.pop_front();
+            buffer.expiry.pop_front();
             // Skip stale entries: admitted orphans leave their expiry entry behind.
-            let current = self.by_id.get(&id).is_some_and(|o| o.expires == at);
+            let current = buffer.by_id.get(&id).is_some_and(|o| o.expires == at);
             if current {
-                if let Some(orphan) = self.remove(&id) {
+                if let Some(orphan) = buffer.remove(&id) {
                     expired.extend(orphan.origins.into_iter().map(|origin| (origin, id)));
                 }
             }
         }
+        self.free_if_empty();
         expired
     }
 
+    /// Drops the buffer once no node waits (what is left are stale expiry entries).
+    fn free_if_empty(&mut self) {
+        if self.buffer.as_ref().is_some_and(|b| b.by_id.is_empty()) {
+            self.buffer = None;
+        }
+    }
+}
+
+impl Buffer {
     fn remove(&mut self, id: &NodeId) -> Option<Orphan> {
         let orphan = self.by_id.remove(id)?;
         self.bytes = self.bytes.saturating_sub(orphan.node.heap_size());

@@ -223,8 +223,15 @@ struct TrieNode {
     patterns: Vec<Box<str>>,
 }
 
-/// Every subscription of a room's sessions.
+/// Every subscription of a room's sessions. Empty until the first subscription: most rooms
+/// never see one, and the index costs ~300 bytes inline.
+#[derive(Default)]
 pub struct Subscriptions {
+    index: Option<Box<Index>>,
+}
+
+/// The patterns, their trie and the classes of a room that has seen a subscription.
+struct Index {
     patterns: FastMap<Box<str>, PatternEntry>,
     trie: TrieNode,
     classes: FastMap<ClassId, Class>,
@@ -239,7 +246,7 @@ pub struct Subscriptions {
     recon_floor: u64,
 }
 
-impl Default for Subscriptions {
+impl Default for Index {
     fn default() -> Self {
         Self {
             patterns: FastMap::default(),
@@ -260,11 +267,76 @@ impl Subscriptions {
     #[cfg(test)]
     pub fn with_recon_floor(floor: u64) -> Self {
         Self {
-            recon_floor: floor,
-            ..Self::default()
+            index: Some(Box::new(Index {
+                recon_floor: floor,
+                ..Index::default()
+            })),
         }
     }
 
+    /// Whether no session subscribes to anything (every session receives everything).
+    pub fn is_empty(&self) -> bool {
+        self.index.as_ref().is_none_or(|index| index.is_empty())
+    }
+
+    /// Whether any class is kept (with sessions or idle): new paths must be filed.
+    pub fn has_classes(&self) -> bool {
+        self.index.as_ref().is_some_and(|index| index.has_classes())
+    }
+
+    /// Registers `session` with subscription `set`; returns its class, made with one pass
+    /// over the room if no session had this subscription lately.
+    pub fn join(&mut self, session: SessionId, set: Arc<PatternSet>, room: &Room) -> ClassId {
+        self.index
+            .get_or_insert_with(Box::default)
+            .join(session, set, room)
+    }
+
+    /// Unregisters `session` from class `id`.
+    pub fn leave(&mut self, session: SessionId, id: ClassId) {
+        if let Some(index) = &mut self.index {
+            index.leave(session, id);
+        }
+    }
+
+    /// A class by number.
+    pub fn class(&self, id: ClassId) -> Option<&Class> {
+        self.index.as_deref()?.class(id)
+    }
+
+    /// What a session of class `id` reconciles.
+    pub fn scope(&mut self, id: ClassId, room: &Room) -> Option<Scope<'_>> {
+        self.index.as_deref_mut()?.scope(id, room)
+    }
+
+    /// The sketch structures of class `id`.
+    pub fn recon_mut(&mut self, id: ClassId, room: &Room) -> Option<&mut ClassRecon> {
+        self.index.as_deref_mut()?.recon_mut(id, room)
+    }
+
+    /// Whether class `id` may reconcile by sketch.
+    pub fn allow_recon(&mut self, id: ClassId, room: &Room) -> bool {
+        self.index
+            .as_deref_mut()
+            .is_some_and(|index| index.allow_recon(id, room))
+    }
+
+    /// Files a path the room had not seen.
+    pub fn new_path(&mut self, path: &Arc<str>) {
+        if let Some(index) = &mut self.index {
+            index.new_path(path);
+        }
+    }
+
+    /// Sessions whose subscription matches `path`.
+    pub fn sessions_matching(&self, path: &str) -> Vec<SessionId> {
+        self.index
+            .as_ref()
+            .map_or_else(Vec::new, |index| index.sessions_matching(path))
+    }
+}
+
+impl Index {
     /// Whether no session subscribes to anything (every session receives everything).
     pub fn is_empty(&self) -> bool {
         self.classes.len() == self.idle.len()

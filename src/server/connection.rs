@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Error as WsError;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
@@ -15,7 +14,7 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_util::sync::CancellationToken;
 
 use super::outbound::{self, QueueStats};
-use super::rooms::RoomCommand;
+use super::rooms::{RoomCommand, RoomSender};
 use super::upgrade::Socket;
 use crate::protocol::CloseCode;
 use crate::room::SessionId;
@@ -64,7 +63,7 @@ struct Tally {
 pub async fn run(
     socket: Socket,
     session: SessionId,
-    room: mpsc::Sender<RoomCommand>,
+    room: RoomSender,
     settings: ConnectionSettings,
     stats: Arc<QueueStats>,
     open: &AtomicU64,
@@ -118,7 +117,7 @@ pub async fn run(
 async fn pump(
     socket: Socket,
     session: SessionId,
-    room: &mpsc::Sender<RoomCommand>,
+    room: &RoomSender,
     inbound: &mut outbound::Inbound,
     settings: ConnectionSettings,
     shutdown: &CancellationToken,

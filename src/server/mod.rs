@@ -7,6 +7,7 @@
 //! Routes: `GET /v1/rooms/{room}` (WebSocket upgrade), `GET /livez`, `GET /readyz`.
 
 mod connection;
+mod inbox;
 mod outbound;
 mod rooms;
 mod upgrade;
@@ -212,6 +213,9 @@ async fn upgrade(
         .max_message_size(Some(max_frame))
         .max_frame_size(Some(max_frame));
     let (response, connection) = ws.accept(ws_config);
+    // Boxed until it resolves: inline, the upgrade's state would stay in the connection task
+    // for the connection's whole life.
+    let connection = Box::pin(connection);
     let span = tracing::info_span!("conn", room = %room, session);
     let tracker = state.tracker.clone();
     tracker.spawn(tracing::Instrument::instrument(

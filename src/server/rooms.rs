@@ -19,13 +19,13 @@ use dashmap::DashMap;
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use super::ServerStats;
+use super::inbox;
 use super::outbound::Outbound;
 use crate::node::RoomId;
 use crate::protocol::CloseCode;
@@ -55,6 +55,11 @@ pub enum RoomCommand {
         session: SessionId,
     },
 }
+
+/// A connection's handle on its room task.
+pub type RoomSender = inbox::Sender<RoomCommand>;
+
+type RoomReceiver = inbox::Receiver<RoomCommand>;
 
 /// Room-wide settings.
 #[derive(Clone, Copy, Debug)]
@@ -134,14 +139,14 @@ pub struct Rooms {
     tasks: Registry,
     next_task: AtomicU64,
     store: Arc<dyn Store>,
-    settings: RoomSettings,
+    settings: Arc<RoomSettings>,
     stats: Arc<ServerStats>,
     tracker: TaskTracker,
     shutdown: CancellationToken,
 }
 
 /// Room tasks by room, each with a number that tells a task's own entry from a successor's.
-type Registry = Arc<DashMap<RoomId, (u64, mpsc::Sender<RoomCommand>)>>;
+type Registry = Arc<DashMap<RoomId, (u64, RoomSender)>>;
 
 /// Most commands a room reads after a commit is wanted before it starts the commit anyway:
 /// waiting frames usually bring more nodes for it, but a room that is never idle must commit.
@@ -163,7 +168,7 @@ impl Rooms {
             tasks: Arc::new(DashMap::new()),
             next_task: AtomicU64::new(1),
             store,
-            settings,
+            settings: Arc::new(settings),
             stats,
             tracker,
             shutdown,
@@ -171,18 +176,20 @@ impl Rooms {
     }
 
     /// The command channel of `room`'s task, starting the task on first use.
-    pub fn get(&self, room: &RoomId) -> mpsc::Sender<RoomCommand> {
+    pub fn get(&self, room: &RoomId) -> RoomSender {
         self.tasks
             .entry(room.clone())
             .or_insert_with(|| {
-                let (tx, rx) = mpsc::channel(ROOM_QUEUE);
+                let (tx, rx) = inbox::channel(ROOM_QUEUE);
                 let number = self.next_task.fetch_add(1, Ordering::Relaxed);
-                let task = RoomTask {
+                // Boxed: the task's future holds it, and would otherwise also keep the copies
+                // moved into `run` (async fn arguments stay in the future).
+                let task = Box::new(RoomTask {
                     room: room.clone(),
                     number,
                     registry: self.tasks.clone(),
                     store: self.store.clone(),
-                    settings: self.settings,
+                    settings: self.settings.clone(),
                     health: self.stats.store.clone(),
                     queues: HashMap::new(),
                     commit_at: None,
@@ -190,7 +197,7 @@ impl Rooms {
                     commit_when_idle: false,
                     gather: None,
                     to_fetch: Vec::new(),
-                };
+                });
                 let span = tracing::info_span!("room", room = %room);
                 let stats = self.stats.clone();
                 let shutdown = self.shutdown.clone();
@@ -214,7 +221,8 @@ struct RoomTask {
     number: u64,
     registry: Registry,
     store: Arc<dyn Store>,
-    settings: RoomSettings,
+    /// Shared, not copied: every loaded room keeps its task, so the task stays small.
+    settings: Arc<RoomSettings>,
     health: Arc<StoreHealth>,
     queues: HashMap<SessionId, Outbound>,
     /// When the write the hub asked for is due to start (with a commit window).
@@ -237,19 +245,24 @@ type Fetched = (Vec<u64>, Result<Vec<Bytes>, StoreError>);
 type Committed = (u64, Duration, Result<(), StoreError>);
 
 impl RoomTask {
-    async fn run(mut self, mut commands: mpsc::Receiver<RoomCommand>, shutdown: CancellationToken) {
+    async fn run(mut self: Box<Self>, mut commands: RoomReceiver, shutdown: CancellationToken) {
         // Commands wait in the channel while the room loads, so nobody sees a partial room.
-        let Some(mut hub) = self.load().await else {
-            return self.retire(commands).await;
+        // Loading and retiring are boxed, here and below: inline, their state would take room
+        // in this future, which every room carries for as long as it is loaded.
+        let Some(mut hub) = Box::pin(self.load()).await else {
+            return Box::pin(self.retire(commands)).await;
         };
         let mut idle_since: Option<Instant> = None;
-        // Reads of stored encodings for catch-up, running beside the room.
-        let mut fetches = FuturesUnordered::new();
+        // Reads of stored encodings for catch-up, running beside the room; made on the first.
+        let mut fetches: Option<FuturesUnordered<BoxFuture<'static, Fetched>>> = None;
         // Commands read since a commit was wanted (see `COMMIT_DEFER_LIMIT`).
         let mut deferred = 0u32;
         loop {
             for seqs in std::mem::take(&mut self.to_fetch) {
-                fetches.push(self.fetch(seqs));
+                let fetch = self.fetch(seqs);
+                fetches
+                    .get_or_insert_with(FuturesUnordered::new)
+                    .push(fetch);
             }
             // Once as many nodes wait as the last commit held, its writers are back: no
             // reason to wait out the rest of the gathering time.
@@ -287,6 +300,10 @@ impl RoomTask {
             } else {
                 None
             };
+            // One timer for the three deadlines (a timer is ~140 bytes of this future); one of
+            // them is served per wakeup, the others on the next turn if they are due too.
+            let wake = [deadline, commit_due, evict_at].into_iter().flatten().min();
+            let mut reload = false;
             tokio::select! {
                 command = commands.recv() => {
                     let Some(command) = command else { return };
@@ -295,65 +312,77 @@ impl RoomTask {
                     }
                     self.handle(&mut hub, command);
                 }
-                Some((seqs, records)) = fetches.next(), if !fetches.is_empty() => {
+                Some((seqs, records)) = next_fetched(&mut fetches) => {
+                    if fetches.as_ref().is_some_and(FuturesUnordered::is_empty) {
+                        fetches = None;
+                    }
                     self.health.record(&records);
                     let outbox = hub.fetched(&seqs, records.map_err(|e| e.to_string()));
                     self.emit(&mut hub, outbox);
                 }
-                () = sleep_until(deadline) => {
-                    let outbox = hub.handle_timeout(Instant::now().into_std());
-                    self.emit(&mut hub, outbox);
-                }
-                () = sleep_until(commit_due) => {
-                    self.commit_at = None;
-                    self.commit = self.start_commit(&hub);
+                () = sleep_until(wake) => {
+                    let now = Instant::now();
+                    if deadline.is_some_and(|at| at <= now) {
+                        let outbox = hub.handle_timeout(now.into_std());
+                        self.emit(&mut hub, outbox);
+                    } else if commit_due.is_some_and(|at| at <= now) {
+                        self.commit_at = None;
+                        self.commit = self.start_commit(&hub);
+                    } else if evict_at.is_some_and(|at| at <= now) {
+                        if self.evict() {
+                            self.store.release(&self.room);
+                            tracing::info!("idle room unloaded");
+                            return;
+                        }
+                        // A connection holds a handle and is about to join: stay.
+                        idle_since = None;
+                    }
                 }
                 Some((through, took, result)) = maybe(&mut self.commit) => {
                     self.commit = None;
-                    if let Err(e) = result {
-                        tracing::error!(error = %e.report(), "commit failed; closing the room's sessions");
-                        let outbox = hub.persist_failed();
-                        self.deliver(&mut hub, outbox);
-                        self.abandon_sessions();
-                        // Reads for the sessions just closed are of no use to anyone now.
-                        fetches = FuturesUnordered::new();
-                        match self.load().await {
-                            Some(reloaded) => hub = reloaded,
-                            None => return self.retire(commands).await,
+                    match result {
+                        Ok(()) => {
+                            // A commit of several writers' nodes: their next packs are a round
+                            // trip away, and a commit started before they arrive would leave
+                            // them for the one after, so that writers take turns in two groups.
+                            // Its nodes and those that came during it: as many as are writing.
+                            let nodes = hub.room().seq().saturating_sub(hub.durable_seq());
+                            self.gather = gather_time(took)
+                                .filter(|_| nodes > 1 && self.settings.commit_window.is_zero())
+                                .map(|wait| Gather {
+                                    until: Instant::now() + wait,
+                                    nodes,
+                                });
+                            let outbox = hub.persisted(through);
+                            self.emit(&mut hub, outbox);
                         }
-                        continue;
+                        Err(e) => {
+                            tracing::error!(error = %e.report(), "commit failed; closing the room's sessions");
+                            let outbox = hub.persist_failed();
+                            self.deliver(&mut hub, outbox);
+                            self.abandon_sessions();
+                            // Reads for the sessions just closed are of no use to anyone now.
+                            fetches = None;
+                            reload = true;
+                        }
                     }
-                    // A commit of several writers' nodes: their next packs are a round trip
-                    // away, and a commit started before they arrive would leave them for
-                    // the one after, so that writers take turns in two groups.
-                    // Its nodes and those that came during it: as many as are writing.
-                    let nodes = hub.room().seq().saturating_sub(hub.durable_seq());
-                    self.gather = gather_time(took)
-                        .filter(|_| nodes > 1 && self.settings.commit_window.is_zero())
-                        .map(|wait| Gather {
-                            until: Instant::now() + wait,
-                            nodes,
-                        });
-                    let outbox = hub.persisted(through);
-                    self.emit(&mut hub, outbox);
-                }
-                () = sleep_until(evict_at) => {
-                    if self.evict() {
-                        self.store.release(&self.room);
-                        tracing::info!("idle room unloaded");
-                        return;
-                    }
-                    // A connection holds a handle and is about to join: stay.
-                    idle_since = None;
                 }
                 () = shutdown.cancelled() => {
                     // Whatever gets stored may still be delivered; the rest was never acked.
                     let in_flight = self.commit.take();
-                    self.drain_commits(&mut hub, in_flight).await;
+                    Box::pin(self.drain_commits(&mut hub, in_flight)).await;
                     return;
                 }
             }
+            // Out here, so that nothing of the select waits beside the load.
+            if reload {
+                match Box::pin(self.load()).await {
+                    Some(reloaded) => hub = reloaded,
+                    None => break,
+                }
+            }
         }
+        Box::pin(self.retire(commands)).await;
     }
 
     /// At shutdown: finishes the commit in flight and writes what is left, delivering what
@@ -401,7 +430,7 @@ impl RoomTask {
     /// Without its history the room cannot serve anyone: leave the registry, so the next
     /// connection starts a fresh task that tries to load again, and turn away whoever is
     /// already queued.
-    async fn retire(self, mut commands: mpsc::Receiver<RoomCommand>) {
+    async fn retire(self: Box<Self>, mut commands: RoomReceiver) {
         self.registry
             .remove_if(&self.room, |_, (number, _)| *number == self.number);
         commands.close();
@@ -609,6 +638,16 @@ where
             }
             result => return result,
         }
+    }
+}
+
+/// The next finished read; never, while none runs.
+async fn next_fetched(
+    fetches: &mut Option<FuturesUnordered<BoxFuture<'static, Fetched>>>,
+) -> Option<Fetched> {
+    match fetches {
+        Some(fetches) if !fetches.is_empty() => fetches.next().await,
+        _ => std::future::pending().await,
     }
 }
 

@@ -90,7 +90,7 @@ impl Hub {
         member.stored_only = stored;
         member.subscription = subscription;
         if let Some(deadline) = member.handshake_deadline.take() {
-            self.handshakes.remove(&(deadline, id));
+            self.handshake_done(deadline, id);
         }
         // Only `in_sync` lets the client take `welcome.seq` as its watermark; the other plans
         // reveal no node by it, so they need not wait for a commit.

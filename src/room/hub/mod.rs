@@ -278,7 +278,8 @@ struct Member {
     peer: u64,
     cursor: Option<Cursor>,
     recon: Recon,
-    relisting: Option<Relisting>,
+    /// Boxed: only a refinement's second round needs it (80 bytes in every member).
+    relisting: Option<Box<Relisting>>,
     /// The session reconciles by sketch or refinement: `catch_up_done` carries the root.
     verify_root: bool,
     presence: Bytes,
@@ -307,7 +308,9 @@ struct Member {
 pub struct Hub {
     room: Room,
     config: HubConfig,
-    members: BTreeMap<SessionId, Member>,
+    /// Boxed: a B-tree node holds eleven values, so inline members would cost an idle room
+    /// of one session eleven members' worth (~4.7 KiB).
+    members: BTreeMap<SessionId, Box<Member>>,
     /// Nodes asked of the store and not back yet, so no read is asked twice.
     fetching: HashSet<u64>,
     subscriptions: Subscriptions,
@@ -483,7 +486,7 @@ impl Hub {
         self.last_peer = self.last_peer.saturating_add(1);
         self.members.insert(
             id,
-            Member {
+            Box::new(Member {
                 session: RelaySession::new(self.config.session),
                 peer: self.last_peer,
                 cursor: None,
@@ -496,8 +499,17 @@ impl Hub {
                 subscription: None,
                 backfill: None,
                 stored_only: false,
-            },
+            }),
         );
+    }
+
+    /// Forgets a pending handshake deadline. The last one gone frees the set's node, which a
+    /// B-tree keeps even when empty: most rooms see handshakes only now and then.
+    fn handshake_done(&mut self, deadline: Instant, id: SessionId) {
+        self.handshakes.remove(&(deadline, id));
+        if self.handshakes.is_empty() {
+            self.handshakes = BTreeSet::new();
+        }
     }
 
     /// A connection ended (or the driver is closing it, e.g. on queue overflow).
@@ -712,7 +724,7 @@ impl Hub {
             self.subscriptions.leave(id, *class);
         }
         if let Some(deadline) = member.handshake_deadline {
-            self.handshakes.remove(&(deadline, id));
+            self.handshake_done(deadline, id);
         }
         self.unsubscribed.remove(&id);
         if !member.presence.is_empty() {

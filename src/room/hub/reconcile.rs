@@ -151,7 +151,7 @@ impl Hub {
         let Recon::Refine { depth, at_seq, .. } = member.recon else {
             return;
         };
-        let relisting = member.relisting.take();
+        let relisting = member.relisting.take().map(|relisting| *relisting);
         let Some(scope) = scope(&self.room, &mut self.subscriptions, class) else {
             return self.lost_class(id, out);
         };
@@ -182,10 +182,10 @@ impl Hub {
                 if relist.is_empty() {
                     self.start_stream(id, cursor, out);
                 } else if let Some(member) = self.members.get_mut(&id) {
-                    member.relisting = Some(Relisting {
+                    member.relisting = Some(Box::new(Relisting {
                         buckets: Bytes::from(relist),
                         cursor,
-                    });
+                    }));
                     member.session.refine();
                 }
             }

@@ -12,6 +12,11 @@
 //! admission waits (including handshakes and presence), so no session can see frames in another
 //! order than the hub made them, and a frame held for a write goes to the sessions it was meant
 //! for when it was made, not to whoever joined since.
+//!
+//! A write usually releases many packs' output at once (group commit), and with it one
+//! `broadcast` per pack for the same receivers. Those whose arrival numbers follow one another
+//! are joined into one frame, still encoded once for all of them: a receiver then pays one
+//! message per write, not one per node.
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
@@ -20,7 +25,7 @@ use bytes::Bytes;
 
 use super::SessionId;
 use super::hub::{Audience, Outbox, Outgoing};
-use crate::protocol::CloseCode;
+use crate::protocol::{BATCH_OVERHEAD, BroadcastRun, CloseCode, join_broadcasts};
 
 /// When the hub's output may leave.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -54,17 +59,21 @@ pub(super) struct Ledger {
     held: VecDeque<Held>,
     /// Sessions whose connection ended while output for them was held: it is dropped.
     gone: HashSet<SessionId>,
+    /// Largest frame a released `broadcast` may grow to by joining.
+    max_frame: usize,
 }
 
 impl Ledger {
-    /// A ledger for a room whose nodes up to `durable` are stored.
-    pub(super) fn new(mode: Durability, durable: u64) -> Self {
+    /// A ledger for a room whose nodes up to `durable` are stored; released broadcasts are
+    /// joined up to `max_frame` bytes.
+    pub(super) fn new(mode: Durability, durable: u64, max_frame: usize) -> Self {
         Self {
             mode,
             durable,
             persisting: None,
             held: VecDeque::new(),
             gone: HashSet::new(),
+            max_frame,
         }
     }
 
@@ -114,6 +123,10 @@ impl Ledger {
             self.persisting = None;
         }
         let mut out = Outbox::default();
+        let mut joiner = Joiner {
+            max_frame: self.max_frame,
+            open: None,
+        };
         while self.held.front().is_some_and(|h| h.through <= self.durable) {
             let Some(held) = self.held.pop_front() else {
                 break;
@@ -128,17 +141,14 @@ impl Ledger {
                         .collect()
                 };
                 if !to.is_empty() {
-                    out.frames.push(Outgoing {
-                        to: Audience::Many(to),
-                        frame,
-                        paced,
-                    });
+                    joiner.push(&mut out.frames, to, frame, paced);
                 }
             }
             let gone = &self.gone;
             out.closes
                 .extend(held.closes.into_iter().filter(|(id, _)| !gone.contains(id)));
         }
+        joiner.finish(&mut out.frames);
         if self.held.is_empty() {
             self.gone.clear();
         }
@@ -162,6 +172,107 @@ impl Ledger {
         }
         self.persisting = Some(seq);
         Some(seq)
+    }
+}
+
+/// Joins released `broadcast` frames: a run that follows the open one, for the same
+/// recipients, becomes part of it, up to `max_frame` bytes. A frame only ever moves earlier,
+/// and only past frames that none of its recipients receives, so every session still gets its
+/// frames in the order the hub made them.
+struct Joiner {
+    max_frame: usize,
+    open: Option<Open>,
+}
+
+/// The broadcast being joined.
+struct Open {
+    /// Where its first frame sits in the output; the joined frame replaces it there.
+    index: usize,
+    to: Arc<[SessionId]>,
+    /// Recipients made from the hub's session map come sorted: look them up by bisection.
+    sorted: bool,
+    runs: Vec<BroadcastRun>,
+    /// Bytes of the runs' nodes.
+    len: usize,
+}
+
+impl Joiner {
+    fn push(&mut self, out: &mut Vec<Outgoing>, to: Arc<[SessionId]>, frame: Bytes, paced: bool) {
+        let run = if paced {
+            None
+        } else {
+            BroadcastRun::parse(&frame)
+        };
+        let Some(run) = run else {
+            if self.open.as_ref().is_some_and(|open| open.reaches(&to)) {
+                self.finish(out);
+            }
+            out.push(Outgoing {
+                to: Audience::Many(to),
+                frame,
+                paced,
+            });
+            return;
+        };
+        if let Some(open) = &mut self.open {
+            if open.takes(&to, &run, self.max_frame) {
+                open.len = open.len.saturating_add(run.nodes_len());
+                open.runs.push(run);
+                return;
+            }
+        }
+        self.finish(out);
+        self.open = Some(Open {
+            index: out.len(),
+            sorted: to.is_sorted(),
+            to: to.clone(),
+            len: run.nodes_len(),
+            runs: vec![run],
+        });
+        out.push(Outgoing {
+            to: Audience::Many(to),
+            frame,
+            paced,
+        });
+    }
+
+    /// Puts the open broadcast, joined, in its place.
+    fn finish(&mut self, out: &mut [Outgoing]) {
+        let Some(open) = self.open.take() else {
+            return;
+        };
+        if open.runs.len() < 2 {
+            return;
+        }
+        if let (Some(joined), Some(slot)) = (join_broadcasts(&open.runs), out.get_mut(open.index)) {
+            slot.frame = joined;
+        }
+    }
+}
+
+impl Open {
+    /// Whether `run`, for `to`, can join this broadcast.
+    fn takes(&self, to: &Arc<[SessionId]>, run: &BroadcastRun, max_frame: usize) -> bool {
+        let size = self
+            .len
+            .saturating_add(run.nodes_len())
+            .saturating_add(BATCH_OVERHEAD);
+        self.runs
+            .last()
+            .is_some_and(|last| last.is_followed_by(run))
+            && size <= max_frame
+            && (Arc::ptr_eq(&self.to, to) || *self.to == **to)
+    }
+
+    /// Whether a frame for `to` reaches one of this broadcast's recipients.
+    fn reaches(&self, to: &[SessionId]) -> bool {
+        to.iter().any(|id| {
+            if self.sorted {
+                self.to.binary_search(id).is_ok()
+            } else {
+                self.to.contains(id)
+            }
+        })
     }
 }
 

@@ -59,8 +59,9 @@ impl Default for ServerConfig {
 
 impl ServerConfig {
     /// Caps catch-up credit so that what an honest client may have in flight (the cap plus one
-    /// overdrawn frame, protocol/README.md §6.2) fits the outbound queue.
-    fn with_credit_within_queue(mut self) -> Self {
+    /// overdrawn frame, protocol/README.md §6.2) fits the outbound queue, and gives each
+    /// connection the frame limit its joined broadcasts must keep to.
+    fn with_limits_applied(mut self) -> Self {
         let max_frame = u64::from(self.rooms.hub.session.limits.max_frame);
         let queue_limit = self.connection.queue_limit as u64;
         if queue_limit < max_frame.saturating_mul(2) {
@@ -73,6 +74,8 @@ impl ServerConfig {
         }
         let credit = &mut self.rooms.hub.session.max_credit;
         *credit = (*credit).min(queue_limit.saturating_sub(max_frame).max(1));
+        // Broadcasts joined in a connection's queue stay within the limit the relay announces.
+        self.connection.max_frame = usize::try_from(max_frame).unwrap_or(usize::MAX);
         self
     }
 }
@@ -112,7 +115,7 @@ pub async fn run(
     stats: Arc<ServerStats>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let config = config.with_credit_within_queue();
+    let config = config.with_limits_applied();
     let tracker = TaskTracker::new();
     let cancel = CancellationToken::new();
     let state = Arc::new(AppState {

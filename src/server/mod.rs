@@ -146,6 +146,9 @@ pub async fn run(
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!(error = %e, "cannot set TCP_NODELAY");
         }
+        if let Err(e) = bound_kernel_backlog(tcp) {
+            tracing::debug!(error = %e, "cannot bound the socket's send buffer");
+        }
     });
     let result = axum::serve(listener, app)
         .with_graceful_shutdown(async move {
@@ -160,6 +163,23 @@ pub async fn run(
     // Rooms may start store work (compactions) until they stop: stop it last.
     store.close().await;
     result
+}
+
+/// Unsent bytes the kernel may hold for one connection. Left to itself it autotunes the send
+/// buffer up to `tcp_wmem` (4 MiB by default), where a reader's backlog is invisible: frames
+/// that wait there do not age in the outbound queue, and `max_lag` sees the lag only seconds
+/// later. Past this bound writes wait, so the backlog stays in the queue, where it is measured.
+const KERNEL_BACKLOG: u32 = 64 * 1024;
+
+/// Caps what the kernel holds unsent for `tcp` at [`KERNEL_BACKLOG`]. On Linux this is
+/// `TCP_NOTSENT_LOWAT`, which leaves the bytes in flight alone (a long link keeps its
+/// throughput); elsewhere the whole send buffer is capped.
+fn bound_kernel_backlog(tcp: &tokio::net::TcpStream) -> std::io::Result<()> {
+    let socket = socket2::SockRef::from(tcp);
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    return socket.set_tcp_notsent_lowat(KERNEL_BACKLOG);
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    return socket.set_send_buffer_size(KERNEL_BACKLOG as usize);
 }
 
 /// How long `/readyz` waits for a store probe.

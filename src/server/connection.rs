@@ -154,6 +154,7 @@ async fn pump(
                 if lagging {
                     // The receiver cannot keep up with the room: better a typed close now and a
                     // catch-up later than an ever-growing delay.
+                    tracing::info!(session, "live frames waited past --max-lag; closing with resync required");
                     break CloseCode::ResyncRequired;
                 }
                 let frames = outbound::coalesce(burst, settings.max_frame);
@@ -175,7 +176,10 @@ async fn pump(
                     sent = write => {
                         if sent.is_err() { return CloseCode::Normal; }
                     }
-                    () = tokio::time::sleep(stall) => break CloseCode::ResyncRequired,
+                    () = tokio::time::sleep(stall) => {
+                        tracing::info!(session, live, "a write stalled; closing with resync required");
+                        break CloseCode::ResyncRequired;
+                    }
                     code = inbound.closed() => break code,
                     () = shutdown.cancelled() => break CloseCode::GoingAway,
                 }

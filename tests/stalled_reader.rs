@@ -4,7 +4,9 @@
 mod net;
 
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use net::*;
 use weft::protocol::{Message, Pack};

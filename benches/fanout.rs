@@ -12,14 +12,17 @@
 //! instead, and `--smoke` runs both on every frame and fails on any disagreement.
 //!
 //! For each receiver count and offered rate (deliveries/s = nodes/s × receivers) it prints the
-//! achieved deliveries/s, p50/p99/max latency, CPU of relay and generator, and every loss or
-//! close. A receiver that misses a node while staying open is a silent loss and fails the
+//! achieved deliveries/s, p50/p99/max latency, WebSocket messages a receiver got per node
+//! delivered (below 1 when the relay joins broadcasts), CPU of relay and generator, and every
+//! loss or close. A receiver that misses a node while staying open is a silent loss and fails the
 //! bench; a close with 4000 "resync required" is the relay's typed answer to overload and is
 //! reported. The sweep for one receiver count stops once a step saturates. Then two overload
 //! runs: the largest receiver count at twice its best achieved rate, and a slow-consumer run
 //! (a fraction of receivers stop reading) on a relay with a smaller `--queue-limit`, checking
 //! that stalled receivers get a contiguous prefix and then lose the connection (typed close),
-//! never a gap, and that relay RSS stays bounded.
+//! never a gap, and that relay RSS stays bounded; it reports how long after the writer's first
+//! node the relay closed the last stalled receiver (from the relay's log). Last, the idle-room
+//! pack → ack latency: one pack at a time into a quiet room ([`idle`]).
 //!
 //! ```text
 //! cargo bench --bench fanout                         # full sweep, N = 100 and 1000
@@ -37,6 +40,9 @@
 #![allow(clippy::disallowed_methods)] // A bench owns its clock.
 
 mod common;
+// In a folder of its own: a file directly in benches/ would be taken for another bench.
+#[path = "fanout/idle.rs"]
+mod idle;
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
@@ -136,6 +142,8 @@ struct ReceiverReport {
     /// How the connection ended when it was not a close frame.
     error: Option<String>,
     other_frames: u64,
+    /// WebSocket messages received after joining, of every kind.
+    messages: u64,
 }
 
 /// One step's result.
@@ -164,6 +172,11 @@ struct StepResult {
     rss_end: u64,
     rss_max: u64,
     overflow_logs: usize,
+    /// WebSocket messages per node delivered, over the receivers that kept reading.
+    msgs_per_node: f64,
+    /// Seconds from the writer's first node to the relay's decision to close the last stalled
+    /// receiver, read from its log (steps with stalled receivers).
+    stall_to_close: Option<f64>,
 }
 
 impl StepResult {
@@ -202,6 +215,7 @@ impl StepResult {
             ms(self.p50),
             ms(self.p99),
             ms(self.max),
+            format!("{:.3}", self.msgs_per_node),
             self.closes_text(),
             self.gaps.to_string(),
             self.late.to_string(),
@@ -232,6 +246,8 @@ impl StepResult {
             "p50_ms": f64::from(self.p50) / 1000.0,
             "p99_ms": f64::from(self.p99) / 1000.0,
             "max_ms": f64::from(self.max) / 1000.0,
+            "ws_messages_per_node": self.msgs_per_node,
+            "stall_to_close_s": self.stall_to_close,
             "closes": self.closes,
             "silent_gaps": self.gaps,
             "late": self.late,
@@ -249,7 +265,7 @@ impl StepResult {
     }
 }
 
-const HEADERS: [&str; 14] = [
+const HEADERS: [&str; 15] = [
     "N",
     "offered/s",
     "sent/s",
@@ -257,6 +273,7 @@ const HEADERS: [&str; 14] = [
     "p50 ms",
     "p99 ms",
     "max ms",
+    "msgs/node",
     "closes",
     "gaps",
     "late",
@@ -457,6 +474,34 @@ fn run(flags: &Flags, out: &Output) -> anyhow::Result<bool> {
         &best_rows,
     );
 
+    // Idle room: one pack at a time, each into a quiet room.
+    step_no += 1;
+    let (idle_receivers, idle_packs) = if smoke { (4, 50) } else { (10, 300) };
+    let latencies = runtime.block_on(idle::pack_to_ack(
+        &relay,
+        &format!("idle-{step_no}"),
+        idle_receivers,
+        idle_packs,
+        payload,
+        RECEIVER_READ_BUFFER,
+    ))?;
+    let (p50, p99) = (percentile(&latencies, 50.0), percentile(&latencies, 99.0));
+    out.record(json!({
+        "bench": "fanout",
+        "kind": "idle_pack_to_ack",
+        "receivers": idle_receivers,
+        "packs": idle_packs,
+        "p50_ms": f64::from(p50) / 1000.0,
+        "p99_ms": f64::from(p99) / 1000.0,
+        "setup": setup,
+    }));
+    out.note(format!(
+        "\nidle room, {idle_packs} packs one at a time ({idle_receivers} receivers): pack → ack \
+         p50 {} ms, p99 {} ms (target p50 ≤ 0.5 ms on memory://)",
+        ms(p50),
+        ms(p99)
+    ));
+
     // Overload: the largest N at twice what it achieved, then slow consumers.
     let mut over_rows = Vec::new();
     if overload && max_n > 0 {
@@ -540,8 +585,15 @@ fn run(flags: &Flags, out: &Output) -> anyhow::Result<bool> {
             format!(
                 "{stalled} of {n} receivers stop reading (4 KiB rcvbuf), relay --queue-limit {queue_limit}, \
                  {slow_payload} B payload: {} of {stalled} got a contiguous prefix then lost the \
-                 connection; relay logged {} overflow closes; RSS {} → max {} KiB",
-                result.stalled_ok, result.overflow_logs, result.rss_start, result.rss_max
+                 connection; relay logged {} overflow closes; last stalled receiver closed {} after \
+                 the first node (--max-lag 5 s); RSS {} → max {} KiB",
+                result.stalled_ok,
+                result.overflow_logs,
+                result
+                    .stall_to_close
+                    .map_or("at an unknown time".into(), |s| format!("{s:.2} s")),
+                result.rss_start,
+                result.rss_max
             ),
         ));
     }
@@ -616,6 +668,7 @@ async fn run_step(relay: &Relay, spec: StepSpec, step_no: u64) -> anyhow::Result
     let busy0 = common::machine_busy();
     let wall0 = Instant::now();
 
+    let writer_wall = std::time::SystemTime::now();
     let writer = {
         let url = url.clone();
         let spec = spec.clone();
@@ -669,6 +722,7 @@ async fn run_step(relay: &Relay, spec: StepSpec, step_no: u64) -> anyhow::Result
     let mut gaps = 0;
     let mut late = 0;
     let mut stalled_ok = 0;
+    let (mut messages, mut received) = (0u64, 0u64);
     for r in &mut receivers {
         let ended = r.close.is_some() || r.error.is_some();
         if let Some(code) = r.close {
@@ -688,6 +742,8 @@ async fn run_step(relay: &Relay, spec: StepSpec, step_no: u64) -> anyhow::Result
             continue;
         }
         deliveries += r.measured;
+        messages += r.messages;
+        received += r.received;
         last_recv = last_recv.max(r.last_recv_ns);
         latencies.append(&mut r.latencies);
     }
@@ -714,6 +770,10 @@ async fn run_step(relay: &Relay, spec: StepSpec, step_no: u64) -> anyhow::Result
         rss_end,
         rss_max,
         overflow_logs: relay.log_count("outbound queue overflow"),
+        msgs_per_node: messages as f64 / received.max(1) as f64,
+        stall_to_close: (spec.stalled > 0)
+            .then(|| last_resync_close(relay, writer_wall))
+            .flatten(),
         writer: report,
         spec,
     })
@@ -808,6 +868,9 @@ async fn read_loop<S>(
             m = ws.next() => m,
             () = &mut stopped => return,
         };
+        if matches!(message, Some(Ok(_))) {
+            report.messages += 1;
+        }
         match message {
             Some(Ok(WsMessage::Binary(frame))) => {
                 let now = now_ns();
@@ -920,6 +983,31 @@ fn view_broadcast(frame: &[u8], decode: Decode, stamps: &mut Vec<(u64, u64)>) ->
             (a == b && *stamps == again).then_some(a).flatten()
         }
     }
+}
+
+/// Seconds from `since` to the relay's last "closing with resync required" decision in its
+/// log, from the log's UTC timestamps (`2026-01-02T03:04:05.678901Z …`); `None` without one.
+fn last_resync_close(relay: &Relay, since: std::time::SystemTime) -> Option<f64> {
+    let log = std::fs::read_to_string(&relay.log).ok()?;
+    let since = since
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?
+        .as_secs_f64()
+        % 86_400.0;
+    log.lines()
+        .filter(|line| line.contains("closing with resync required"))
+        .filter_map(|line| {
+            // Seconds of the day: the log and `since` are both UTC.
+            let time = line.split_whitespace().next()?.split('T').nth(1)?;
+            let mut parts = time.trim_end_matches('Z').split(':');
+            let (h, m, s): (f64, f64, f64) = (
+                parts.next()?.parse().ok()?,
+                parts.next()?.parse().ok()?,
+                parts.next()?.parse().ok()?,
+            );
+            Some((h * 3600.0 + m * 60.0 + s - since).rem_euclid(86_400.0))
+        })
+        .reduce(f64::max)
 }
 
 fn short_error(e: &str) -> String {

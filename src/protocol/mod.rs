@@ -27,7 +27,8 @@ pub use handshake::{
 };
 pub use pack::{Ack, Broadcast, Outcome, Pack, Resolved};
 pub use prebuilt::{
-    BATCH_OVERHEAD, batch_frame, broadcast_frame, decode_canonical_node, encode_node,
+    BATCH_OVERHEAD, BroadcastRun, batch_frame, broadcast_frame, decode_canonical_node, encode_node,
+    join_broadcasts,
 };
 pub use presence::{Presence, PresenceUpdate};
 pub use recon::{

@@ -105,6 +105,108 @@ pub fn broadcast_frame(first_seq: u64, nodes: &[&Bytes]) -> Bytes {
 /// Bytes a `batch` frame adds around its nodes, at most.
 pub const BATCH_OVERHEAD: usize = 3 + 9 + 5;
 
+/// A `broadcast` frame in the form [`broadcast_frame`] builds, split into its run of arrival
+/// numbers and its nodes' bytes, so that runs which follow one another can be joined into one
+/// frame without decoding a node ([`join_broadcasts`]).
+#[derive(Clone, Debug)]
+pub struct BroadcastRun {
+    frame: Bytes,
+    first_seq: u64,
+    count: u64,
+    /// Where the first node's encoding starts in `frame`.
+    nodes_at: usize,
+}
+
+impl BroadcastRun {
+    /// The run `frame` carries, if it is a `broadcast` with its headers in the shortest form;
+    /// `None` for any other frame. The nodes are not looked at: this is for frames the relay
+    /// built itself.
+    pub fn parse(frame: &Bytes) -> Option<Self> {
+        // Every v1 frame starts `0x92 type`: other types are told apart without a cursor.
+        if *frame.get(..2)? != [0x92, MessageType::Broadcast.code()] {
+            return None;
+        }
+        let mut reader = Canonical::new(frame.get(2..)?);
+        if reader.array_len()? != 2 {
+            return None;
+        }
+        let first_seq = reader.uint()?;
+        let count = u64::try_from(reader.array_len()?).ok()?;
+        let nodes_at = frame.len().checked_sub(reader.left())?;
+        Some(Self {
+            frame: frame.clone(),
+            first_seq,
+            count,
+            nodes_at,
+        })
+    }
+
+    /// The arrival number of the first node.
+    pub fn first_seq(&self) -> u64 {
+        self.first_seq
+    }
+
+    /// The arrival number a run that follows this one starts at.
+    pub fn next_seq(&self) -> Option<u64> {
+        self.first_seq.checked_add(self.count)
+    }
+
+    /// Whether `next` starts where this run ends, so the two can travel as one frame.
+    pub fn is_followed_by(&self, next: &Self) -> bool {
+        self.next_seq() == Some(next.first_seq)
+    }
+
+    /// Bytes of the nodes' encodings.
+    pub fn nodes_len(&self) -> usize {
+        self.frame.len().saturating_sub(self.nodes_at)
+    }
+
+    /// The frame, as it was parsed.
+    pub fn frame(&self) -> &Bytes {
+        &self.frame
+    }
+
+    fn nodes(&self) -> &[u8] {
+        self.frame.get(self.nodes_at..).unwrap_or_default()
+    }
+}
+
+/// One `broadcast` frame of every node of `runs`, in order, numbered from the first run's
+/// `first_seq`: what [`broadcast_frame`] makes of all their nodes. Each run must start where
+/// the previous ends ([`BroadcastRun::is_followed_by`]): a `broadcast` carries consecutive
+/// arrival numbers only (protocol/README.md §7.3). A single run comes back as the very frame it
+/// was parsed from (no copy), so a frame shared by many receivers stays shared. `None` if
+/// `runs` is empty.
+pub fn join_broadcasts(runs: &[BroadcastRun]) -> Option<Bytes> {
+    let (first, rest) = runs.split_first()?;
+    if rest.is_empty() {
+        return Some(first.frame.clone());
+    }
+    let count = runs.iter().map(|r| r.count).fold(0u64, u64::saturating_add);
+    let body = runs
+        .iter()
+        .map(BroadcastRun::nodes_len)
+        .fold(0usize, usize::saturating_add);
+    let mut out = BytesMut::with_capacity(BATCH_OVERHEAD.saturating_add(body));
+    let mut header = ByteBuf::with_capacity(BATCH_OVERHEAD);
+    infallible(rmp::encode::write_array_len(&mut header, 2));
+    infallible(rmp::encode::write_uint(
+        &mut header,
+        u64::from(MessageType::Broadcast.code()),
+    ));
+    infallible(rmp::encode::write_array_len(&mut header, 2));
+    infallible(rmp::encode::write_uint(&mut header, first.first_seq));
+    infallible(rmp::encode::write_array_len(
+        &mut header,
+        u32::try_from(count).unwrap_or(u32::MAX),
+    ));
+    out.put_slice(&header.into_vec());
+    for run in runs {
+        out.put_slice(run.nodes());
+    }
+    Some(out.freeze())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -159,6 +261,30 @@ mod tests {
             prop_assert_eq!(batch_frame(head, &refs), batch);
             let broadcast = Message::Broadcast(Broadcast { first_seq: head, nodes }).encode().unwrap();
             prop_assert_eq!(broadcast_frame(head, &refs), broadcast);
+        }
+
+        #[test]
+        fn joined_runs_equal_one_broadcast_of_all_their_nodes(
+            nodes in proptest::collection::vec(arb_node(), 1..8),
+            cuts in proptest::collection::vec(any::<bool>(), 8),
+            head in 0u64..(1 << 40),
+        ) {
+            let wires: Vec<Bytes> = nodes.iter().map(encode_node).collect();
+            let refs: Vec<&Bytes> = wires.iter().collect();
+            // Split the nodes into runs wherever `cuts` says, each its own frame.
+            let mut runs = Vec::new();
+            let mut start = 0;
+            for end in 1..=refs.len() {
+                if end == refs.len() || cuts[end] {
+                    let frame = broadcast_frame(head + start as u64, &refs[start..end]);
+                    runs.push(BroadcastRun::parse(&frame).unwrap());
+                    start = end;
+                }
+            }
+            for pair in runs.windows(2) {
+                prop_assert!(pair[0].is_followed_by(&pair[1]));
+            }
+            prop_assert_eq!(join_broadcasts(&runs).unwrap(), broadcast_frame(head, &refs));
         }
 
         #[test]
@@ -232,6 +358,27 @@ mod tests {
                 "{len}"
             );
         }
+    }
+
+    #[test]
+    fn only_broadcast_frames_parse_as_runs_and_one_run_is_not_copied() {
+        let node = encode_node(&sample(1, 1, "a", 3));
+        let broadcast = broadcast_frame(300, &[&node, &node]);
+        let run = BroadcastRun::parse(&broadcast).unwrap();
+        assert_eq!((run.first_seq(), run.next_seq()), (300, Some(302)));
+        assert_eq!(run.nodes_len(), 2 * node.len());
+        let joined = join_broadcasts(std::slice::from_ref(&run)).unwrap();
+        assert_eq!(joined.as_ptr(), broadcast.as_ptr(), "shared, not copied");
+        assert!(BroadcastRun::parse(&batch_frame(300, &[&node])).is_none());
+        let ack = Message::Ack(crate::protocol::Ack {
+            number: 1,
+            outcomes: Vec::new(),
+        });
+        assert!(BroadcastRun::parse(&ack.encode().unwrap()).is_none());
+        assert!(BroadcastRun::parse(&Bytes::from_static(&[0x92])).is_none());
+        assert!(join_broadcasts(&[]).is_none());
+        let later = BroadcastRun::parse(&broadcast_frame(303, &[&node])).unwrap();
+        assert!(!run.is_followed_by(&later), "a gap is not a run");
     }
 
     /// Other encodings of the same node that the serde decoder reads (§10.9) are refused.

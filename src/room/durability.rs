@@ -11,6 +11,11 @@
 //! [`Hub::persist_failed`](super::Hub::persist_failed), and the held frames whose numbers are
 //! now stored go out. Nodes admitted while a write is in flight form the next one.
 //!
+//! A write usually releases many packs' output at once (group commit), and with it one
+//! `broadcast` per pack for the same receivers. Those whose arrival numbers follow one another
+//! are joined into one frame, still encoded once for all of them: a receiver then pays one
+//! message per write, not one per node.
+//!
 //! Order is kept per session: once a session has a frame held, everything after it for that
 //! session is held behind it, so no session hears its frames in another order than the hub
 //! made them. Sessions with nothing held are served at once, so a handshake or a catch-up of
@@ -23,7 +28,7 @@ use bytes::Bytes;
 
 use super::hub::{Audience, Outbox, Outgoing};
 use super::{Admitted, SessionId};
-use crate::protocol::CloseCode;
+use crate::protocol::{BATCH_OVERHEAD, BroadcastRun, CloseCode, join_broadcasts};
 
 /// When the hub's output may leave.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -74,12 +79,16 @@ pub(super) struct Ledger {
     /// Admitted nodes not stored yet, ascending, with their senders: a session that turns
     /// steady before they are stored hears them as broadcasts.
     unstored: Vec<Admitted>,
+    /// Largest frame a released `broadcast` may grow to by joining.
+    max_frame: usize,
 }
 
 impl Ledger {
-    /// A ledger for a room whose nodes up to `durable` are stored.
-    pub(super) fn new(mode: Durability, durable: u64) -> Self {
+    /// A ledger for a room whose nodes up to `durable` are stored; released broadcasts are
+    /// joined up to `max_frame` bytes.
+    pub(super) fn new(mode: Durability, durable: u64, max_frame: usize) -> Self {
         Self {
+            max_frame,
             mode,
             durable,
             persisting: None,
@@ -184,6 +193,10 @@ impl Ledger {
         let durable = self.durable;
         self.unstored.retain(|a| a.seq > durable);
         let mut out = Outbox::default();
+        let mut joiner = Joiner {
+            max_frame: self.max_frame,
+            open: None,
+        };
         while self.held.front().is_some_and(|h| h.through <= durable) {
             let Some(held) = self.held.pop_front() else {
                 break;
@@ -202,12 +215,7 @@ impl Ledger {
                             .collect()
                     };
                     if !to.is_empty() {
-                        out.frames.push(Outgoing {
-                            to: Audience::Many(to),
-                            frame,
-                            paced,
-                            through: held.through,
-                        });
+                        joiner.push(&mut out.frames, to, frame, paced, held.through);
                     }
                 }
                 Waiting::Close(id, code) => {
@@ -218,6 +226,7 @@ impl Ledger {
                 }
             }
         }
+        joiner.finish(&mut out.frames);
         if self.held.is_empty() {
             self.gone.clear();
         }
@@ -242,6 +251,117 @@ impl Ledger {
         self.gone.clear();
         self.unstored.clear();
         self.persisting = None;
+    }
+}
+
+/// Joins released `broadcast` frames: a run that follows the open one, for the same
+/// recipients, becomes part of it, up to `max_frame` bytes. A frame only ever moves earlier,
+/// and only past frames that none of its recipients receives, so every session still gets its
+/// frames in the order the hub made them.
+struct Joiner {
+    max_frame: usize,
+    open: Option<Open>,
+}
+
+/// The broadcast being joined.
+struct Open {
+    /// Where its first frame sits in the output; the joined frame replaces it there.
+    index: usize,
+    to: Arc<[SessionId]>,
+    /// Recipients made from the hub's session map come sorted: look them up by bisection.
+    sorted: bool,
+    runs: Vec<BroadcastRun>,
+    /// Bytes of the runs' nodes.
+    len: usize,
+}
+
+impl Joiner {
+    /// Adds a released frame (`through` as [`Outgoing::through`]) to `out`.
+    fn push(
+        &mut self,
+        out: &mut Vec<Outgoing>,
+        to: Arc<[SessionId]>,
+        frame: Bytes,
+        paced: bool,
+        through: u64,
+    ) {
+        let run = if paced {
+            None
+        } else {
+            BroadcastRun::parse(&frame)
+        };
+        let Some(run) = run else {
+            if self.open.as_ref().is_some_and(|open| open.reaches(&to)) {
+                self.finish(out);
+            }
+            out.push(Outgoing {
+                to: Audience::Many(to),
+                frame,
+                paced,
+                through,
+            });
+            return;
+        };
+        if let Some(open) = &mut self.open {
+            if open.takes(&to, &run, self.max_frame) {
+                open.len = open.len.saturating_add(run.nodes_len());
+                open.runs.push(run);
+                return;
+            }
+        }
+        self.finish(out);
+        self.open = Some(Open {
+            index: out.len(),
+            sorted: to.is_sorted(),
+            to: to.clone(),
+            len: run.nodes_len(),
+            runs: vec![run],
+        });
+        out.push(Outgoing {
+            to: Audience::Many(to),
+            frame,
+            paced,
+            through,
+        });
+    }
+
+    /// Puts the open broadcast, joined, in its place.
+    fn finish(&mut self, out: &mut [Outgoing]) {
+        let Some(open) = self.open.take() else {
+            return;
+        };
+        if open.runs.len() < 2 {
+            return;
+        }
+        if let (Some(joined), Some(slot)) = (join_broadcasts(&open.runs), out.get_mut(open.index)) {
+            slot.frame = joined;
+        }
+    }
+}
+
+impl Open {
+    /// Whether `run`, for `to`, can join this broadcast.
+    fn takes(&self, to: &Arc<[SessionId]>, run: &BroadcastRun, max_frame: usize) -> bool {
+        let size = self
+            .len
+            .saturating_add(run.nodes_len())
+            .saturating_add(BATCH_OVERHEAD);
+        self.runs
+            .last()
+            .is_some_and(|last| last.is_followed_by(run))
+            && size <= max_frame
+            && (Arc::ptr_eq(&self.to, to) || *self.to == **to)
+    }
+
+    /// Whether a frame for `to` reaches one of this broadcast's recipients.
+    fn reaches(&self, to: &[SessionId]) -> bool {
+        to.iter().any(|id| {
+            if self.sorted {
+                self.to.binary_search(id).is_ok()
+            } else {
+                self.to.contains(id)
+            }
+        })
     }
 }
 

@@ -4,7 +4,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Error as WsError;
@@ -33,6 +32,9 @@ pub struct ConnectionSettings {
     /// Oldest a live frame may be when it leaves the queue; older means the receiver cannot keep
     /// up, and it is closed with "resync required". Credit-paced catch-up is exempt.
     pub max_lag: Duration,
+    /// Largest message the writer makes by joining queued broadcasts: the relay's frame
+    /// limit, which [`run`](super::run) copies from the room settings.
+    pub(crate) max_frame: usize,
 }
 
 impl Default for ConnectionSettings {
@@ -43,6 +45,7 @@ impl Default for ConnectionSettings {
             idle_timeout: Duration::from_secs(45),
             close_timeout: Duration::from_secs(5),
             max_lag: Duration::from_secs(5),
+            max_frame: 1024 * 1024,
         }
     }
 }
@@ -147,16 +150,17 @@ async fn pump(
                     .iter()
                     .filter_map(|q| q.queued_at)
                     .any(|at| at.elapsed() > settings.max_lag);
-                for queued in &burst {
-                    tally.frames_out += 1;
-                    tally.bytes_out += queued.frame.len() as u64;
-                }
                 if lagging {
                     // The receiver cannot keep up with the room: better a typed close now and a
                     // catch-up later than an ever-growing delay.
+                    tracing::info!(session, "live frames waited past --max-lag; closing with resync required");
                     break CloseCode::ResyncRequired;
                 }
-                let frames: Vec<Bytes> = burst.into_iter().map(|q| q.frame).collect();
+                let frames = outbound::coalesce(burst, settings.max_frame);
+                for frame in &frames {
+                    tally.frames_out += 1;
+                    tally.bytes_out += frame.len() as u64;
+                }
                 let write = async {
                     for frame in frames {
                         sink.feed(WsMessage::Binary(frame)).await?;
@@ -171,7 +175,10 @@ async fn pump(
                     sent = write => {
                         if sent.is_err() { return CloseCode::Normal; }
                     }
-                    () = tokio::time::sleep(stall) => break CloseCode::ResyncRequired,
+                    () = tokio::time::sleep(stall) => {
+                        tracing::info!(session, live, "a write stalled; closing with resync required");
+                        break CloseCode::ResyncRequired;
+                    }
                     code = inbound.closed() => break code,
                     () = shutdown.cancelled() => break CloseCode::GoingAway,
                 }

@@ -60,8 +60,9 @@ impl Default for ServerConfig {
 
 impl ServerConfig {
     /// Caps catch-up credit so that what an honest client may have in flight (the cap plus one
-    /// overdrawn frame, protocol/README.md §6.2) fits the outbound queue.
-    fn with_credit_within_queue(mut self) -> Self {
+    /// overdrawn frame, protocol/README.md §6.2) fits the outbound queue, and gives each
+    /// connection the frame limit its joined broadcasts must keep to.
+    fn with_limits_applied(mut self) -> Self {
         let max_frame = u64::from(self.rooms.hub.session.limits.max_frame);
         let queue_limit = self.connection.queue_limit as u64;
         if queue_limit < max_frame.saturating_mul(2) {
@@ -74,6 +75,8 @@ impl ServerConfig {
         }
         let credit = &mut self.rooms.hub.session.max_credit;
         *credit = (*credit).min(queue_limit.saturating_sub(max_frame).max(1));
+        // Broadcasts joined in a connection's queue stay within the limit the relay announces.
+        self.connection.max_frame = usize::try_from(max_frame).unwrap_or(usize::MAX);
         self
     }
 }
@@ -113,7 +116,7 @@ pub async fn run(
     stats: Arc<ServerStats>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let config = config.with_credit_within_queue();
+    let config = config.with_limits_applied();
     let tracker = TaskTracker::new();
     let cancel = CancellationToken::new();
     let state = Arc::new(AppState {
@@ -144,6 +147,9 @@ pub async fn run(
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!(error = %e, "cannot set TCP_NODELAY");
         }
+        if let Err(e) = bound_kernel_backlog(tcp) {
+            tracing::debug!(error = %e, "cannot bound the socket's send buffer");
+        }
     });
     let result = axum::serve(listener, app)
         .with_graceful_shutdown(async move {
@@ -158,6 +164,23 @@ pub async fn run(
     // Rooms may start store work (compactions) until they stop: stop it last.
     store.close().await;
     result
+}
+
+/// Unsent bytes the kernel may hold for one connection. Left to itself it autotunes the send
+/// buffer up to `tcp_wmem` (4 MiB by default), where a reader's backlog is invisible: frames
+/// that wait there do not age in the outbound queue, and `max_lag` sees the lag only seconds
+/// later. Past this bound writes wait, so the backlog stays in the queue, where it is measured.
+const KERNEL_BACKLOG: u32 = 64 * 1024;
+
+/// Caps what the kernel holds unsent for `tcp` at [`KERNEL_BACKLOG`]. On Linux this is
+/// `TCP_NOTSENT_LOWAT`, which leaves the bytes in flight alone (a long link keeps its
+/// throughput); elsewhere the whole send buffer is capped.
+fn bound_kernel_backlog(tcp: &tokio::net::TcpStream) -> std::io::Result<()> {
+    let socket = socket2::SockRef::from(tcp);
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    return socket.set_tcp_notsent_lowat(KERNEL_BACKLOG);
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    return socket.set_send_buffer_size(KERNEL_BACKLOG as usize);
 }
 
 /// How long `/readyz` waits for a store probe.

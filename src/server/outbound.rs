@@ -12,7 +12,7 @@ use bytes::Bytes;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use crate::protocol::CloseCode;
+use crate::protocol::{BATCH_OVERHEAD, BroadcastRun, CloseCode, join_broadcasts};
 
 /// Totals shared by every queue of a server, for metrics and tests.
 #[derive(Debug, Default)]
@@ -200,6 +200,39 @@ impl Inbound {
     }
 }
 
+/// A burst's frames as the WebSocket messages to write, in order. Live `broadcast` frames whose
+/// runs follow one another are joined into one message of at most `max_frame` bytes: a
+/// receiver that has fallen a little behind catches up in fewer, larger messages instead of
+/// paying one per node. A frame not joined with another is written as it is, still shared with
+/// every other receiver of it.
+pub fn coalesce(burst: Vec<Queued>, max_frame: usize) -> Vec<Bytes> {
+    let mut messages = Vec::with_capacity(burst.len());
+    let mut runs: Vec<BroadcastRun> = Vec::new();
+    let mut len = 0usize;
+    for queued in burst {
+        let run = queued
+            .queued_at
+            .and_then(|_| BroadcastRun::parse(&queued.frame));
+        let Some(run) = run else {
+            messages.extend(join_broadcasts(&std::mem::take(&mut runs)));
+            messages.push(queued.frame);
+            continue;
+        };
+        let joined_len = len
+            .saturating_add(run.nodes_len())
+            .saturating_add(BATCH_OVERHEAD);
+        let follows = runs.last().is_some_and(|last| last.is_followed_by(&run));
+        if !follows || joined_len > max_frame {
+            messages.extend(join_broadcasts(&std::mem::take(&mut runs)));
+            len = 0;
+        }
+        len = len.saturating_add(run.nodes_len());
+        runs.push(run);
+    }
+    messages.extend(join_broadcasts(&runs));
+    messages
+}
+
 impl Drop for Inbound {
     fn drop(&mut self) {
         let mut state = self.shared.lock();
@@ -211,5 +244,70 @@ impl Drop for Inbound {
             .stats
             .queued_bytes
             .fetch_sub(left, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::node::{Node, RoomId};
+    use crate::protocol::{broadcast_frame, encode_node};
+
+    fn wire(path: &str) -> Bytes {
+        let room = RoomId::new("q").unwrap();
+        encode_node(&Node::child_of(&room, &[], path, vec![1u8; 40]).unwrap())
+    }
+
+    fn live(frame: Bytes) -> Queued {
+        Queued {
+            frame,
+            queued_at: Some(Instant::now()),
+        }
+    }
+
+    #[test]
+    fn consecutive_broadcasts_leave_as_one_message() {
+        let (a, b, c) = (wire("a"), wire("b"), wire("c"));
+        let burst = vec![
+            live(broadcast_frame(5, &[&a])),
+            live(broadcast_frame(6, &[&b, &c])),
+        ];
+        assert_eq!(
+            coalesce(burst, 1 << 20),
+            [broadcast_frame(5, &[&a, &b, &c])]
+        );
+    }
+
+    #[test]
+    fn a_frame_alone_is_written_as_it_is() {
+        let frame = broadcast_frame(5, &[&wire("a")]);
+        let out = coalesce(vec![live(frame.clone())], 1 << 20);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].as_ptr(), frame.as_ptr(), "shared, not copied");
+    }
+
+    #[test]
+    fn gaps_other_frames_paced_frames_and_the_frame_limit_keep_messages_apart() {
+        let (a, b) = (wire("a"), wire("b"));
+        let one = |seq| broadcast_frame(seq, &[&a]);
+        let other = Bytes::from_static(&[0x92, 0x07, 0x91, 0x05]);
+        let burst = vec![
+            live(one(1)),
+            live(one(3)), // a gap: nodes 2 were not for this receiver
+            live(other.clone()),
+            live(one(4)),
+            Queued {
+                frame: one(5),
+                queued_at: None,
+            },
+        ];
+        assert_eq!(
+            coalesce(burst, 1 << 20),
+            [one(1), one(3), other, one(4), one(5)]
+        );
+        // Two nodes do not fit a frame limit made for one.
+        let limit = broadcast_frame(1, &[&a]).len() + 1;
+        let burst = vec![live(one(1)), live(broadcast_frame(2, &[&b]))];
+        assert_eq!(coalesce(burst, limit).len(), 2);
     }
 }

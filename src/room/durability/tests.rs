@@ -321,3 +321,78 @@ fn a_subscribed_catch_up_during_a_write_claims_no_unstored_number() {
         "b does not match: {released:?}"
     );
 }
+
+/// Packs 2 and 3 admitted while the write of pack 1 is in flight, then that write and the next
+/// one done: what the second write released.
+fn second_write(hub: &mut Hub, between: Option<&[u8]>) -> Vec<(Vec<SessionId>, Message)> {
+    let now = t0();
+    let a = node(&[], "a");
+    let b = node(&[&a], "b");
+    let c = node(&[&b], "c");
+    let _ = hub.handle_frame(1, &pack(1, &[&a]), now);
+    let _ = hub.handle_frame(1, &pack(2, &[&b]), now);
+    if let Some(frame) = between {
+        let _ = hub.handle_frame(1, frame, now);
+    }
+    let _ = hub.handle_frame(1, &pack(3, &[&c]), now);
+    let out = hub.persisted(1);
+    assert_eq!(out.persist, Some(3));
+    let out = hub.persisted(3);
+    sent(hub, &out)
+}
+
+#[test]
+fn one_write_releases_one_broadcast_per_audience_for_consecutive_nodes() {
+    let mut hub = two_sessions();
+    let released = second_write(&mut hub, None);
+    assert!(
+        matches!(&released[..], [(w1, Message::Ack(a2)), (r, Message::Broadcast(b)), (w2, Message::Ack(a3))]
+            if w1 == &[1] && w2 == &[1] && r == &[2]
+            && a2.outcomes == [Outcome::Accepted(2)] && a3.outcomes == [Outcome::Accepted(3)]
+            && b.first_seq == 2 && b.nodes.len() == 2),
+        "the reader gets nodes 2 and 3 in one frame: {released:?}"
+    );
+}
+
+#[test]
+fn a_frame_for_the_same_receiver_in_between_keeps_broadcasts_apart() {
+    let mut hub = two_sessions();
+    let presence = Message::Presence(Presence {
+        state: bytes::Bytes::from_static(b"here"),
+    });
+    let presence = presence.encode().unwrap();
+    let released = second_write(&mut hub, Some(&presence));
+    let for_reader: Vec<&Message> = released
+        .iter()
+        .filter(|(to, _)| to.contains(&2))
+        .map(|(_, m)| m)
+        .collect();
+    assert!(
+        matches!(&for_reader[..], [Message::Broadcast(b2), Message::PresenceUpdate(_), Message::Broadcast(b3)]
+            if b2.first_seq == 2 && b2.nodes.len() == 1 && b3.first_seq == 3 && b3.nodes.len() == 1),
+        "the presence update stays between the nodes it came between: {released:?}"
+    );
+}
+
+#[test]
+fn joined_broadcasts_stay_within_the_frame_limit() {
+    let mut config = HubConfig::default();
+    // Room for one of these nodes per frame, not two.
+    config.session.limits.max_frame = 150;
+    let room = Room::new(room_id(), 7, NodeLimits::default(), OrphanLimits::default());
+    let mut hub = Hub::new(room, config);
+    let now = t0();
+    for id in [1, 2] {
+        hub.connect(id, now);
+        let _ = hub.handle_frame(id, &hello(), now);
+    }
+    let released = second_write(&mut hub, None);
+    let broadcasts: Vec<u64> = released
+        .iter()
+        .filter_map(|(_, m)| match m {
+            Message::Broadcast(b) if b.nodes.len() == 1 => Some(b.first_seq),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(broadcasts, [2, 3], "{released:?}");
+}

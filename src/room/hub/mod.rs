@@ -332,7 +332,8 @@ impl Hub {
     pub fn new(mut room: Room, config: HubConfig) -> Self {
         // A room fresh from a bulk load must not answer sketches the slow way.
         room.warm_indexes();
-        let ledger = Ledger::new(config.durability, room.seq());
+        let max_frame = config.session.limits.max_frame as usize;
+        let ledger = Ledger::new(config.durability, room.seq(), max_frame);
         Self {
             ledger,
             room,

@@ -28,15 +28,31 @@ fn node(parents: &[&Node], path: &str) -> Node {
 }
 
 fn hello() -> Vec<u8> {
+    hello_with(Capabilities::PRESENCE, SyncHints::default(), None)
+}
+
+fn hello_with(capabilities: Capabilities, hints: SyncHints, subscribe: Option<&str>) -> Vec<u8> {
     let hello = Message::Hello(Hello {
         min_version: PROTOCOL_VERSION,
         max_version: PROTOCOL_VERSION,
-        capabilities: Capabilities::PRESENCE,
-        hints: SyncHints::default(),
+        capabilities,
+        hints,
         credit: 1 << 20,
-        subscribe: None,
+        subscribe: subscribe.map(|pattern| vec![pattern.into()]),
     });
     hello.encode().unwrap().to_vec()
+}
+
+/// Session 1 stores node a, then pushes its child b, whose write is left in flight. Returns
+/// both nodes and the writes the two pushes asked for, once a is stored and then for b.
+fn write_in_flight(hub: &mut Hub) -> (Node, Node, Option<u64>, Option<u64>) {
+    let now = t0();
+    let a = node(&[], "a");
+    let _ = hub.handle_frame(1, &pack(1, &[&a]), now);
+    let after_a = hub.persisted(1).persist;
+    let b = node(&[&a], "b");
+    let for_b = hub.handle_frame(1, &pack(2, &[&b]), now).persist;
+    (a, b, after_a, for_b)
 }
 
 fn pack(number: u64, nodes: &[&Node]) -> Vec<u8> {
@@ -182,14 +198,10 @@ fn immediate_durability_holds_nothing() {
 fn a_handshake_during_a_write_is_served_from_stored_history_at_once() {
     let mut hub = two_sessions();
     let now = t0();
-    let a = node(&[], "a");
-    let _ = hub.handle_frame(1, &pack(1, &[&a]), now);
-    let out = hub.persisted(1);
-    assert_eq!(out.persist, None);
     // Node b is admitted; its write is in flight when session 3 says hello.
-    let b = node(&[&a], "b");
-    let out = hub.handle_frame(1, &pack(2, &[&b]), now);
-    assert_eq!(out.persist, Some(2));
+    let (a, b, after_a, for_b) = write_in_flight(&mut hub);
+    assert_eq!(after_a, None);
+    assert_eq!(for_b, Some(2));
     hub.connect(3, now);
     let out = hub.handle_frame(3, &hello(), now);
     let answered = sent(&hub, &out);
@@ -255,25 +267,14 @@ fn a_session_with_held_output_hears_later_frames_behind_it() {
 fn a_client_holding_the_stored_nodes_is_in_sync_at_once_during_a_write() {
     let mut hub = two_sessions();
     let now = t0();
-    let a = node(&[], "a");
-    let _ = hub.handle_frame(1, &pack(1, &[&a]), now);
-    let _ = hub.persisted(1);
-    let b = node(&[&a], "b");
-    let out = hub.handle_frame(1, &pack(2, &[&b]), now);
-    assert_eq!(out.persist, Some(2));
-    let hello = Message::Hello(Hello {
-        min_version: PROTOCOL_VERSION,
-        max_version: PROTOCOL_VERSION,
-        capabilities: Capabilities::NONE,
-        hints: SyncHints {
-            digest: crate::recon::SetDigest::of([&a.id]),
-            ..SyncHints::default()
-        },
-        credit: 1 << 20,
-        subscribe: None,
-    });
+    let (a, b, _, for_b) = write_in_flight(&mut hub);
+    assert_eq!(for_b, Some(2));
+    let hints = SyncHints {
+        digest: crate::recon::SetDigest::of([&a.id]),
+        ..SyncHints::default()
+    };
     hub.connect(3, now);
-    let out = hub.handle_frame(3, &hello.encode().unwrap(), now);
+    let out = hub.handle_frame(3, &hello_with(Capabilities::NONE, hints, None), now);
     let answered = sent(&hub, &out);
     assert!(
         matches!(&answered[..], [(to, Message::Welcome(w))]
@@ -293,21 +294,10 @@ fn a_client_holding_the_stored_nodes_is_in_sync_at_once_during_a_write() {
 fn a_subscribed_catch_up_during_a_write_claims_no_unstored_number() {
     let mut hub = two_sessions();
     let now = t0();
-    let a = node(&[], "a");
-    let _ = hub.handle_frame(1, &pack(1, &[&a]), now);
-    let _ = hub.persisted(1);
-    let b = node(&[&a], "b");
-    let _ = hub.handle_frame(1, &pack(2, &[&b]), now);
-    let hello = Message::Hello(Hello {
-        min_version: PROTOCOL_VERSION,
-        max_version: PROTOCOL_VERSION,
-        capabilities: Capabilities::SUBSCRIPTIONS,
-        hints: SyncHints::default(),
-        credit: 1 << 20,
-        subscribe: Some(vec!["a".into()]),
-    });
+    let _ = write_in_flight(&mut hub);
     hub.connect(3, now);
-    let out = hub.handle_frame(3, &hello.encode().unwrap(), now);
+    let hello = hello_with(Capabilities::SUBSCRIPTIONS, SyncHints::default(), Some("a"));
+    let out = hub.handle_frame(3, &hello, now);
     let answered = sent(&hub, &out);
     assert!(
         matches!(&answered[..], [(_, Message::Welcome(_)), (_, Message::Batch(batch)), (_, Message::CatchUpDone(done))]

@@ -37,17 +37,28 @@ impl Hub {
             // Released orphans of other peers still reach the sender, which never gets its own
             // nodes echoed back.
             if self.members.get(&id).is_some_and(|m| m.session.is_steady()) {
-                let others: Vec<Admitted> = admitted
-                    .iter()
-                    .filter(|a| a.origin != id)
-                    .copied()
-                    .collect();
-                for run in others.chunk_by(|a, b| a.seq.checked_add(1) == Some(b.seq)) {
-                    self.broadcast(run, Audience::One(id), out);
-                }
+                self.broadcast_others(id, &admitted, out);
             }
         }
         self.send_resolved(resolved, out);
+    }
+
+    /// Broadcasts to session `id` the nodes of `admitted` that others sent (its own are never
+    /// echoed back, §7.3), one frame per run of consecutive numbers.
+    pub(super) fn broadcast_others(
+        &mut self,
+        id: SessionId,
+        admitted: &[Admitted],
+        out: &mut Outbox,
+    ) {
+        let others: Vec<Admitted> = admitted
+            .iter()
+            .filter(|a| a.origin != id)
+            .copied()
+            .collect();
+        for run in others.chunk_by(|a, b| a.seq.checked_add(1) == Some(b.seq)) {
+            self.broadcast(run, Audience::One(id), out);
+        }
     }
 
     /// Broadcasts consecutive admitted nodes, from their stored encodings, to the sessions of

@@ -198,15 +198,13 @@ impl Hub {
     /// it hears them as broadcasts, held until they are (§6.1). Its own are not echoed back
     /// (§7.3).
     pub(super) fn send_unstored_after(&mut self, id: SessionId, end: u64, out: &mut Outbox) {
-        let others: Vec<Admitted> = self
+        let after: Vec<Admitted> = self
             .ledger
             .unstored()
             .iter()
-            .filter(|a| a.seq > end && a.origin != id)
+            .filter(|a| a.seq > end)
             .copied()
             .collect();
-        for run in others.chunk_by(|a, b| a.seq.checked_add(1) == Some(b.seq)) {
-            self.broadcast(run, Audience::One(id), out);
-        }
+        self.broadcast_others(id, &after, out);
     }
 }

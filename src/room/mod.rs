@@ -20,7 +20,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::node::{Node, NodeId, NodeLimits, Rejection, RoomId};
-use crate::pattern::PatternSet;
 use bytes::Bytes;
 
 use crate::protocol::{self, Outcome};
@@ -28,6 +27,7 @@ use crate::recon::estimator::Estimator;
 use crate::recon::ibf::SketchKey;
 use crate::recon::index::SetIndex;
 use crate::recon::{FastMap, SetDigest};
+use crate::session::Cursor;
 
 pub use durability::Durability;
 pub use hub::{Addressed, Audience, Delivery, Hub, HubConfig, Outbox, Outgoing};
@@ -134,47 +134,6 @@ pub enum PayloadError {
     /// The record is not the node with that arrival number.
     #[error("stored record of node {0} does not match its id")]
     Mismatch(u64),
-}
-
-/// Where a session's catch-up stands: an explicit ascending list of arrival numbers to send,
-/// then every number from `tail_next` on.
-#[derive(Debug, Clone)]
-pub struct Cursor {
-    explicit: Vec<u64>,
-    pos: usize,
-    tail_next: u64,
-    /// A subscribed session's patterns: nodes whose path does not match are skipped.
-    filter: Option<Arc<PatternSet>>,
-}
-
-impl Cursor {
-    fn new(explicit: Vec<u64>, tail_next: u64) -> Self {
-        Self {
-            explicit,
-            pos: 0,
-            tail_next,
-            filter: None,
-        }
-    }
-
-    /// This cursor, skipping nodes that do not match `filter`.
-    pub fn filtered(mut self, filter: Arc<PatternSet>) -> Self {
-        self.filter = Some(filter);
-        self
-    }
-
-    /// Moves past the node it points at.
-    fn advance(&mut self) {
-        if self.pos < self.explicit.len() {
-            self.pos += 1;
-        } else {
-            self.tail_next = self.tail_next.saturating_add(1);
-        }
-    }
-
-    fn admits(&self, node: &LoggedNode) -> bool {
-        self.filter.as_ref().is_none_or(|f| f.matches(node.path()))
-    }
 }
 
 /// One step of catch-up.
@@ -665,7 +624,7 @@ impl Room {
         let mut size = protocol::BATCH_OVERHEAD;
         while let Some(seq) = self.cursor_next(cursor, end) {
             let Some(node) = self.node_at(seq) else { break };
-            if !cursor.admits(node) {
+            if !cursor.admits(node.path()) {
                 cursor.advance();
                 continue;
             }
@@ -687,11 +646,7 @@ impl Room {
         }
         // The resume point, claimed no further than `end`: nodes after it are not this
         // stream's yet.
-        let through = match cursor.explicit.get(cursor.pos) {
-            Some(next) => next.saturating_sub(1),
-            None => cursor.tail_next.saturating_sub(1),
-        }
-        .min(end);
+        let through = cursor.resume_point().min(end);
         let frame = protocol::batch_frame(through, &wires);
         BatchStep::Batch {
             through,
@@ -702,15 +657,15 @@ impl Room {
 
     /// The non-resident nodes among the next batch's worth (`budget` bytes) from the cursor.
     fn cold_run(&self, cursor: &Cursor, budget: usize, end: u64) -> Vec<u64> {
-        let explicit = cursor.explicit.get(cursor.pos..).unwrap_or_default();
+        let (explicit, tail_next) = cursor.ahead();
         let end = end.min(self.seq());
         let explicit = explicit.iter().copied().take_while(|seq| *seq <= end);
-        let tail = cursor.tail_next..=end;
+        let tail = tail_next..=end;
         let mut size = protocol::BATCH_OVERHEAD;
         let mut cold = Vec::new();
         for seq in explicit.chain(tail) {
             let Some(node) = self.node_at(seq) else { break };
-            if !cursor.admits(node) {
+            if !cursor.admits(node.path()) {
                 continue;
             }
             if !cold.is_empty() && size.saturating_add(node.wire_len as usize) > budget {
@@ -726,10 +681,7 @@ impl Room {
 
     /// The cursor's next arrival number, if it is at most `end`.
     fn cursor_next(&self, cursor: &Cursor, end: u64) -> Option<u64> {
-        let next = match cursor.explicit.get(cursor.pos) {
-            Some(seq) => *seq,
-            None => cursor.tail_next,
-        };
+        let next = cursor.next();
         (next <= end.min(self.seq())).then_some(next)
     }
 }

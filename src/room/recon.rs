@@ -427,8 +427,7 @@ impl Room {
         lacking.sort_unstable();
         let cursor = match earlier {
             Some(mut cursor) => {
-                cursor.explicit.extend(lacking);
-                cursor.explicit.sort_unstable();
+                cursor.extend_explicit(lacking);
                 cursor
             }
             None => Cursor::new(lacking, self.seq().saturating_add(1)),

@@ -12,9 +12,14 @@
 //! [`relay::MAX_ERRORS`] such frames close it with `protocol violation`.
 
 mod client;
+mod cursor;
 pub mod error;
 pub mod relay;
 
 pub use client::{ClientError, ClientEvent, ClientSession};
+pub use cursor::Cursor;
 pub use error::{Fault, SessionError};
-pub use relay::{Reaction, RelaySession, RelaySessionConfig, Request};
+pub use relay::{
+    Ending, Reaction, RefineRound, RelaySession, RelaySessionConfig, Relisting, Request,
+    SketchRound, Start, Stream,
+};

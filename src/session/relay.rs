@@ -1,5 +1,7 @@
 //! The relay's side of one session.
 
+use std::time::Instant;
+
 use bytes::Bytes;
 
 use crate::node::NodeId;
@@ -11,48 +13,14 @@ use crate::protocol::{
 use crate::recon::SetDigest;
 
 use super::error::{Fault, SessionError};
+use phase::{BucketListing, Phase};
+pub use phase::{Ending, RefineRound, Relisting, SketchRound, Start, Stream};
+
+mod phase;
 
 /// Errors tolerated before a session is closed with
 /// [`CloseCode::ProtocolViolation`](crate::protocol::CloseCode::ProtocolViolation).
 pub const MAX_ERRORS: u32 = 8;
-
-/// Where a relay session is (protocol/README.md §2).
-#[derive(Debug)]
-enum Phase {
-    AwaitHello,
-    /// Plan `SendIds`: collecting the client's ids until `last`.
-    CollectingIds(Vec<NodeId>),
-    /// Plan `Sketch`: the sketch is out; collecting `want` short ids until `last`, or a
-    /// `retry`.
-    AwaitWant(Vec<u64>),
-    /// Plan `Refine`: collecting the differing-bucket bitmap and short ids until `last`.
-    CollectingBucketIds {
-        differing: Option<Bytes>,
-        shorts: Vec<u64>,
-        sketches: Vec<BucketSketch>,
-        /// Bytes of bucket sketches so far: they count against the id-list bound.
-        sketch_bytes: usize,
-    },
-    /// Waiting for the room to answer the collected ids.
-    AwaitNeed,
-    CatchingUp,
-    Steady,
-    /// A subscription grew: newly matching history streams like catch-up, while packs are
-    /// still accepted.
-    Backfilling,
-    Closed,
-}
-
-impl Phase {
-    fn collecting_bucket_ids() -> Self {
-        Phase::CollectingBucketIds {
-            differing: None,
-            shorts: Vec::new(),
-            sketches: Vec::new(),
-            sketch_bytes: 0,
-        }
-    }
-}
 
 /// What the room must do for a session after a frame.
 #[derive(Debug)]
@@ -85,9 +53,11 @@ pub enum Request {
         shorts: Vec<u64>,
         /// Digest of the client's shared set.
         shared: SetDigest,
+        /// The sketch it decoded.
+        sketch: SketchRound,
     },
-    /// The client could not decode the sketch: extend it, or refine.
-    Retry,
+    /// The client could not decode `sketch`: extend it, or refine.
+    Retry(SketchRound),
     /// The client's answer to the bucket summaries (plan `Refine`).
     BucketIds {
         /// Bitmap of the buckets whose summaries differ.
@@ -96,6 +66,10 @@ pub enum Request {
         shorts: Vec<u64>,
         /// Its sketches of the buckets it does not list.
         sketches: Vec<BucketSketch>,
+        /// The summaries it answers.
+        round: RefineRound,
+        /// In a second round: what the first settled.
+        relisting: Option<Box<Relisting>>,
     },
     /// Credit grew; send more catch-up if any is due.
     Pump,
@@ -117,10 +91,13 @@ pub enum Reaction {
     Reject(SessionError),
 }
 
-/// Sans-IO relay session: checks every frame against the phase and the negotiated limits, and
-/// tracks catch-up credit. It never touches room data; the room layer acts on its
-/// [`Request`]s and moves it between phases with [`welcome`](Self::welcome),
-/// [`need_sent`](Self::need_sent) and [`caught_up`](Self::caught_up).
+/// Sans-IO relay session: checks every frame against the phase and the negotiated limits,
+/// tracks catch-up credit, and owns every piece of state a phase needs (the sketch or bucket
+/// round that is out, the ids being collected, the stream's cursor). It never touches room
+/// data: the room acts on its [`Request`]s, which carry the phase's state it needs, and moves
+/// it on with [`welcome`](Self::welcome), [`sketch_sent`](Self::sketch_sent),
+/// [`refine`](Self::refine), [`stream`](Self::stream) and [`caught_up`](Self::caught_up).
+/// A frame the phase does not take is a typed error in every phase.
 #[derive(Debug)]
 pub struct RelaySession {
     phase: Phase,
@@ -155,10 +132,10 @@ impl Default for RelaySessionConfig {
 }
 
 impl RelaySession {
-    /// A session that has just connected and waits for `hello`.
-    pub fn new(config: RelaySessionConfig) -> Self {
+    /// A session that has just connected and must send `hello` by `deadline`.
+    pub fn new(config: RelaySessionConfig, deadline: Option<Instant>) -> Self {
         Self {
-            phase: Phase::AwaitHello,
+            phase: Phase::AwaitHello { deadline },
             config,
             capabilities: Capabilities::NONE,
             balance: 0,
@@ -171,30 +148,37 @@ impl RelaySession {
         self.capabilities
     }
 
+    /// The time by which `hello` is due, until the session is welcomed.
+    pub fn handshake_deadline(&self) -> Option<Instant> {
+        match self.phase {
+            Phase::AwaitHello { deadline } | Phase::Joining { deadline } => deadline,
+            _ => None,
+        }
+    }
+
     /// Whether the session receives live broadcasts.
     pub fn is_steady(&self) -> bool {
         matches!(self.phase, Phase::Steady)
     }
 
     /// Whether the session is streaming catch-up (or a backfill).
-    pub fn is_catching_up(&self) -> bool {
-        matches!(self.phase, Phase::CatchingUp | Phase::Backfilling)
+    pub fn is_streaming(&self) -> bool {
+        matches!(self.phase, Phase::Streaming(_))
     }
 
     /// Whether the stream in progress is a backfill (it ends with `subscribed`, not
     /// `catch_up_done`).
     pub fn is_backfilling(&self) -> bool {
-        matches!(self.phase, Phase::Backfilling)
+        matches!(&self.phase, Phase::Streaming(stream)
+            if matches!(stream.ending(), Ending::Subscribed(_)))
     }
 
-    /// A subscription change needs newly matching history streamed.
-    pub fn backfill(&mut self) {
-        self.phase = Phase::Backfilling;
-    }
-
-    /// Whether a `hello` has been accepted.
+    /// Whether the session was welcomed (and is not closed).
     pub fn has_joined(&self) -> bool {
-        !matches!(self.phase, Phase::AwaitHello | Phase::Closed)
+        !matches!(
+            self.phase,
+            Phase::AwaitHello { .. } | Phase::Joining { .. } | Phase::Closed
+        )
     }
 
     /// Whether the balance allows another batch (it is above zero).
@@ -218,32 +202,77 @@ impl RelaySession {
         self.balance = self.balance.saturating_add(bytes).min(cap);
     }
 
-    /// Moves to the phase that follows `welcome` with `plan`.
-    pub fn welcome(&mut self, plan: protocol::Plan) {
-        self.phase = match plan {
-            protocol::Plan::InSync => Phase::Steady,
-            protocol::Plan::CatchUp => Phase::CatchingUp,
-            protocol::Plan::SendIds => Phase::CollectingIds(Vec::new()),
-            protocol::Plan::Sketch => Phase::AwaitWant(Vec::new()),
-            protocol::Plan::Refine => Phase::collecting_bucket_ids(),
+    /// `welcome` is queued with `start`'s plan: the session moves to the phase that plan
+    /// begins with, owning its state.
+    pub fn welcome(&mut self, start: Start) {
+        self.phase = match start {
+            Start::InSync { .. } => Phase::Steady,
+            Start::CatchUp {
+                cursor,
+                stored_only,
+            } => {
+                let ending = if stored_only {
+                    Ending::AtStored
+                } else {
+                    Ending::AtLatest
+                };
+                Phase::Streaming(Box::new(Stream::new(cursor, ending)))
+            }
+            Start::SendIds => Phase::CollectingIds(Vec::new()),
+            Start::Sketch(sketch) => Phase::AwaitWant {
+                shorts: Vec::new(),
+                sketch,
+            },
+            Start::Refine(round) => Phase::CollectingBucketIds {
+                listing: BucketListing::default(),
+                round,
+                relisting: None,
+            },
         };
     }
 
-    /// `buckets` are queued after the sketch path gave up (a second failed decode, or a
-    /// shared root that did not match), or a second round of `bucket_ids` is due: the
-    /// session collects `bucket_ids`.
-    pub fn refine(&mut self) {
-        self.phase = Phase::collecting_bucket_ids();
+    /// The extension of a sketch the client could not decode is queued: the session
+    /// collects `want` again.
+    pub fn sketch_sent(&mut self, sketch: SketchRound) {
+        self.phase = Phase::AwaitWant {
+            shorts: Vec::new(),
+            sketch,
+        };
     }
 
-    /// The `need` frames are queued; catch-up streaming starts.
-    pub fn need_sent(&mut self) {
-        self.phase = Phase::CatchingUp;
+    /// Bucket summaries are queued (the plan, or the sketch path gave up), or a second
+    /// round of `bucket_ids` is due after `relisting`: the session collects `bucket_ids`.
+    pub fn refine(&mut self, round: RefineRound, relisting: Option<Box<Relisting>>) {
+        self.phase = Phase::CollectingBucketIds {
+            listing: BucketListing::default(),
+            round,
+            relisting,
+        };
     }
 
-    /// `catch_up_done` (or `subscribed`) is queued; the session is live.
-    pub fn caught_up(&mut self) {
+    /// Reconciliation is settled (its `need` or `missing` frames are queued), or a
+    /// subscription grew: `stream` starts, paced by credit.
+    pub fn stream(&mut self, stream: Stream) {
+        self.phase = Phase::Streaming(Box::new(stream));
+    }
+
+    /// The stream in progress, if the session is streaming.
+    pub fn stream_mut(&mut self) -> Option<&mut Stream> {
+        match &mut self.phase {
+            Phase::Streaming(stream) => Some(stream),
+            _ => None,
+        }
+    }
+
+    /// The stream reached its end and its last frame is queued: the session is live.
+    /// Returns how the stream ends (`None` if it was not streaming).
+    pub fn caught_up(&mut self) -> Option<Ending> {
+        let Phase::Streaming(stream) = &self.phase else {
+            return None;
+        };
+        let ending = stream.ending();
         self.phase = Phase::Steady;
+        Some(ending)
     }
 
     /// The connection is gone or being closed; every later frame is ignored.
@@ -260,7 +289,7 @@ impl RelaySession {
             Ok(message) => message,
             Err(e) => {
                 // A garbled hello leaves nothing to talk about.
-                if matches!(self.phase, Phase::AwaitHello) {
+                if matches!(self.phase, Phase::AwaitHello { .. }) {
                     return self.fatal(SessionError::decode(&e));
                 }
                 return self.complain(SessionError::decode(&e));
@@ -268,8 +297,8 @@ impl RelaySession {
         };
         let ty = message.message_type();
         match (&mut self.phase, message) {
-            (Phase::AwaitHello, Message::Hello(hello)) => self.accept_hello(hello),
-            (Phase::AwaitHello, _) => self.fatal(SessionError::new(
+            (Phase::AwaitHello { .. }, Message::Hello(hello)) => self.accept_hello(hello),
+            (Phase::AwaitHello { .. }, _) => self.fatal(SessionError::new(
                 Fault::Unexpected,
                 Some(ty),
                 "the first frame must be hello",
@@ -290,13 +319,19 @@ impl RelaySession {
                 collected.extend(chunk.ids);
                 if chunk.last {
                     let ids = std::mem::take(collected);
-                    self.phase = Phase::AwaitNeed;
+                    self.phase = Phase::Settling;
                     Reaction::Request(Request::Ids(ids))
                 } else {
                     Reaction::None
                 }
             }
-            (Phase::AwaitWant(collected), Message::Want(want)) => {
+            (
+                Phase::AwaitWant {
+                    shorts: collected,
+                    sketch,
+                },
+                Message::Want(want),
+            ) => {
                 let total = self.config.max_total_ids;
                 let shorts = match protocol::unpack_shorts(&want.shorts) {
                     Ok(shorts) => shorts,
@@ -313,8 +348,13 @@ impl RelaySession {
                     (true, Some(shared)) => {
                         collected.extend(shorts);
                         let shorts = std::mem::take(collected);
-                        self.phase = Phase::AwaitNeed;
-                        Reaction::Request(Request::Want { shorts, shared })
+                        let sketch = *sketch;
+                        self.phase = Phase::Settling;
+                        Reaction::Request(Request::Want {
+                            shorts,
+                            shared,
+                            sketch,
+                        })
                     }
                     (false, None) => {
                         collected.extend(shorts);
@@ -326,16 +366,22 @@ impl RelaySession {
                     )),
                 }
             }
-            (Phase::AwaitWant(collected), Message::Retry(_)) => {
-                collected.clear();
-                Reaction::Request(Request::Retry)
+            (Phase::AwaitWant { sketch, .. }, Message::Retry(_)) => {
+                let sketch = *sketch;
+                self.phase = Phase::Settling;
+                Reaction::Request(Request::Retry(sketch))
             }
             (
                 Phase::CollectingBucketIds {
-                    differing,
-                    shorts,
-                    sketches,
-                    sketch_bytes,
+                    listing:
+                        BucketListing {
+                            differing,
+                            shorts,
+                            sketches,
+                            sketch_bytes,
+                        },
+                    round,
+                    relisting,
                 },
                 Message::BucketIds(chunk),
             ) => {
@@ -383,11 +429,15 @@ impl RelaySession {
                     let differing = differing.take().unwrap_or_default();
                     let shorts = std::mem::take(shorts);
                     let sketches = std::mem::take(sketches);
-                    self.phase = Phase::AwaitNeed;
+                    let round = *round;
+                    let relisting = relisting.take();
+                    self.phase = Phase::Settling;
                     Reaction::Request(Request::BucketIds {
                         differing,
                         shorts,
                         sketches,
+                        round,
+                        relisting,
                     })
                 } else {
                     Reaction::None
@@ -395,23 +445,22 @@ impl RelaySession {
             }
             (
                 Phase::CollectingIds(_)
-                | Phase::AwaitWant(_)
+                | Phase::AwaitWant { .. }
                 | Phase::CollectingBucketIds { .. }
-                | Phase::AwaitNeed
-                | Phase::CatchingUp
-                | Phase::Steady
-                | Phase::Backfilling,
+                | Phase::Settling
+                | Phase::Streaming(_)
+                | Phase::Steady,
                 Message::Credit(c),
             ) => {
                 self.grant_credit(c.bytes);
                 Reaction::Request(Request::Pump)
             }
-            (Phase::Steady | Phase::Backfilling, Message::Pack(pack)) => {
-                let max = self.config.limits.max_pack_nodes as usize;
-                if pack.nodes.len() > max {
-                    return self.complain(limit(ty, format!("more than {max} nodes in one pack")));
-                }
-                Reaction::Request(Request::Pack(pack))
+            // A backfill streams while the session is live: its packs are still taken.
+            (Phase::Steady, Message::Pack(pack)) => self.take_pack(pack),
+            (Phase::Streaming(stream), Message::Pack(pack))
+                if matches!(stream.ending(), Ending::Subscribed(_)) =>
+            {
+                self.take_pack(pack)
             }
             (Phase::Steady, message @ (Message::Subscribe(_) | Message::Unsubscribe(_)))
                 if self.capabilities.contains(Capabilities::SUBSCRIPTIONS) =>
@@ -481,11 +530,23 @@ impl RelaySession {
                 Err(error) => return self.fatal(error),
             },
         };
+        if let Phase::AwaitHello { deadline } = self.phase {
+            self.phase = Phase::Joining { deadline };
+        }
         Reaction::Request(Request::Join {
             hints: hello.hints,
             capabilities: self.capabilities,
             subscribe,
         })
+    }
+
+    fn take_pack(&mut self, pack: Pack) -> Reaction {
+        let max = self.config.limits.max_pack_nodes as usize;
+        if pack.nodes.len() > max {
+            let detail = format!("more than {max} nodes in one pack");
+            return self.complain(limit(MessageType::Pack, detail));
+        }
+        Reaction::Request(Request::Pack(pack))
     }
 
     /// Parses patterns under the announced limits; the error names the first bad one.

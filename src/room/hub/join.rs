@@ -49,47 +49,34 @@ impl Hub {
         subscription: Option<(Arc<PatternSet>, ClassId)>,
         out: &mut Outbox,
     ) {
-        let mut stored = false;
-        let mut seq = self.room.seq();
-        let (plan, cursor, recon) = match start {
-            Start::InSync { at } => {
-                seq = at;
-                (Plan::InSync, None, Recon::Idle)
-            }
-            Start::CatchUp {
-                cursor,
-                stored_only,
-            } => {
-                stored = stored_only;
-                (Plan::CatchUp, Some(cursor), Recon::Idle)
-            }
-            Start::SendIds => (Plan::SendIds, None, Recon::Idle),
-            Start::Recon(recon @ Recon::Sketch { .. }) => (Plan::Sketch, None, recon),
-            Start::Recon(recon) => (Plan::Refine, None, recon),
+        let plan = start.plan();
+        let seq = match start {
+            Start::InSync { at } => at,
+            _ => self.room.seq(),
         };
-        let Some(peer) = self.members.get(&id).map(|m| m.peer) else {
+        // The round that goes out right after `welcome` (the session owns it from here on).
+        let (sketch, refine) = match &start {
+            Start::Sketch(sketch) => (Some(*sketch), None),
+            Start::Refine(round) => (None, Some(*round)),
+            _ => (None, None),
+        };
+        let Some(member) = self.members.get_mut(&id) else {
             return;
         };
         let welcome = Welcome {
             version: PROTOCOL_VERSION,
             capabilities,
-            peer,
+            peer: member.peer,
             epoch: self.room.epoch(),
             seq,
             plan,
             limits: (self.config.session.limits != RelayLimits::default())
                 .then_some(self.config.session.limits),
         };
-        let Some(member) = self.members.get_mut(&id) else {
-            return;
-        };
-        member.session.welcome(plan);
-        member.cursor = cursor;
-        member.recon = recon;
-        member.verify_root = matches!(plan, Plan::Sketch | Plan::Refine);
-        member.stored_only = stored;
+        let deadline = member.session.handshake_deadline();
+        member.session.welcome(start);
         member.subscription = subscription;
-        if let Some(deadline) = member.handshake_deadline.take() {
+        if let Some(deadline) = deadline {
             self.handshake_done(deadline, id);
         }
         // Only `in_sync` lets the client take `welcome.seq` as its watermark; the other plans
@@ -100,12 +87,11 @@ impl Hub {
             self.ledger.durable()
         };
         self.send_through(Audience::One(id), Message::Welcome(welcome), through, out);
-        match recon {
-            Recon::Sketch { log2, at_seq, .. } => self.send_sketch(id, log2, false, at_seq, out),
-            Recon::Refine {
-                depth, expected, ..
-            } => self.send_buckets(id, depth, expected, out),
-            Recon::Idle => {}
+        if let Some(sketch) = sketch {
+            self.send_sketch(id, sketch, out);
+        }
+        if let Some(round) = refine {
+            self.send_buckets(id, round, out);
         }
         self.send_present_peers(id, capabilities, out);
         if plan == Plan::InSync {

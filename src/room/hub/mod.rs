@@ -16,7 +16,7 @@ use super::durability::{Durability, Ledger};
 use super::recon::{Scope, bucket_summaries, plan_against, tree_root};
 use super::subscriptions::{ClassId, ClassRecon, Subscriptions};
 use super::{
-    Admitted, BatchStep, BucketIdsError, BucketRound, Cursor, Room, SessionId, Settled, Submission,
+    Admitted, BatchStep, BucketIdsError, BucketRound, Room, SessionId, Settled, Submission,
 };
 use crate::node::NodeId;
 use crate::node::Rejection;
@@ -30,7 +30,11 @@ use crate::recon::estimator::EstimatorError;
 use crate::recon::ibf::MAX_LOG2_CELLS;
 use crate::recon::index::SetIndex;
 use crate::recon::{ReconPath, RelaySide, SetDigest};
-use crate::session::{Fault, Reaction, RelaySession, RelaySessionConfig, Request, SessionError};
+use crate::session::Cursor;
+use crate::session::{
+    Ending, Fault, Reaction, RefineRound, RelaySession, RelaySessionConfig, Relisting, Request,
+    SessionError, SketchRound, Start, Stream,
+};
 
 /// Policy for every session of a hub.
 #[derive(Clone, Copy, Debug)]
@@ -165,76 +169,6 @@ impl Delivery {
     }
 }
 
-/// Where a session's sketch reconciliation stands.
-#[derive(Debug, Clone, Copy)]
-enum Recon {
-    /// No sketch or buckets out.
-    Idle,
-    /// The sketch at `log2` is out, made at arrival number `at_seq`; `extended` once the one
-    /// extension was sent.
-    Sketch {
-        log2: u8,
-        at_seq: u64,
-        extended: bool,
-    },
-    /// Buckets at `depth` are out, made at arrival number `at_seq`; `expected` is the
-    /// difference they announce.
-    Refine {
-        depth: u8,
-        at_seq: u64,
-        expected: u64,
-    },
-}
-
-/// How a session's reconciliation starts, as planned at `hello`.
-enum Start {
-    /// In sync as of arrival number `at`: the room's latest, or its last stored one when the
-    /// client holds exactly the stored nodes (the rest follows as broadcasts once stored).
-    InSync {
-        at: u64,
-    },
-    /// Stream `cursor`; `stored_only` as [`Member::stored_only`].
-    CatchUp {
-        cursor: Cursor,
-        stored_only: bool,
-    },
-    SendIds,
-    /// Plan `sketch` or `refine`.
-    Recon(Recon),
-}
-
-impl Start {
-    /// The start of `path`, planned at arrival number `at_seq`; `catch_up` makes the cursor
-    /// of a catch-up after a watermark, and says whether it may stream stored nodes only.
-    fn from_path(
-        path: ReconPath,
-        at_seq: u64,
-        catch_up: impl FnOnce(u64) -> (Cursor, bool),
-    ) -> Self {
-        match path {
-            ReconPath::InSync => Self::InSync { at: at_seq },
-            ReconPath::CatchUp { after } => {
-                let (cursor, stored_only) = catch_up(after);
-                Self::CatchUp {
-                    cursor,
-                    stored_only,
-                }
-            }
-            ReconPath::IdList => Self::SendIds,
-            ReconPath::Sketch { log2 } => Self::Recon(Recon::Sketch {
-                log2,
-                at_seq,
-                extended: false,
-            }),
-            ReconPath::Refine { depth, expected } => Self::Recon(Recon::Refine {
-                depth,
-                at_seq,
-                expected,
-            }),
-        }
-    }
-}
-
 /// What a session reconciles: the room, or the matching nodes of its class `class` (topped up to
 /// the latest node). `None` if the class is gone.
 fn scope<'a>(
@@ -263,39 +197,15 @@ fn sets_mut<'a>(
     }
 }
 
-/// A refinement whose first round left buckets to relist.
-#[derive(Debug)]
-struct Relisting {
-    /// The buckets the second round must cover.
-    buckets: Bytes,
-    /// What the first round settled.
-    cursor: Cursor,
-}
-
+/// A connected session: its machine (which owns its phase's state) and what the room keeps
+/// about it beside that.
 struct Member {
     session: RelaySession,
     /// The peer number other sessions know this one by (`welcome.peer`, presence).
     peer: u64,
-    cursor: Option<Cursor>,
-    recon: Recon,
-    /// Boxed: only a refinement's second round needs it (80 bytes in every member).
-    relisting: Option<Box<Relisting>>,
-    /// The session reconciles by sketch or refinement: `catch_up_done` carries the root.
-    verify_root: bool,
     presence: Bytes,
-    /// Set until `hello` arrives.
-    handshake_deadline: Option<Instant>,
-    /// Catch-up waits for the store to return this node's encoding.
-    waiting_on: Option<u64>,
     /// The session's subscription and its class; `None` receives every node.
     subscription: Option<(Arc<PatternSet>, ClassId)>,
-    /// The stream in progress is the backfill of this `subscribe`.
-    backfill: Option<u64>,
-    /// The catch-up streams stored nodes only and ends at the last one: the unstored rest
-    /// follows as broadcasts once stored. Set for plan `catch_up`, whose `catch_up_done`
-    /// digest can be taken as of any number; other plans verify a root of the whole room, so
-    /// they stream to the room's latest number and wait for it to be stored.
-    stored_only: bool,
 }
 
 /// A room and its sessions. Every input is a method; every output is an [`Outbox`].
@@ -448,8 +358,8 @@ impl Hub {
         }
         let waiting: Vec<(SessionId, u64)> = self
             .members
-            .iter()
-            .filter_map(|(id, m)| Some((*id, m.waiting_on?)))
+            .iter_mut()
+            .filter_map(|(id, m)| Some((*id, m.session.stream_mut()?.waiting_on()?)))
             .collect();
         for (id, seq) in waiting {
             if failed.contains(&seq) {
@@ -459,13 +369,18 @@ impl Hub {
                     "the relay could not read stored history; reconnect to resume",
                 );
                 self.reject(id, error, &mut out);
-            } else if let Some(member) = self.members.get_mut(&id) {
-                member.waiting_on = None;
+            } else if let Some(stream) = self.stream_of(id) {
+                stream.resume();
                 self.pump(id, &mut out);
             }
         }
         self.room.trim_payloads();
         self.settle(out)
+    }
+
+    /// The stream session `id` is in, if it is streaming.
+    fn stream_of(&mut self, id: SessionId) -> Option<&mut Stream> {
+        self.members.get_mut(&id)?.session.stream_mut()
     }
 
     /// The room.
@@ -488,18 +403,10 @@ impl Hub {
         self.members.insert(
             id,
             Box::new(Member {
-                session: RelaySession::new(self.config.session),
+                session: RelaySession::new(self.config.session, deadline),
                 peer: self.last_peer,
-                cursor: None,
-                recon: Recon::Idle,
-                relisting: None,
-                verify_root: false,
                 presence: Bytes::new(),
-                handshake_deadline: deadline,
-                waiting_on: None,
                 subscription: None,
-                backfill: None,
-                stored_only: false,
             }),
         );
     }
@@ -645,15 +552,24 @@ impl Hub {
             Request::Ids(ids) => {
                 let (need, cursor) = self.room.id_list_cursor(ids);
                 self.send_need(id, need, out);
-                self.start_stream(id, cursor, out);
+                self.start_stream(id, cursor, Ending::AtLatest, out);
             }
-            Request::Want { shorts, shared } => self.settle_want(id, &shorts, shared, out),
-            Request::Retry => self.retry(id, out),
+            Request::Want {
+                shorts,
+                shared,
+                sketch,
+            } => self.settle_want(id, &shorts, shared, sketch, out),
+            Request::Retry(sketch) => self.retry(id, sketch, out),
             Request::BucketIds {
                 differing,
                 shorts,
                 sketches,
-            } => self.settle_bucket_ids(id, differing, &shorts, &sketches, out),
+                round,
+                relisting,
+            } => {
+                let answer = (differing, shorts.as_slice(), sketches.as_slice());
+                self.settle_bucket_ids(id, round, relisting, answer, out);
+            }
             Request::Pump => self.pump(id, out),
             Request::Pack(pack) => self.submit(id, pack, now, out),
             Request::Presence(state) => {
@@ -724,7 +640,7 @@ impl Hub {
         if let Some((_, class)) = &member.subscription {
             self.subscriptions.leave(id, *class);
         }
-        if let Some(deadline) = member.handshake_deadline {
+        if let Some(deadline) = member.session.handshake_deadline() {
             self.handshake_done(deadline, id);
         }
         self.unsubscribed.remove(&id);

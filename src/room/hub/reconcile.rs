@@ -6,22 +6,20 @@ use super::*;
 impl Hub {
     /// Queues the room's sketch (or its extension) for a session. A sketch the room cannot
     /// make (a size beyond the largest) sends the session to refinement instead.
-    pub(super) fn send_sketch(
-        &mut self,
-        id: SessionId,
-        log2: u8,
-        extension: bool,
-        at_seq: u64,
-        out: &mut Outbox,
-    ) {
+    pub(super) fn send_sketch(&mut self, id: SessionId, sketch: SketchRound, out: &mut Outbox) {
         let max_frame = self.config.session.limits.max_frame as usize;
         let class = self.class_of(id);
         let Some(scope) = scope(&self.room, &mut self.subscriptions, class) else {
             return self.lost_class(id, out);
         };
+        let SketchRound {
+            log2,
+            at_seq,
+            extended,
+        } = sketch;
         match self
             .room
-            .sketch_frames(scope, log2, extension, at_seq, max_frame)
+            .sketch_frames(scope, log2, extended, at_seq, max_frame)
         {
             Ok(frames) => {
                 // A sketch reveals short ids, never a node: the nodes it leads to come in
@@ -50,124 +48,101 @@ impl Hub {
         let Some(sets) = sets_mut(&mut self.room, &mut self.subscriptions, class) else {
             return self.lost_class(id, out);
         };
-        let depth = crate::recon::refine_depth(sets.len());
-        let at_seq = self.room.seq();
+        let round = RefineRound {
+            depth: crate::recon::refine_depth(sets.len()),
+            at_seq: self.room.seq(),
+            expected,
+        };
         let Some(member) = self.members.get_mut(&id) else {
             return;
         };
-        member.session.refine();
-        member.recon = Recon::Refine {
-            depth,
-            at_seq,
-            expected,
-        };
-        self.send_buckets(id, depth, expected, out);
+        member.session.refine(round, None);
+        self.send_buckets(id, round, out);
     }
 
-    pub(super) fn send_buckets(
-        &mut self,
-        id: SessionId,
-        depth: u8,
-        expected: u64,
-        out: &mut Outbox,
-    ) {
+    pub(super) fn send_buckets(&mut self, id: SessionId, round: RefineRound, out: &mut Outbox) {
         let max_frame = self.config.session.limits.max_frame as usize;
         let class = self.class_of(id);
         let Some(sets) = sets_mut(&mut self.room, &mut self.subscriptions, class) else {
             return self.lost_class(id, out);
         };
-        let summaries = bucket_summaries(sets, depth);
+        let summaries = bucket_summaries(sets, round.depth);
         let key = self.room.sketch_key_wire();
-        for message in protocol::buckets_messages(depth, expected, key, &summaries, max_frame) {
+        let messages =
+            protocol::buckets_messages(round.depth, round.expected, key, &summaries, max_frame);
+        for message in messages {
             self.send(Audience::One(id), message, out);
         }
     }
 
-    /// The client decoded the sketch: verify its shared root, then stream what it lacks.
+    /// The client decoded `sketch`: verify its shared root, then stream what it lacks.
     pub(super) fn settle_want(
         &mut self,
         id: SessionId,
         shorts: &[u64],
         shared: SetDigest,
+        sketch: SketchRound,
         out: &mut Outbox,
     ) {
-        let Some(Recon::Sketch { log2, at_seq, .. }) = self.members.get(&id).map(|m| m.recon)
-        else {
-            return;
-        };
         let class = self.class_of(id);
         let Some(scope) = scope(&self.room, &mut self.subscriptions, class) else {
             return self.lost_class(id, out);
         };
-        match self.room.settle_want(scope, shorts, shared, at_seq) {
-            Some(cursor) => self.start_stream(id, cursor, out),
+        match self.room.settle_want(scope, shorts, shared, sketch.at_seq) {
+            Some(cursor) => self.start_stream(id, cursor, Ending::AtLatestWithRoot, out),
             None => {
                 tracing::debug!("shared root mismatch after a sketch decode; refining");
-                self.start_refine(id, sketch_capacity(log2), out);
+                self.start_refine(id, sketch_capacity(sketch.log2), out);
             }
         }
     }
 
-    /// The client could not decode: extend the sketch once, then refine.
-    pub(super) fn retry(&mut self, id: SessionId, out: &mut Outbox) {
-        let Some(Recon::Sketch {
-            log2,
-            at_seq,
-            extended,
-        }) = self.members.get(&id).map(|m| m.recon)
-        else {
-            return;
-        };
-        if extended || log2 >= MAX_LOG2_CELLS {
+    /// The client could not decode `sketch`: extend it once, then refine.
+    pub(super) fn retry(&mut self, id: SessionId, sketch: SketchRound, out: &mut Outbox) {
+        if sketch.extended || sketch.log2 >= MAX_LOG2_CELLS {
             // The difference did not fit this sketch: at least its cell count is a fair guess.
-            self.start_refine(id, sketch_capacity(log2), out);
-            return;
+            return self.start_refine(id, sketch_capacity(sketch.log2), out);
         }
-        let log2 = log2 + 1;
-        if let Some(member) = self.members.get_mut(&id) {
-            member.recon = Recon::Sketch {
-                log2,
-                at_seq,
-                extended: true,
-            };
-        }
-        self.send_sketch(id, log2, true, at_seq, out);
-    }
-
-    /// A round of `bucket_ids` is in: answer `missing`, then stream, or (first round, some
-    /// bucket sketch did not settle) ask for those buckets' lists.
-    pub(super) fn settle_bucket_ids(
-        &mut self,
-        id: SessionId,
-        differing: Bytes,
-        shorts: &[u64],
-        sketches: &[BucketSketch],
-        out: &mut Outbox,
-    ) {
-        let class = self.class_of(id);
+        let extension = SketchRound {
+            log2: sketch.log2 + 1,
+            at_seq: sketch.at_seq,
+            extended: true,
+        };
         let Some(member) = self.members.get_mut(&id) else {
             return;
         };
-        let Recon::Refine { depth, at_seq, .. } = member.recon else {
-            return;
-        };
-        let relisting = member.relisting.take().map(|relisting| *relisting);
+        member.session.sketch_sent(extension);
+        self.send_sketch(id, extension, out);
+    }
+
+    /// A round of `bucket_ids` answering `round` is in: answer `missing`, then stream, or
+    /// (first round, some bucket sketch did not settle) ask for those buckets' lists.
+    pub(super) fn settle_bucket_ids(
+        &mut self,
+        id: SessionId,
+        round: RefineRound,
+        relisting: Option<Box<Relisting>>,
+        (differing, shorts, sketches): (Bytes, &[u64], &[BucketSketch]),
+        out: &mut Outbox,
+    ) {
+        let class = self.class_of(id);
         let Some(scope) = scope(&self.room, &mut self.subscriptions, class) else {
             return self.lost_class(id, out);
         };
-        let round = BucketRound {
-            depth,
-            at_seq,
+        let bucket_round = BucketRound {
+            depth: round.depth,
+            at_seq: round.at_seq,
             differing: &differing,
             shorts,
             sketches,
         };
-        let settled = match relisting {
+        let settled = match relisting.map(|relisting| *relisting) {
             Some(Relisting { buckets, .. }) if buckets != differing => Err(BucketIdsError::Relist),
             Some(Relisting { cursor, .. }) => {
-                self.room.settle_bucket_ids(scope, round, Some(cursor))
+                self.room
+                    .settle_bucket_ids(scope, bucket_round, Some(cursor))
             }
-            None => self.room.settle_bucket_ids(scope, round, None),
+            None => self.room.settle_bucket_ids(scope, bucket_round, None),
         };
         match settled {
             Ok(Settled {
@@ -180,13 +155,13 @@ impl Hub {
                     self.send(Audience::One(id), message, out);
                 }
                 if relist.is_empty() {
-                    self.start_stream(id, cursor, out);
+                    self.start_stream(id, cursor, Ending::AtLatestWithRoot, out);
                 } else if let Some(member) = self.members.get_mut(&id) {
-                    member.relisting = Some(Box::new(Relisting {
+                    let relisting = Relisting {
                         buckets: Bytes::from(relist),
                         cursor,
-                    }));
-                    member.session.refine();
+                    };
+                    member.session.refine(round, Some(Box::new(relisting)));
                 }
             }
             Err(e) => {

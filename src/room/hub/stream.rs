@@ -3,18 +3,20 @@
 use super::*;
 
 impl Hub {
-    /// Reconciliation is settled: stream the cursor as catch-up.
-    pub(super) fn start_stream(&mut self, id: SessionId, cursor: Cursor, out: &mut Outbox) {
+    /// Reconciliation is settled: stream the cursor as catch-up, ending as `ending` says.
+    pub(super) fn start_stream(
+        &mut self,
+        id: SessionId,
+        cursor: Cursor,
+        ending: Ending,
+        out: &mut Outbox,
+    ) {
         if let Some(member) = self.members.get_mut(&id) {
             let cursor = match &member.subscription {
                 Some((set, _)) => cursor.filtered(set.clone()),
                 None => cursor,
             };
-            member.cursor = Some(cursor);
-            member.waiting_on = None;
-            member.stored_only = false;
-            member.recon = Recon::Idle;
-            member.session.need_sent();
+            member.session.stream(Stream::new(cursor, ending));
         }
         self.pump(id, out);
     }
@@ -84,11 +86,10 @@ impl Hub {
             };
             return self.send(Audience::One(id), Message::Subscribed(done), out);
         }
-        member.session.backfill();
-        member.backfill = Some(number);
-        member.waiting_on = None;
-        member.stored_only = false;
-        member.cursor = Some(Cursor::new(explicit, seq.saturating_add(1)).filtered(new));
+        let cursor = Cursor::new(explicit, seq.saturating_add(1)).filtered(new);
+        member
+            .session
+            .stream(Stream::new(cursor, Ending::Subscribed(number)));
         self.pump(id, out);
     }
 
@@ -99,21 +100,20 @@ impl Hub {
             let Some(member) = self.members.get_mut(&id) else {
                 return;
             };
-            if !member.session.is_catching_up()
-                || !member.session.has_credit()
-                || member.waiting_on.is_some()
-            {
+            if !member.session.has_credit() {
                 return;
             }
-            let end = if member.stored_only {
-                self.ledger.durable()
-            } else {
-                self.room.seq()
-            };
-            let Some(cursor) = member.cursor.as_mut() else {
+            let Some(stream) = member.session.stream_mut() else {
                 return;
             };
-            match self.room.next_batch(cursor, max_frame, end) {
+            if stream.waiting_on().is_some() {
+                return;
+            }
+            let end = match stream.ending() {
+                Ending::AtStored => self.ledger.durable(),
+                _ => self.room.seq(),
+            };
+            match self.room.next_batch(stream.cursor_mut(), max_frame, end) {
                 BatchStep::Batch { frame, through, .. } => {
                     member.session.spend_credit(frame.len() as u64);
                     out.frames.push(Outgoing {
@@ -124,7 +124,9 @@ impl Hub {
                     });
                 }
                 BatchStep::Fetch(seqs) => {
-                    member.waiting_on = seqs.first().copied();
+                    if let Some(first) = seqs.first() {
+                        stream.wait_for(*first);
+                    }
                     let new: Vec<u64> = seqs
                         .into_iter()
                         .filter(|seq| self.fetching.insert(*seq))
@@ -145,13 +147,12 @@ impl Hub {
         let Some(member) = self.members.get_mut(&id) else {
             return;
         };
-        member.cursor = None;
-        member.session.caught_up();
-        let backfill = member.backfill.take();
-        let verify_root = member.verify_root;
+        let Some(ending) = member.session.caught_up() else {
+            return;
+        };
         let class_id = member.subscription.as_ref().map(|(_, class)| *class);
         let class = class_id.and_then(|class| self.subscriptions.class(class));
-        if let Some(number) = backfill {
+        if let Ending::Subscribed(number) = ending {
             let patterns = class.map(|c| c.set().canonical()).unwrap_or_default();
             let done = Subscribed {
                 number,
@@ -164,7 +165,7 @@ impl Hub {
         // Sketch and refine sessions decided what to send from short ids and digests; the
         // root (of the class's nodes for a subscribed session) makes the result
         // collision-resistant (§5.10). Their stream ends at the room's latest number.
-        let root = if verify_root {
+        let root = if ending == Ending::AtLatestWithRoot {
             sets_mut(&mut self.room, &mut self.subscriptions, class_id).map(tree_root)
         } else {
             None

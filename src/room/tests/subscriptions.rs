@@ -1,6 +1,7 @@
 //! Hub: subscriptions.
 
 use super::*;
+use crate::pattern::PatternSet;
 
 #[test]
 fn a_subscribed_cold_client_gets_only_the_matching_nodes_and_their_digest() {

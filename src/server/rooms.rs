@@ -663,11 +663,12 @@ struct Gather {
 }
 
 /// How long a commit that follows one of `last` may wait for the nodes of the writers that
-/// one acked: a quarter of it, at most `MAX_GATHER`, so a slow store's writers share one
-/// commit instead of taking turns in two. Nothing for a commit under 4 ms: a timer rounds up
-/// to the next millisecond, about what such a wait would gain.
+/// one acked: a quarter of it, at most `MAX_GATHER`, so the writers share one commit instead
+/// of taking turns in two. The wait ends early once they are back (see `RoomTask::run`).
+/// Nothing for a commit under 1 ms: a timer rounds up to the next millisecond, more than
+/// such a commit takes.
 fn gather_time(last: Duration) -> Option<Duration> {
-    (last >= Duration::from_millis(4)).then(|| (last / 4).min(MAX_GATHER))
+    (last >= Duration::from_millis(1)).then(|| (last / 4).min(MAX_GATHER))
 }
 
 /// The longest a commit waits for the writers the previous one acked.

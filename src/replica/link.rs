@@ -1,4 +1,12 @@
 //! One connection's worth of sync between a replica and the relay.
+//!
+//! [`Link`] is the entry point; its parts live beside it: pushing local nodes as packs and
+//! settling their outcomes ([`push`]), the sketch path ([`sketch`], protocol/README.md §5.7)
+//! and prefix-tree refinement ([`refine`], §5.9).
+
+mod push;
+mod refine;
+mod sketch;
 
 use std::collections::{HashMap, HashSet};
 
@@ -8,13 +16,15 @@ use super::{InsertError, Replica};
 use crate::node::{Node, NodeId, TreeHash};
 use crate::pattern::PatternSet;
 use crate::protocol::{
-    self, BucketSketch, BucketSummary, Buckets, Capabilities, EncodeError, ErrorMessage, Ids,
-    Message, MessageType, Missing, Outcome, Pack, Plan, RelayLimits, Retry, Sketch, TreeRoot,
+    Capabilities, EncodeError, ErrorMessage, Ids, Message, MessageType, Outcome, Plan, RelayLimits,
+    TreeRoot,
 };
-use crate::recon::ibf::{self, Cell, Ibf, K, SketchError, SketchKey};
-use crate::recon::prefix_tree::Prefix;
-use crate::recon::refine::BucketView;
+use crate::recon::ibf::SketchKey;
 use crate::session::{ClientError, ClientEvent, ClientSession};
+
+pub use push::{OverLimit, SizeLimit};
+use refine::RefineState;
+use sketch::SketchState;
 
 /// Something the application may want to know after a frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,29 +75,6 @@ pub enum SyncEvent {
         seq: u64,
     },
 }
-
-/// A node over one of the relay's size limits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct OverLimit {
-    /// Which limit.
-    pub limit: SizeLimit,
-    /// The node's size against that limit, in bytes.
-    pub size: u64,
-    /// The limit, in bytes.
-    pub max: u64,
-}
-
-/// A size limit from `welcome`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SizeLimit {
-    /// `max_payload`: the payload alone.
-    Payload,
-    /// `max_frame`: the node in a `pack` frame of its own.
-    Frame,
-}
-
-/// Envelope, pack header and number take under 16 bytes.
-const PACK_OVERHEAD: usize = 16;
 
 /// What to send and report after a frame.
 #[derive(Debug, Default)]
@@ -159,31 +146,6 @@ pub struct Link {
     sketch: SketchState,
     /// Refinement in progress.
     refine: RefineState,
-}
-
-/// The relay's sketch as it arrives, and the last complete one (kept for an extension).
-#[derive(Default)]
-struct SketchState {
-    key: Option<SketchKey>,
-    /// Cells of the sketch (or extension) being received, with its size and kind.
-    receiving: Option<(u8, bool)>,
-    cells: Vec<Cell>,
-    /// The last complete sketch, which an extension builds on.
-    complete: Option<Ibf>,
-    /// The replica's sync marks were set from a decode the relay has not verified yet.
-    tentative: bool,
-}
-
-/// Bucket summaries as they arrive, then the relay's `missing` answer.
-#[derive(Default)]
-struct RefineState {
-    depth: u8,
-    expected: u64,
-    key: Option<SketchKey>,
-    summaries: Vec<BucketSummary>,
-    missing: Vec<u64>,
-    /// The relay asked for a second round (some bucket sketch did not settle).
-    relisted: bool,
 }
 
 impl Link {
@@ -382,35 +344,6 @@ impl Link {
         Ok(out)
     }
 
-    fn settle(
-        &mut self,
-        replica: &mut Replica,
-        id: NodeId,
-        outcome: Outcome,
-        out: &mut LinkOutput,
-    ) {
-        match outcome {
-            Outcome::Accepted(seq) | Outcome::Duplicate(seq) => {
-                replica.mark_synced(&id);
-                // A subscribed replica's watermark moves with broadcasts only: the ack of a
-                // pack comes before the broadcasts of the lower-numbered nodes it released from
-                // the orphan buffer (§7.1), so it says nothing about those.
-                if replica.subscription().is_none() {
-                    replica.received_seq(self.epoch, seq);
-                }
-            }
-            // Still waiting for parents on the relay; a `resolved` entry settles it.
-            Outcome::Pending => return,
-            // The parents did not reach the relay in time (a subset replica cannot supply
-            // parents outside its subscription): the node stays, unsynced, and the next
-            // connection pushes it again.
-            Outcome::Rejected(reason) if reason.is_transient() => {}
-            Outcome::Rejected(_) => replica.discard(&id),
-        }
-        self.outstanding.remove(&id);
-        out.events.push(SyncEvent::Settled { id, outcome });
-    }
-
     /// Node `seq` arrived live. A subscribed replica never sees the numbers of nodes outside
     /// its subscription, but in steady state the relay broadcasts every matching node in
     /// order, so the watermark moves straight to `seq`; during a backfill older matching
@@ -441,352 +374,6 @@ impl Link {
         let number = self.next_pack;
         self.next_pack += 1;
         Ok(self.session.change_subscription(number, patterns, add)?)
-    }
-
-    /// Packs for every unsynced node not yet sent on this connection, within the relay's limits.
-    /// Empty until the session is steady. A node over a limit from `welcome` is not sent: it is
-    /// removed from the replica with its descendants and reported as [`SyncEvent::TooLarge`].
-    pub fn push(&mut self, replica: &mut Replica) -> Result<LinkOutput, LinkError> {
-        let mut out = LinkOutput::default();
-        if !self.session.is_steady() {
-            return Ok(out);
-        }
-        let max_nodes = (self.limits.max_pack_nodes as usize).max(1);
-        let max_bytes = (self.limits.max_frame as usize).saturating_sub(PACK_OVERHEAD);
-        let max_payload = self.limits.node.max_payload as usize;
-        let mut nodes = Vec::new();
-        let mut size = 0usize;
-        let mut too_large = Vec::new();
-        let mut doomed = HashSet::new();
-        // Only nodes after the cursor are new to this connection: a push per frame must not
-        // rescan everything already in flight.
-        if replica.generation() != self.push_generation {
-            self.push_generation = replica.generation();
-            self.push_from = 0;
-        }
-        for (pos, node) in replica.unsynced_from(self.push_from) {
-            self.push_from = pos.saturating_add(1);
-            if self.outstanding.contains(&node.id) {
-                continue;
-            }
-            // Built on a node that is never sent: it goes with that node.
-            if node.parents.iter().any(|p| doomed.contains(p)) {
-                doomed.insert(node.id);
-                continue;
-            }
-            let node_size = node.wire_size_bound();
-            let over = if node.payload.len() > max_payload {
-                Some((SizeLimit::Payload, node.payload.len(), max_payload))
-            } else if node_size > max_bytes {
-                let frame = node_size.saturating_add(PACK_OVERHEAD);
-                Some((SizeLimit::Frame, frame, self.limits.max_frame as usize))
-            } else {
-                None
-            };
-            if let Some((limit, size, max)) = over {
-                let over = OverLimit {
-                    limit,
-                    size: size as u64,
-                    max: max as u64,
-                };
-                doomed.insert(node.id);
-                too_large.push((node.id, over));
-                continue;
-            }
-            if !nodes.is_empty()
-                && (nodes.len() >= max_nodes || size.saturating_add(node_size) > max_bytes)
-            {
-                out.send.push(self.pack(std::mem::take(&mut nodes))?);
-                size = 0;
-            }
-            size = size.saturating_add(node_size);
-            nodes.push(node.clone());
-        }
-        if !nodes.is_empty() {
-            out.send.push(self.pack(nodes)?);
-        }
-        for (id, over) in too_large {
-            replica.discard(&id);
-            out.events.push(SyncEvent::TooLarge { id, over });
-        }
-        Ok(out)
-    }
-
-    /// Our nodes sent on this connection and not settled yet.
-    pub fn in_flight(&self) -> impl Iterator<Item = &NodeId> {
-        self.outstanding.iter()
-    }
-
-    fn pack(&mut self, nodes: Vec<Node>) -> Result<Bytes, LinkError> {
-        let number = self.next_pack;
-        self.next_pack = self.next_pack.saturating_add(1);
-        let ids: Vec<NodeId> = nodes.iter().map(|n| n.id).collect();
-        self.outstanding.extend(ids.iter().copied());
-        self.inflight.insert(number, ids);
-        Ok(Message::Pack(Pack { number, nodes }).encode()?)
-    }
-
-    /// A `sketch` frame: collect its cells; once the sketch is complete, decode it against
-    /// the replica's own and answer `want` or `retry` (protocol/README.md §5.7).
-    fn on_sketch(
-        &mut self,
-        replica: &mut Replica,
-        frame: Sketch,
-        out: &mut LinkOutput,
-    ) -> Result<(), LinkError> {
-        let bad = bad_frame(MessageType::Sketch);
-        let key = SketchKey::from_wire(&frame.key).ok_or_else(|| bad("bad key".into()))?;
-        if self.sketch.key.is_some_and(|k| k != key) {
-            return Err(bad("the key changed within the session".into()));
-        }
-        self.sketch.key = Some(key);
-        let shape = (frame.log2, frame.extension);
-        match self.sketch.receiving {
-            None => self.sketch.receiving = Some(shape),
-            Some(current) if current == shape => {}
-            Some(_) => return Err(bad("a frame of another sketch arrived mid-sketch".into())),
-        }
-        let cells = ibf::decode_cells(&frame.cells).map_err(|e| bad(e.to_string()))?;
-        // A whole sketch at log2 has K·2^log2 cells; an extension half of that.
-        let expected_log2 = if frame.extension {
-            frame
-                .log2
-                .checked_sub(1)
-                .ok_or_else(|| bad("extension to size 2^0".into()))?
-        } else {
-            frame.log2
-        };
-        if expected_log2 > ibf::MAX_LOG2_CELLS {
-            return Err(bad(SketchError::BadSize.to_string()));
-        }
-        let expected = K << expected_log2;
-        if self.sketch.cells.len().saturating_add(cells.len()) > expected {
-            return Err(bad("more cells than the sketch holds".into()));
-        }
-        self.sketch.cells.extend(cells);
-        if self.sketch.cells.len() < expected {
-            return Ok(());
-        }
-        self.sketch.receiving = None;
-        let cells = std::mem::take(&mut self.sketch.cells);
-        let relay = if frame.extension {
-            let previous = self
-                .sketch
-                .complete
-                .take()
-                .filter(|p| p.log2() == expected_log2)
-                .ok_or_else(|| bad("an extension without the sketch it extends".into()))?;
-            previous.extend(cells)
-        } else {
-            Ibf::from_cells(frame.log2, cells)
-        }
-        .map_err(|e| bad(e.to_string()))?;
-        self.decode_sketch(replica, key, relay, out)
-    }
-
-    fn decode_sketch(
-        &mut self,
-        replica: &mut Replica,
-        key: SketchKey,
-        relay: Ibf,
-        out: &mut LinkOutput,
-    ) -> Result<(), LinkError> {
-        let sets = replica.sets(key);
-        let ours = sets
-            .sketch_at(relay.log2())
-            .map_err(|e| bad_frame(MessageType::Sketch)(e.to_string()))?;
-        let decoded = relay.subtract(&ours).and_then(Ibf::decode);
-        // Short ids we alone hold must name our nodes; otherwise the decode is garbage.
-        let outcome = decoded.map(|diff| {
-            let only_ours: Option<Vec<NodeId>> = diff
-                .theirs
-                .iter()
-                .map(|short| sets.resolve(*short))
-                .collect();
-            (diff.ours, only_ours)
-        });
-        let (want, only_ours) = match outcome {
-            Ok((want, Some(only_ours))) => (want, only_ours),
-            failed => {
-                let cells_left = match failed {
-                    Err(SketchError::Undecodable { remaining }) => remaining as u64,
-                    _ => 0,
-                };
-                self.sketch.complete = Some(relay);
-                out.send
-                    .push(Message::Retry(Retry { cells_left }).encode()?);
-                return Ok(());
-            }
-        };
-        let mut shared = replica.digest();
-        for id in &only_ours {
-            shared.remove(id);
-        }
-        // Everything but what we alone hold is the relay's, as far as the decode says; the
-        // relay checks the shared root before streaming, and says `buckets` if it disagrees.
-        let only_ours: HashSet<NodeId> = only_ours.into_iter().collect();
-        let mut unsynced = replica.unsynced_before(replica.len());
-        unsynced.retain(|id| replica.in_scope(id));
-        // Marking node by node costs a tree update each: fine for a few unsynced nodes, while a
-        // replica that trusted nothing is re-derived in one pass.
-        let many = unsynced.len() as u64 > replica.scope_len() / 8;
-        if many || only_ours.iter().any(|id| replica.is_synced(id)) {
-            replica.reset_scope_sync(|id| !only_ours.contains(id));
-        } else {
-            for id in unsynced.iter().filter(|id| !only_ours.contains(*id)) {
-                replica.mark_synced(id);
-            }
-        }
-        self.sketch.tentative = true;
-        let max_frame = self.limits.max_frame as usize;
-        for message in protocol::want_messages(&want, shared, max_frame) {
-            out.send.push(message.encode()?);
-        }
-        Ok(())
-    }
-
-    /// A `buckets` frame: collect summaries; after the last, answer `bucket_ids` with the
-    /// differing buckets and our short ids in them (protocol/README.md §5.9).
-    fn on_buckets(
-        &mut self,
-        replica: &mut Replica,
-        frame: Buckets,
-        out: &mut LinkOutput,
-    ) -> Result<(), LinkError> {
-        let bad = bad_frame(MessageType::Buckets);
-        if self.refine.summaries.is_empty() && self.sketch.key.is_some() {
-            out.events.push(SyncEvent::Plan(Plan::Refine));
-        }
-        if std::mem::take(&mut self.sketch.tentative) {
-            // The relay did not confirm our decode: nothing it implied can be trusted.
-            replica.forget_sync();
-        }
-        let key = SketchKey::from_wire(&frame.key).ok_or_else(|| bad("bad key".into()))?;
-        if frame.depth == 0 || frame.depth > crate::recon::MAX_REFINE_DEPTH {
-            return Err(bad(format!("bucket depth {}", frame.depth)));
-        }
-        if self.refine.summaries.is_empty() {
-            self.refine.depth = frame.depth;
-            self.refine.expected = frame.expected;
-            self.refine.key = Some(key);
-        } else if self.refine.depth != frame.depth
-            || self.refine.expected != frame.expected
-            || self.refine.key != Some(key)
-        {
-            return Err(bad("depth, expected or key changed between frames".into()));
-        }
-        let buckets = 1usize << (4 * usize::from(frame.depth));
-        let summaries = protocol::unpack_buckets(&frame.summaries)
-            .ok_or_else(|| bad("truncated summaries".into()))?;
-        if self.refine.summaries.len().saturating_add(summaries.len()) > buckets {
-            return Err(bad("more summaries than buckets".into()));
-        }
-        self.refine.summaries.extend(summaries);
-        if !frame.last {
-            return Ok(());
-        }
-        if self.refine.summaries.len() != buckets {
-            return Err(bad("fewer summaries than buckets".into()));
-        }
-        let theirs = std::mem::take(&mut self.refine.summaries);
-        let depth = self.refine.depth;
-        let relay_total = theirs
-            .iter()
-            .fold(0u64, |sum, (count, _)| sum.saturating_add(*count));
-        let larger_total = relay_total.max(replica.scope_len());
-        let max_frame = self.limits.max_frame as usize;
-        let sets = replica.sets(key);
-        let mine = sets.tree_mut().level(depth);
-        let tree = sets.tree();
-        let mut differing = vec![0u8; protocol::bucket_bitmap_len(depth)];
-        let mut shorts = Vec::new();
-        let mut sketches = Vec::new();
-        for (bucket, (summary, theirs)) in mine.iter().zip(&theirs).enumerate() {
-            if summary.truncated() == *theirs {
-                continue;
-            }
-            protocol::mark_bucket(&mut differing, bucket);
-            let Some(prefix) = Prefix::from_index(depth, bucket) else {
-                continue;
-            };
-            let view = BucketView {
-                relay_count: theirs.0,
-                client_count: summary.count,
-                expected: self.refine.expected,
-                larger_total,
-            };
-            // Whichever is smaller: the bucket's sketch, or our short ids in it.
-            // An entry never spans frames: it must fit beside the bitmap in one.
-            let room = max_frame.saturating_sub(differing.len() + protocol::FRAME_SLACK);
-            match view.sketch_log2(room) {
-                Some(log2) => {
-                    let mut sketch = Ibf::new_clamped(log2);
-                    tree.for_each_under(&prefix, |id| sketch.insert(key.short_id(id)));
-                    sketches.push(BucketSketch {
-                        bucket: bucket as u64,
-                        count: summary.count,
-                        log2,
-                        cells: Bytes::from(ibf::encode_cells(sketch.cells())),
-                    });
-                }
-                None => tree.for_each_under(&prefix, |id| shorts.push(key.short_id(id))),
-            }
-        }
-        // The relay's `missing` answer is about the nodes held now; later ones stay unsynced.
-        self.ids_sent = replica.ids().copied().collect();
-        for message in protocol::bucket_ids_messages(&differing, &shorts, &sketches, max_frame) {
-            out.send.push(message.encode()?);
-        }
-        Ok(())
-    }
-
-    /// A `missing` frame: after the last, every node we held at `bucket_ids` time except the
-    /// missing ones is the relay's — unless the relay asks us to list the buckets whose
-    /// sketches it could not settle first (one second round, by lists).
-    fn on_missing(
-        &mut self,
-        replica: &mut Replica,
-        frame: Missing,
-        out: &mut LinkOutput,
-    ) -> Result<(), LinkError> {
-        let bad = bad_frame(MessageType::Missing);
-        let shorts = protocol::unpack_shorts(&frame.shorts).map_err(|e| bad(e.to_string()))?;
-        self.refine.missing.extend(shorts);
-        if !frame.last {
-            return Ok(());
-        }
-        let Some(key) = self.refine.key else {
-            return Ok(());
-        };
-        if !frame.relist.is_empty() {
-            let buckets = 1usize << (4 * usize::from(self.refine.depth));
-            let expected = protocol::bucket_bitmap_len(self.refine.depth);
-            if self.refine.relisted || frame.relist.len() != expected {
-                return Err(bad("a relist the session cannot follow".into()));
-            }
-            self.refine.relisted = true;
-            let tree = replica.sets(key).tree();
-            let mut shorts = Vec::new();
-            for bucket in 0..buckets {
-                let listed = protocol::bucket_marked(&frame.relist, bucket);
-                if let Some(prefix) = Prefix::from_index(self.refine.depth, bucket)
-                    && listed
-                {
-                    tree.for_each_under(&prefix, |id| shorts.push(key.short_id(id)));
-                }
-            }
-            let max_frame = self.limits.max_frame as usize;
-            for message in protocol::bucket_ids_messages(&frame.relist, &shorts, &[], max_frame) {
-                out.send.push(message.encode()?);
-            }
-            return Ok(());
-        }
-        let missing: HashSet<u64> = std::mem::take(&mut self.refine.missing)
-            .into_iter()
-            .collect();
-        let covered = std::mem::take(&mut self.ids_sent);
-        replica.reset_scope_sync(|id| covered.contains(id) && !missing.contains(&key.short_id(id)));
-        Ok(())
     }
 
     fn send_ids(&mut self, replica: &Replica, out: &mut LinkOutput) -> Result<(), LinkError> {

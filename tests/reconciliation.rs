@@ -17,9 +17,10 @@ use weft::protocol::{
     self, Capabilities, CloseCode, ErrorCode, Message, MessageType, Plan, Sketch, Want,
 };
 use weft::recon::SetDigest;
-use weft::recon::ibf::{self, Cell, Placement, SketchKey};
+use weft::recon::ibf::{self, Cell, Placement, SketchError, SketchKey};
 use weft::replica::{Link, LinkError, Replica, SyncEvent};
 use weft::room::{Hub, HubConfig, OrphanLimits, Room};
+use weft::session::{ClientError, Misbehaved};
 
 const EPOCH: u64 = 9;
 const WAVES: usize = 10_000;
@@ -565,7 +566,7 @@ fn garbage_sketches_are_typed_errors_and_change_nothing() {
     };
     let good_key = Bytes::copy_from_slice(key().wire());
     let cells = |n: usize| Bytes::from(ibf::encode_cells(&vec![Cell::default(); n]));
-    let cases: Vec<(&str, Sketch)> = vec![
+    let cases: Vec<(&str, Sketch, Misbehaved)> = vec![
         (
             "short key",
             Sketch {
@@ -574,6 +575,7 @@ fn garbage_sketches_are_typed_errors_and_change_nothing() {
                 key: Bytes::from_static(&[1; 3]),
                 cells: cells(48),
             },
+            Misbehaved::BadKey(MessageType::Sketch),
         ),
         (
             "partial cell",
@@ -583,6 +585,7 @@ fn garbage_sketches_are_typed_errors_and_change_nothing() {
                 key: good_key.clone(),
                 cells: Bytes::from(vec![0u8; 13 * 2 + 5]),
             },
+            Misbehaved::SketchCells(SketchError::BadSize),
         ),
         (
             "more cells than the size holds",
@@ -592,6 +595,7 @@ fn garbage_sketches_are_typed_errors_and_change_nothing() {
                 key: good_key.clone(),
                 cells: cells(49),
             },
+            Misbehaved::SketchOverfull,
         ),
         (
             "size beyond the largest",
@@ -601,6 +605,7 @@ fn garbage_sketches_are_typed_errors_and_change_nothing() {
                 key: good_key.clone(),
                 cells: cells(3),
             },
+            Misbehaved::SketchSize(60),
         ),
         (
             "extension without a sketch",
@@ -610,9 +615,10 @@ fn garbage_sketches_are_typed_errors_and_change_nothing() {
                 key: good_key.clone(),
                 cells: cells(48),
             },
+            Misbehaved::ExtensionWithoutSketch,
         ),
     ];
-    for (what, sketch) in cases {
+    for (what, sketch, reason) in cases {
         let mut hub = Hub::new(history.room(), HubConfig::immediate());
         let mut replica = history.replica(false);
         let before: Vec<(NodeId, bool)> = replica
@@ -624,11 +630,8 @@ fn garbage_sketches_are_typed_errors_and_change_nothing() {
         let result = link.handle_frame(&mut replica, &frame);
         assert!(
             matches!(
-                result,
-                Err(LinkError::BadRecon {
-                    what: MessageType::Sketch,
-                    ..
-                })
+                &result,
+                Err(LinkError::Session(ClientError::Misbehaved(refused))) if *refused == reason
             ),
             "{what}: {result:?}"
         );

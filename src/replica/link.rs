@@ -1,12 +1,16 @@
 //! One connection's worth of sync between a replica and the relay.
 //!
-//! [`Link`] is the entry point; its parts live beside it: pushing local nodes as packs and
-//! settling their outcomes ([`push`]), the sketch path ([`sketch`], protocol/README.md §5.7)
-//! and prefix-tree refinement ([`refine`], §5.9).
+//! [`Link`] drives a [`ClientSession`] against a [`Replica`]: the session checks each frame
+//! against the phase and owns what the phase gathers; the link does what the replica must, and
+//! gives the session the answers it asks for. Its parts live beside it: pushing local nodes as
+//! packs and settling their outcomes ([`push`]), decoding the relay's sketch ([`sketch`],
+//! protocol/README.md §5.7), comparing bucket summaries ([`refine`], §5.9) and changing the
+//! subscription ([`subscribe`], §7.5).
 
 mod push;
 mod refine;
 mod sketch;
+mod subscribe;
 
 use std::collections::{HashMap, HashSet};
 
@@ -14,17 +18,14 @@ use bytes::Bytes;
 
 use super::{InsertError, Replica};
 use crate::node::{Node, NodeId, TreeHash};
-use crate::pattern::PatternSet;
+use crate::pattern::{PatternError, PatternSet};
 use crate::protocol::{
-    Capabilities, EncodeError, ErrorMessage, Ids, Message, MessageType, Outcome, Plan, RelayLimits,
-    TreeRoot,
+    Capabilities, EncodeError, ErrorMessage, Outcome, Plan, RelayLimits, TreeRoot, Welcome,
 };
 use crate::recon::ibf::SketchKey;
-use crate::session::{ClientError, ClientEvent, ClientSession};
+use crate::session::{ClientError, ClientEvent, ClientSession, Fallback, HelloSnapshot};
 
 pub use push::{OverLimit, SizeLimit};
-use refine::RefineState;
-use sketch::SketchState;
 
 /// Something the application may want to know after a frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -89,7 +90,7 @@ pub struct LinkOutput {
 /// The connection must be dropped; reconnecting starts a fresh [`Link`].
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {
-    /// The relay broke the protocol.
+    /// The relay broke the protocol (or the session was driven out of turn).
     #[error(transparent)]
     Session(#[from] ClientError),
     /// A frame could not be encoded.
@@ -104,17 +105,22 @@ pub enum LinkError {
         /// Why.
         error: InsertError,
     },
-    /// An `ack` did not match the pack it names.
-    #[error("ack for unknown pack {0} or with the wrong number of outcomes")]
-    BadAck(u64),
-    /// A reconciliation frame (`sketch`, `buckets`, `missing`) could not be used.
-    #[error("relay sent an unusable {what:?} frame: {detail}")]
-    BadRecon {
-        /// The frame's type.
-        what: MessageType,
-        /// What was wrong.
-        detail: String,
+    /// An `ack` names no pack in flight.
+    #[error("ack for pack {0}, which is not in flight")]
+    UnknownAck(u64),
+    /// An `ack` does not carry one outcome per node of its pack.
+    #[error("ack for pack {number} has {outcomes} outcomes for {nodes} nodes")]
+    AckOutcomes {
+        /// The pack.
+        number: u64,
+        /// Nodes the pack carried.
+        nodes: usize,
+        /// Outcomes the ack carries.
+        outcomes: usize,
     },
+    /// `subscribed` lists a pattern that does not parse.
+    #[error("subscribed lists a bad pattern: {0}")]
+    SubscribedPattern(PatternError),
     /// After catch-up the synced set differed from the relay's. The replica forgot what it knew
     /// about the relay, so the next connection reconciles by id list.
     #[error("replica diverged from the relay after catch-up; resyncing by id list")]
@@ -123,29 +129,18 @@ pub enum LinkError {
 
 /// Drives one connection for a replica: feed it every received frame, send what it returns.
 pub struct Link {
+    /// The protocol's side of the connection: phase, capabilities, epoch, limits, credit.
     session: ClientSession,
-    epoch: u64,
-    limits: RelayLimits,
+    /// The next `pack` (or subscription change) number.
     next_pack: u64,
+    /// Packs sent and not acked yet, with their nodes in order.
     inflight: HashMap<u64, Vec<NodeId>>,
     /// Sent in this connection and not yet settled.
     outstanding: HashSet<NodeId>,
-    need: HashSet<NodeId>,
-    /// The replica's size and digest when `hello` was built: an `InSync` answer is about
-    /// exactly those nodes, not about any written since.
-    hello_len: usize,
-    hello_generation: u64,
     /// Unsynced nodes before this position were already sent on this connection (valid while
     /// the replica's generation is `push_generation`).
     push_from: usize,
     push_generation: u64,
-    /// The ids sent in `ids` frames, or covered by `bucket_ids`: the relay's `need` or
-    /// `missing` answer is about exactly those.
-    ids_sent: HashSet<NodeId>,
-    /// Sketch reconciliation in progress.
-    sketch: SketchState,
-    /// Refinement in progress.
-    refine: RefineState,
 }
 
 impl Link {
@@ -170,22 +165,20 @@ impl Link {
         } else {
             capabilities
         };
-        let (session, hello) = ClientSession::start(hints, capabilities, window, subscribe)?;
+        // An `in_sync` answer is about exactly the nodes `hello` described.
+        let at_hello = HelloSnapshot {
+            len: replica.len(),
+            generation: replica.generation(),
+        };
+        let (session, hello) =
+            ClientSession::start(hints, capabilities, window, subscribe, at_hello)?;
         let link = Self {
             session,
-            epoch: 0,
-            limits: RelayLimits::default(),
             next_pack: 1,
             inflight: HashMap::new(),
             outstanding: HashSet::new(),
-            need: HashSet::new(),
-            hello_len: replica.len(),
-            hello_generation: replica.generation(),
             push_from: 0,
             push_generation: replica.generation(),
-            ids_sent: HashSet::new(),
-            sketch: SketchState::default(),
-            refine: RefineState::default(),
         };
         Ok((link, hello))
     }
@@ -202,7 +195,7 @@ impl Link {
 
     /// Limits the relay announced (defaults before `welcome`).
     pub fn limits(&self) -> &RelayLimits {
-        &self.limits
+        self.session.limits()
     }
 
     /// Handles one frame from the relay.
@@ -213,70 +206,60 @@ impl Link {
     ) -> Result<LinkOutput, LinkError> {
         let mut out = LinkOutput::default();
         match self.session.handle_frame(frame)? {
-            ClientEvent::Welcome(welcome) => {
-                self.epoch = welcome.epoch;
-                self.limits = welcome.limits();
-                out.events.push(SyncEvent::Plan(welcome.plan));
-                if replica.enter_epoch(welcome.epoch) {
-                    // Marks were forgotten, no node moved: what `hello` described still holds.
-                    self.hello_generation = replica.generation();
-                }
-                match welcome.plan {
-                    Plan::InSync => {
-                        // The relay holds what the replica held at `hello`: its first
-                        // `hello_len` nodes, as long as nothing moved since (the generation
-                        // says). Nodes written since are not covered and must still be pushed.
-                        // Only the unsynced ones need marking, so this costs O(unsynced).
-                        if replica.generation() == self.hello_generation {
-                            // The relay compared the scope: nodes outside the subscription
-                            // are still pushed (and acked as duplicates if it holds them).
-                            for id in replica.unsynced_before(self.hello_len) {
-                                if replica.in_scope(&id) {
-                                    replica.mark_synced(&id);
-                                }
-                            }
-                            replica.complete_through(self.epoch, welcome.seq);
-                        }
-                        // Otherwise the replica lost nodes meanwhile: claim nothing; pushing
-                        // the unsynced nodes gets them acked (as duplicates) instead.
-                        out.events.push(SyncEvent::Synced { seq: welcome.seq });
+            ClientEvent::Partial => {}
+            ClientEvent::Welcome { welcome, at_hello } => {
+                self.welcome(replica, welcome, at_hello, &mut out)?;
+            }
+            ClientEvent::Needed { sent, need } => {
+                // The relay holds every id we sent that it does not need; nodes written after
+                // the `ids` frames were built are not covered.
+                replica.reset_sync(|id| sent.contains(id) && !need.contains(id));
+            }
+            ClientEvent::Sketch { key, sketch } => {
+                self.answer_sketch(replica, key, sketch, &mut out)?;
+            }
+            ClientEvent::Buckets {
+                fallback,
+                summaries,
+            } => {
+                if let Some(fallback) = fallback {
+                    out.events.push(SyncEvent::Plan(Plan::Refine));
+                    if fallback == Fallback::Unverified {
+                        // The relay did not confirm our decode: nothing it implied can be
+                        // trusted.
+                        replica.forget_sync();
                     }
-                    Plan::CatchUp | Plan::Sketch | Plan::Refine => {}
-                    Plan::SendIds => self.send_ids(replica, &mut out)?,
+                }
+                if let Some(summaries) = summaries {
+                    self.answer_buckets(replica, summaries, &mut out)?;
                 }
             }
-            ClientEvent::Sketch(sketch) => self.on_sketch(replica, sketch, &mut out)?,
-            ClientEvent::Buckets(buckets) => self.on_buckets(replica, buckets, &mut out)?,
-            ClientEvent::Missing(missing) => self.on_missing(replica, missing, &mut out)?,
-            ClientEvent::Need(need) => {
-                self.need.extend(need.ids);
-                if need.last {
-                    // The relay holds every id we sent that it does not need; nodes written
-                    // after the `ids` frames were built are not covered.
-                    let need = std::mem::take(&mut self.need);
-                    let sent = std::mem::take(&mut self.ids_sent);
-                    replica.reset_sync(|id| sent.contains(id) && !need.contains(id));
-                }
+            ClientEvent::Relist { key, depth, relist } => {
+                self.answer_relist(replica, key, depth, &relist, &mut out)?;
+            }
+            ClientEvent::Missing {
+                key,
+                covered,
+                missing,
+            } => {
+                // Every node we held at `bucket_ids` time except the missing ones is the
+                // relay's (§5.9 step 8).
+                replica.reset_scope_sync(|id| {
+                    covered.contains(id) && !missing.contains(&key.short_id(id))
+                });
             }
             ClientEvent::Batch(batch) => {
-                self.sketch.tentative = false;
                 for node in batch.nodes {
-                    let id = node.id;
-                    if replica
-                        .insert(node, true)
-                        .map_err(|error| bad_node(replica, id, error))?
-                    {
-                        out.events
-                            .extend(replica.get(&id).cloned().map(SyncEvent::Arrived));
-                    }
+                    self.arrived(replica, node, &mut out)?;
                 }
-                replica.complete_through(self.epoch, batch.through);
+                replica.complete_through(self.session.epoch(), batch.through);
                 out.send.extend(self.session.poll_credit()?);
             }
-            ClientEvent::CaughtUp(done) => {
-                let root_differs = match (done.root, self.sketch.key.or(self.refine.key)) {
+            ClientEvent::CaughtUp { done, key } => {
+                let root_differs = match (done.root, key) {
                     (Some(root), Some(key)) => synced_root(replica, key) != root,
-                    // A root we cannot check (no sketch key yet) is not trusted either way.
+                    // A root we cannot check (a plan without a sketch key) is not trusted either
+                    // way.
                     (Some(_), None) => true,
                     (None, _) => false,
                 };
@@ -284,50 +267,18 @@ impl Link {
                     replica.forget_sync();
                     return Err(LinkError::Diverged);
                 }
-                replica.complete_through(self.epoch, done.seq);
+                replica.complete_through(self.session.epoch(), done.seq);
                 out.events.push(SyncEvent::Synced { seq: done.seq });
             }
-            ClientEvent::Ack(ack) => {
-                let ids = self
-                    .inflight
-                    .remove(&ack.number)
-                    .ok_or(LinkError::BadAck(ack.number))?;
-                if ids.len() != ack.outcomes.len() {
-                    return Err(LinkError::BadAck(ack.number));
-                }
-                for (id, outcome) in ids.into_iter().zip(ack.outcomes) {
-                    self.settle(replica, id, outcome, &mut out);
-                }
-            }
-            ClientEvent::Resolved(resolved) => {
-                for (id, outcome) in resolved.outcomes {
-                    if self.outstanding.contains(&id) {
-                        self.settle(replica, id, outcome, &mut out);
-                    }
-                }
-            }
+            ClientEvent::Ack(ack) => self.acked(replica, ack, &mut out)?,
+            ClientEvent::Resolved(resolved) => self.resolved(replica, resolved, &mut out),
             ClientEvent::Broadcast(broadcast) => {
                 for (node, seq) in broadcast.nodes.into_iter().zip(broadcast.first_seq..) {
-                    let id = node.id;
-                    if replica
-                        .insert(node, true)
-                        .map_err(|error| bad_node(replica, id, error))?
-                    {
-                        out.events
-                            .extend(replica.get(&id).cloned().map(SyncEvent::Arrived));
-                    }
+                    self.arrived(replica, node, &mut out)?;
                     self.received(replica, seq);
                 }
             }
-            ClientEvent::Subscribed(done) => {
-                let patterns = super::read_subscription(&done.patterns)
-                    .map_err(|e| bad_frame(MessageType::Subscribed)(e.to_string()))?;
-                replica.subscription_changed(patterns, self.epoch, done.seq);
-                out.events.push(SyncEvent::Subscribed {
-                    patterns: done.patterns,
-                    seq: done.seq,
-                });
-            }
+            ClientEvent::Subscribed(done) => self.subscribed(replica, done, &mut out)?,
             ClientEvent::Presence(update) => {
                 out.events.push(SyncEvent::Presence {
                     peer: update.peer,
@@ -344,61 +295,63 @@ impl Link {
         Ok(out)
     }
 
-    /// Node `seq` arrived live. A subscribed replica never sees the numbers of nodes outside
-    /// its subscription, but in steady state the relay broadcasts every matching node in
-    /// order, so the watermark moves straight to `seq`; during a backfill older matching
-    /// nodes are still on their way, and `subscribed` sets it.
-    fn received(&mut self, replica: &mut Replica, seq: u64) {
-        if replica.subscription().is_none() {
-            replica.received_seq(self.epoch, seq);
-        } else if !self.session.is_backfilling() {
-            replica.complete_through(self.epoch, seq);
-        }
-    }
-
-    /// A `subscribe` (`add`) or `unsubscribe` of `patterns`, if the session is steady and
-    /// negotiated subscriptions and no other change is in flight; the relay answers with a
-    /// backfill and [`SyncEvent::Subscribed`].
-    pub fn change_subscription(
+    /// `welcome`: the replica enters the relay's epoch; plan `in_sync` confirms what `hello`
+    /// described, plan `send_ids` lists every id (§5.4).
+    fn welcome(
         &mut self,
-        patterns: Vec<String>,
-        add: bool,
-    ) -> Result<Option<Bytes>, LinkError> {
-        if !self
-            .session
-            .capabilities()
-            .contains(Capabilities::SUBSCRIPTIONS)
-        {
-            return Ok(None);
+        replica: &mut Replica,
+        welcome: Welcome,
+        mut at_hello: HelloSnapshot,
+        out: &mut LinkOutput,
+    ) -> Result<(), LinkError> {
+        out.events.push(SyncEvent::Plan(welcome.plan));
+        if replica.enter_epoch(welcome.epoch) {
+            // Marks were forgotten, no node moved: what `hello` described still holds.
+            at_hello.generation = replica.generation();
         }
-        let number = self.next_pack;
-        self.next_pack += 1;
-        Ok(self.session.change_subscription(number, patterns, add)?)
+        match welcome.plan {
+            Plan::InSync => {
+                // The relay holds what the replica held at `hello`: its first `at_hello.len`
+                // nodes, as long as nothing moved since (the generation says). Nodes written
+                // since are not covered and must still be pushed. Only the unsynced ones need
+                // marking, so this costs O(unsynced).
+                if replica.generation() == at_hello.generation {
+                    // The relay compared the scope: nodes outside the subscription are still
+                    // pushed (and acked as duplicates if it holds them).
+                    for id in replica.unsynced_before(at_hello.len) {
+                        if replica.in_scope(&id) {
+                            replica.mark_synced(&id);
+                        }
+                    }
+                    replica.complete_through(welcome.epoch, welcome.seq);
+                }
+                // Otherwise the replica lost nodes meanwhile: claim nothing; pushing the
+                // unsynced nodes gets them acked (as duplicates) instead.
+                out.events.push(SyncEvent::Synced { seq: welcome.seq });
+            }
+            Plan::SendIds => {
+                let ids = replica.ids().copied().collect();
+                out.send.extend(self.session.send_ids(ids)?);
+            }
+            Plan::CatchUp | Plan::Sketch | Plan::Refine => {}
+        }
+        Ok(())
     }
 
-    fn send_ids(&mut self, replica: &Replica, out: &mut LinkOutput) -> Result<(), LinkError> {
-        let chunk = (self.limits.max_ids as usize).max(1);
-        let ids: Vec<NodeId> = replica.ids().copied().collect();
-        self.ids_sent = ids.iter().copied().collect();
-        let mut chunks = ids.chunks(chunk).peekable();
-        if chunks.peek().is_none() {
-            out.send.push(
-                Message::Ids(Ids {
-                    ids: Vec::new(),
-                    last: true,
-                })
-                .encode()?,
-            );
-        }
-        while let Some(part) = chunks.next() {
-            let last = chunks.peek().is_none();
-            out.send.push(
-                Message::Ids(Ids {
-                    ids: part.to_vec(),
-                    last,
-                })
-                .encode()?,
-            );
+    /// A node from the relay (catch-up or live): stored, and reported if it is new.
+    fn arrived(
+        &mut self,
+        replica: &mut Replica,
+        node: Node,
+        out: &mut LinkOutput,
+    ) -> Result<(), LinkError> {
+        let id = node.id;
+        if replica
+            .insert(node, true)
+            .map_err(|error| bad_node(replica, id, error))?
+        {
+            out.events
+                .extend(replica.get(&id).cloned().map(SyncEvent::Arrived));
         }
         Ok(())
     }
@@ -428,9 +381,4 @@ fn bad_node(replica: &mut Replica, id: NodeId, error: InsertError) -> LinkError 
         replica.forget_sync();
     }
     LinkError::BadNode { id, error }
-}
-
-/// The error for an unusable reconciliation frame of type `what`, from its detail.
-fn bad_frame(what: MessageType) -> impl Fn(String) -> LinkError {
-    move |detail| LinkError::BadRecon { what, detail }
 }

@@ -16,7 +16,10 @@ mod cursor;
 pub mod error;
 pub mod relay;
 
-pub use client::{ClientError, ClientEvent, ClientSession};
+pub use client::{
+    ClientError, ClientEvent, ClientPhase, ClientSession, Fallback, HelloSnapshot, Misbehaved,
+    Summaries,
+};
 pub use cursor::Cursor;
 pub use error::{Fault, SessionError};
 pub use relay::{

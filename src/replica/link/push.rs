@@ -6,7 +6,7 @@ use bytes::Bytes;
 
 use super::{Link, LinkError, LinkOutput, SyncEvent};
 use crate::node::{Node, NodeId};
-use crate::protocol::{Message, Outcome, Pack};
+use crate::protocol::{Ack, Message, Outcome, Pack, Resolved};
 use crate::replica::Replica;
 
 /// A node over one of the relay's size limits.
@@ -33,7 +33,45 @@ pub enum SizeLimit {
 const PACK_OVERHEAD: usize = 16;
 
 impl Link {
-    pub(super) fn settle(
+    /// An `ack`: one outcome per node of the pack it names, in order.
+    pub(super) fn acked(
+        &mut self,
+        replica: &mut Replica,
+        ack: Ack,
+        out: &mut LinkOutput,
+    ) -> Result<(), LinkError> {
+        let ids = self
+            .inflight
+            .remove(&ack.number)
+            .ok_or(LinkError::UnknownAck(ack.number))?;
+        if ids.len() != ack.outcomes.len() {
+            return Err(LinkError::AckOutcomes {
+                number: ack.number,
+                nodes: ids.len(),
+                outcomes: ack.outcomes.len(),
+            });
+        }
+        for (id, outcome) in ids.into_iter().zip(ack.outcomes) {
+            self.settle(replica, id, outcome, out);
+        }
+        Ok(())
+    }
+
+    /// A `resolved` frame: final outcomes of our nodes that were pending (§7.1).
+    pub(super) fn resolved(
+        &mut self,
+        replica: &mut Replica,
+        resolved: Resolved,
+        out: &mut LinkOutput,
+    ) {
+        for (id, outcome) in resolved.outcomes {
+            if self.outstanding.contains(&id) {
+                self.settle(replica, id, outcome, out);
+            }
+        }
+    }
+
+    fn settle(
         &mut self,
         replica: &mut Replica,
         id: NodeId,
@@ -47,7 +85,7 @@ impl Link {
                 // pack comes before the broadcasts of the lower-numbered nodes it released from
                 // the orphan buffer (§7.1), so it says nothing about those.
                 if replica.subscription().is_none() {
-                    replica.received_seq(self.epoch, seq);
+                    replica.received_seq(self.session.epoch(), seq);
                 }
             }
             // Still waiting for parents on the relay; a `resolved` entry settles it.
@@ -70,9 +108,10 @@ impl Link {
         if !self.session.is_steady() {
             return Ok(out);
         }
-        let max_nodes = (self.limits.max_pack_nodes as usize).max(1);
-        let max_bytes = (self.limits.max_frame as usize).saturating_sub(PACK_OVERHEAD);
-        let max_payload = self.limits.node.max_payload as usize;
+        let limits = *self.session.limits();
+        let max_nodes = (limits.max_pack_nodes as usize).max(1);
+        let max_bytes = (limits.max_frame as usize).saturating_sub(PACK_OVERHEAD);
+        let max_payload = limits.node.max_payload as usize;
         let mut nodes = Vec::new();
         let mut size = 0usize;
         let mut too_large = Vec::new();
@@ -98,7 +137,7 @@ impl Link {
                 Some((SizeLimit::Payload, node.payload.len(), max_payload))
             } else if node_size > max_bytes {
                 let frame = node_size.saturating_add(PACK_OVERHEAD);
-                Some((SizeLimit::Frame, frame, self.limits.max_frame as usize))
+                Some((SizeLimit::Frame, frame, limits.max_frame as usize))
             } else {
                 None
             };

@@ -4,7 +4,8 @@
 //! plan, batches, need lists, acks, resolved entries, broadcasts, catch_up_done with a right or
 //! wrong digest, presence and error frames) built from a pool of valid nodes, local writes, and
 //! reconnects. A `LinkError` ends the connection, as it would for the real client, and the next
-//! operation reconnects. After every step the replica's documented invariants must hold:
+//! operation reconnects; but it never says the link drove its session out of turn or could not
+//! encode a frame. After every step the replica's documented invariants must hold:
 //!
 //! - every node once, parents before children, every parent stored, every node self-consistent;
 //! - synced nodes' parents are synced;
@@ -30,7 +31,8 @@ use weft::recon::SetDigest;
 use weft::recon::ibf::{self, SketchKey};
 use weft::recon::index::SetIndex;
 use weft::recon::prefix_tree::PrefixTree;
-use weft::replica::{Link, MAX_HELLO_HEADS, Replica};
+use weft::replica::{Link, LinkError, MAX_HELLO_HEADS, Replica};
+use weft::session::ClientError;
 
 #[derive(Arbitrary, Debug)]
 enum Op {
@@ -49,6 +51,8 @@ enum Op {
     Raw(Vec<u8>),
     Welcome {
         plan: u8,
+        /// Capability bits the relay claims (plans `sketch` and `refine` need `ibf` and `mst`).
+        capabilities: u8,
         epoch: bool,
         seq: u8,
         small_limits: bool,
@@ -219,8 +223,11 @@ impl World {
         };
         match link.handle_frame(&mut self.replica, frame) {
             Ok(out) => check_sent(&out.send),
-            // The connection is dropped; the next frame starts a new one.
-            Err(_) => self.link = None,
+            Err(error) => {
+                check_error(&error);
+                // The connection is dropped; the next frame starts a new one.
+                self.link = None;
+            }
         }
     }
 
@@ -265,7 +272,10 @@ impl World {
                 if let Some(link) = self.link.as_mut() {
                     match link.push(&mut self.replica) {
                         Ok(out) => check_sent(&out.send),
-                        Err(_) => self.link = None,
+                        Err(error) => {
+                            check_error(&error);
+                            self.link = None;
+                        }
                     }
                 }
             }
@@ -273,6 +283,7 @@ impl World {
             Op::Raw(frame) => self.feed(frame),
             Op::Welcome {
                 plan,
+                capabilities,
                 epoch,
                 seq,
                 small_limits,
@@ -285,7 +296,9 @@ impl World {
                 }
                 self.send(Message::Welcome(Welcome {
                     version: 1,
-                    capabilities: Capabilities::PRESENCE,
+                    capabilities: Capabilities(
+                        u64::from(*capabilities) & Capabilities::SUPPORTED.0,
+                    ),
                     peer: 1,
                     epoch: u64::from(*epoch),
                     seq: u64::from(*seq),
@@ -447,7 +460,10 @@ impl World {
                 if let Some(link) = self.link.as_mut() {
                     match link.change_subscription(patterns(picks), *add) {
                         Ok(frame) => check_sent(&frame.into_iter().collect::<Vec<_>>()),
-                        Err(_) => self.link = None,
+                        Err(error) => {
+                            check_error(&error);
+                            self.link = None;
+                        }
                     }
                 }
             }
@@ -468,6 +484,18 @@ impl World {
         }
         check_replica(&self.replica);
     }
+}
+
+/// A link answers every turn its session hands it, and encodes every frame it makes.
+fn check_error(error: &LinkError) {
+    assert!(
+        !matches!(
+            error,
+            LinkError::Encode(_)
+                | LinkError::Session(ClientError::Misuse { .. } | ClientError::Encode(_))
+        ),
+        "the link failed on its own: {error}"
+    );
 }
 
 fn check_sent(frames: &[Bytes]) {

@@ -118,6 +118,13 @@ pub enum LinkError {
         /// Outcomes the ack carries.
         outcomes: usize,
     },
+    /// A `resolved` entry names a node that is not waiting for its outcome: never sent on
+    /// this connection, or settled already.
+    #[error("resolved entry for node {0}, which is not waiting for an outcome")]
+    UnknownResolved(NodeId),
+    /// A `resolved` entry says `pending`, where only final outcomes go (§7.1).
+    #[error("resolved entry for node {0} is not final")]
+    PendingResolved(NodeId),
     /// `subscribed` lists a pattern that does not parse.
     #[error("subscribed lists a bad pattern: {0}")]
     SubscribedPattern(PatternError),
@@ -271,9 +278,11 @@ impl Link {
                 out.events.push(SyncEvent::Synced { seq: done.seq });
             }
             ClientEvent::Ack(ack) => self.acked(replica, ack, &mut out)?,
-            ClientEvent::Resolved(resolved) => self.resolved(replica, resolved, &mut out),
+            ClientEvent::Resolved(resolved) => self.resolved(replica, resolved, &mut out)?,
             ClientEvent::Broadcast(broadcast) => {
-                for (node, seq) in broadcast.nodes.into_iter().zip(broadcast.first_seq..) {
+                // The session checked that the numbers fit in a u64.
+                let seqs = broadcast.first_seq..=u64::MAX;
+                for (node, seq) in broadcast.nodes.into_iter().zip(seqs) {
                     self.arrived(replica, node, &mut out)?;
                     self.received(replica, seq);
                 }

@@ -212,7 +212,7 @@ enum State {
     Refine(RefinePlan),
     CatchingUp(CatchingUp),
     Steady,
-    Backfilling,
+    Backfilling(Backfill),
     Failed,
 }
 
@@ -237,6 +237,13 @@ struct CatchingUp {
     key: Option<SketchKey>,
 }
 
+/// A subscription change is out (§7.5).
+#[derive(Debug)]
+struct Backfill {
+    /// Its number, which `subscribed` must echo.
+    number: u64,
+}
+
 impl State {
     fn phase(&self) -> ClientPhase {
         match self {
@@ -247,7 +254,7 @@ impl State {
             Self::Refine(plan) => plan.phase(),
             Self::CatchingUp(_) => ClientPhase::CatchingUp,
             Self::Steady => ClientPhase::Steady,
-            Self::Backfilling => ClientPhase::Backfilling,
+            Self::Backfilling(_) => ClientPhase::Backfilling,
             Self::Failed => ClientPhase::Failed,
         }
     }
@@ -321,12 +328,12 @@ impl ClientSession {
 
     /// Whether catch-up is over and packs may be sent (also while a backfill streams).
     pub fn is_steady(&self) -> bool {
-        matches!(self.state, State::Steady | State::Backfilling)
+        matches!(self.state, State::Steady | State::Backfilling(_))
     }
 
     /// Whether a subscription change is waiting for its `subscribed`.
     pub fn is_backfilling(&self) -> bool {
-        matches!(self.state, State::Backfilling)
+        matches!(self.state, State::Backfilling(_))
     }
 
     /// The largest frame the relay takes, as a length.
@@ -390,23 +397,38 @@ impl ClientSession {
                 let key = Some(key);
                 (State::Steady, ClientEvent::CaughtUp { done, key })
             }
-            (state @ (State::CatchingUp(_) | State::Backfilling), Message::Batch(batch)) => {
+            (state @ (State::CatchingUp(_) | State::Backfilling(_)), Message::Batch(batch)) => {
                 self.batch(state, frame, batch)
             }
             (State::CatchingUp(CatchingUp { key }), Message::CatchUpDone(done)) => {
                 (State::Steady, ClientEvent::CaughtUp { done, key })
             }
-            (State::Backfilling, Message::Subscribed(done)) => {
+            (State::Backfilling(Backfill { number }), Message::Subscribed(done)) => {
+                if done.number != number {
+                    return Err(Misbehaved::SubscribedNumber {
+                        expected: number,
+                        got: done.number,
+                    }
+                    .into());
+                }
                 (State::Steady, ClientEvent::Subscribed(done))
             }
-            (state @ (State::Steady | State::Backfilling), Message::Ack(ack)) => {
+            (state @ (State::Steady | State::Backfilling(_)), Message::Ack(ack)) => {
                 (state, ClientEvent::Ack(ack))
             }
-            (state @ (State::Steady | State::Backfilling), Message::Resolved(resolved)) => {
+            (state @ (State::Steady | State::Backfilling(_)), Message::Resolved(resolved)) => {
                 (state, ClientEvent::Resolved(resolved))
             }
             // Broadcasts queued before the relay read our `subscribe` still arrive.
-            (state @ (State::Steady | State::Backfilling), Message::Broadcast(broadcast)) => {
+            (state @ (State::Steady | State::Backfilling(_)), Message::Broadcast(broadcast)) => {
+                let span = broadcast.nodes.len().saturating_sub(1) as u64;
+                if broadcast.first_seq.checked_add(span).is_none() {
+                    return Err(Misbehaved::SeqOverflow {
+                        first_seq: broadcast.first_seq,
+                        nodes: broadcast.nodes.len(),
+                    }
+                    .into());
+                }
                 (state, ClientEvent::Broadcast(broadcast))
             }
             _ => return Err(Misbehaved::Unexpected { ty, phase }.into()),
@@ -424,7 +446,13 @@ impl ClientSession {
             return Err(ClientError::Version(welcome.version));
         }
         let capabilities = self.capabilities.intersect(welcome.capabilities);
+        let sketches = Capabilities::IBF.union(Capabilities::MST);
         let next = match welcome.plan {
+            // A relay plans these only when both sides set `ibf` and `mst` (§5.1): a client
+            // that left them out (after a failed verification) must not get them.
+            Plan::Sketch | Plan::Refine if !capabilities.contains(sketches) => {
+                return Err(Misbehaved::PlanNotNegotiated(welcome.plan).into());
+            }
             Plan::InSync => State::Steady,
             Plan::CatchUp => State::CatchingUp(CatchingUp { key: None }),
             Plan::SendIds => State::SendIds(SendIds::Listing),
@@ -479,7 +507,7 @@ impl ClientSession {
     }
 
     /// A `subscribe` (`add`) or `unsubscribe` frame; the relay answers with a backfill and
-    /// `subscribed`. `None` unless the session is steady, negotiated
+    /// `subscribed`, which must carry `number`. `None` unless the session is steady, negotiated
     /// subscriptions and has no other change in flight.
     pub fn change_subscription(
         &mut self,
@@ -498,7 +526,7 @@ impl ClientSession {
                 Message::Unsubscribe(Unsubscribe { number, patterns })
             };
             let frame = message.encode()?;
-            Ok((State::Backfilling, Some(frame)))
+            Ok((State::Backfilling(Backfill { number }), Some(frame)))
         })
     }
 
@@ -507,7 +535,7 @@ impl ClientSession {
     /// window: the relay may cap credit below the window (protocol/README.md §6.2), and a
     /// few bytes per batch of up to a frame are negligible.
     pub fn poll_credit(&mut self) -> Result<Option<Bytes>, ClientError> {
-        let streaming = matches!(self.state, State::CatchingUp(_) | State::Backfilling);
+        let streaming = matches!(self.state, State::CatchingUp(_) | State::Backfilling(_));
         if !streaming || self.consumed == 0 {
             return Ok(None);
         }
@@ -516,12 +544,15 @@ impl ClientSession {
     }
 }
 
-/// A `need` frame.
+/// A `need` frame: the ids must be ones our `ids` listed.
 fn need_frame(
     sent: HashSet<NodeId>,
     mut need: HashSet<NodeId>,
     frame: Need,
 ) -> Result<(State, ClientEvent), ClientError> {
+    if let Some(id) = frame.ids.iter().find(|id| !sent.contains(id)) {
+        return Err(Misbehaved::NeedNotListed(*id).into());
+    }
     need.extend(frame.ids);
     if !frame.last {
         let next = State::SendIds(SendIds::AwaitNeed { sent, need });

@@ -63,12 +63,17 @@ impl Link {
         replica: &mut Replica,
         resolved: Resolved,
         out: &mut LinkOutput,
-    ) {
+    ) -> Result<(), LinkError> {
         for (id, outcome) in resolved.outcomes {
-            if self.outstanding.contains(&id) {
-                self.settle(replica, id, outcome, out);
+            if !self.outstanding.contains(&id) {
+                return Err(LinkError::UnknownResolved(id));
             }
+            if outcome == Outcome::Pending {
+                return Err(LinkError::PendingResolved(id));
+            }
+            self.settle(replica, id, outcome, out);
         }
+        Ok(())
     }
 
     fn settle(

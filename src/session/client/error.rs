@@ -5,7 +5,8 @@
 //! do not speak (incompatible), and a call the caller made out of turn (misuse).
 
 use super::ClientPhase;
-use crate::protocol::{DecodeError, EncodeError, MessageType, ShortsLengthError};
+use crate::node::NodeId;
+use crate::protocol::{DecodeError, EncodeError, MessageType, Plan, ShortsLengthError};
 use crate::recon::ibf::SketchError;
 
 /// The session cannot go on. Unless the caller is at fault ([`Misuse`](Self::Misuse),
@@ -46,6 +47,28 @@ pub enum Misbehaved {
         ty: MessageType,
         /// Where the session was.
         phase: ClientPhase,
+    },
+    /// Plan `sketch` or `refine` without both sides setting `ibf` and `mst` (§5.1).
+    #[error("plan {0:?} without the ibf and mst capabilities")]
+    PlanNotNegotiated(Plan),
+    /// `need` names an id our `ids` did not list (§5.4).
+    #[error("need names {0}, which our ids did not list")]
+    NeedNotListed(NodeId),
+    /// A `broadcast` whose arrival numbers run past the largest (§7.3).
+    #[error("broadcast of {nodes} nodes from arrival number {first_seq} overflows")]
+    SeqOverflow {
+        /// Its first number.
+        first_seq: u64,
+        /// Its nodes.
+        nodes: usize,
+    },
+    /// `subscribed` answers another change than the one in flight (§7.5).
+    #[error("subscribed answers change {got}, but change {expected} is in flight")]
+    SubscribedNumber {
+        /// The change in flight.
+        expected: u64,
+        /// The number `subscribed` carries.
+        got: u64,
     },
     /// A `sketch` or `buckets` key that is not 16 bytes (§5.7.1).
     #[error("{0:?} frame with a key that is not 16 bytes")]

@@ -561,3 +561,6 @@ fn need_frame(
     let next = State::CatchingUp(CatchingUp { key: None });
     Ok((next, ClientEvent::Needed { sent, need }))
 }
+
+#[cfg(test)]
+mod tests;

@@ -391,3 +391,6 @@ fn bad_node(replica: &mut Replica, id: NodeId, error: InsertError) -> LinkError 
     }
     LinkError::BadNode { id, error }
 }
+
+#[cfg(test)]
+mod tests;

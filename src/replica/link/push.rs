@@ -57,20 +57,25 @@ impl Link {
         Ok(())
     }
 
-    /// A `resolved` frame: final outcomes of our nodes that were pending (§7.1).
+    /// A `resolved` frame: final outcomes of our nodes that were pending (§7.1). Checked whole
+    /// before any entry settles, as an ack is.
     pub(super) fn resolved(
         &mut self,
         replica: &mut Replica,
         resolved: Resolved,
         out: &mut LinkOutput,
     ) -> Result<(), LinkError> {
+        // An entry's node waits no longer once an earlier entry settled it.
+        let mut named = HashSet::new();
+        for (id, outcome) in &resolved.outcomes {
+            if !self.outstanding.contains(id) || !named.insert(id) {
+                return Err(LinkError::UnknownResolved(*id));
+            }
+            if *outcome == Outcome::Pending {
+                return Err(LinkError::PendingResolved(*id));
+            }
+        }
         for (id, outcome) in resolved.outcomes {
-            if !self.outstanding.contains(&id) {
-                return Err(LinkError::UnknownResolved(id));
-            }
-            if outcome == Outcome::Pending {
-                return Err(LinkError::PendingResolved(id));
-            }
             self.settle(replica, id, outcome, out);
         }
         Ok(())

@@ -343,9 +343,21 @@ fn resolved_entries_must_name_our_pending_nodes_with_final_outcomes() {
         }]
     );
     assert!(replica.is_synced(&id));
-    // Settled: a second entry for it is not ours to take.
+    // Settled: a second entry for it is not ours to take, nor two in one frame.
     let again = link.handle_frame(&mut replica, &resolved(vec![(id, Outcome::Accepted(41))]));
     assert!(matches!(again, Err(LinkError::UnknownResolved(settled)) if settled == id));
+    let mut replica = Replica::new(room());
+    let (mut link, id) = one_node_pending(&mut replica);
+    let twice = resolved(vec![
+        (id, Outcome::Accepted(41)),
+        (id, Outcome::Accepted(41)),
+    ]);
+    let result = link.handle_frame(&mut replica, &twice);
+    assert!(matches!(result, Err(LinkError::UnknownResolved(settled)) if settled == id));
+    assert!(
+        !replica.is_synced(&id),
+        "a refused frame settles none of its entries"
+    );
 }
 
 #[test]

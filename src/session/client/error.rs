@@ -83,7 +83,7 @@ pub enum Misbehaved {
     /// A `sketch` frame of another size or kind while a sketch was arriving (§5.7.5 step 1).
     #[error("a frame of another sketch arrived mid-sketch")]
     SketchShapeChanged,
-    /// The cells are not whole 13-byte cells (§5.7.3).
+    /// The cells do not make a sketch: not whole 13-byte cells (§5.7.3).
     #[error("sketch cells: {0}")]
     SketchCells(SketchError),
     /// More cells than the sketch holds.

@@ -148,6 +148,8 @@ struct Shared {
     tasks: DashMap<RoomId, (u64, RoomSender)>,
     store: Arc<dyn Store>,
     settings: RoomSettings,
+    /// `settings.hub`, which every room's hub shares.
+    hub: Arc<HubConfig>,
     /// `rooms` counts the room tasks; `store` is told how every store call went.
     stats: Arc<ServerStats>,
     shutdown: CancellationToken,
@@ -173,6 +175,7 @@ impl Rooms {
             shared: Arc::new(Shared {
                 tasks: DashMap::new(),
                 store,
+                hub: Arc::new(settings.hub),
                 settings,
                 stats,
                 shutdown,
@@ -499,7 +502,7 @@ impl RoomTask {
         match self.read().await {
             Ok(room) => {
                 tracing::info!(nodes = room.seq(), epoch = room.epoch(), "room loaded");
-                Some(Hub::new(room, self.shared.settings.hub))
+                Some(Hub::new(room, self.shared.hub.clone()))
             }
             Err(e) => {
                 tracing::error!(error = %e.report(), "room failed to load");

@@ -62,6 +62,17 @@ struct Held {
     waiting: Waiting,
 }
 
+/// Output held for a write, and the sessions it names.
+#[derive(Debug, Default)]
+struct Backlog {
+    /// Held output, in the order it was made.
+    held: VecDeque<Held>,
+    /// How many held entries name each session: its later output waits behind them.
+    pending: HashMap<SessionId, usize>,
+    /// Sessions whose connection ended while output for them was held: it is dropped.
+    gone: HashSet<SessionId>,
+}
+
 /// The hub's side of persistence: what is stored, what is being written, what waits for it.
 #[derive(Debug)]
 pub(super) struct Ledger {
@@ -70,12 +81,9 @@ pub(super) struct Ledger {
     durable: u64,
     /// A write through this arrival number was asked for and has not been answered.
     persisting: Option<u64>,
-    /// Held output, in the order it was made.
-    held: VecDeque<Held>,
-    /// How many held entries name each session: its later output waits behind them.
-    pending: HashMap<SessionId, usize>,
-    /// Sessions whose connection ended while output for them was held: it is dropped.
-    gone: HashSet<SessionId>,
+    /// Made when output is first held. Boxed: inline, its empty collections would take ~130
+    /// bytes of every loaded room, and a room that is only read never holds anything.
+    backlog: Option<Box<Backlog>>,
     /// Admitted nodes not stored yet, ascending, with their senders: a session that turns
     /// steady before they are stored hears them as broadcasts.
     unstored: Vec<Admitted>,
@@ -92,9 +100,7 @@ impl Ledger {
             mode,
             durable,
             persisting: None,
-            held: VecDeque::new(),
-            pending: HashMap::new(),
-            gone: HashSet::new(),
+            backlog: None,
             unstored: Vec::new(),
         }
     }
@@ -120,9 +126,27 @@ impl Ledger {
 
     /// The connection of `id` ended: output held for it will not be released.
     pub(super) fn departed(&mut self, id: SessionId) {
-        if self.pending.contains_key(&id) {
-            self.gone.insert(id);
+        if let Some(backlog) = &mut self.backlog
+            && backlog.pending.contains_key(&id)
+        {
+            backlog.gone.insert(id);
         }
+    }
+
+    /// Whether output for `id` is held: its later output waits behind it.
+    fn is_pending(&self, id: SessionId) -> bool {
+        self.backlog
+            .as_ref()
+            .is_some_and(|backlog| backlog.pending.contains_key(&id))
+    }
+
+    /// Holds `waiting` until nodes up to `through` are stored, naming `ids`.
+    fn hold(&mut self, through: u64, waiting: Waiting, ids: &[SessionId]) {
+        let backlog = self.backlog.get_or_insert_with(Box::default);
+        for id in ids {
+            *backlog.pending.entry(*id).or_default() += 1;
+        }
+        backlog.held.push_back(Held { through, waiting });
     }
 
     /// Whether output made now, with the room at arrival number `seq`, goes out as it is:
@@ -132,7 +156,7 @@ impl Ledger {
             self.durable = self.durable.max(seq);
             return true;
         }
-        seq <= self.durable && self.held.is_empty()
+        seq <= self.durable && self.backlog.as_ref().is_none_or(|b| b.held.is_empty())
     }
 
     /// Splits `frame` between the recipients that may have it now and those that must wait
@@ -142,19 +166,15 @@ impl Ledger {
         let storable = frame.through <= self.durable;
         let (now, later): (Vec<SessionId>, Vec<SessionId>) = to
             .into_iter()
-            .partition(|id| storable && !self.pending.contains_key(id));
+            .partition(|id| storable && !self.is_pending(*id));
         if !later.is_empty() {
-            for id in &later {
-                *self.pending.entry(*id).or_default() += 1;
-            }
-            self.held.push_back(Held {
-                through: frame.through,
-                waiting: Waiting::Frame {
-                    to: later.into(),
-                    frame: frame.frame.clone(),
-                    paced: frame.paced,
-                },
-            });
+            let to: Arc<[SessionId]> = later.into();
+            let waiting = Waiting::Frame {
+                to: to.clone(),
+                frame: frame.frame.clone(),
+                paced: frame.paced,
+            };
+            self.hold(frame.through, waiting, &to);
         }
         now
     }
@@ -162,14 +182,10 @@ impl Ledger {
     /// Whether closing `id` now keeps its order: otherwise the close is held behind its
     /// frames.
     pub(super) fn admit_close(&mut self, id: SessionId, code: CloseCode) -> bool {
-        if !self.pending.contains_key(&id) {
+        if !self.is_pending(id) {
             return true;
         }
-        *self.pending.entry(id).or_default() += 1;
-        self.held.push_back(Held {
-            through: self.durable,
-            waiting: Waiting::Close(id, code),
-        });
+        self.hold(self.durable, Waiting::Close(id, code), &[id]);
         false
     }
 
@@ -197,6 +213,26 @@ impl Ledger {
             max_frame: self.max_frame,
             open: None,
         };
+        if let Some(backlog) = &mut self.backlog {
+            backlog.release_through(durable, &mut joiner, &mut out);
+        }
+        joiner.finish(&mut out.frames);
+        out.persist = self.request(room_seq);
+        out
+    }
+
+    /// The write failed for good: what waited for it will never be sent.
+    pub(super) fn failed(&mut self) {
+        self.backlog = None;
+        self.unstored.clear();
+        self.persisting = None;
+    }
+}
+
+impl Backlog {
+    /// Releases, in order, the held output whose nodes are stored through `durable`: frames
+    /// through `joiner` into `out`, closes into `out`.
+    fn release_through(&mut self, durable: u64, joiner: &mut Joiner, out: &mut Outbox) {
         while self.held.front().is_some_and(|h| h.through <= durable) {
             let Some(held) = self.held.pop_front() else {
                 break;
@@ -226,12 +262,9 @@ impl Ledger {
                 }
             }
         }
-        joiner.finish(&mut out.frames);
         if self.held.is_empty() {
             self.gone.clear();
         }
-        out.persist = self.request(room_seq);
-        out
     }
 
     /// One held entry naming `id` went out.
@@ -242,15 +275,6 @@ impl Ledger {
                 self.pending.remove(&id);
             }
         }
-    }
-
-    /// The write failed for good: what waited for it will never be sent.
-    pub(super) fn failed(&mut self) {
-        self.held.clear();
-        self.pending.clear();
-        self.gone.clear();
-        self.unstored.clear();
-        self.persisting = None;
     }
 }
 

@@ -63,192 +63,211 @@ struct Tally {
 }
 
 /// Runs one connection until either side ends it.
-pub async fn run(
+///
+/// Not an `async fn`, and neither is [`pump`]: the future of one keeps every argument twice (as
+/// passed, and moved into its body), and a connection carries these futures while it is open.
+#[allow(clippy::manual_async_fn)] // On purpose, as said above.
+pub fn run(
     socket: Socket,
     session: SessionId,
     room: RoomSender,
-    settings: ConnectionSettings,
+    settings: &ConnectionSettings,
     stats: Arc<QueueStats>,
     open: &AtomicU64,
     shutdown: CancellationToken,
-) {
-    let started = Instant::now();
-    open.fetch_add(1, Ordering::Relaxed);
-    let (queue, mut inbound) = outbound::queue(settings.queue_limit, stats);
-    let mut tally = Tally::default();
-    let code = if room
-        .send(RoomCommand::Connect { session, queue })
-        .await
-        .is_err()
-    {
-        // Outside a shutdown, a room task only goes away when its store failed to load it.
-        let code = if shutdown.is_cancelled() {
-            CloseCode::GoingAway
+) -> impl Future<Output = ()> {
+    async move {
+        let started = Instant::now();
+        open.fetch_add(1, Ordering::Relaxed);
+        let (queue, mut inbound) = outbound::queue(settings.queue_limit, stats);
+        let mut tally = Tally::default();
+        let code = if room
+            .send(RoomCommand::Connect { session, queue })
+            .await
+            .is_err()
+        {
+            // Outside a shutdown, a room task only goes away when its store failed to load it.
+            let code = if shutdown.is_cancelled() {
+                CloseCode::GoingAway
+            } else {
+                CloseCode::StoreUnavailable
+            };
+            refuse(socket, code, settings).await;
+            code
         } else {
-            CloseCode::StoreUnavailable
+            pump(
+                socket,
+                session,
+                &room,
+                &mut inbound,
+                settings,
+                &shutdown,
+                &mut tally,
+            )
+            .await
         };
-        refuse(socket, code, settings).await;
-        code
-    } else {
-        pump(
-            socket,
+        // The room may already be gone during shutdown; nothing to tell it then.
+        let _room_gone = room.send(RoomCommand::Disconnect { session }).await;
+        open.fetch_sub(1, Ordering::Relaxed);
+        tracing::info!(
             session,
-            &room,
-            &mut inbound,
-            settings,
-            &shutdown,
-            &mut tally,
-        )
-        .await
-    };
-    // The room may already be gone during shutdown; nothing to tell it then.
-    let _room_gone = room.send(RoomCommand::Disconnect { session }).await;
-    open.fetch_sub(1, Ordering::Relaxed);
-    tracing::info!(
-        session,
-        close = code.code(),
-        reason = code.meaning(),
-        secs = started.elapsed().as_secs_f64(),
-        frames_in = tally.frames_in,
-        frames_out = tally.frames_out,
-        bytes_in = tally.bytes_in,
-        bytes_out = tally.bytes_out,
-        "connection closed"
-    );
+            close = code.code(),
+            reason = code.meaning(),
+            secs = started.elapsed().as_secs_f64(),
+            frames_in = tally.frames_in,
+            frames_out = tally.frames_out,
+            bytes_in = tally.bytes_in,
+            bytes_out = tally.bytes_out,
+            "connection closed"
+        );
+    }
 }
 
-async fn pump(
+/// Moves frames both ways until the connection ends, then closes it; returns the close code.
+#[allow(clippy::manual_async_fn)] // On purpose: see `run`.
+fn pump(
     socket: Socket,
     session: SessionId,
     room: &RoomSender,
     inbound: &mut outbound::Inbound,
-    settings: ConnectionSettings,
+    settings: &ConnectionSettings,
     shutdown: &CancellationToken,
     tally: &mut Tally,
-) -> CloseCode {
-    let (mut sink, mut stream) = socket.split();
-    // The first ping is due one interval after connecting, not immediately.
-    let mut ping = tokio::time::interval_at(
-        Instant::now() + settings.ping_interval,
-        settings.ping_interval,
-    );
-    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last_heard = Instant::now();
-    let code = loop {
-        tokio::select! {
-            biased;
-            () = shutdown.cancelled() => break CloseCode::GoingAway,
-            // Whatever is already queued goes out in the same flush: one syscall for a burst
-            // of broadcasts instead of one per frame.
-            next = inbound.next(MAX_BURST) => {
-                let burst = match next {
-                    outbound::Next::Close(code) => break code,
-                    outbound::Next::Frames(burst) => burst,
-                };
-                let live = burst.iter().any(|q| q.queued_at.is_some());
-                let lagging = burst
-                    .iter()
-                    .filter_map(|q| q.queued_at)
-                    .any(|at| at.elapsed() > settings.max_lag);
-                if lagging {
-                    // The receiver cannot keep up with the room: better a typed close now and a
-                    // catch-up later than an ever-growing delay.
-                    tracing::info!(session, "live frames waited past --max-lag; closing with resync required");
-                    break CloseCode::ResyncRequired;
-                }
-                let frames = outbound::coalesce(burst, settings.max_frame);
-                for frame in &frames {
-                    tally.frames_out += 1;
-                    tally.bytes_out += frame.len() as u64;
-                }
-                let write = async {
-                    for frame in frames {
-                        sink.feed(WsMessage::Binary(frame)).await?;
-                    }
-                    sink.flush().await
-                };
-                // A write that takes longer than live frames may lag (or, for credit-paced
-                // catch-up, longer than the idle window) means the reader has stalled.
-                let stall = if live { settings.max_lag } else { settings.idle_timeout };
-                // Writing may block on a slow reader; a close request must still get through.
-                tokio::select! {
-                    sent = write => {
-                        if sent.is_err() { return CloseCode::Normal; }
-                    }
-                    () = tokio::time::sleep(stall) => {
-                        tracing::info!(session, live, "a write stalled; closing with resync required");
+) -> impl Future<Output = CloseCode> {
+    async move {
+        let (mut sink, mut stream) = socket.split();
+        // The first ping is due one interval after connecting, not immediately.
+        let mut ping = tokio::time::interval_at(
+            Instant::now() + settings.ping_interval,
+            settings.ping_interval,
+        );
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_heard = Instant::now();
+        let code = loop {
+            // The frames to write. They are written out here, after the select: inside it, the
+            // select's output would wait beside the write in this future.
+            let (frames, live) = tokio::select! {
+                biased;
+                () = shutdown.cancelled() => break CloseCode::GoingAway,
+                // Whatever is already queued goes out in the same flush: one syscall for a burst
+                // of broadcasts instead of one per frame.
+                next = inbound.next(MAX_BURST) => {
+                    let burst = match next {
+                        outbound::Next::Close(code) => break code,
+                        outbound::Next::Frames(burst) => burst,
+                    };
+                    let live = burst.iter().any(|q| q.queued_at.is_some());
+                    let lagging = burst
+                        .iter()
+                        .filter_map(|q| q.queued_at)
+                        .any(|at| at.elapsed() > settings.max_lag);
+                    if lagging {
+                        // The receiver cannot keep up with the room: better a typed close now and a
+                        // catch-up later than an ever-growing delay.
+                        tracing::info!(session, "live frames waited past --max-lag; closing with resync required");
                         break CloseCode::ResyncRequired;
                     }
-                    code = inbound.closed() => break code,
-                    () = shutdown.cancelled() => break CloseCode::GoingAway,
+                    let frames = outbound::coalesce(burst, settings.max_frame);
+                    for frame in &frames {
+                        tally.frames_out += 1;
+                        tally.bytes_out += frame.len() as u64;
+                    }
+                    (frames, live)
                 }
-            }
-            received = stream.next() => {
-                last_heard = Instant::now();
-                match received {
-                    Some(Ok(WsMessage::Binary(bytes))) => {
-                        tally.frames_in += 1;
-                        tally.bytes_in += bytes.len() as u64;
-                        if room.send(RoomCommand::Frame { session, bytes }).await.is_err() {
-                            break CloseCode::GoingAway;
+                received = stream.next() => {
+                    last_heard = Instant::now();
+                    match received {
+                        Some(Ok(WsMessage::Binary(bytes))) => {
+                            tally.frames_in += 1;
+                            tally.bytes_in += bytes.len() as u64;
+                            if room.send(RoomCommand::Frame { session, bytes }).await.is_err() {
+                                break CloseCode::GoingAway;
+                            }
+                        }
+                        // Text frames are not part of the protocol; the session answers them as
+                        // malformed, like any other bad frame.
+                        Some(Ok(WsMessage::Text(text))) => {
+                            tally.frames_in += 1;
+                            let bytes = bytes::Bytes::copy_from_slice(text.as_str().as_bytes());
+                            if room.send(RoomCommand::Frame { session, bytes }).await.is_err() {
+                                break CloseCode::GoingAway;
+                            }
+                        }
+                        // Raw frames only appear when writing; pings are answered by tungstenite.
+                        Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_))) => {}
+                        Some(Ok(WsMessage::Close(_))) | None => return CloseCode::Normal,
+                        Some(Err(e)) => {
+                            tracing::debug!(error = %e, "websocket read failed");
+                            let too_big = matches!(e, WsError::Capacity(CapacityError::MessageTooLong { .. }));
+                            break if too_big { CloseCode::TooBig } else { return CloseCode::Normal };
                         }
                     }
-                    // Text frames are not part of the protocol; the session answers them as
-                    // malformed, like any other bad frame.
-                    Some(Ok(WsMessage::Text(text))) => {
-                        tally.frames_in += 1;
-                        let bytes = bytes::Bytes::copy_from_slice(text.as_str().as_bytes());
-                        if room.send(RoomCommand::Frame { session, bytes }).await.is_err() {
-                            break CloseCode::GoingAway;
-                        }
+                    continue;
+                }
+                _ = ping.tick() => {
+                    if last_heard.elapsed() > settings.idle_timeout {
+                        break CloseCode::IdleTimeout;
                     }
-                    // Raw frames only appear when writing; pings are answered by tungstenite.
-                    Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_))) => {}
-                    Some(Ok(WsMessage::Close(_))) | None => return CloseCode::Normal,
-                    Some(Err(e)) => {
-                        tracing::debug!(error = %e, "websocket read failed");
-                        let too_big = matches!(e, WsError::Capacity(CapacityError::MessageTooLong { .. }));
-                        break if too_big { CloseCode::TooBig } else { return CloseCode::Normal };
+                    if sink.send(WsMessage::Ping(bytes::Bytes::new())).await.is_err() {
+                        return CloseCode::Normal;
                     }
+                    continue;
                 }
-            }
-            _ = ping.tick() => {
-                if last_heard.elapsed() > settings.idle_timeout {
-                    break CloseCode::IdleTimeout;
+            };
+            let write = async {
+                for frame in frames {
+                    sink.feed(WsMessage::Binary(frame)).await?;
                 }
-                if sink.send(WsMessage::Ping(bytes::Bytes::new())).await.is_err() {
-                    return CloseCode::Normal;
+                sink.flush().await
+            };
+            // A write that takes longer than live frames may lag (or, for credit-paced catch-up,
+            // longer than the idle window) means the reader has stalled.
+            let stall = if live {
+                settings.max_lag
+            } else {
+                settings.idle_timeout
+            };
+            // Writing may block on a slow reader; a close request must still get through.
+            tokio::select! {
+                sent = write => {
+                    if sent.is_err() { return CloseCode::Normal; }
                 }
+                () = tokio::time::sleep(stall) => {
+                    tracing::info!(session, live, "a write stalled; closing with resync required");
+                    break CloseCode::ResyncRequired;
+                }
+                code = inbound.closed() => break code,
+                () = shutdown.cancelled() => break CloseCode::GoingAway,
             }
-        }
-    };
-    let farewell = async {
-        // Frames queued before the close (an `error` explaining it, say) still go out, except
-        // after an overflow: that client must resync anyway and is not reading.
-        if code != CloseCode::ResyncRequired {
-            for queued in inbound.drain() {
-                sink.send(WsMessage::Binary(queued.frame)).await?;
-            }
-        }
-        let close = CloseFrame {
-            code: code.code().into(),
-            reason: code.meaning().into(),
         };
-        sink.send(WsMessage::Close(Some(close))).await
-    };
-    // Best effort, bounded: a stalled peer may never read any of it.
-    if let Ok(Err(e)) = tokio::time::timeout(settings.close_timeout, farewell).await {
-        tracing::debug!(error = %e, "close handshake failed");
-    }
-    if code == CloseCode::TooBig {
-        // The rest of the refused frame is still arriving. Closing the socket with unread
-        // input would reset the connection, and a client still busy writing would lose the
-        // close frame; so read and discard until it stops sending (bounded in time).
-        if let Ok(mut socket) = sink.reunite(stream) {
-            discard_input(socket.get_mut(), settings.close_timeout).await;
+        let farewell = async {
+            // Frames queued before the close (an `error` explaining it, say) still go out, except
+            // after an overflow: that client must resync anyway and is not reading.
+            if code != CloseCode::ResyncRequired {
+                for queued in inbound.drain() {
+                    sink.send(WsMessage::Binary(queued.frame)).await?;
+                }
+            }
+            let close = CloseFrame {
+                code: code.code().into(),
+                reason: code.meaning().into(),
+            };
+            sink.send(WsMessage::Close(Some(close))).await
+        };
+        // Best effort, bounded: a stalled peer may never read any of it.
+        if let Ok(Err(e)) = tokio::time::timeout(settings.close_timeout, farewell).await {
+            tracing::debug!(error = %e, "close handshake failed");
         }
+        if code == CloseCode::TooBig {
+            // The rest of the refused frame is still arriving. Closing the socket with unread
+            // input would reset the connection, and a client still busy writing would lose the
+            // close frame; so read and discard until it stops sending (bounded in time).
+            if let Ok(mut socket) = sink.reunite(stream) {
+                discard_input(socket.get_mut(), settings.close_timeout).await;
+            }
+        }
+        code
     }
-    code
 }
 
 /// Quiet time after which a refused client is taken to have stopped sending.
@@ -271,7 +290,7 @@ async fn discard_input(io: &mut (impl tokio::io::AsyncRead + Unpin), limit: Dura
 }
 
 /// Closes a connection that never reached its room.
-async fn refuse(mut socket: Socket, code: CloseCode, settings: ConnectionSettings) {
+async fn refuse(mut socket: Socket, code: CloseCode, settings: &ConnectionSettings) {
     let close = CloseFrame {
         code: code.code().into(),
         reason: code.meaning().into(),

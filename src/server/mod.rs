@@ -250,7 +250,7 @@ async fn upgrade(
                 socket,
                 session,
                 room_tx,
-                task_state.config.connection,
+                &task_state.config.connection,
                 task_state.stats.queues.clone(),
                 &task_state.stats.connections,
                 task_state.shutdown.clone(),

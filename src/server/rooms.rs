@@ -136,17 +136,24 @@ const STORE_BACKOFF: Duration = Duration::from_millis(50);
 /// Live room tasks by room id. Creating a task happens under the map's entry lock, so
 /// concurrent first connects share one task and one load (single-flight).
 pub struct Rooms {
-    tasks: Registry,
+    shared: Arc<Shared>,
     next_task: AtomicU64,
-    store: Arc<dyn Store>,
-    settings: Arc<RoomSettings>,
-    stats: Arc<ServerStats>,
     tracker: TaskTracker,
-    shutdown: CancellationToken,
 }
 
-/// Room tasks by room, each with a number that tells a task's own entry from a successor's.
-type Registry = Arc<DashMap<RoomId, (u64, RoomSender)>>;
+/// What the registry and every room task share. One allocation for the server: every loaded
+/// room keeps its task, which holds one handle on this instead of a handle (or a copy) of each.
+struct Shared {
+    /// Room tasks by room, each with a number that tells a task's own entry from a successor's.
+    tasks: DashMap<RoomId, (u64, RoomSender)>,
+    store: Arc<dyn Store>,
+    settings: RoomSettings,
+    /// `settings.hub`, which every room's hub shares.
+    hub: Arc<HubConfig>,
+    /// `rooms` counts the room tasks; `store` is told how every store call went.
+    stats: Arc<ServerStats>,
+    shutdown: CancellationToken,
+}
 
 /// Most commands a room reads after a commit is wanted before it starts the commit anyway:
 /// waiting frames usually bring more nodes for it, but a room that is never idle must commit.
@@ -165,32 +172,35 @@ impl Rooms {
         shutdown: CancellationToken,
     ) -> Self {
         Self {
-            tasks: Arc::new(DashMap::new()),
+            shared: Arc::new(Shared {
+                tasks: DashMap::new(),
+                store,
+                hub: Arc::new(settings.hub),
+                settings,
+                stats,
+                shutdown,
+            }),
             next_task: AtomicU64::new(1),
-            store,
-            settings: Arc::new(settings),
-            stats,
             tracker,
-            shutdown,
         }
     }
 
     /// The command channel of `room`'s task, starting the task on first use.
     pub fn get(&self, room: &RoomId) -> RoomSender {
-        self.tasks
+        self.shared
+            .tasks
             .entry(room.clone())
             .or_insert_with(|| {
                 let (tx, rx) = inbox::channel(ROOM_QUEUE);
                 let number = self.next_task.fetch_add(1, Ordering::Relaxed);
+                self.shared.stats.rooms.fetch_add(1, Ordering::Relaxed);
                 // Boxed: the task's future holds it, and would otherwise also keep the copies
                 // moved into `run` (async fn arguments stay in the future).
                 let task = Box::new(RoomTask {
                     room: room.clone(),
                     number,
-                    registry: self.tasks.clone(),
-                    store: self.store.clone(),
-                    settings: self.settings.clone(),
-                    health: self.stats.store.clone(),
+                    shared: self.shared.clone(),
+                    commands: rx,
                     queues: HashMap::new(),
                     commit_at: None,
                     commit: None,
@@ -199,16 +209,7 @@ impl Rooms {
                     to_fetch: Vec::new(),
                 });
                 let span = tracing::info_span!("room", room = %room);
-                let stats = self.stats.clone();
-                let shutdown = self.shutdown.clone();
-                stats.rooms.fetch_add(1, Ordering::Relaxed);
-                self.tracker.spawn(
-                    async move {
-                        task.run(rx, shutdown).await;
-                        stats.rooms.fetch_sub(1, Ordering::Relaxed);
-                    }
-                    .instrument(span),
-                );
+                self.tracker.spawn(task.run().instrument(span));
                 (number, tx)
             })
             .1
@@ -219,11 +220,11 @@ impl Rooms {
 struct RoomTask {
     room: RoomId,
     number: u64,
-    registry: Registry,
-    store: Arc<dyn Store>,
     /// Shared, not copied: every loaded room keeps its task, so the task stays small.
-    settings: Arc<RoomSettings>,
-    health: Arc<StoreHealth>,
+    shared: Arc<Shared>,
+    /// What connections send. Here rather than an argument of [`run`](Self::run): its future
+    /// would keep an argument twice (as passed and moved into the body).
+    commands: RoomReceiver,
     queues: HashMap<SessionId, Outbound>,
     /// When the write the hub asked for is due to start (with a commit window).
     commit_at: Option<Instant>,
@@ -237,6 +238,15 @@ struct RoomTask {
     to_fetch: Vec<Vec<u64>>,
 }
 
+/// [`ServerStats::rooms`] counts a room until its task's state is gone, whichever way
+/// [`run`](RoomTask::run) ends. Counted here rather than by an async block around `run`: that
+/// would keep what it moves into `run` a second time, in every loaded room's future.
+impl Drop for RoomTask {
+    fn drop(&mut self) {
+        self.shared.stats.rooms.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// A finished read of stored encodings: the arrival numbers asked for and the records.
 type Fetched = (Vec<u64>, Result<Vec<Bytes>, StoreError>);
 
@@ -244,13 +254,43 @@ type Fetched = (Vec<u64>, Result<Vec<Bytes>, StoreError>);
 /// why it failed.
 type Committed = (u64, Duration, Result<(), StoreError>);
 
+/// A room's timers.
+struct Deadlines {
+    /// The hub's ([`Hub::poll_timeout`]).
+    hub: Option<Instant>,
+    /// The write the hub asked for is due to start (none while one is in flight).
+    commit: Option<Instant>,
+    /// The idle room is unloaded.
+    evict: Option<Instant>,
+}
+
+impl Deadlines {
+    /// The first of them.
+    fn earliest(&self) -> Option<Instant> {
+        [self.hub, self.commit, self.evict]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+}
+
+/// What a room does after handling a wakeup.
+enum Then {
+    /// Waits for the next one.
+    Serve,
+    /// Loads the room again: a commit failed for good.
+    Reload,
+    /// Writes what is left and stops: the server is shutting down.
+    Drain,
+}
+
 impl RoomTask {
-    async fn run(mut self: Box<Self>, mut commands: RoomReceiver, shutdown: CancellationToken) {
+    async fn run(mut self: Box<Self>) {
         // Commands wait in the channel while the room loads, so nobody sees a partial room.
         // Loading and retiring are boxed, here and below: inline, their state would take room
         // in this future, which every room carries for as long as it is loaded.
         let Some(mut hub) = Box::pin(self.load()).await else {
-            return Box::pin(self.retire(commands)).await;
+            return Box::pin(self.retire()).await;
         };
         let mut idle_since: Option<Instant> = None;
         // Reads of stored encodings for catch-up, running beside the room; made on the first.
@@ -279,13 +319,12 @@ impl RoomTask {
             // but only so many, or a busy room would never commit.
             if self.commit_when_idle
                 && self.commit.is_none()
-                && (commands.is_empty() || deferred >= COMMIT_DEFER_LIMIT)
+                && (self.commands.is_empty() || deferred >= COMMIT_DEFER_LIMIT)
             {
                 self.commit_when_idle = false;
                 deferred = 0;
                 self.commit = self.start_commit(&hub);
             }
-            let deadline = hub.poll_timeout().map(Instant::from_std);
             let idle = hub.session_count() == 0
                 && self.commit.is_none()
                 && hub.room().seq() == hub.durable_seq();
@@ -294,18 +333,12 @@ impl RoomTask {
             } else {
                 None
             };
-            let evict_at = idle_since.map(|since| since + self.settings.idle_eviction);
-            let commit_due = if self.commit.is_none() {
-                self.commit_at
-            } else {
-                None
-            };
             // One timer for the three deadlines (a timer is ~140 bytes of this future); one of
             // them is served per wakeup, the others on the next turn if they are due too.
-            let wake = [deadline, commit_due, evict_at].into_iter().flatten().min();
-            let mut reload = false;
+            let wake = self.deadlines(&hub, idle_since).earliest();
+            let mut then = Then::Serve;
             tokio::select! {
-                command = commands.recv() => {
+                command = self.commands.recv() => {
                     let Some(command) = command else { return };
                     if self.commit_when_idle {
                         deferred += 1;
@@ -316,21 +349,24 @@ impl RoomTask {
                     if fetches.as_ref().is_some_and(FuturesUnordered::is_empty) {
                         fetches = None;
                     }
-                    self.health.record(&records);
+                    self.shared.stats.store.record(&records);
                     let outbox = hub.fetched(&seqs, records.map_err(|e| e.to_string()));
                     self.emit(&mut hub, outbox);
                 }
                 () = sleep_until(wake) => {
                     let now = Instant::now();
-                    if deadline.is_some_and(|at| at <= now) {
+                    // The same deadlines as before the wait (nothing they depend on changes
+                    // during it), made again rather than kept in this future across it.
+                    let due = self.deadlines(&hub, idle_since);
+                    if due.hub.is_some_and(|at| at <= now) {
                         let outbox = hub.handle_timeout(now.into_std());
                         self.emit(&mut hub, outbox);
-                    } else if commit_due.is_some_and(|at| at <= now) {
+                    } else if due.commit.is_some_and(|at| at <= now) {
                         self.commit_at = None;
                         self.commit = self.start_commit(&hub);
-                    } else if evict_at.is_some_and(|at| at <= now) {
+                    } else if due.evict.is_some_and(|at| at <= now) {
                         if self.evict() {
-                            self.store.release(&self.room);
+                            self.shared.store.release(&self.room);
                             tracing::info!("idle room unloaded");
                             return;
                         }
@@ -348,7 +384,9 @@ impl RoomTask {
                             // Its nodes and those that came during it: as many as are writing.
                             let nodes = hub.room().seq().saturating_sub(hub.durable_seq());
                             self.gather = gather_time(took)
-                                .filter(|_| nodes > 1 && self.settings.commit_window.is_zero())
+                                .filter(|_| {
+                                    nodes > 1 && self.shared.settings.commit_window.is_zero()
+                                })
                                 .map(|wait| Gather {
                                     until: Instant::now() + wait,
                                     nodes,
@@ -363,26 +401,43 @@ impl RoomTask {
                             self.abandon_sessions();
                             // Reads for the sessions just closed are of no use to anyone now.
                             fetches = None;
-                            reload = true;
+                            then = Then::Reload;
                         }
                     }
                 }
-                () = shutdown.cancelled() => {
+                () = self.shared.shutdown.cancelled() => then = Then::Drain,
+            }
+            // Out here, so that nothing of the select (its output included) waits beside the
+            // load or the drain.
+            match then {
+                Then::Serve => {}
+                Then::Reload => match Box::pin(self.load()).await {
+                    Some(reloaded) => hub = reloaded,
+                    None => break,
+                },
+                Then::Drain => {
                     // Whatever gets stored may still be delivered; the rest was never acked.
                     let in_flight = self.commit.take();
                     Box::pin(self.drain_commits(&mut hub, in_flight)).await;
                     return;
                 }
             }
-            // Out here, so that nothing of the select waits beside the load.
-            if reload {
-                match Box::pin(self.load()).await {
-                    Some(reloaded) => hub = reloaded,
-                    None => break,
-                }
-            }
         }
-        Box::pin(self.retire(commands)).await;
+        Box::pin(self.retire()).await;
+    }
+
+    /// When the room must wake up next for each of its timers, with the room idle since
+    /// `idle_since`.
+    fn deadlines(&self, hub: &Hub, idle_since: Option<Instant>) -> Deadlines {
+        Deadlines {
+            hub: hub.poll_timeout().map(Instant::from_std),
+            commit: if self.commit.is_none() {
+                self.commit_at
+            } else {
+                None
+            },
+            evict: idle_since.map(|since| since + self.shared.settings.idle_eviction),
+        }
     }
 
     /// At shutdown: finishes the commit in flight and writes what is left, delivering what
@@ -420,7 +475,8 @@ impl RoomTask {
     /// removal happen under the registry's lock, which is also where connections get their
     /// handle, so no connection can reach an unloaded room; the next one starts a new task.
     fn evict(&self) -> bool {
-        self.registry
+        self.shared
+            .tasks
             .remove_if(&self.room, |_, (number, sender)| {
                 *number == self.number && sender.strong_count() == 1
             })
@@ -430,11 +486,12 @@ impl RoomTask {
     /// Without its history the room cannot serve anyone: leave the registry, so the next
     /// connection starts a fresh task that tries to load again, and turn away whoever is
     /// already queued.
-    async fn retire(self: Box<Self>, mut commands: RoomReceiver) {
-        self.registry
+    async fn retire(mut self: Box<Self>) {
+        self.shared
+            .tasks
             .remove_if(&self.room, |_, (number, _)| *number == self.number);
-        commands.close();
-        while let Some(command) = commands.recv().await {
+        self.commands.close();
+        while let Some(command) = self.commands.recv().await {
             if let RoomCommand::Connect { mut queue, .. } = command {
                 queue.close(CloseCode::StoreUnavailable);
             }
@@ -445,12 +502,12 @@ impl RoomTask {
         match self.read().await {
             Ok(room) => {
                 tracing::info!(nodes = room.seq(), epoch = room.epoch(), "room loaded");
-                Some(Hub::new(room, self.settings.hub))
+                Some(Hub::new(room, self.shared.hub.clone()))
             }
             Err(e) => {
                 tracing::error!(error = %e.report(), "room failed to load");
                 // A load that works says nothing about writes: only failures are noted.
-                self.health.record::<()>(&Err(e));
+                self.shared.stats.store.record::<()>(&Err(e));
                 None
             }
         }
@@ -460,21 +517,17 @@ impl RoomTask {
     // `&mut`, though it only reads: the task holds a commit future, which is `Send` but not
     // `Sync`, so a shared borrow of the task may not live across an await.
     async fn read(&mut self) -> Result<Room, StoreError> {
-        let limits = self.settings.hub.session.limits.node;
-        let Some(mut reader) = self.store.read(&self.room).await? else {
+        let settings = &self.shared.settings;
+        let limits = settings.hub.session.limits.node;
+        let Some(mut reader) = self.shared.store.read(&self.room).await? else {
             let epoch = rand::random::<u64>();
             return Ok(
-                Room::new(self.room.clone(), epoch, limits, self.settings.orphans)
-                    .with_payload_budget(self.settings.payload_budget),
+                Room::new(self.room.clone(), epoch, limits, settings.orphans)
+                    .with_payload_budget(settings.payload_budget),
             );
         };
-        let mut room = Room::new(
-            self.room.clone(),
-            reader.epoch,
-            limits,
-            self.settings.orphans,
-        )
-        .with_payload_budget(self.settings.payload_budget);
+        let mut room = Room::new(self.room.clone(), reader.epoch, limits, settings.orphans)
+            .with_payload_budget(settings.payload_budget);
         while let Some(batch) = reader.nodes.next().await {
             for stored in batch? {
                 let id = stored.node.id;
@@ -511,10 +564,10 @@ impl RoomTask {
         self.to_fetch.append(&mut outbox.fetches);
         if outbox.persist.is_some() && self.commit.is_none() {
             let waiting = hub.room().seq().saturating_sub(hub.durable_seq());
-            if waiting >= self.settings.commit_max_nodes {
+            if waiting >= self.shared.settings.commit_max_nodes {
                 self.commit_at = None;
                 self.commit = self.start_commit(hub);
-            } else if self.settings.commit_window.is_zero() {
+            } else if self.shared.settings.commit_window.is_zero() {
                 match self.gather.filter(|g| g.until > Instant::now()) {
                     // A slow commit of several writers just ended: wait for their nodes.
                     Some(gather) => self.commit_at = Some(gather.until),
@@ -524,7 +577,7 @@ impl RoomTask {
                     None => self.commit_when_idle = true,
                 }
             } else {
-                let due = Instant::now() + self.settings.commit_window;
+                let due = Instant::now() + self.shared.settings.commit_window;
                 self.commit_at = Some(self.commit_at.map_or(due, |at| at.min(due)));
             }
         }
@@ -543,7 +596,7 @@ impl RoomTask {
         let fresh: Option<Vec<Bytes>> = (from..=to)
             .map(|seq| hub.room().wire_at(seq).cloned())
             .collect();
-        let (store, health, room) = (self.store.clone(), self.health.clone(), self.room.clone());
+        let (shared, room) = (self.shared.clone(), self.room.clone());
         let epoch = hub.room().epoch();
         Some(Box::pin(async move {
             let started = Instant::now();
@@ -552,10 +605,10 @@ impl RoomTask {
                 return (to, started.elapsed(), Err(lost));
             };
             let fresh = fresh.as_slice();
-            let (store, health, room) = (&store, &health, &room);
+            let (shared, room) = (&shared, &room);
             let result = with_retries("commit", || async move {
-                let result = store.append(room, epoch, fresh).await;
-                health.record(&result);
+                let result = shared.store.append(room, epoch, fresh).await;
+                shared.stats.store.record(&result);
                 result
             })
             .await;
@@ -565,10 +618,10 @@ impl RoomTask {
 
     /// Reads stored encodings back (retrying a failing store a few times), beside the room.
     fn fetch(&self, seqs: Vec<u64>) -> BoxFuture<'static, Fetched> {
-        let store = self.store.clone();
+        let shared = self.shared.clone();
         let room = self.room.clone();
         Box::pin(async move {
-            let result = with_retries("catch-up read", || store.fetch(&room, &seqs)).await;
+            let result = with_retries("catch-up read", || shared.store.fetch(&room, &seqs)).await;
             (seqs, result)
         })
     }

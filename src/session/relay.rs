@@ -224,7 +224,7 @@ impl RelaySession {
                 sketch,
             },
             Start::Refine(round) => Phase::CollectingBucketIds {
-                listing: BucketListing::default(),
+                listing: Box::default(),
                 round,
                 relisting: None,
             },
@@ -244,7 +244,7 @@ impl RelaySession {
     /// round of `bucket_ids` is due after `relisting`: the session collects `bucket_ids`.
     pub fn refine(&mut self, round: RefineRound, relisting: Option<Box<Relisting>>) {
         self.phase = Phase::CollectingBucketIds {
-            listing: BucketListing::default(),
+            listing: Box::default(),
             round,
             relisting,
         };
@@ -373,18 +373,18 @@ impl RelaySession {
             }
             (
                 Phase::CollectingBucketIds {
-                    listing:
-                        BucketListing {
-                            differing,
-                            shorts,
-                            sketches,
-                            sketch_bytes,
-                        },
+                    listing,
                     round,
                     relisting,
                 },
                 Message::BucketIds(chunk),
             ) => {
+                let BucketListing {
+                    differing,
+                    shorts,
+                    sketches,
+                    sketch_bytes,
+                } = &mut **listing;
                 let total = self.config.max_total_ids;
                 let more = match protocol::unpack_shorts(&chunk.shorts) {
                     Ok(more) => more,

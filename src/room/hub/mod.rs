@@ -217,7 +217,9 @@ struct Member {
 /// frames in order, then closes the listed sessions.
 pub struct Hub {
     room: Room,
-    config: HubConfig,
+    /// Shared, not copied, when the driver hands every hub the same: every loaded room keeps
+    /// its hub.
+    config: Arc<HubConfig>,
     /// Boxed: a B-tree node holds eleven values, so inline members would cost an idle room
     /// of one session eleven members' worth (~4.7 KiB).
     members: BTreeMap<SessionId, Box<Member>>,
@@ -238,8 +240,9 @@ pub struct Hub {
 }
 
 impl Hub {
-    /// Serves `room`.
-    pub fn new(mut room: Room, config: HubConfig) -> Self {
+    /// Serves `room` under `config` (a [`HubConfig`], or one shared by several hubs).
+    pub fn new(mut room: Room, config: impl Into<Arc<HubConfig>>) -> Self {
+        let config = config.into();
         // A room fresh from a bulk load must not answer sketches the slow way.
         room.warm_indexes();
         let max_frame = config.session.limits.max_frame as usize;

@@ -206,7 +206,9 @@ pub(super) enum Phase {
     },
     /// Bucket summaries are out; collecting `bucket_ids` until `last`.
     CollectingBucketIds {
-        listing: BucketListing,
+        /// Boxed: inline, the listing would make every phase, and so every session, ~70 bytes
+        /// larger; only a session in refinement needs one.
+        listing: Box<BucketListing>,
         round: RefineRound,
         /// Set in the second round: what the first settled.
         relisting: Option<Box<Relisting>>,

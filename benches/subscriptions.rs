@@ -540,8 +540,10 @@ async fn receiver(
                 () = stop.cancelled() => break,
                 m = ws.next() => match m {
                     Some(Ok(WsMessage::Binary(frame))) => {
-                        if protocol::peek_type(&frame) == Some(protocol::MessageType::Broadcast) {
-                            delivered.fetch_add(1, Ordering::Relaxed);
+                        // The relay joins queued broadcasts into one frame: count its nodes.
+                        let run = protocol::BroadcastRun::parse(&frame);
+                        if let Some(count) = run.and_then(|r| Some(r.next_seq()? - r.first_seq())) {
+                            delivered.fetch_add(count, Ordering::Relaxed);
                         }
                     }
                     Some(Ok(_)) => {}
